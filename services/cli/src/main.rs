@@ -1,0 +1,408 @@
+//! `tengine`: runs the services and drives the admin API.
+
+mod admin;
+mod demo;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tengine_core::{Config, telemetry};
+use tokio::sync::watch;
+
+use crate::admin::AdminClient;
+
+#[derive(Parser)]
+#[command(name = "tengine", version, about = "Execution infrastructure for AI tool calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct AdminArgs {
+    /// Base URL of an ingress (its admin API is under /v1).
+    #[arg(long, env = "TENGINE_ADMIN_URL", default_value = "http://127.0.0.1:8700")]
+    admin_url: String,
+    /// Admin token (the ingress's TENGINE_ADMIN_TOKEN).
+    #[arg(long, env = "TENGINE_ADMIN_TOKEN", hide_env_values = true, default_value = "")]
+    admin_token: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingress (MCP endpoint and admin API).
+    Ingress,
+    /// Run a worker (executes tool calls).
+    Worker,
+    /// Run the projector (builds run history from the event log).
+    Projector,
+    /// Run ingress, worker and projector in one process (for laptops).
+    Dev,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Run the demo upstream API used by the demo project.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:8709")]
+        listen: SocketAddr,
+    },
+    /// Demo project set-up.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+    /// Projects.
+    Projects {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Project API keys.
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Tools.
+    Tools {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ToolCommand,
+    },
+    /// Run history.
+    Runs {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Create or reuse the demo project, key and tools; write the env file.
+    Seed {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long, default_value = "http://127.0.0.1:8709")]
+        upstream_url: String,
+        #[arg(long, default_value = ".tengine/env")]
+        env_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; it is printed once.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    Revoke {
+        #[arg(long)]
+        project: String,
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Register a tool from a JSON file (`-` for standard input).
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Replace a tool from a JSON file.
+    Update {
+        #[arg(long)]
+        project: String,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    Get {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+    Enable {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+    Disable {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+    Delete {
+        #[arg(long)]
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    List {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    Get {
+        run_id: String,
+    },
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+/// A shutdown signal that several services can wait on.
+fn shutdown_channel() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn run_ingress(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.ingress.listen)
+        .await
+        .with_context(|| format!("binding the ingress on {}", config.ingress.listen))?;
+    let state = tengine_ingress::AppState::connect(config).await?;
+    tengine_ingress::serve(listener, state, wait_for(stop)).await
+}
+
+async fn run_worker(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let health = config.worker.health_listen;
+    let worker = tengine_worker::Worker::connect(config).await?;
+    let probe = worker.clone();
+    tengine_core::health::spawn(
+        health,
+        tengine_core::health::router("worker", move || {
+            let probe = probe.clone();
+            async move { probe.health().await }
+        }),
+    )
+    .await?;
+    worker.run(wait_for(stop)).await
+}
+
+async fn run_projector(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let health = config.projector.health_listen;
+    let projector = tengine_projector::Projector::connect(config).await?;
+    let probe = projector.clone();
+    tengine_core::health::spawn(
+        health,
+        tengine_core::health::router("projector", move || {
+            let probe = probe.clone();
+            async move { probe.health().await }
+        }),
+    )
+    .await?;
+    projector.run(wait_for(stop)).await
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+fn client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
+    AdminClient::new(&admin.admin_url, &admin.admin_token)
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run(Cli::parse()).await {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingress | Command::Worker | Command::Projector | Command::Dev | Command::Migrate => {
+            let config = Config::load()?;
+            telemetry::init(config.log_format);
+            let stop = shutdown_channel();
+            match cli.command {
+                Command::Ingress => run_ingress(config, stop).await,
+                Command::Worker => run_worker(config, stop).await,
+                Command::Projector => run_projector(config, stop).await,
+                Command::Migrate => {
+                    let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+                    tengine_core::store::migrate(&pool).await?;
+                    println!("migrations applied");
+                    Ok(())
+                }
+                _ => {
+                    let (a, b, c) = tokio::join!(
+                        run_ingress(config.clone(), stop.clone()),
+                        run_worker(config.clone(), stop.clone()),
+                        run_projector(config, stop),
+                    );
+                    a.and(b).and(c)
+                }
+            }
+        }
+        Command::DemoUpstream { listen } => {
+            let config = Config::load()?;
+            telemetry::init(config.log_format);
+            demo::serve_upstream(listen, demo::demo_secret(&config.master_key_bytes()?)).await
+        }
+        Command::Demo {
+            command:
+                DemoCommand::Seed {
+                    admin,
+                    upstream_url,
+                    env_file,
+                },
+        } => {
+            let config = Config::load()?;
+            let secret = demo::demo_secret(&config.master_key_bytes()?);
+            demo::seed(&client(&admin)?, &upstream_url, &secret, &env_file).await
+        }
+        Command::Projects { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                ProjectCommand::Create { name } => print(&c.post("/v1/projects", &json!({"name": name})).await?),
+                ProjectCommand::List => print(&c.get("/v1/projects").await?),
+            }
+            Ok(())
+        }
+        Command::Keys { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                KeyCommand::Create { project, name } => print(
+                    &c.post(&format!("/v1/projects/{project}/api-keys"), &json!({"name": name}))
+                        .await?,
+                ),
+                KeyCommand::List { project } => print(&c.get(&format!("/v1/projects/{project}/api-keys")).await?),
+                KeyCommand::Revoke { project, key_id } => {
+                    c.delete(&format!("/v1/projects/{project}/api-keys/{key_id}")).await?;
+                    println!("revoked {key_id}");
+                }
+            }
+            Ok(())
+        }
+        Command::Tools { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                ToolCommand::Create { project, file } => print(
+                    &c.post(&format!("/v1/projects/{project}/tools"), &read_json(&file)?)
+                        .await?,
+                ),
+                ToolCommand::Update { project, name, file } => print(
+                    &c.put(&format!("/v1/projects/{project}/tools/{name}"), &read_json(&file)?)
+                        .await?,
+                ),
+                ToolCommand::List { project } => print(&c.get(&format!("/v1/projects/{project}/tools")).await?),
+                ToolCommand::Get { project, name } => {
+                    print(&c.get(&format!("/v1/projects/{project}/tools/{name}")).await?)
+                }
+                ToolCommand::Enable { project, name } => print(
+                    &c.patch(
+                        &format!("/v1/projects/{project}/tools/{name}"),
+                        &json!({"enabled": true}),
+                    )
+                    .await?,
+                ),
+                ToolCommand::Disable { project, name } => print(
+                    &c.patch(
+                        &format!("/v1/projects/{project}/tools/{name}"),
+                        &json!({"enabled": false}),
+                    )
+                    .await?,
+                ),
+                ToolCommand::Delete { project, name } => {
+                    c.delete(&format!("/v1/projects/{project}/tools/{name}")).await?;
+                    println!("deleted {name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Runs { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                RunCommand::List {
+                    project,
+                    status,
+                    tool,
+                    limit,
+                } => {
+                    let mut path = format!("/v1/projects/{project}/runs?limit={limit}");
+                    if let Some(s) = status {
+                        path.push_str(&format!("&status={s}"));
+                    }
+                    if let Some(t) = tool {
+                        path.push_str(&format!("&tool={t}"));
+                    }
+                    print(&c.get(&path).await?)
+                }
+                RunCommand::Get { run_id } => print(&c.get(&format!("/v1/runs/{run_id}")).await?),
+            }
+            Ok(())
+        }
+    }
+}

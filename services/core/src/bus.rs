@@ -1,0 +1,84 @@
+//! Publishing commands and events on JetStream, and reading a run's recorded
+//! outcome back from the event log. Every publish waits for the stream's ack:
+//! a call is accepted only once its command is stored.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{
+    envelope::{Envelope, EnvelopeError, ExecuteCommand, RunEvent, RunOutcome},
+    topology::{CONTENT_TYPE_MSGPACK, HEADER_CONTENT_TYPE, Topology},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("publishing to JetStream failed: {0}")]
+    Publish(String),
+}
+
+fn message(id: Uuid, payload: Vec<u8>) -> PublishMessage {
+    PublishMessage::build()
+        .payload(Bytes::from(payload))
+        .message_id(id.to_string())
+        .header(HEADER_CONTENT_TYPE, CONTENT_TYPE_MSGPACK)
+}
+
+/// Queues an execution command. The run id is the `Nats-Msg-Id`, so publishing the
+/// same run twice within the duplicate window stores it once.
+pub async fn publish_command(
+    js: &jetstream::Context,
+    topology: &Topology,
+    command: &ExecuteCommand,
+) -> Result<(), BusError> {
+    let envelope = Envelope::new(command.run_id, command.clone());
+    let ack = js
+        .send_publish(
+            topology.command_subject(command.caller.project_id),
+            message(command.run_id, envelope.encode()?),
+        )
+        .await
+        .map_err(|e| BusError::Publish(e.to_string()))?;
+    // A duplicate ack means the command is already stored: success.
+    ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+/// Appends an event to the log and returns its encoded envelope (for replies).
+pub async fn publish_event(
+    js: &jetstream::Context,
+    topology: &Topology,
+    project_id: Uuid,
+    event: RunEvent,
+) -> Result<Vec<u8>, BusError> {
+    let envelope = Envelope::new(Uuid::now_v7(), event);
+    let bytes = envelope.encode()?;
+    let ack = js
+        .send_publish(
+            topology.event_subject(project_id, envelope.body.run_id()),
+            message(envelope.id, bytes.clone()),
+        )
+        .await
+        .map_err(|e| BusError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The run's outcome if the event log has it (its `Finished` event is always the last).
+pub async fn recorded_outcome(
+    events: &jetstream::stream::Stream,
+    topology: &Topology,
+    project_id: Uuid,
+    run_id: Uuid,
+) -> Option<RunOutcome> {
+    let message = events
+        .get_last_raw_message_by_subject(&topology.event_subject(project_id, run_id))
+        .await
+        .ok()?;
+    match Envelope::<RunEvent>::decode(&message.payload).ok()?.body {
+        RunEvent::Finished(outcome) => Some(outcome),
+        _ => None,
+    }
+}

@@ -1,0 +1,186 @@
+//! One typed configuration tree, layered like svix: built-in defaults
+//! (`config.default.toml`), then an optional file (`TENGINE_CONFIG`), then
+//! `TENGINE_`-prefixed environment variables (`__` separates nested keys).
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config.default.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub database_url: String,
+    pub nats_url: String,
+    pub nats_prefix: String,
+    pub admin_token: String,
+    pub master_key: String,
+    pub session_secret: String,
+    pub allow_insecure_upstreams: bool,
+    pub run_migrations: bool,
+    pub log_format: LogFormat,
+    pub ingress: IngressConfig,
+    pub worker: WorkerConfig,
+    pub projector: ProjectorConfig,
+    pub streams: StreamsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub max_request_bytes: usize,
+    pub max_call_wait_ms: u64,
+    pub call_wait_slack_ms: u64,
+    pub tools_page_size: usize,
+    pub session_ttl_secs: u64,
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerConfig {
+    pub health_listen: SocketAddr,
+    pub concurrency: usize,
+    pub max_response_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub ack_wait_secs: u64,
+    pub max_deliver: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProjectorConfig {
+    pub health_listen: SocketAddr,
+    pub batch_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct StreamsConfig {
+    pub commands_max_bytes: i64,
+    pub commands_max_msgs: i64,
+    pub events_max_age_secs: u64,
+    pub events_max_bytes: i64,
+    pub duplicate_window_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `TENGINE_CONFIG` (a TOML file) if set, then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Ok(path) = std::env::var("TENGINE_CONFIG") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("TENGINE_").split("__").ignore(&["config"]));
+        Self::from_figment(figment)
+    }
+
+    /// Defaults plus the given overrides, ignoring the environment (tests).
+    pub fn with_overrides(overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        for (key, value) in overrides {
+            figment = figment.merge((*key, value.clone()));
+        }
+        Self::from_figment(figment)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats_prefix.is_empty()
+            || !self
+                .nats_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::Invalid(
+                "nats_prefix must be non-empty and use only [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(ConfigError::Invalid("worker.concurrency must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The master key for secrets at rest; required by services that touch secrets.
+    pub fn master_key_bytes(&self) -> Result<[u8; 32], ConfigError> {
+        decode_key32("master_key", &self.master_key)
+    }
+
+    /// The key that signs MCP session ids; required by the ingress.
+    pub fn session_secret_bytes(&self) -> Result<[u8; 32], ConfigError> {
+        decode_key32("session_secret", &self.session_secret)
+    }
+}
+
+fn decode_key32(name: &str, value: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| {
+            ConfigError::Invalid(format!(
+                "{name} must be 32 random bytes in base64 (set TENGINE_{}; e.g. `openssl rand -base64 32`)",
+                name.to_uppercase()
+            ))
+        })?;
+    bytes.try_into().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{name} must decode to exactly 32 bytes (set TENGINE_{})",
+            name.to_uppercase()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::with_overrides(&[]).expect("defaults are valid");
+        assert_eq!(config.nats_prefix, "tengine");
+        assert!(config.master_key_bytes().is_err(), "no master key by default");
+    }
+
+    #[test]
+    fn overrides_nested_keys() {
+        let config = Config::with_overrides(&[
+            ("ingress.listen", "127.0.0.1:0".into()),
+            (
+                "master_key",
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(config.ingress.listen.port(), 0);
+        assert_eq!(config.master_key_bytes().expect("key"), [7u8; 32]);
+    }
+
+    #[test]
+    fn rejects_bad_prefix() {
+        let err = Config::with_overrides(&[("nats_prefix", "a.b".into())]).unwrap_err();
+        assert!(err.to_string().contains("nats_prefix"));
+    }
+}

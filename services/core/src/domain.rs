@@ -1,0 +1,459 @@
+//! Domain types: tools as the owner registers them, and their validation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+use uuid::Uuid;
+
+use crate::templates::{self, RESERVED_PREFIXES};
+
+/// MCP tool names: 1–128 of `[A-Za-z0-9_.-]`.
+pub const TOOL_NAME_MAX: usize = 128;
+pub const DESCRIPTION_MAX: usize = 8192;
+pub const SCHEMA_MAX_BYTES: usize = 64 * 1024;
+pub const TIMEOUT_MS_MIN: u64 = 100;
+pub const TIMEOUT_MS_MAX: u64 = 120_000;
+pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Headers Tengine sets itself (or that would let a template subvert the request).
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-authorization",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+];
+/// Header name prefixes Tengine owns.
+pub const RESERVED_HEADER_PREFIXES: &[&str] = &["x-tengine-", "webhook-"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+
+    /// Methods whose arguments travel in a JSON body by default (the others use the query).
+    pub fn has_body(self) -> bool {
+        matches!(self, HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "GET" => HttpMethod::Get,
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            "PATCH" => HttpMethod::Patch,
+            "DELETE" => HttpMethod::Delete,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStrategy {
+    #[default]
+    None,
+    StaticBearer,
+    HmacSignature,
+}
+
+impl AuthStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStrategy::None => "none",
+            AuthStrategy::StaticBearer => "static_bearer",
+            AuthStrategy::HmacSignature => "hmac_signature",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => AuthStrategy::None,
+            "static_bearer" => AuthStrategy::StaticBearer,
+            "hmac_signature" => AuthStrategy::HmacSignature,
+            _ => return None,
+        })
+    }
+}
+
+fn default_timeout() -> u64 {
+    TIMEOUT_MS_DEFAULT
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A tool as the owner writes it (POST / PUT body). `auth_secret` is write-only.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub input_schema: Value,
+    pub base_url: String,
+    pub http_method: HttpMethod,
+    pub endpoint_path: String,
+    #[serde(default)]
+    pub headers_template: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query_template: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body_template: Option<Value>,
+    #[serde(default)]
+    pub auth_strategy: AuthStrategy,
+    #[serde(default, skip_serializing)]
+    pub auth_secret: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// A stored tool, as the services use it. Never carries the plaintext secret.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ToolDefinition {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+    pub base_url: String,
+    pub http_method: HttpMethod,
+    pub endpoint_path: String,
+    pub headers_template: BTreeMap<String, String>,
+    pub query_template: BTreeMap<String, String>,
+    pub body_template: Option<Value>,
+    pub auth_strategy: AuthStrategy,
+    pub has_auth_secret: bool,
+    pub timeout_ms: u64,
+    pub enabled: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub auth_secret_ciphertext: Option<Vec<u8>>,
+}
+
+/// A field that failed validation, with a JSON-pointer-like path and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub fn validate_tool_name(name: &str) -> Result<(), FieldError> {
+    if name.is_empty()
+        || name.len() > TOOL_NAME_MAX
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(field_err(
+            "name",
+            "must be 1-128 characters of A-Z, a-z, 0-9, `_`, `.` and `-`",
+        ));
+    }
+    Ok(())
+}
+
+/// Normalizes and checks an upstream origin: scheme, host and port only.
+pub fn normalize_base_url(raw: &str, allow_insecure: bool) -> Result<String, FieldError> {
+    let url = Url::parse(raw).map_err(|e| field_err("base_url", format!("is not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure => {}
+        "http" => {
+            return Err(field_err(
+                "base_url",
+                "must use https (plain http is allowed only with allow_insecure_upstreams, for development)",
+            ));
+        }
+        other => {
+            return Err(field_err(
+                "base_url",
+                format!("scheme `{other}` is not supported; use https"),
+            ));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(field_err("base_url", "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(field_err("base_url", "must not contain credentials; use auth_strategy"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(field_err(
+            "base_url",
+            "must be an origin only (scheme://host[:port]); put the path in endpoint_path",
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+fn schema_properties(schema: &Value) -> BTreeSet<String> {
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|props| props.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn check_placeholders(
+    field: &str,
+    names: impl IntoIterator<Item = String>,
+    properties: &BTreeSet<String>,
+) -> Result<(), FieldError> {
+    for name in names {
+        let reserved = RESERVED_PREFIXES.iter().any(|p| name.starts_with(p));
+        let known_reserved = matches!(name.as_str(), "project.id" | "integration.id" | "run.id");
+        if reserved && !known_reserved {
+            return Err(field_err(
+                field,
+                format!("`{{{name}}}` is not a reserved variable (known: project.id, integration.id, run.id)"),
+            ));
+        }
+        if !reserved && !properties.contains(&name) {
+            return Err(field_err(
+                field,
+                format!("placeholder `{{{name}}}` names no property of input_schema"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_header_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let lower = name.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(field_err(field, format!("`{name}` is not a valid HTTP header name")));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) || RESERVED_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+        return Err(field_err(
+            field,
+            format!("header `{name}` is set by Tengine and cannot be templated"),
+        ));
+    }
+    Ok(())
+}
+
+impl ToolSpec {
+    /// Checks everything that can be checked at registration, so that calls fail
+    /// only on their arguments. Returns the normalized spec.
+    pub fn validate(mut self, allow_insecure: bool) -> Result<Self, FieldError> {
+        validate_tool_name(&self.name)?;
+        if self.description.len() > DESCRIPTION_MAX {
+            return Err(field_err(
+                "description",
+                format!("must be at most {DESCRIPTION_MAX} bytes"),
+            ));
+        }
+        let schema = self
+            .input_schema
+            .as_object()
+            .ok_or_else(|| field_err("input_schema", "must be a JSON Schema object"))?;
+        if schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(field_err("input_schema.type", "MCP requires \"type\": \"object\""));
+        }
+        if serde_json::to_vec(&self.input_schema).map_or(0, |v| v.len()) > SCHEMA_MAX_BYTES {
+            return Err(field_err(
+                "input_schema",
+                format!("must be at most {SCHEMA_MAX_BYTES} bytes"),
+            ));
+        }
+        self.base_url = normalize_base_url(&self.base_url, allow_insecure)?;
+        if !self.endpoint_path.starts_with('/') || self.endpoint_path.starts_with("//") {
+            return Err(field_err("endpoint_path", "must start with a single `/`"));
+        }
+        if self.endpoint_path.contains(['?', '#', '\\']) || self.endpoint_path.chars().any(char::is_whitespace) {
+            return Err(field_err(
+                "endpoint_path",
+                "must be a path only (no `?`, `#`, `\\` or whitespace); use query_template for the query",
+            ));
+        }
+        if self.endpoint_path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(field_err("endpoint_path", "must not contain `.` or `..` segments"));
+        }
+        if !(TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&self.timeout_ms) {
+            return Err(field_err(
+                "timeout_ms",
+                format!("must be between {TIMEOUT_MS_MIN} and {TIMEOUT_MS_MAX}"),
+            ));
+        }
+        let properties = schema_properties(&self.input_schema);
+        check_placeholders(
+            "endpoint_path",
+            templates::placeholders(&self.endpoint_path)
+                .into_iter()
+                .map(|p| p.name.to_string()),
+            &properties,
+        )?;
+        for (name, template) in &self.headers_template {
+            let field = format!("headers_template.{name}");
+            validate_header_name(&field, name)?;
+            if template.contains(['\r', '\n', '\0']) {
+                return Err(field_err(field, "must not contain CR, LF or NUL"));
+            }
+            check_placeholders(
+                &field,
+                templates::placeholders(template)
+                    .into_iter()
+                    .map(|p| p.name.to_string()),
+                &properties,
+            )?;
+        }
+        for (name, template) in &self.query_template {
+            let field = format!("query_template.{name}");
+            if name.is_empty() {
+                return Err(field_err(field, "query parameter names must not be empty"));
+            }
+            check_placeholders(
+                &field,
+                templates::placeholders(template)
+                    .into_iter()
+                    .map(|p| p.name.to_string()),
+                &properties,
+            )?;
+        }
+        if let Some(body) = &self.body_template {
+            let mut names = BTreeSet::new();
+            templates::json_placeholders(body, &mut names);
+            check_placeholders("body_template", names, &properties)?;
+        }
+        match (self.auth_strategy, self.auth_secret.as_deref()) {
+            (AuthStrategy::None, Some(_)) => {
+                return Err(field_err(
+                    "auth_secret",
+                    "is only used with auth_strategy static_bearer or hmac_signature",
+                ));
+            }
+            (AuthStrategy::StaticBearer, Some(secret)) => {
+                if secret.is_empty() || http::HeaderValue::from_str(&format!("Bearer {secret}")).is_err() {
+                    return Err(field_err(
+                        "auth_secret",
+                        "must be a non-empty token usable in an HTTP header",
+                    ));
+                }
+            }
+            (AuthStrategy::HmacSignature, Some(secret)) => {
+                crate::signing::SigningKey::parse(secret).map_err(|e| field_err("auth_secret", e))?;
+            }
+            _ => {}
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> ToolSpec {
+        serde_json::from_value(json!({
+            "name": "get_item",
+            "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}},
+            "base_url": "https://api.example.com/",
+            "http_method": "GET",
+            "endpoint_path": "/items/{id}"
+        }))
+        .expect("valid json")
+    }
+
+    #[test]
+    fn normalizes_origin() {
+        let s = spec().validate(false).expect("valid");
+        assert_eq!(s.base_url, "https://api.example.com");
+        assert_eq!(s.timeout_ms, TIMEOUT_MS_DEFAULT);
+        assert!(s.enabled);
+    }
+
+    #[test]
+    fn refuses_bad_fields_with_their_path() {
+        let cases: Vec<(Box<dyn Fn(&mut ToolSpec)>, &str)> = vec![
+            (Box::new(|s| s.name = "bad name".into()), "name"),
+            (Box::new(|s| s.base_url = "http://api.example.com".into()), "base_url"),
+            (
+                Box::new(|s| s.base_url = "https://api.example.com/v1".into()),
+                "base_url",
+            ),
+            (
+                Box::new(|s| s.base_url = "https://u:p@api.example.com".into()),
+                "base_url",
+            ),
+            (Box::new(|s| s.endpoint_path = "//evil.com/x".into()), "endpoint_path"),
+            (Box::new(|s| s.endpoint_path = "/x?y=1".into()), "endpoint_path"),
+            (Box::new(|s| s.endpoint_path = "/a/{nope}".into()), "endpoint_path"),
+            (
+                Box::new(|s| s.input_schema = json!({"type": "string"})),
+                "input_schema.type",
+            ),
+            (Box::new(|s| s.timeout_ms = 5), "timeout_ms"),
+            (
+                Box::new(|s| {
+                    s.headers_template.insert("X-Tengine-Member-Id".into(), "x".into());
+                }),
+                "headers_template.X-Tengine-Member-Id",
+            ),
+            (
+                Box::new(|s| {
+                    s.body_template = Some(json!({"a": "{member.secret}"}));
+                }),
+                "body_template",
+            ),
+            (
+                Box::new(|s| {
+                    s.auth_strategy = AuthStrategy::HmacSignature;
+                    s.auth_secret = Some("not-whsec".into());
+                }),
+                "auth_secret",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = s.validate(false).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn insecure_allowed_in_dev() {
+        let mut s = spec();
+        s.base_url = "http://127.0.0.1:9000".into();
+        assert_eq!(s.validate(true).expect("ok").base_url, "http://127.0.0.1:9000");
+    }
+}

@@ -1,0 +1,281 @@
+//! Messages on the streams: MessagePack (named fields) inside a versioned envelope.
+//! `schemas/` holds the JSON Schema of each; a test keeps them equal to these types.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// Bumped on an incompatible change; readers refuse versions they do not know.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Envelope<T> {
+    /// Envelope version.
+    pub v: u16,
+    /// Unique message id (UUIDv7); also the `Nats-Msg-Id` used for deduplication.
+    pub id: Uuid,
+    /// When the message was created.
+    pub at: DateTime<Utc>,
+    pub body: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("message is not a valid envelope: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("message could not be encoded: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("unsupported envelope version {0} (this build reads {ENVELOPE_VERSION})")]
+    Version(u16),
+}
+
+impl<T: Serialize + DeserializeOwned> Envelope<T> {
+    pub fn new(id: Uuid, body: T) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            id,
+            at: Utc::now(),
+            body,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        Ok(rmp_serde::to_vec_named(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let envelope: Self = rmp_serde::from_slice(bytes)?;
+        if envelope.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(envelope.v));
+        }
+        Ok(envelope)
+    }
+}
+
+/// Who a run acts for: the credential that called, and later the member.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Caller {
+    pub project_id: Uuid,
+    pub integration_id: Uuid,
+    pub api_key_id: Uuid,
+}
+
+/// Execution command, published by the ingress on `{prefix}.cmd.{project_id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ExecuteCommand {
+    pub run_id: Uuid,
+    pub caller: Caller,
+    pub tool_id: Uuid,
+    pub tool_name: String,
+    /// The tool version the ingress validated the arguments against.
+    pub tool_version: i64,
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    pub accepted_at: DateTime<Utc>,
+    /// Core NATS subject on which the waiting ingress expects the result.
+    pub reply_to: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Accepted,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Accepted => "accepted",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected)
+    }
+}
+
+/// Why a run or an attempt did not succeed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The upstream answered with a non-2xx status.
+    UpstreamStatus,
+    /// The upstream did not answer within the tool's timeout.
+    Timeout,
+    /// No connection could be made (refused, DNS, TLS).
+    Connect,
+    /// The upstream's response body was larger than the configured cap.
+    ResponseTooLarge,
+    /// The arguments did not fit the tool's schema or templates.
+    InvalidArguments,
+    /// The tool does not exist or is disabled.
+    UnknownTool,
+    /// The command was redelivered too often (a worker kept failing on it).
+    DeliveryExhausted,
+    /// A fault inside Tengine.
+    Internal,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::UpstreamStatus => "upstream_status",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connect => "connect",
+            ErrorClass::ResponseTooLarge => "response_too_large",
+            ErrorClass::InvalidArguments => "invalid_arguments",
+            ErrorClass::UnknownTool => "unknown_tool",
+            ErrorClass::DeliveryExhausted => "delivery_exhausted",
+            ErrorClass::Internal => "internal",
+        }
+    }
+}
+
+/// What the upstream answered, as much as the model gets to see.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct UpstreamResponse {
+    pub http_status: u16,
+    pub content_type: Option<String>,
+    /// The body as text (invalid UTF-8 replaced), capped by `worker.max_response_bytes`.
+    pub body: String,
+}
+
+/// Entries of the event log, on `{prefix}.ev.{project_id}.{run_id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The ingress accepted a call and queued its command.
+    Accepted {
+        run_id: Uuid,
+        caller: Caller,
+        tool_name: String,
+        accepted_at: DateTime<Utc>,
+    },
+    /// The ingress refused a call before queueing it (unknown tool, bad arguments).
+    Rejected {
+        run_id: Uuid,
+        caller: Caller,
+        tool_name: String,
+        accepted_at: DateTime<Utc>,
+        error_class: ErrorClass,
+        error: String,
+    },
+    AttemptStarted {
+        run_id: Uuid,
+        project_id: Uuid,
+        attempt: u32,
+        started_at: DateTime<Utc>,
+    },
+    AttemptFinished {
+        run_id: Uuid,
+        project_id: Uuid,
+        attempt: u32,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+        http_status: Option<u16>,
+        error_class: Option<ErrorClass>,
+        error: Option<String>,
+        bytes_out: u64,
+        bytes_in: u64,
+    },
+    /// The run's outcome. Always the last event of a run; carries everything needed
+    /// to build its history row even if earlier events were lost.
+    Finished(RunOutcome),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct RunOutcome {
+    pub run_id: Uuid,
+    pub caller: Caller,
+    pub tool_name: String,
+    pub status: RunStatus,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub response: Option<UpstreamResponse>,
+    pub attempts: u32,
+    pub accepted_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Time from acceptance to outcome.
+    pub latency_ms: u64,
+}
+
+impl RunEvent {
+    pub fn run_id(&self) -> Uuid {
+        match self {
+            RunEvent::Accepted { run_id, .. }
+            | RunEvent::Rejected { run_id, .. }
+            | RunEvent::AttemptStarted { run_id, .. }
+            | RunEvent::AttemptFinished { run_id, .. } => *run_id,
+            RunEvent::Finished(outcome) => outcome.run_id,
+        }
+    }
+}
+
+pub type CommandEnvelope = Envelope<ExecuteCommand>;
+pub type EventEnvelope = Envelope<RunEvent>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller() -> Caller {
+        Caller {
+            project_id: Uuid::now_v7(),
+            integration_id: Uuid::now_v7(),
+            api_key_id: Uuid::now_v7(),
+        }
+    }
+
+    #[test]
+    fn command_round_trips_with_typed_arguments() {
+        let mut arguments = serde_json::Map::new();
+        arguments.insert("n".into(), serde_json::json!(1.5));
+        arguments.insert("tags".into(), serde_json::json!(["a", {"b": null}]));
+        let cmd = Envelope::new(
+            Uuid::now_v7(),
+            ExecuteCommand {
+                run_id: Uuid::now_v7(),
+                caller: caller(),
+                tool_id: Uuid::now_v7(),
+                tool_name: "t".into(),
+                tool_version: 3,
+                arguments,
+                accepted_at: Utc::now(),
+                reply_to: Some("x.reply.i.r".into()),
+            },
+        );
+        let bytes = cmd.encode().expect("encode");
+        assert_eq!(Envelope::<ExecuteCommand>::decode(&bytes).expect("decode"), cmd);
+    }
+
+    #[test]
+    fn event_round_trips_and_version_is_checked() {
+        let ev = Envelope::new(
+            Uuid::now_v7(),
+            RunEvent::Rejected {
+                run_id: Uuid::now_v7(),
+                caller: caller(),
+                tool_name: "t".into(),
+                accepted_at: Utc::now(),
+                error_class: ErrorClass::InvalidArguments,
+                error: "bad".into(),
+            },
+        );
+        let bytes = ev.encode().expect("encode");
+        assert_eq!(EventEnvelope::decode(&bytes).expect("decode"), ev);
+
+        let mut future = ev.clone();
+        future.v = 99;
+        let bytes = future.encode().expect("encode");
+        assert!(matches!(EventEnvelope::decode(&bytes), Err(EnvelopeError::Version(99))));
+        assert!(EventEnvelope::decode(b"\xc1garbage").is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! What the Tengine services share: configuration, the JetStream topology and
+//! message envelopes, domain types, request templates, signing, secrets and the
+//! PostgreSQL store.
+
+pub mod bus;
+pub mod config;
+pub mod credentials;
+pub mod domain;
+pub mod envelope;
+pub mod health;
+pub mod secrets;
+pub mod signing;
+pub mod store;
+pub mod telemetry;
+pub mod templates;
+pub mod topology;
+
+pub use config::Config;
+pub use topology::Topology;
+
+/// The product version reported to clients and in `/v1/health`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

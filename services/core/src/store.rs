@@ -1,0 +1,471 @@
+//! PostgreSQL access for the control plane and run history reads. Queries are
+//! checked by the integration tests against a real database; we use the runtime
+//! query API (not the compile-time macros) so a build needs no database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, postgres::PgPoolOptions, types::Json};
+use uuid::Uuid;
+
+use crate::{
+    credentials,
+    domain::{AuthStrategy, HttpMethod, ToolDefinition, ToolSpec},
+    envelope::Caller,
+    secrets::{SecretBox, SecretError},
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Project {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub default_integration_id: Uuid,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub integration_id: Uuid,
+    pub name: String,
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, \
+     (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
+      ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
+
+pub async fn create_project(pool: &PgPool, name: &str) -> StoreResult<Project> {
+    let mut tx = pool.begin().await?;
+    let id = Uuid::now_v7();
+    let integration_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $2)")
+        .bind(id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO integrations (id, project_id, name) VALUES ($1, $2, 'default')")
+        .bind(integration_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    get_project(pool, id).await
+}
+
+pub async fn get_project(pool: &PgPool, id: Uuid) -> StoreResult<Project> {
+    sqlx::query_as::<_, Project>(&format!("SELECT {PROJECT_COLUMNS} FROM projects p WHERE p.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
+pub async fn list_projects(pool: &PgPool) -> StoreResult<Vec<Project>> {
+    Ok(sqlx::query_as::<_, Project>(&format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects p ORDER BY p.created_at, p.id"
+    ))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Creates a key in the given integration (the project's default one when `None`).
+/// Returns the record and the plaintext, which is never available again.
+pub async fn create_api_key(
+    pool: &PgPool,
+    project_id: Uuid,
+    integration_id: Option<Uuid>,
+    name: &str,
+) -> StoreResult<(ApiKey, String)> {
+    let project = get_project(pool, project_id).await?;
+    let integration_id = integration_id.unwrap_or(project.default_integration_id);
+    let exists: Option<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM integrations WHERE id = $1 AND project_id = $2 AND deleted_at IS NULL")
+            .bind(integration_id)
+            .bind(project_id)
+            .fetch_optional(pool)
+            .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let key = credentials::generate_api_key();
+    let record = sqlx::query_as::<_, ApiKey>(
+        "INSERT INTO api_keys (id, project_id, integration_id, name, key_hash, display_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, project_id, integration_id, name, display_prefix, created_at, revoked_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(project_id)
+    .bind(integration_id)
+    .bind(name)
+    .bind(&key.hash)
+    .bind(&key.display_prefix)
+    .fetch_one(pool)
+    .await?;
+    Ok((record, key.plaintext))
+}
+
+pub async fn list_api_keys(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
+    get_project(pool, project_id).await?;
+    Ok(sqlx::query_as::<_, ApiKey>(
+        "SELECT id, project_id, integration_id, name, display_prefix, created_at, revoked_at \
+         FROM api_keys WHERE project_id = $1 ORDER BY created_at, id",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Revokes a key. Idempotent: revoking a revoked key succeeds.
+pub async fn revoke_api_key(pool: &PgPool, project_id: Uuid, key_id: Uuid) -> StoreResult<()> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND project_id = $2")
+            .bind(key_id)
+            .bind(project_id)
+            .execute(pool)
+            .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// The caller behind an API key, if the key exists and is live.
+pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Option<Caller>> {
+    let row: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT k.project_id, k.integration_id, k.id FROM api_keys k \
+         JOIN integrations i ON i.id = k.integration_id \
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL",
+    )
+    .bind(credentials::hash_api_key(key))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(project_id, integration_id, api_key_id)| Caller {
+        project_id,
+        integration_id,
+        api_key_id,
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct ToolRow {
+    id: Uuid,
+    project_id: Uuid,
+    name: String,
+    description: String,
+    input_schema: Json<Value>,
+    base_url: String,
+    http_method: String,
+    endpoint_path: String,
+    headers_template: Json<BTreeMap<String, String>>,
+    query_template: Json<BTreeMap<String, String>>,
+    body_template: Option<Json<Value>>,
+    auth_strategy: String,
+    auth_secret_ciphertext: Option<Vec<u8>>,
+    timeout_ms: i32,
+    enabled: bool,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const TOOL_COLUMNS: &str = "id, project_id, name, description, input_schema, base_url, http_method, \
+     endpoint_path, headers_template, query_template, body_template, auth_strategy, \
+     auth_secret_ciphertext, timeout_ms, enabled, version, created_at, updated_at";
+
+impl TryFrom<ToolRow> for ToolDefinition {
+    type Error = StoreError;
+
+    fn try_from(row: ToolRow) -> StoreResult<Self> {
+        let corrupt =
+            |what: &str| StoreError::Db(sqlx::Error::Decode(format!("tools.{what} has an unknown value").into()));
+        Ok(ToolDefinition {
+            id: row.id,
+            project_id: row.project_id,
+            name: row.name,
+            description: row.description,
+            input_schema: row.input_schema.0,
+            base_url: row.base_url,
+            http_method: HttpMethod::parse(&row.http_method).ok_or_else(|| corrupt("http_method"))?,
+            endpoint_path: row.endpoint_path,
+            headers_template: row.headers_template.0,
+            query_template: row.query_template.0,
+            body_template: row.body_template.map(|j| j.0),
+            auth_strategy: AuthStrategy::parse(&row.auth_strategy).ok_or_else(|| corrupt("auth_strategy"))?,
+            has_auth_secret: row.auth_secret_ciphertext.is_some(),
+            auth_secret_ciphertext: row.auth_secret_ciphertext,
+            timeout_ms: u64::try_from(row.timeout_ms).map_err(|_| corrupt("timeout_ms"))?,
+            enabled: row.enabled,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+fn unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Registers a tool; the spec must already be validated.
+pub async fn create_tool(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    spec: &ToolSpec,
+) -> StoreResult<ToolDefinition> {
+    get_project(pool, project_id).await?;
+    let id = Uuid::now_v7();
+    let ciphertext = spec.auth_secret.as_deref().map(|s| secrets.seal(id, s)).transpose()?;
+    let row = sqlx::query_as::<_, ToolRow>(&format!(
+        "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
+         endpoint_path, headers_template, query_template, body_template, auth_strategy, \
+         auth_secret_ciphertext, timeout_ms, enabled) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {TOOL_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(project_id)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(Json(&spec.input_schema))
+    .bind(&spec.base_url)
+    .bind(spec.http_method.as_str())
+    .bind(&spec.endpoint_path)
+    .bind(Json(&spec.headers_template))
+    .bind(Json(&spec.query_template))
+    .bind(spec.body_template.as_ref().map(Json))
+    .bind(spec.auth_strategy.as_str())
+    .bind(ciphertext)
+    .bind(spec.timeout_ms as i32)
+    .bind(spec.enabled)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| {
+        if unique_violation(&e) {
+            StoreError::Conflict(format!("a tool named `{}` already exists in this project", spec.name))
+        } else {
+            e.into()
+        }
+    })?;
+    row.try_into()
+}
+
+/// Replaces a tool's definition (bumping its version). When the new spec carries no
+/// `auth_secret` and keeps the same auth strategy, the stored secret is kept.
+pub async fn replace_tool(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    name: &str,
+    spec: &ToolSpec,
+) -> StoreResult<ToolDefinition> {
+    let current = get_tool(pool, project_id, name).await?;
+    let ciphertext = match (&spec.auth_secret, spec.auth_strategy) {
+        (Some(secret), _) => Some(secrets.seal(current.id, secret)?),
+        (None, AuthStrategy::None) => None,
+        (None, strategy) if strategy == current.auth_strategy => current.auth_secret_ciphertext.clone(),
+        (None, _) => None,
+    };
+    let row = sqlx::query_as::<_, ToolRow>(&format!(
+        "UPDATE tools SET name = $3, description = $4, input_schema = $5, base_url = $6, \
+         http_method = $7, endpoint_path = $8, headers_template = $9, query_template = $10, \
+         body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
+         enabled = $15, version = version + 1, updated_at = now() \
+         WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
+    ))
+    .bind(project_id)
+    .bind(current.id)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(Json(&spec.input_schema))
+    .bind(&spec.base_url)
+    .bind(spec.http_method.as_str())
+    .bind(&spec.endpoint_path)
+    .bind(Json(&spec.headers_template))
+    .bind(Json(&spec.query_template))
+    .bind(spec.body_template.as_ref().map(Json))
+    .bind(spec.auth_strategy.as_str())
+    .bind(ciphertext)
+    .bind(spec.timeout_ms as i32)
+    .bind(spec.enabled)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| {
+        if unique_violation(&e) {
+            StoreError::Conflict(format!("a tool named `{}` already exists in this project", spec.name))
+        } else {
+            e.into()
+        }
+    })?
+    .ok_or(StoreError::NotFound)?;
+    row.try_into()
+}
+
+pub async fn delete_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResult<()> {
+    let done = sqlx::query("DELETE FROM tools WHERE project_id = $1 AND name = $2")
+        .bind(project_id)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub async fn get_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResult<ToolDefinition> {
+    sqlx::query_as::<_, ToolRow>(&format!(
+        "SELECT {TOOL_COLUMNS} FROM tools WHERE project_id = $1 AND name = $2"
+    ))
+    .bind(project_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(StoreError::NotFound)?
+    .try_into()
+}
+
+pub async fn get_tool_by_id(pool: &PgPool, tool_id: Uuid) -> StoreResult<ToolDefinition> {
+    sqlx::query_as::<_, ToolRow>(&format!("SELECT {TOOL_COLUMNS} FROM tools WHERE id = $1"))
+        .bind(tool_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+}
+
+/// Tools of a project in name order, after `after` (keyset pagination).
+pub async fn list_tools(
+    pool: &PgPool,
+    project_id: Uuid,
+    enabled_only: bool,
+    after: Option<&str>,
+    limit: i64,
+) -> StoreResult<Vec<ToolDefinition>> {
+    sqlx::query_as::<_, ToolRow>(&format!(
+        "SELECT {TOOL_COLUMNS} FROM tools WHERE project_id = $1 AND ($2 = false OR enabled) \
+         AND ($3::text IS NULL OR name > $3) ORDER BY name COLLATE \"C\" LIMIT $4"
+    ))
+    .bind(project_id)
+    .bind(enabled_only)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(TryInto::try_into)
+    .collect()
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunRecord {
+    pub run_id: Uuid,
+    pub project_id: Uuid,
+    pub integration_id: Uuid,
+    pub api_key_id: Uuid,
+    pub tool_name: String,
+    pub status: String,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub http_status: Option<i32>,
+    pub latency_ms: Option<i64>,
+    pub attempts: i32,
+    pub accepted_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub http_status: Option<i32>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub bytes_out: Option<i64>,
+    pub bytes_in: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, \
+     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at";
+
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub tool_name: Option<String>,
+    pub status: Option<String>,
+    /// Keyset cursor: runs strictly older than this (accepted_at, run_id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+    let (before_at, before_id) = filter.before.unzip();
+    Ok(sqlx::query_as::<_, RunRecord>(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE project_id = $1 \
+         AND ($2::text IS NULL OR tool_name = $2) AND ($3::text IS NULL OR status = $3) \
+         AND ($4::timestamptz IS NULL OR (accepted_at, run_id) < ($4, $5)) \
+         ORDER BY accepted_at DESC, run_id DESC LIMIT $6"
+    ))
+    .bind(project_id)
+    .bind(&filter.tool_name)
+    .bind(&filter.status)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec<AttemptRecord>)> {
+    let run = sqlx::query_as::<_, RunRecord>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let attempts = sqlx::query_as::<_, AttemptRecord>(
+        "SELECT attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in \
+         FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    Ok((run, attempts))
+}

@@ -1,0 +1,365 @@
+//! Request templates: `{name}` placeholders filled from the model's arguments and
+//! reserved variables (`project.id`, `integration.id`, `run.id`).
+//!
+//! Substitution is typed: in a JSON body a string that is exactly one placeholder
+//! becomes the argument's JSON value (arrays, objects, numbers, booleans and null
+//! stay typed); inside longer strings values are interpolated as text and escaped
+//! for their context (percent-encoded in the path, form-encoded in the query,
+//! refused in headers if they would carry CR, LF or NUL).
+//!
+//! Hand-written rather than a template engine: the placeholder grammar is tiny and
+//! the typed substitution and per-context escaping are the whole point.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::domain::{HttpMethod, ToolDefinition};
+
+/// Everything but RFC 3986 unreserved characters is encoded in a path value, so an
+/// argument can never add a `/`, `?` or `#` and change where the request goes.
+const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Prefixes of the reserved variables; arguments never shadow them.
+pub const RESERVED_PREFIXES: &[&str] = &["project.", "integration.", "run.", "member."];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("argument `{0}` is required by the tool's {1} template but was not given")]
+    Missing(String, &'static str),
+    #[error("argument `{name}` cannot be used in the {context}: {reason}")]
+    BadValue {
+        name: String,
+        context: &'static str,
+        reason: String,
+    },
+    #[error("the rendered URL is invalid: {0}")]
+    Url(String),
+}
+
+/// Values a template may reference.
+pub struct Context<'a> {
+    pub arguments: &'a Map<String, Value>,
+    pub reserved: BTreeMap<&'static str, Value>,
+}
+
+impl<'a> Context<'a> {
+    pub fn lookup(&self, name: &str) -> Option<&Value> {
+        if RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            self.reserved.get(name)
+        } else {
+            self.arguments.get(name)
+        }
+    }
+}
+
+/// A placeholder inside a template string: byte range of `{name}` and the name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placeholder<'t> {
+    pub start: usize,
+    pub end: usize,
+    pub name: &'t str,
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// Finds `{name}` placeholders; braces around anything else are literal text.
+pub fn placeholders(template: &str) -> Vec<Placeholder<'_>> {
+    let mut found = Vec::new();
+    let bytes = template.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'{' {
+            if let Some(len) = template[i + 1..].find('}') {
+                let name = &template[i + 1..i + 1 + len];
+                if !name.is_empty() && name.chars().all(is_name_char) {
+                    found.push(Placeholder {
+                        start: i,
+                        end: i + len + 2,
+                        name,
+                    });
+                    i += len + 2;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// The name when the whole template is a single placeholder.
+fn whole_placeholder(template: &str) -> Option<&str> {
+    let found = placeholders(template);
+    match found.as_slice() {
+        [p] if p.start == 0 && p.end == template.len() => Some(p.name),
+        _ => None,
+    }
+}
+
+/// Every placeholder name used anywhere in a JSON template.
+pub fn json_placeholders(template: &Value, out: &mut BTreeSet<String>) {
+    match template {
+        Value::String(s) => out.extend(placeholders(s).into_iter().map(|p| p.name.to_string())),
+        Value::Array(items) => items.iter().for_each(|v| json_placeholders(v, out)),
+        Value::Object(map) => map.values().for_each(|v| json_placeholders(v, out)),
+        _ => {}
+    }
+}
+
+/// The text form of a value inside a longer string.
+pub fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn interpolate(
+    template: &str,
+    ctx: &Context<'_>,
+    context: &'static str,
+    mut encode: impl FnMut(&str, &str) -> Result<String, TemplateError>,
+) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len());
+    let mut last = 0;
+    for p in placeholders(template) {
+        out.push_str(&template[last..p.start]);
+        let value = ctx
+            .lookup(p.name)
+            .ok_or_else(|| TemplateError::Missing(p.name.to_string(), context))?;
+        out.push_str(&encode(p.name, &text_of(value))?);
+        last = p.end;
+    }
+    out.push_str(&template[last..]);
+    Ok(out)
+}
+
+/// Renders the endpoint path; returns it and the argument names it used.
+pub fn render_path(template: &str, ctx: &Context<'_>) -> Result<(String, BTreeSet<String>), TemplateError> {
+    let mut used = BTreeSet::new();
+    let path = interpolate(template, ctx, "path", |name, text| {
+        used.insert(name.to_string());
+        if text.is_empty() || text == "." || text == ".." {
+            return Err(TemplateError::BadValue {
+                name: name.to_string(),
+                context: "path",
+                reason: "a path value must not be empty, `.` or `..`".into(),
+            });
+        }
+        Ok(utf8_percent_encode(text, PATH_VALUE).to_string())
+    })?;
+    Ok((path, used))
+}
+
+/// Renders a header value. A header whose template is one absent placeholder is omitted.
+pub fn render_header(template: &str, ctx: &Context<'_>) -> Result<Option<String>, TemplateError> {
+    if let Some(name) = whole_placeholder(template)
+        && matches!(ctx.lookup(name), None | Some(Value::Null))
+    {
+        return Ok(None);
+    }
+    let value = interpolate(template, ctx, "header", |name, text| {
+        if text.chars().any(|c| c == '\r' || c == '\n' || c == '\0') || http::HeaderValue::from_str(text).is_err() {
+            return Err(TemplateError::BadValue {
+                name: name.to_string(),
+                context: "header",
+                reason: "header values must not contain CR, LF, NUL or other control characters".into(),
+            });
+        }
+        Ok(text.to_string())
+    })?;
+    Ok(Some(value))
+}
+
+/// Renders a query parameter: an array placeholder repeats the parameter; an absent
+/// or null one omits it.
+pub fn render_query(template: &str, ctx: &Context<'_>) -> Result<Vec<String>, TemplateError> {
+    if let Some(name) = whole_placeholder(template) {
+        return Ok(match ctx.lookup(name) {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(items)) => items.iter().map(text_of).collect(),
+            Some(value) => vec![text_of(value)],
+        });
+    }
+    Ok(vec![interpolate(template, ctx, "query", |_, text| {
+        Ok(text.to_string())
+    })?])
+}
+
+/// Renders a JSON body template with typed substitution. An object member whose
+/// value is one absent placeholder is left out.
+pub fn render_json(template: &Value, ctx: &Context<'_>) -> Result<Value, TemplateError> {
+    Ok(match template {
+        Value::String(s) => match whole_placeholder(s) {
+            Some(name) => ctx
+                .lookup(name)
+                .cloned()
+                .ok_or_else(|| TemplateError::Missing(name.to_string(), "body"))?,
+            None => Value::String(interpolate(s, ctx, "body", |_, text| Ok(text.to_string()))?),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_json(v, ctx)).collect::<Result<_, _>>()?),
+        Value::Object(map) => {
+            let mut out = Map::with_capacity(map.len());
+            for (key, value) in map {
+                if let Value::String(s) = value
+                    && let Some(name) = whole_placeholder(s)
+                    && ctx.lookup(name).is_none()
+                {
+                    continue;
+                }
+                out.insert(key.clone(), render_json(value, ctx)?);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
+/// The outbound request a tool call produces, before auth and signing headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedRequest {
+    pub method: HttpMethod,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    /// JSON body, already serialized.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Renders a tool's request. Pure: the ingress runs it to validate a call up front,
+/// the worker to build the request it sends.
+pub fn render_request(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedRequest, TemplateError> {
+    let (path, used_in_path) = render_path(&tool.endpoint_path, ctx)?;
+    let origin = Url::parse(&tool.base_url).map_err(|e| TemplateError::Url(e.to_string()))?;
+    let mut url = origin.join(&path).map_err(|e| TemplateError::Url(e.to_string()))?;
+    // The origin and path are fixed by the tool; an argument can only fill a segment.
+    if url.origin() != origin.origin() || url.path() != path {
+        return Err(TemplateError::Url(format!(
+            "an argument changed the request target (path would become {})",
+            url.path()
+        )));
+    }
+
+    let mut query: Vec<(String, String)> = Vec::new();
+    for (name, template) in &tool.query_template {
+        for value in render_query(template, ctx)? {
+            query.push((name.clone(), value));
+        }
+    }
+    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !used_in_path.contains(*name));
+    if !tool.http_method.has_body() && tool.query_template.is_empty() {
+        for (name, value) in leftovers() {
+            match value {
+                Value::Null => {}
+                Value::Array(items) => query.extend(items.iter().map(|v| (name.clone(), text_of(v)))),
+                other => query.push((name.clone(), text_of(other))),
+            }
+        }
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query.iter());
+    }
+
+    let mut headers = Vec::with_capacity(tool.headers_template.len());
+    for (name, template) in &tool.headers_template {
+        if let Some(value) = render_header(template, ctx)? {
+            headers.push((name.clone(), value));
+        }
+    }
+
+    let body = if let Some(template) = &tool.body_template {
+        Some(render_json(template, ctx)?)
+    } else if tool.http_method.has_body() {
+        Some(Value::Object(
+            leftovers().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ))
+    } else {
+        None
+    };
+    let body = body.map(|b| serde_json::to_vec(&b).expect("a serde_json::Value always serializes"));
+    Ok(RenderedRequest {
+        method: tool.http_method,
+        url,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(args: &Map<String, Value>) -> Context<'_> {
+        let mut reserved = BTreeMap::new();
+        reserved.insert("run.id", json!("r-1"));
+        Context {
+            arguments: args,
+            reserved,
+        }
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn finds_placeholders_and_ignores_other_braces() {
+        let found = placeholders("a{b}c{ not one }{d.e}{\"x\":1}");
+        let names: Vec<_> = found.iter().map(|p| p.name).collect();
+        assert_eq!(names, vec!["b", "d.e"]);
+    }
+
+    #[test]
+    fn path_values_are_percent_encoded_and_cannot_traverse() {
+        let args = obj(json!({"id": "a/b?c#d e"}));
+        let (path, used) = render_path("/items/{id}", &ctx(&args)).expect("renders");
+        assert_eq!(path, "/items/a%2Fb%3Fc%23d%20e");
+        assert!(used.contains("id"));
+        let args = obj(json!({"id": ".."}));
+        assert!(matches!(
+            render_path("/items/{id}", &ctx(&args)),
+            Err(TemplateError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn json_keeps_types_and_interpolates_strings() {
+        let args = obj(json!({"tags": ["a", 1], "n": 2.5, "flag": false, "obj": {"k": null}, "name": "x"}));
+        let out = render_json(
+            &json!({"tags": "{tags}", "n": "{n}", "f": "{flag}", "o": "{obj}", "greeting": "hi {name} ({run.id})", "missing": "{nope}"}),
+            &ctx(&args),
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            json!({"tags": ["a", 1], "n": 2.5, "f": false, "o": {"k": null}, "greeting": "hi x (r-1)"})
+        );
+    }
+
+    #[test]
+    fn headers_refuse_injection() {
+        let args = obj(json!({"v": "ok\r\nX-Evil: 1"}));
+        assert!(render_header("Bearer {v}", &ctx(&args)).is_err());
+        let args = obj(json!({"v": "fine"}));
+        assert_eq!(render_header("t-{v}", &ctx(&args)).expect("ok"), Some("t-fine".into()));
+        assert_eq!(render_header("{absent}", &ctx(&args)).expect("ok"), None);
+    }
+
+    #[test]
+    fn query_arrays_repeat() {
+        let args = obj(json!({"ids": [1, 2]}));
+        assert_eq!(render_query("{ids}", &ctx(&args)).expect("ok"), vec!["1", "2"]);
+    }
+
+    #[test]
+    fn reserved_names_are_not_taken_from_arguments() {
+        let args = obj(json!({"run.id": "forged"}));
+        assert_eq!(render_json(&json!("{run.id}"), &ctx(&args)).expect("ok"), json!("r-1"));
+    }
+}

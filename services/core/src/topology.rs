@@ -1,0 +1,184 @@
+//! The JetStream topology: every stream, consumer and subject name is defined here,
+//! once. `deploy/README.md` and `schemas/README.md` describe the same layout.
+//!
+//! | thing | name | notes |
+//! |---|---|---|
+//! | commands stream | `{PREFIX}_COMMANDS` | WorkQueue; subjects `{prefix}.cmd.{project_id}` |
+//! | events stream | `{PREFIX}_EVENTS` | Limits (the event log); subjects `{prefix}.ev.{project_id}.{run_id}` |
+//! | worker consumer | `{prefix}-worker` | durable pull on commands, explicit ack |
+//! | projector consumer | `{prefix}-projector` | durable pull on events, explicit ack |
+//! | run replies | `{prefix}.reply.{ingress_instance}.{run_id}` | core NATS, ingress → waiting call |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{self, AckPolicy, DeliverPolicy},
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use uuid::Uuid;
+
+use crate::config::{Config, StreamsConfig};
+
+/// Header carrying a W3C-style content description of a message's envelope.
+pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
+/// MessagePack content type for every message on the streams.
+pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+
+#[derive(Clone, Debug)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(config.nats_prefix.clone())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn commands_stream(&self) -> String {
+        format!("{}_COMMANDS", self.prefix.to_uppercase())
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.prefix.to_uppercase())
+    }
+
+    pub fn worker_consumer(&self) -> String {
+        format!("{}-worker", self.prefix)
+    }
+
+    pub fn projector_consumer(&self) -> String {
+        format!("{}-projector", self.prefix)
+    }
+
+    pub fn command_subject(&self, project_id: Uuid) -> String {
+        format!("{}.cmd.{project_id}", self.prefix)
+    }
+
+    /// All events of one run share a subject, so the newest one is a direct lookup.
+    pub fn event_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
+        format!("{}.ev.{project_id}.{run_id}", self.prefix)
+    }
+
+    pub fn reply_subject(&self, instance: &str, run_id: Uuid) -> String {
+        format!("{}.reply.{instance}.{run_id}", self.prefix)
+    }
+
+    pub fn reply_wildcard(&self, instance: &str) -> String {
+        format!("{}.reply.{instance}.*", self.prefix)
+    }
+
+    fn commands_config(&self, limits: &StreamsConfig) -> stream::Config {
+        stream::Config {
+            name: self.commands_stream(),
+            subjects: vec![format!("{}.cmd.>", self.prefix)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            // A full queue refuses new calls (the client gets a clear error) rather
+            // than silently dropping accepted ones.
+            discard: DiscardPolicy::New,
+            max_bytes: limits.commands_max_bytes,
+            max_messages: limits.commands_max_msgs,
+            duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+            ..Default::default()
+        }
+    }
+
+    fn events_config(&self, limits: &StreamsConfig) -> stream::Config {
+        stream::Config {
+            name: self.events_stream(),
+            subjects: vec![format!("{}.ev.>", self.prefix)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: Duration::from_secs(limits.events_max_age_secs),
+            max_bytes: limits.events_max_bytes,
+            duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the streams if missing (idempotent; safe from every service at start-up).
+    pub async fn ensure_streams(
+        &self,
+        js: &jetstream::Context,
+        limits: &StreamsConfig,
+    ) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+        let commands = js
+            .get_or_create_stream(self.commands_config(limits))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", self.commands_stream()))?;
+        let events = js
+            .get_or_create_stream(self.events_config(limits))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", self.events_stream()))?;
+        Ok((commands, events))
+    }
+
+    pub fn worker_consumer_config(&self, ack_wait: Duration, max_deliver: i64) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.worker_consumer()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            max_deliver,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        }
+    }
+
+    pub fn projector_consumer_config(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.projector_consumer()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            deliver_policy: DeliverPolicy::All,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        }
+    }
+
+    /// Deletes this prefix's streams (and with them their consumers). Tests only.
+    pub async fn delete_all(&self, js: &jetstream::Context) {
+        let _ = js.delete_stream(self.commands_stream()).await;
+        let _ = js.delete_stream(self.events_stream()).await;
+    }
+}
+
+/// Connects to NATS with reconnects forever and a sized subscription buffer.
+pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        // Replies to waiting calls arrive on one subscription: size it so bursts fit.
+        .subscription_capacity(1 << 16)
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        })
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_derived_from_prefix() {
+        let t = Topology::new("it_ab12");
+        assert_eq!(t.commands_stream(), "IT_AB12_COMMANDS");
+        assert_eq!(t.events_stream(), "IT_AB12_EVENTS");
+        let p = Uuid::nil();
+        assert!(t.event_subject(p, p).starts_with("it_ab12.ev."));
+        assert!(t.command_subject(p).starts_with("it_ab12.cmd."));
+    }
+}

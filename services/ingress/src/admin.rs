@@ -1,0 +1,437 @@
+//! The admin API under `/v1`: projects, API keys, tools and run history. JSON in
+//! and out; authenticated with the admin token (run reads also with a project key).
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tengine_core::{
+    credentials,
+    domain::{ToolDefinition, ToolSpec, validate_tool_name},
+    envelope::Caller,
+    store::{self, RunFilter},
+};
+use uuid::Uuid;
+
+use crate::{
+    AppState, arguments,
+    error::{ApiError, ApiResult},
+    mcp::bearer,
+};
+
+const MAX_PROJECT_NAME: usize = 200;
+const RUNS_PAGE_DEFAULT: i64 = 50;
+const RUNS_PAGE_MAX: i64 = 500;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/projects", get(list_projects).post(create_project))
+        .route("/v1/projects/{project_id}", get(get_project))
+        .route(
+            "/v1/projects/{project_id}/api-keys",
+            get(list_api_keys).post(create_api_key),
+        )
+        .route(
+            "/v1/projects/{project_id}/api-keys/{key_id}",
+            axum::routing::delete(revoke_api_key),
+        )
+        .route("/v1/projects/{project_id}/tools", get(list_tools).post(create_tool))
+        .route(
+            "/v1/projects/{project_id}/tools/{name}",
+            get(get_tool).put(replace_tool).patch(patch_tool).delete(delete_tool),
+        )
+        .route("/v1/projects/{project_id}/runs", get(list_runs))
+        .route("/v1/runs/{run_id}", get(get_run))
+}
+
+fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let expected = &st.config.admin_token;
+    match bearer(headers) {
+        Some(token) if !expected.is_empty() && credentials::constant_time_eq(token, expected) => Ok(()),
+        _ if expected.is_empty() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is disabled: set TENGINE_ADMIN_TOKEN on the ingress",
+        )),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Who may read runs: the admin, or a project API key (its own project only).
+enum Reader {
+    Admin,
+    Project(Caller),
+}
+
+async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
+    if require_admin(st, headers).is_ok() {
+        return Ok(Reader::Admin);
+    }
+    let token = bearer(headers).filter(|t| credentials::looks_like_api_key(t));
+    match token {
+        Some(token) => store::authenticate_api_key(&st.pool, token)
+            .await?
+            .map(Reader::Project)
+            .ok_or_else(ApiError::unauthorized),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+impl Reader {
+    fn may_read(&self, project_id: Uuid) -> bool {
+        match self {
+            Reader::Admin => true,
+            Reader::Project(caller) => caller.project_id == project_id,
+        }
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn parse_id(kind: &str, raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(format!("`{raw}` is not a valid {kind} id (a UUID)")))
+}
+
+fn created(value: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+}
+
+async fn create_project(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let input: NewProject = parse_json(&body)?;
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_PROJECT_NAME {
+        return Err(ApiError::from(tengine_core::domain::FieldError {
+            field: "name".into(),
+            message: format!("must be 1-{MAX_PROJECT_NAME} characters"),
+        }));
+    }
+    Ok(created(store::create_project(&st.pool, name).await?))
+}
+
+async fn list_projects(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    Ok(Json(json!({ "projects": store::list_projects(&st.pool).await? })))
+}
+
+async fn get_project(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let project = store::get_project(&st.pool, project_id)
+        .await
+        .map_err(|_| ApiError::not_found("project"))?;
+    Ok(Json(json!(project)))
+}
+
+async fn project_exists(st: &AppState, project_id: Uuid) -> ApiResult<()> {
+    store::get_project(&st.pool, project_id)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            store::StoreError::NotFound => ApiError::not_found("project"),
+            other => other.into(),
+        })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewApiKey {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    integration_id: Option<Uuid>,
+}
+
+async fn create_api_key(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let input: NewApiKey = if body.is_empty() {
+        NewApiKey::default()
+    } else {
+        parse_json(&body)?
+    };
+    project_exists(&st, project_id).await?;
+    let (record, key) = store::create_api_key(&st.pool, project_id, input.integration_id, &input.name)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::NotFound => ApiError::not_found("integration"),
+            other => other.into(),
+        })?;
+    let mut out = json!(record);
+    out["key"] = json!(key);
+    out["note"] = json!("store this key now: it is shown once and only its hash is kept");
+    Ok(created(out))
+}
+
+async fn list_api_keys(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    project_exists(&st, project_id).await?;
+    Ok(Json(
+        json!({ "api_keys": store::list_api_keys(&st.pool, project_id).await? }),
+    ))
+}
+
+async fn revoke_api_key(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, key_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let key_id = parse_id("API key", &key_id)?;
+    store::revoke_api_key(&st.pool, project_id, key_id)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::NotFound => ApiError::not_found("API key"),
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn validated(st: &AppState, spec: ToolSpec) -> ApiResult<ToolSpec> {
+    let spec = spec.validate(st.config.allow_insecure_upstreams)?;
+    arguments::compiles(&spec.input_schema).map_err(|e| {
+        ApiError::from(tengine_core::domain::FieldError {
+            field: "input_schema".into(),
+            message: format!("is not a valid JSON Schema: {e}"),
+        })
+    })?;
+    Ok(spec)
+}
+
+fn tool_not_found(e: store::StoreError) -> ApiError {
+    match e {
+        store::StoreError::NotFound => ApiError::not_found("tool"),
+        other => other.into(),
+    }
+}
+
+async fn create_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let spec = validated(&st, parse_json(&body)?)?;
+    project_exists(&st, project_id).await?;
+    Ok(created(
+        store::create_tool(&st.pool, &st.secrets, project_id, &spec).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct ToolListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_tools(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    Query(query): Query<ToolListQuery>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    project_exists(&st, project_id).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let mut tools = store::list_tools(&st.pool, project_id, false, query.cursor.as_deref(), limit + 1).await?;
+    let next = (tools.len() as i64 > limit).then(|| {
+        tools.truncate(limit as usize);
+        tools.last().map(|t| t.name.clone())
+    });
+    Ok(Json(json!({ "tools": tools, "next_cursor": next.flatten() })))
+}
+
+async fn get_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, name)): Path<(String, String)>,
+) -> ApiResult<Json<ToolDefinition>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    Ok(Json(
+        store::get_tool(&st.pool, project_id, &name)
+            .await
+            .map_err(tool_not_found)?,
+    ))
+}
+
+async fn replace_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<ToolDefinition>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let spec = validated(&st, parse_json(&body)?)?;
+    Ok(Json(
+        store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+            .await
+            .map_err(tool_not_found)?,
+    ))
+}
+
+/// The writable fields of a stored tool, as a spec document (no secret).
+fn spec_document(tool: &ToolDefinition) -> Value {
+    json!({
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": tool.input_schema,
+        "base_url": tool.base_url,
+        "http_method": tool.http_method,
+        "endpoint_path": tool.endpoint_path,
+        "headers_template": tool.headers_template,
+        "query_template": tool.query_template,
+        "body_template": tool.body_template,
+        "auth_strategy": tool.auth_strategy,
+        "timeout_ms": tool.timeout_ms,
+        "enabled": tool.enabled,
+    })
+}
+
+/// PATCH replaces the top-level fields it names and keeps the others.
+async fn patch_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<ToolDefinition>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let patch: serde_json::Map<String, Value> = parse_json(&body)?;
+    let current = store::get_tool(&st.pool, project_id, &name)
+        .await
+        .map_err(tool_not_found)?;
+    let mut document = spec_document(&current);
+    for (key, value) in patch {
+        document[key] = value;
+    }
+    let spec: ToolSpec =
+        serde_json::from_value(document).map_err(|e| ApiError::bad_request(format!("invalid tool fields: {e}")))?;
+    let spec = validated(&st, spec)?;
+    Ok(Json(
+        store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+            .await
+            .map_err(tool_not_found)?,
+    ))
+}
+
+async fn delete_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    validate_tool_name(&name).map_err(|_| ApiError::not_found("tool"))?;
+    store::delete_tool(&st.pool, project_id, &name)
+        .await
+        .map_err(tool_not_found)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct RunQuery {
+    status: Option<String>,
+    tool: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn encode_run_cursor(at: DateTime<Utc>, run_id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{run_id}", at.to_rfc3339()))
+}
+
+fn decode_run_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (at, id) = raw.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+async fn list_runs(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    Query(query): Query<RunQuery>,
+) -> ApiResult<Json<Value>> {
+    let reader = reader(&st, &headers).await?;
+    let project_id = parse_id("project", &project_id)?;
+    if !reader.may_read(project_id) {
+        return Err(ApiError::not_found("project"));
+    }
+    let before = match query.cursor.as_deref() {
+        Some(c) => Some(decode_run_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(RUNS_PAGE_DEFAULT).clamp(1, RUNS_PAGE_MAX);
+    let filter = RunFilter {
+        tool_name: query.tool,
+        status: query.status,
+        before,
+        limit: limit + 1,
+    };
+    let mut runs = store::list_runs(&st.pool, project_id, &filter).await?;
+    let next = (runs.len() as i64 > limit).then(|| {
+        runs.truncate(limit as usize);
+        runs.last().map(|r| encode_run_cursor(r.accepted_at, r.run_id))
+    });
+    Ok(Json(json!({ "runs": runs, "next_cursor": next.flatten() })))
+}
+
+async fn get_run(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let reader = reader(&st, &headers).await?;
+    let run_id = parse_id("run", &run_id)?;
+    let (run, attempts) = store::get_run(&st.pool, run_id).await.map_err(|e| match e {
+        store::StoreError::NotFound => ApiError::not_found("run"),
+        other => other.into(),
+    })?;
+    if !reader.may_read(run.project_id) {
+        return Err(ApiError::not_found("run"));
+    }
+    let mut out = json!(run);
+    out["attempt_details"] = json!(attempts);
+    Ok(Json(out))
+}

@@ -1,0 +1,117 @@
+//! MCP session ids, signed so that any ingress instance can verify them without
+//! shared state: `v1.<base64url(claims)>.<base64url(HMAC-SHA256)>`. A session is
+//! bound to the credential that opened it; another credential gets 404.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+const VERSION_TAG: &str = "v1";
+/// Longer ids are refused before any work is done on them.
+const MAX_LEN: usize = 512;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionClaims {
+    /// The API key that opened the session.
+    pub k: Uuid,
+    /// Negotiated protocol version.
+    pub v: String,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Random nonce: two sessions of one key never share an id.
+    pub n: String,
+}
+
+#[derive(Clone)]
+pub struct SessionCodec {
+    key: [u8; 32],
+    ttl_secs: i64,
+}
+
+impl SessionCodec {
+    pub fn new(key: [u8; 32], ttl_secs: u64) -> Self {
+        Self {
+            key,
+            ttl_secs: i64::try_from(ttl_secs).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn mac(&self, payload: &[u8]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(payload);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    pub fn issue(&self, api_key_id: Uuid, version: &str) -> String {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let claims = SessionClaims {
+            k: api_key_id,
+            v: version.to_string(),
+            iat: chrono::Utc::now().timestamp(),
+            n: URL_SAFE_NO_PAD.encode(nonce),
+        };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let signed = format!("{VERSION_TAG}.{payload}");
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(signed.as_bytes()));
+        format!("{signed}.{sig}")
+    }
+
+    /// The claims of a valid, unexpired session opened by `api_key_id`.
+    pub fn verify(&self, id: &str, api_key_id: Uuid) -> Option<SessionClaims> {
+        if id.len() > MAX_LEN {
+            return None;
+        }
+        let (signed, sig) = id.rsplit_once('.')?;
+        let payload = signed.strip_prefix(VERSION_TAG)?.strip_prefix('.')?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&sig).ok()?;
+        let claims: SessionClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let age = chrono::Utc::now().timestamp() - claims.iat;
+        (claims.k == api_key_id && age <= self.ttl_secs && age >= -60).then_some(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_and_verify() {
+        let codec = SessionCodec::new([1; 32], 3600);
+        let key = Uuid::now_v7();
+        let id = codec.issue(key, "2025-11-25");
+        assert!(id.chars().all(|c| c.is_ascii_graphic()));
+        assert_eq!(codec.verify(&id, key).expect("valid").v, "2025-11-25");
+        assert!(codec.verify(&id, Uuid::now_v7()).is_none(), "bound to its key");
+        assert!(
+            SessionCodec::new([2; 32], 3600).verify(&id, key).is_none(),
+            "bound to the secret"
+        );
+        let mut forged = id.clone();
+        forged.insert(5, 'A');
+        assert!(codec.verify(&forged, key).is_none());
+        assert!(codec.verify("garbage", key).is_none());
+    }
+
+    #[test]
+    fn expired_sessions_are_refused() {
+        let codec = SessionCodec::new([1; 32], 3600);
+        let key = Uuid::now_v7();
+        let claims = SessionClaims {
+            k: key,
+            v: "2025-11-25".into(),
+            iat: chrono::Utc::now().timestamp() - 7200,
+            n: "x".into(),
+        };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
+        let signed = format!("v1.{payload}");
+        let id = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(codec.mac(signed.as_bytes())));
+        assert!(codec.verify(&id, key).is_none());
+    }
+}

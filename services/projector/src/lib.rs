@@ -1,0 +1,291 @@
+//! The projector: folds the event log into run history in PostgreSQL.
+//!
+//! Each batch is one transaction holding the effects, the ids of the events
+//! applied (an event seen twice is skipped) and the stream-sequence checkpoint;
+//! messages are acked only after it commits. The merge is order-independent:
+//! events of one run come from different publishers, so a `Finished` may be
+//! stored before its `Accepted`, and a row never moves back from a terminal status.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, Message};
+use backon::{ExponentialBuilder, Retryable};
+use futures::{FutureExt, StreamExt};
+use sqlx::{PgPool, Postgres, Transaction};
+use tengine_core::{
+    Config, Topology,
+    envelope::{EventEnvelope, RunEvent},
+    store,
+};
+
+pub struct Projector {
+    config: Config,
+    pool: PgPool,
+    nats: async_nats::Client,
+    events: jetstream::stream::Stream,
+    topology: Topology,
+}
+
+/// SQL rank of a status: a row only ever moves to a higher rank.
+const STATUS_RANK: &str = "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)";
+
+impl Projector {
+    pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
+        let pool = store::connect(&config.database_url, 8).await?;
+        if config.run_migrations {
+            store::migrate(&pool).await?;
+        }
+        let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-projector").await?;
+        let js = jetstream::new(nats.clone());
+        let topology = Topology::from_config(&config);
+        let (_, events) = topology.ensure_streams(&js, &config.streams).await?;
+        Ok(Arc::new(Self {
+            config,
+            pool,
+            nats,
+            events,
+            topology,
+        }))
+    }
+
+    pub async fn health(&self) -> bool {
+        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
+        nats && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let consumer = self
+            .events
+            .get_or_create_consumer(
+                &self.topology.projector_consumer(),
+                self.topology.projector_consumer_config(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the projector consumer: {e}"))?;
+        let batch_size = self.config.projector.batch_size.max(1);
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
+        tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                next = messages.next() => next,
+            };
+            let mut batch = match first {
+                Some(Ok(message)) => vec![message],
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pulling events failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                None => anyhow::bail!("the event stream ended"),
+            };
+            // Take whatever else is already buffered, without waiting.
+            while batch.len() < batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            self.apply(&batch).await;
+        }
+        Ok(())
+    }
+
+    /// Applies a batch (retrying the transaction until it commits), then acks it.
+    async fn apply(&self, batch: &[Message]) {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for message in batch {
+            let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            match EventEnvelope::decode(&message.payload) {
+                Ok(envelope) => decoded.push((seq, envelope)),
+                Err(err) => {
+                    tracing::error!(error = %err, seq, subject = %message.subject, "skipping an undecodable event");
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        let consumer = self.topology.projector_consumer();
+        let result = (|| async { apply_batch(&self.pool, &consumer, &decoded).await })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(10))
+                    .without_max_times(),
+            )
+            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "projecting a batch failed; retrying"))
+            .await;
+        if let Err(err) = result {
+            tracing::error!(error = %err, "projecting a batch failed");
+            return;
+        }
+        for message in batch {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "acking an event failed; it will be redelivered and skipped");
+            }
+        }
+    }
+}
+
+pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnvelope)]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut max_seq = 0u64;
+    for (seq, envelope) in events {
+        max_seq = max_seq.max(*seq);
+        let fresh = sqlx::query("INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(envelope.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if fresh {
+            apply_event(&mut tx, &envelope.body).await?;
+        }
+    }
+    if max_seq > 0 {
+        sqlx::query(
+            "INSERT INTO projector_checkpoints (consumer, stream_seq) VALUES ($1, $2) \
+             ON CONFLICT (consumer) DO UPDATE SET stream_seq = GREATEST(projector_checkpoints.stream_seq, EXCLUDED.stream_seq), updated_at = now()",
+        )
+        .bind(consumer)
+        .bind(i64::try_from(max_seq).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Result<(), sqlx::Error> {
+    match event {
+        RunEvent::Accepted {
+            run_id,
+            caller,
+            tool_name,
+            accepted_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'accepted', $6) \
+                 ON CONFLICT (run_id) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), updated_at = now()",
+            )
+            .bind(run_id)
+            .bind(caller.project_id)
+            .bind(caller.integration_id)
+            .bind(caller.api_key_id)
+            .bind(tool_name)
+            .bind(accepted_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::Rejected {
+            run_id,
+            caller,
+            tool_name,
+            accepted_at,
+            error_class,
+            error,
+        } => {
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
+                 latency_ms, accepted_at, finished_at) VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8) \
+                 ON CONFLICT (run_id) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(caller.project_id)
+            .bind(caller.integration_id)
+            .bind(caller.api_key_id)
+            .bind(tool_name)
+            .bind(error_class.as_str())
+            .bind(error)
+            .bind(accepted_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::AttemptStarted {
+            run_id,
+            attempt,
+            started_at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, attempt, started_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
+            .bind(started_at)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE runs SET status = CASE WHEN {STATUS_RANK} < 2 THEN 'running' ELSE runs.status END, \
+                 started_at = COALESCE(runs.started_at, $2), attempts = GREATEST(runs.attempts, $3), updated_at = now() \
+                 WHERE run_id = $1"
+            ))
+            .bind(run_id)
+            .bind(started_at)
+            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::AttemptFinished {
+            run_id,
+            attempt,
+            started_at,
+            finished_at,
+            http_status,
+            error_class,
+            error,
+            bytes_out,
+            bytes_in,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (run_id, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, http_status = EXCLUDED.http_status, \
+                 error_class = EXCLUDED.error_class, error = EXCLUDED.error, bytes_out = EXCLUDED.bytes_out, bytes_in = EXCLUDED.bytes_in",
+            )
+            .bind(run_id)
+            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(http_status.map(i32::from))
+            .bind(error_class.map(|c| c.as_str()))
+            .bind(error)
+            .bind(i64::try_from(*bytes_out).unwrap_or(i64::MAX))
+            .bind(i64::try_from(*bytes_in).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::Finished(outcome) => {
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
+                 http_status, latency_ms, attempts, accepted_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
+                 error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
+                 attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, updated_at = now()",
+            )
+            .bind(outcome.run_id)
+            .bind(outcome.caller.project_id)
+            .bind(outcome.caller.integration_id)
+            .bind(outcome.caller.api_key_id)
+            .bind(&outcome.tool_name)
+            .bind(outcome.status.as_str())
+            .bind(outcome.error_class.map(|c| c.as_str()))
+            .bind(&outcome.error)
+            .bind(outcome.response.as_ref().map(|r| i32::from(r.http_status)))
+            .bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
+            .bind(i32::try_from(outcome.attempts).unwrap_or(i32::MAX))
+            .bind(outcome.accepted_at)
+            .bind(outcome.finished_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! The worker: pulls execution commands, performs the signed HTTP call, records the
+//! outcome in the event log, replies to the waiting ingress, and only then acks.
+//!
+//! Redelivery is the retry mechanism across crashes: a command redelivered after
+//! its `Finished` event was stored is answered from the log without calling the
+//! API again; one redelivered mid-call is called again with the same request id
+//! (`X-Tengine-Request-Id`, `webhook-id`, `Idempotency-Key`) so the API can dedupe.
+
+pub mod outbound;
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, Message};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+use tengine_core::{
+    Config, Topology, bus,
+    envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
+    secrets::SecretBox,
+    store::{self, StoreError},
+    templates,
+};
+use tokio::sync::Semaphore;
+
+pub struct Worker {
+    config: Config,
+    pool: PgPool,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    events: jetstream::stream::Stream,
+    commands: jetstream::stream::Stream,
+    topology: Topology,
+    secrets: SecretBox,
+    http: reqwest::Client,
+}
+
+impl Worker {
+    pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
+        let secrets = SecretBox::new(&config.master_key_bytes()?);
+        let pool = store::connect(&config.database_url, 16).await?;
+        if config.run_migrations {
+            store::migrate(&pool).await?;
+        }
+        let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-worker").await?;
+        let js = jetstream::new(nats.clone());
+        let topology = Topology::from_config(&config);
+        let (commands, events) = topology.ensure_streams(&js, &config.streams).await?;
+        let http = outbound::client(Duration::from_millis(config.worker.connect_timeout_ms))?;
+        Ok(Arc::new(Self {
+            config,
+            pool,
+            nats,
+            js,
+            events,
+            commands,
+            topology,
+            secrets,
+            http,
+        }))
+    }
+
+    /// Consumes commands until `shutdown` resolves, then lets in-flight calls finish.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let wc = &self.config.worker;
+        let consumer = self
+            .commands
+            .get_or_create_consumer(
+                &self.topology.worker_consumer(),
+                self.topology
+                    .worker_consumer_config(Duration::from_secs(wc.ack_wait_secs), wc.max_deliver),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the worker consumer: {e}"))?;
+        let permits = Arc::new(Semaphore::new(wc.concurrency));
+        // Small batches: prefetched messages burn their ack_wait while they wait.
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(wc.concurrency.min(64))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("pulling commands: {e}"))?;
+        tracing::info!(consumer = %self.topology.worker_consumer(), concurrency = wc.concurrency, "worker consuming");
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => permit?,
+            };
+            let next = tokio::select! {
+                _ = &mut shutdown => break,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let worker = self.clone();
+                    tokio::spawn(async move {
+                        worker.handle(message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pulling commands failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                None => anyhow::bail!("the command stream ended"),
+            }
+        }
+        tracing::info!("worker draining in-flight calls");
+        let all = u32::try_from(wc.concurrency).unwrap_or(u32::MAX);
+        let drain = Duration::from_secs(wc.ack_wait_secs);
+        let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
+        Ok(())
+    }
+
+    async fn handle(&self, message: Message) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let command = match CommandEnvelope::decode(&message.payload) {
+            Ok(envelope) => envelope.body,
+            Err(err) => {
+                // Nothing can ever make this message valid: take it out of the queue.
+                tracing::error!(error = %err, subject = %message.subject, "terminating an undecodable command");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let run_id = command.run_id;
+        let span = tracing::info_span!("run", %run_id, tool = %command.tool_name, delivered);
+        let _enter = span.enter();
+
+        if delivered > 1
+            && let Some(outcome) =
+                bus::recorded_outcome(&self.events, &self.topology, command.caller.project_id, run_id).await
+        {
+            tracing::info!("redelivered run already finished; answering from the event log");
+            self.reply(&command, &outcome).await;
+            let _ = message.double_ack().await;
+            return;
+        }
+
+        let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
+        let outcome = if self.config.worker.max_deliver > 0 && delivered >= self.config.worker.max_deliver {
+            // Last delivery: record a failure instead of risking another crash loop.
+            self.outcome(
+                &command,
+                attempt,
+                RunStatus::Failed,
+                Some(ErrorClass::DeliveryExhausted),
+                Some(format!(
+                    "the run was delivered {delivered} times without finishing; giving up"
+                )),
+                None,
+            )
+        } else {
+            self.execute(&command, attempt, &message).await
+        };
+
+        let finished = RunEvent::Finished(outcome.clone());
+        let project_id = command.caller.project_id;
+        let stored = (|| async { bus::publish_event(&self.js, &self.topology, project_id, finished.clone()).await })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(20),
+            )
+            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "storing the outcome failed; retrying"))
+            .await;
+        if let Err(err) = stored {
+            // Not acked: the command is redelivered and the run completes later.
+            tracing::error!(error = %err, "could not store the outcome; leaving the command for redelivery");
+            return;
+        }
+        self.reply(&command, &outcome).await;
+        if let Err(err) = message.double_ack().await {
+            tracing::warn!(error = %err, "ack not confirmed; a redelivery will be answered from the log");
+        }
+        tracing::info!(
+            status = outcome.status.as_str(),
+            latency_ms = outcome.latency_ms,
+            "run finished"
+        );
+    }
+
+    async fn reply(&self, command: &ExecuteCommand, outcome: &RunOutcome) {
+        let Some(reply_to) = &command.reply_to else { return };
+        let envelope = tengine_core::envelope::Envelope::new(uuid::Uuid::now_v7(), RunEvent::Finished(outcome.clone()));
+        match envelope.encode() {
+            Ok(bytes) => {
+                if let Err(err) = self.nats.publish(reply_to.clone(), bytes.into()).await {
+                    tracing::warn!(error = %err, "replying to the ingress failed; it will read the event log");
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "encoding a reply"),
+        }
+    }
+
+    fn outcome(
+        &self,
+        command: &ExecuteCommand,
+        attempts: u32,
+        status: RunStatus,
+        error_class: Option<ErrorClass>,
+        error: Option<String>,
+        response: Option<tengine_core::envelope::UpstreamResponse>,
+    ) -> RunOutcome {
+        let finished_at = Utc::now();
+        RunOutcome {
+            run_id: command.run_id,
+            caller: command.caller.clone(),
+            tool_name: command.tool_name.clone(),
+            status,
+            error_class,
+            error,
+            response,
+            attempts,
+            accepted_at: command.accepted_at,
+            finished_at,
+            latency_ms: u64::try_from((finished_at - command.accepted_at).num_milliseconds()).unwrap_or(0),
+        }
+    }
+
+    async fn execute(&self, command: &ExecuteCommand, attempt: u32, message: &Message) -> RunOutcome {
+        let fail = |class: ErrorClass, error: String| {
+            self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
+        };
+        let tool = match store::get_tool_by_id(&self.pool, command.tool_id).await {
+            Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => tool,
+            Ok(_) | Err(StoreError::NotFound) => {
+                return fail(
+                    ErrorClass::UnknownTool,
+                    format!(
+                        "tool `{}` was disabled or deleted after the call was accepted",
+                        command.tool_name
+                    ),
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "loading the tool");
+                return fail(ErrorClass::Internal, "the tool definition could not be loaded".into());
+            }
+        };
+        let ctx = templates::Context {
+            arguments: &command.arguments,
+            reserved: BTreeMap::from([
+                ("project.id", json!(command.caller.project_id)),
+                ("integration.id", json!(command.caller.integration_id)),
+                ("run.id", json!(command.run_id)),
+            ]),
+        };
+        let request = match templates::render_request(&tool, &ctx) {
+            Ok(r) => r,
+            Err(err) => return fail(ErrorClass::InvalidArguments, err.to_string()),
+        };
+        let secret = match tool
+            .auth_secret_ciphertext
+            .as_deref()
+            .map(|c| self.secrets.open(tool.id, c))
+        {
+            None => None,
+            Some(Ok(secret)) => Some(secret),
+            Some(Err(err)) => {
+                tracing::error!(error = %err, tool_id = %tool.id, "decrypting the tool secret");
+                return fail(
+                    ErrorClass::Internal,
+                    "the tool's secret cannot be decrypted with the configured master key".into(),
+                );
+            }
+        };
+        let credentials = outbound::Credentials {
+            strategy: tool.auth_strategy,
+            secret: secret.as_deref(),
+        };
+        let headers = match outbound::signed_headers(
+            &request,
+            &command.caller,
+            command.run_id,
+            &credentials,
+            Utc::now().timestamp(),
+        ) {
+            Ok(h) => h,
+            Err(err) => return fail(ErrorClass::InvalidArguments, err),
+        };
+        drop(secret);
+
+        let started_at = Utc::now();
+        let project_id = command.caller.project_id;
+        if let Err(err) = bus::publish_event(
+            &self.js,
+            &self.topology,
+            project_id,
+            RunEvent::AttemptStarted {
+                run_id: command.run_id,
+                project_id,
+                attempt,
+                started_at,
+            },
+        )
+        .await
+        {
+            tracing::warn!(error = %err, "could not log AttemptStarted");
+        }
+
+        let call = outbound::send(
+            &self.http,
+            request,
+            headers,
+            Duration::from_millis(tool.timeout_ms),
+            self.config.worker.max_response_bytes,
+        );
+        tokio::pin!(call);
+        // Keep the command ours while the API works: progress acks reset ack_wait.
+        let mut progress = tokio::time::interval(Duration::from_secs((self.config.worker.ack_wait_secs / 3).max(1)));
+        progress.tick().await;
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result,
+                _ = progress.tick() => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        };
+
+        if let Err(err) = bus::publish_event(
+            &self.js,
+            &self.topology,
+            project_id,
+            RunEvent::AttemptFinished {
+                run_id: command.run_id,
+                project_id,
+                attempt,
+                started_at,
+                finished_at: Utc::now(),
+                http_status: result.response.as_ref().map(|r| r.http_status),
+                error_class: result.error_class,
+                error: result.error.clone(),
+                bytes_out: result.bytes_out,
+                bytes_in: result.bytes_in,
+            },
+        )
+        .await
+        {
+            tracing::warn!(error = %err, "could not log AttemptFinished");
+        }
+        let status = if result.error_class.is_none() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        tracing::debug!(elapsed_ms = result.elapsed.as_millis() as u64, "attempt finished");
+        self.outcome(
+            command,
+            attempt,
+            status,
+            result.error_class,
+            result.error,
+            result.response,
+        )
+    }
+
+    pub async fn health(&self) -> bool {
+        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
+        nats && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}

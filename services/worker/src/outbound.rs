@@ -1,0 +1,206 @@
+//! The outbound HTTP call: one pooled client, a per-request timeout, no redirects
+//! (a redirect could leave the registered origin), and a capped response body.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{
+    Client,
+    header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
+};
+use tengine_core::{
+    domain::AuthStrategy,
+    envelope::{Caller, ErrorClass, UpstreamResponse},
+    signing::{self, SigningKey},
+    templates::RenderedRequest,
+};
+use uuid::Uuid;
+
+pub fn client(connect_timeout: Duration) -> anyhow::Result<Client> {
+    Ok(Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("tengine/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// What one attempt produced.
+pub struct AttemptResult {
+    pub response: Option<UpstreamResponse>,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub elapsed: Duration,
+}
+
+pub struct Credentials<'a> {
+    pub strategy: AuthStrategy,
+    pub secret: Option<&'a str>,
+}
+
+/// Adds identity, idempotency, auth and signature headers to a rendered request.
+pub fn signed_headers(
+    request: &RenderedRequest,
+    caller: &Caller,
+    run_id: Uuid,
+    credentials: &Credentials<'_>,
+    timestamp: i64,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header name `{name}`: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
+        headers.append(name, value);
+    }
+    if request.body.is_some() && !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let run = run_id.to_string();
+    let mut set = |name: &'static str, value: &str| -> Result<(), String> {
+        let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
+        // from_bytes lower-cases, so names can be written in their documented casing.
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header `{name}`: {e}"))?;
+        headers.insert(name, value);
+        Ok(())
+    };
+    set(signing::HEADER_PROJECT_ID, &caller.project_id.to_string())?;
+    set(signing::HEADER_INTEGRATION_ID, &caller.integration_id.to_string())?;
+    set(signing::HEADER_REQUEST_ID, &run)?;
+    set(signing::HEADER_TIMESTAMP, &timestamp.to_string())?;
+    set(signing::HEADER_IDEMPOTENCY_KEY, &run)?;
+    set(signing::HEADER_WEBHOOK_ID, &run)?;
+    set(signing::HEADER_WEBHOOK_TIMESTAMP, &timestamp.to_string())?;
+    match (credentials.strategy, credentials.secret) {
+        (AuthStrategy::None, _) => {}
+        (AuthStrategy::StaticBearer, Some(token)) => set("authorization", &format!("Bearer {token}"))?,
+        (AuthStrategy::HmacSignature, Some(secret)) => {
+            let key = SigningKey::parse(secret)?;
+            let body = request.body.as_deref().unwrap_or_default();
+            let path_and_query = match request.url.query() {
+                Some(q) => format!("{}?{q}", request.url.path()),
+                None => request.url.path().to_string(),
+            };
+            set(
+                signing::HEADER_SIGNATURE,
+                &key.tng2(timestamp, &run, request.method.as_str(), &path_and_query, body),
+            )?;
+            set(
+                signing::HEADER_WEBHOOK_SIGNATURE,
+                &key.standard_webhooks(&run, timestamp, body),
+            )?;
+        }
+        (strategy, None) => return Err(format!("auth_strategy {} has no secret stored", strategy.as_str())),
+    }
+    Ok(headers)
+}
+
+pub async fn send(
+    client: &Client,
+    request: RenderedRequest,
+    headers: HeaderMap,
+    timeout: Duration,
+    max_response_bytes: usize,
+) -> AttemptResult {
+    let started = Instant::now();
+    let bytes_out = request.body.as_ref().map_or(0, |b| b.len() as u64);
+    let method = reqwest::Method::from_bytes(request.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut builder = client.request(method, request.url).headers(headers).timeout(timeout);
+    if let Some(body) = request.body {
+        builder = builder.body(body);
+    }
+    let failed = |class: ErrorClass, error: String, started: Instant| AttemptResult {
+        response: None,
+        error_class: Some(class),
+        error: Some(error),
+        bytes_out,
+        bytes_in: 0,
+        elapsed: started.elapsed(),
+    };
+    let mut response = match builder.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let (class, text) = classify(&e, timeout);
+            return failed(class, text, started);
+        }
+    };
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max_response_bytes {
+                    return failed(
+                        ErrorClass::ResponseTooLarge,
+                        format!("the response body exceeds {max_response_bytes} bytes (worker.max_response_bytes)"),
+                        started,
+                    );
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let (class, text) = classify(&e, timeout);
+                return failed(class, format!("reading the response: {text}"), started);
+            }
+        }
+    }
+    let bytes_in = body.len() as u64;
+    let upstream = UpstreamResponse {
+        http_status: status,
+        content_type,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let (error_class, error) = if (200..300).contains(&status) {
+        (None, None)
+    } else if (300..400).contains(&status) {
+        (
+            Some(ErrorClass::UpstreamStatus),
+            Some(format!(
+                "the API answered with a redirect (HTTP {status}); redirects are not followed"
+            )),
+        )
+    } else {
+        (
+            Some(ErrorClass::UpstreamStatus),
+            Some(format!("the API answered HTTP {status}")),
+        )
+    };
+    AttemptResult {
+        response: Some(upstream),
+        error_class,
+        error,
+        bytes_out,
+        bytes_in,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
+    if err.is_timeout() {
+        (
+            ErrorClass::Timeout,
+            format!("the API did not answer within {} ms (timeout_ms)", timeout.as_millis()),
+        )
+    } else if err.is_connect() {
+        (
+            ErrorClass::Connect,
+            format!("could not connect to the API: {}", root_cause(err)),
+        )
+    } else {
+        (ErrorClass::Connect, format!("the request failed: {}", root_cause(err)))
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
