@@ -1,1 +1,289 @@
+//! Test harness: `spawn_app()` starts a real ingress, worker and projector against
+//! the real NATS and PostgreSQL, each test with a fresh database and its own
+//! JetStream prefix (so tests run in parallel), and `Upstream` is a real HTTP API
+//! on 127.0.0.1:0 that records what it receives and checks signatures with the
+//! off-the-shelf `standardwebhooks` library.
 
+pub mod mcp;
+pub mod upstream;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tengine_core::{Config, Topology};
+use tokio::{sync::watch, task::JoinHandle};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn database_url() -> String {
+    std::env::var("TENGINE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://tengine:tengine@127.0.0.1:5432/tengine".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TENGINE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("TENGINE_TEST_DATABASE_URL is a URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A database and a JetStream prefix owned by one test; dropped with it.
+pub struct Isolation {
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+}
+
+impl Isolation {
+    pub async fn new() -> Self {
+        let suffix = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let db_name = format!("tengine_it_{suffix}");
+        let mut conn = PgConnection::connect(&database_url())
+            .await
+            .expect("connect to TENGINE_TEST_DATABASE_URL (run deploy/local/test, which starts PostgreSQL)");
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database (the role needs CREATEDB)");
+        Self {
+            db_url: with_database(&database_url(), &db_name),
+            db_name,
+            prefix: format!("it{suffix}"),
+        }
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        let db_name = self.db_name.clone();
+        let prefix = self.prefix.clone();
+        // Cleanup needs async I/O; do it on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    Topology::new(prefix)
+                        .delete_all(&async_nats::jetstream::new(client))
+                        .await;
+                }
+                if let Ok(mut conn) = PgConnection::connect(&database_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub mcp_url: String,
+    pub project_id: Uuid,
+    pub api_key: String,
+    pub api_key_id: Uuid,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub config: Config,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    // Last: dropped after the services are stopped.
+    _isolation: Isolation,
+}
+
+fn key32() -> String {
+    STANDARD.encode(rand_bytes())
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    out[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    out
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the three services with configuration overrides (`("ingress.max_request_bytes", "1000")`).
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    init_logging();
+    let isolation = Isolation::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ingress");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let base_url = format!("http://{addr}");
+    let mut settings: Vec<(&str, String)> = vec![
+        ("database_url", isolation.db_url.clone()),
+        ("nats_url", nats_url()),
+        ("nats_prefix", isolation.prefix.clone()),
+        ("admin_token", ADMIN_TOKEN.into()),
+        ("master_key", key32()),
+        ("session_secret", key32()),
+        ("allow_insecure_upstreams", "true".into()),
+        ("ingress.public_url", base_url.clone()),
+        ("ingress.listen", addr.to_string()),
+        ("worker.health_listen", "127.0.0.1:0".into()),
+        ("projector.health_listen", "127.0.0.1:0".into()),
+        ("worker.ack_wait_secs", "5".into()),
+    ];
+    settings.extend(overrides.iter().map(|(k, v)| (*k, v.to_string())));
+    let config = Config::with_overrides(&settings).expect("test configuration is valid");
+
+    let (stop, stop_rx) = watch::channel(false);
+    let state = tengine_ingress::AppState::connect(config.clone())
+        .await
+        .expect("ingress connects");
+    let worker = tengine_worker::Worker::connect(config.clone())
+        .await
+        .expect("worker connects");
+    let projector = tengine_projector::Projector::connect(config.clone())
+        .await
+        .expect("projector connects");
+    let tasks = vec![
+        tokio::spawn({
+            let rx = stop_rx.clone();
+            async move {
+                let _ = tengine_ingress::serve(listener, state, stopped(rx)).await;
+            }
+        }),
+        tokio::spawn({
+            let rx = stop_rx.clone();
+            async move {
+                let _ = worker.run(stopped(rx)).await;
+            }
+        }),
+        tokio::spawn({
+            let rx = stop_rx.clone();
+            async move {
+                let _ = projector.run(stopped(rx)).await;
+            }
+        }),
+    ];
+    let pool = PgPool::connect(&isolation.db_url).await.expect("test pool");
+    let http = reqwest::Client::new();
+    let mut app = TestApp {
+        mcp_url: format!("{base_url}/mcp"),
+        base_url,
+        project_id: Uuid::nil(),
+        api_key: String::new(),
+        api_key_id: Uuid::nil(),
+        http,
+        pool,
+        config,
+        stop,
+        tasks,
+        _isolation: isolation,
+    };
+    let project = app.admin_post("/v1/projects", json!({"name": "test"})).await;
+    assert_eq!(project.0, 201, "create project: {}", project.1);
+    app.project_id = Uuid::parse_str(project.1["id"].as_str().expect("id")).expect("uuid");
+    let (key_id, key) = app.create_api_key(app.project_id).await;
+    app.api_key_id = key_id;
+    app.api_key = key;
+    app
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.admin(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn create_api_key(&self, project_id: Uuid) -> (Uuid, String) {
+        let (status, key) = self
+            .admin_post(&format!("/v1/projects/{project_id}/api-keys"), json!({"name": "k"}))
+            .await;
+        assert_eq!(status, 201, "create key: {key}");
+        (
+            Uuid::parse_str(key["id"].as_str().expect("id")).expect("uuid"),
+            key["key"].as_str().expect("key").to_string(),
+        )
+    }
+
+    /// Registers a tool in the test project; panics unless it is created.
+    pub async fn create_tool(&self, tool: Value) -> Value {
+        self.create_tool_in(self.project_id, tool).await
+    }
+
+    pub async fn create_tool_in(&self, project_id: Uuid, tool: Value) -> Value {
+        let (status, body) = self.admin_post(&format!("/v1/projects/{project_id}/tools"), tool).await;
+        assert_eq!(status, 201, "create tool: {body}");
+        body
+    }
+
+    /// Waits until the run's history row reaches a terminal status.
+    pub async fn finished_run(&self, run_id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let (status, run) = self.admin_get(&format!("/v1/runs/{run_id}")).await;
+            if status == 200 && matches!(run["status"].as_str(), Some("succeeded" | "failed" | "rejected")) {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {run_id} did not reach a terminal status in history: {status} {run}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn session(&self) -> mcp::RawSession {
+        mcp::RawSession::new(self.http.clone(), self.mcp_url.clone(), self.api_key.clone())
+    }
+}
+
+/// A Standard Webhooks secret for tests.
+pub fn signing_secret() -> String {
+    format!("whsec_{}", STANDARD.encode(rand_bytes()))
+}
+
+pub type Shared<T> = Arc<std::sync::Mutex<T>>;

@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration tests: one binary, real NATS, PostgreSQL, upstreams and MCP clients.
+
+mod admin;
+mod calls;
+mod python_client;
+mod schemas;
+mod transport;

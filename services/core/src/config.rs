@@ -2,7 +2,7 @@
 //! (`config.default.toml`), then an optional file (`TENGINE_CONFIG`), then
 //! `TENGINE_`-prefixed environment variables (`__` separates nested keys).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, str::FromStr};
 
 use base64::Engine;
 use figment::{
@@ -97,7 +97,9 @@ impl Config {
     pub fn with_overrides(overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         for (key, value) in overrides {
-            figment = figment.merge((*key, value.clone()));
+            // Parsed like environment values: "true" is a bool, "5" a number.
+            let value = figment::value::Value::from_str(value).unwrap_or_else(|_| value.as_str().into());
+            figment = figment.merge((*key, value));
         }
         Self::from_figment(figment)
     }

@@ -360,13 +360,13 @@ impl ToolSpec {
                     "is only used with auth_strategy static_bearer or hmac_signature",
                 ));
             }
-            (AuthStrategy::StaticBearer, Some(secret)) => {
-                if secret.is_empty() || http::HeaderValue::from_str(&format!("Bearer {secret}")).is_err() {
-                    return Err(field_err(
-                        "auth_secret",
-                        "must be a non-empty token usable in an HTTP header",
-                    ));
-                }
+            (AuthStrategy::StaticBearer, Some(secret))
+                if secret.is_empty() || http::HeaderValue::from_str(&format!("Bearer {secret}")).is_err() =>
+            {
+                return Err(field_err(
+                    "auth_secret",
+                    "must be a non-empty token usable in an HTTP header",
+                ));
             }
             (AuthStrategy::HmacSignature, Some(secret)) => {
                 crate::signing::SigningKey::parse(secret).map_err(|e| field_err("auth_secret", e))?;
@@ -403,7 +403,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_fields_with_their_path() {
-        let cases: Vec<(Box<dyn Fn(&mut ToolSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ToolSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.name = "bad name".into()), "name"),
             (Box::new(|s| s.base_url = "http://api.example.com".into()), "base_url"),
             (

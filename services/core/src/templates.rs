@@ -73,19 +73,18 @@ pub fn placeholders(template: &str) -> Vec<Placeholder<'_>> {
     let bytes = template.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'{' {
-            if let Some(len) = template[i + 1..].find('}') {
-                let name = &template[i + 1..i + 1 + len];
-                if !name.is_empty() && name.chars().all(is_name_char) {
-                    found.push(Placeholder {
-                        start: i,
-                        end: i + len + 2,
-                        name,
-                    });
-                    i += len + 2;
-                    continue;
-                }
-            }
+        if bytes[i] == b'{'
+            && let Some(len) = template[i + 1..].find('}')
+            && len > 0
+            && template[i + 1..i + 1 + len].chars().all(is_name_char)
+        {
+            found.push(Placeholder {
+                start: i,
+                end: i + len + 2,
+                name: &template[i + 1..i + 1 + len],
+            });
+            i += len + 2;
+            continue;
         }
         i += 1;
     }

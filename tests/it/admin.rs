@@ -1,0 +1,180 @@
+//! The admin API: authentication, validation with field paths, tool lifecycle.
+
+use serde_json::json;
+use tengine_tests::{ADMIN_TOKEN, spawn_app};
+
+fn valid_tool() -> serde_json::Value {
+    json!({"name": "get_item", "description": "d",
+           "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+           "base_url": "https://api.example.com", "http_method": "GET", "endpoint_path": "/items/{id}"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_token_is_required() {
+    let app = spawn_app().await;
+    for token in [None, Some("wrong"), Some(app.api_key.as_str())] {
+        let mut request = app.http.get(format!("{}/v1/projects", app.base_url));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.expect("get");
+        assert_eq!(response.status().as_u16(), 401);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let ok = app
+        .http
+        .get(format!("{}/v1/projects", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_validation_names_the_field() {
+    let app = spawn_app().await;
+    let path = format!("/v1/projects/{}/tools", app.project_id);
+    let cases = [
+        (json!({"name": "bad name"}), "name"),
+        (json!({"base_url": "ftp://x"}), "base_url"),
+        (json!({"base_url": "https://api.example.com/v1?x=1"}), "base_url"),
+        (json!({"endpoint_path": "/items/{nope}"}), "endpoint_path"),
+        (json!({"input_schema": {"type": "array"}}), "input_schema.type"),
+        (
+            json!({"input_schema": {"type": "object", "properties": {"id": {"type": 12}}}}),
+            "input_schema",
+        ),
+        (json!({"headers_template": {"Host": "evil"}}), "headers_template.Host"),
+        (
+            json!({"auth_strategy": "hmac_signature", "auth_secret": "plain"}),
+            "auth_secret",
+        ),
+        (json!({"timeout_ms": 1_000_000}), "timeout_ms"),
+    ];
+    for (patch, field) in cases {
+        let mut spec = valid_tool();
+        for (k, v) in patch.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+        let (status, body) = app.admin_post(&path, spec).await;
+        assert_eq!(status, 422, "{field}: {body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (status, body) = app.admin_post(&path, json!({"name": "x", "unexpected": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = app
+        .http
+        .post(format!("{}{path}", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .expect("post");
+    assert_eq!(status, 400);
+    let (status, _) = app.admin_get("/v1/projects/not-a-uuid/tools").await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .admin_get(&format!("/v1/projects/{}/tools", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_lifecycle() {
+    let app = spawn_app().await;
+    let base = format!("/v1/projects/{}/tools", app.project_id);
+    let mut spec = valid_tool();
+    spec["auth_strategy"] = json!("static_bearer");
+    spec["auth_secret"] = json!("top-secret-value");
+    let created = app.create_tool(spec.clone()).await;
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["enabled"], true);
+    let (status, dup) = app.admin_post(&base, spec.clone()).await;
+    assert_eq!(status, 409, "{dup}");
+
+    let (status, got) = app.admin_get(&format!("{base}/get_item")).await;
+    assert_eq!(status, 200);
+    assert!(
+        !got.to_string().contains("top-secret-value"),
+        "secrets are never returned"
+    );
+
+    // PUT without a secret keeps the stored one.
+    let mut replaced = valid_tool();
+    replaced["description"] = json!("new");
+    replaced["auth_strategy"] = json!("static_bearer");
+    let (status, put) = app
+        .admin(reqwest::Method::PUT, &format!("{base}/get_item"), Some(replaced))
+        .await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(
+        (put["version"].as_i64(), put["has_auth_secret"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(put["description"], "new");
+
+    let (status, patched) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("{base}/get_item"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (patched["enabled"].as_bool(), patched["version"].as_i64()),
+        (Some(false), Some(3))
+    );
+    let (status, _) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("{base}/get_item"),
+            Some(json!({"timeout_ms": 1})),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    let (_, listed) = app.admin_get(&base).await;
+    assert_eq!(listed["tools"].as_array().map(Vec::len), Some(1));
+    let (status, _) = app
+        .admin(reqwest::Method::DELETE, &format!("{base}/get_item"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app.admin_get(&format!("{base}/get_item")).await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .admin(reqwest::Method::DELETE, &format!("{base}/get_item"), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_are_shown_once_and_listed_without_secret() {
+    let app = spawn_app().await;
+    let path = format!("/v1/projects/{}/api-keys", app.project_id);
+    let (status, listed) = app.admin_get(&path).await;
+    assert_eq!(status, 200);
+    let text = listed.to_string();
+    assert!(!text.contains(&app.api_key), "the key is not listed");
+    assert!(text.contains(&app.api_key[..12]), "its display prefix is");
+    let stored: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT key_hash FROM api_keys")
+        .fetch_all(&app.pool)
+        .await
+        .expect("rows");
+    assert!(
+        stored
+            .iter()
+            .all(|(h,)| h.len() == 32 && !String::from_utf8_lossy(h).contains("tengine_"))
+    );
+    let (status, _) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("{path}/{}", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}

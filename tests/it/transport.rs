@@ -1,0 +1,208 @@
+//! The MCP transport refuses bad input with the right HTTP status and JSON-RPC error.
+
+use serde_json::json;
+use tengine_tests::{mcp::ACCEPT_BOTH, spawn_app, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_required_and_checked() {
+    let app = spawn_app().await;
+    let session = app.session();
+    let body = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).expect("json");
+    let base = [("accept", ACCEPT_BOTH), ("content-type", "application/json")];
+
+    let missing = session.post_raw(&base, body.clone()).await;
+    assert_eq!(missing.status, 401);
+    let challenge = missing.headers["www-authenticate"].to_str().expect("ascii");
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("resource_metadata=\""),
+        "{challenge}"
+    );
+    assert_eq!(missing.body["error"]["code"], -32001);
+    assert!(
+        missing.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("Authorization")
+    );
+
+    for bad in [
+        "Bearer tengine_not-a-real-key",
+        "Bearer sk-something-else",
+        "Basic dXNlcjpwYXNz",
+    ] {
+        let mut headers = base.to_vec();
+        headers.push(("authorization", bad));
+        let reply = session.post_raw(&headers, body.clone()).await;
+        assert_eq!(reply.status, 401, "{bad}: {}", reply.body);
+    }
+
+    // The metadata document the challenge names exists.
+    let meta: serde_json::Value = app
+        .http
+        .get(format!("{}/.well-known/oauth-protected-resource", app.base_url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(meta["resource"], format!("{}/mcp", app.base_url));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_key_stops_working_immediately() {
+    let app = spawn_app().await;
+    let mut session = app.session();
+    session.initialize().await;
+    assert_eq!(session.request("ping", json!({})).await.status, 200);
+    let (status, _) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/projects/{}/api-keys/{}", app.project_id, app.api_key_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let reply = session.request("ping", json!({})).await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("revoked")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_messages_get_clear_errors() {
+    let app = spawn_app_with(&[("ingress.max_request_bytes", "2048")]).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let auth = format!("Bearer {}", app.api_key);
+    let sid = session.session_id.clone().expect("session");
+    let good = [
+        ("authorization", auth.as_str()),
+        ("accept", ACCEPT_BOTH),
+        ("content-type", "application/json"),
+        ("mcp-session-id", sid.as_str()),
+    ];
+
+    let parse = session
+        .post_raw(&good, b"{\"jsonrpc\": \"2.0\", \"id\": 1,".to_vec())
+        .await;
+    assert_eq!(parse.status, 400);
+    assert_eq!(parse.body["error"]["code"], -32700);
+
+    let batch = session
+        .post_raw(
+            &good,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#.to_vec(),
+        )
+        .await;
+    assert_eq!(batch.status, 400);
+    assert_eq!(batch.body["error"]["code"], -32600);
+    assert!(batch.body["error"]["message"].as_str().expect("msg").contains("batch"));
+
+    let no_version = session.post_raw(&good, br#"{"id":1,"method":"ping"}"#.to_vec()).await;
+    assert_eq!(no_version.status, 400);
+    assert_eq!(no_version.body["error"]["code"], -32600);
+
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_vec();
+    let mut wrong_accept = good.to_vec();
+    wrong_accept[1] = ("accept", "application/json");
+    assert_eq!(session.post_raw(&wrong_accept, ping.clone()).await.status, 406);
+    let mut wrong_type = good.to_vec();
+    wrong_type[2] = ("content-type", "text/plain");
+    assert_eq!(session.post_raw(&wrong_type, ping.clone()).await.status, 415);
+
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(4096)}});
+    let too_big = session.post_raw(&good, serde_json::to_vec(&big).expect("json")).await;
+    assert_eq!(too_big.status, 413);
+    assert!(too_big.body["error"]["message"].as_str().expect("msg").contains("2048"));
+
+    let mut no_session = good.to_vec();
+    no_session.pop();
+    let missing = session.post_raw(&no_session, ping.clone()).await;
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing.body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("Mcp-Session-Id")
+    );
+    let mut bogus = good.to_vec();
+    bogus[3] = ("mcp-session-id", "v1.bogus.session");
+    assert_eq!(session.post_raw(&bogus, ping.clone()).await.status, 404);
+
+    let mut future = good.to_vec();
+    future.push(("mcp-protocol-version", "1999-01-01"));
+    assert_eq!(session.post_raw(&future, ping.clone()).await.status, 400);
+
+    let unknown = session.request("resources/list", json!({})).await;
+    assert_eq!(unknown.status, 200);
+    assert_eq!(unknown.body["error"]["code"], -32601);
+
+    let get = app
+        .http
+        .get(&app.mcp_url)
+        .header("authorization", &auth)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(get.status().as_u16(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_of_one_key_is_not_valid_for_another() {
+    let app = spawn_app().await;
+    let mut first = app.session();
+    first.initialize().await;
+    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let mut second = tengine_tests::mcp::RawSession::new(app.http.clone(), app.mcp_url.clone(), other_key);
+    second.session_id = first.session_id.clone();
+    assert_eq!(second.request("ping", json!({})).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discover_gets_method_not_found_with_the_request_id() {
+    let app = spawn_app().await;
+    let session = app.session();
+    let auth = format!("Bearer {}", app.api_key);
+    let reply = session
+        .post_raw(
+            &[
+                ("authorization", auth.as_str()),
+                ("accept", ACCEPT_BOTH),
+                ("content-type", "application/json"),
+                ("mcp-protocol-version", "2026-07-28"),
+            ],
+            br#"{"jsonrpc":"2.0","id":"probe-1","method":"server/discover","params":{}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["id"], "probe-1");
+    assert_eq!(reply.body["error"]["code"], -32601);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn initialize_negotiates_versions() {
+    let app = spawn_app().await;
+    let session = app.session();
+    for (asked, expected) in [
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2099-01-01", "2025-11-25"),
+    ] {
+        let reply = session
+            .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": asked, "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}}))
+            .await;
+        assert_eq!(reply.body["result"]["protocolVersion"], expected, "{asked}");
+        assert!(reply.body["result"]["capabilities"]["tools"].is_object());
+    }
+    let bad = session
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"nope": 1}}))
+        .await;
+    assert_eq!(bad.body["error"]["code"], -32602);
+}

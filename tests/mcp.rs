@@ -1,0 +1,118 @@
+//! A raw MCP Streamable HTTP client for tests that need to see every status and
+//! header (the SDK clients are exercised separately).
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+pub struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    pub session_id: Option<String>,
+    next_id: i64,
+}
+
+impl RawSession {
+    pub fn new(http: reqwest::Client, url: String, token: String) -> Self {
+        Self {
+            http,
+            url,
+            token,
+            session_id: None,
+            next_id: 1,
+        }
+    }
+
+    /// POSTs raw bytes with the given headers (no defaults added).
+    pub async fn post_raw(&self, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut request = self.http.post(&self.url).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST /mcp");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+
+    /// POSTs a message with the headers a well-behaved client sends.
+    pub async fn post(&self, message: &Value) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("accept", ACCEPT_BOTH),
+            ("content-type", "application/json"),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        if let Some(id) = &self.session_id {
+            headers.push(("mcp-session-id", id.as_str()));
+        }
+        self.post_raw(&headers, serde_json::to_vec(message).expect("json"))
+            .await
+    }
+
+    pub async fn initialize(&mut self) -> Reply {
+        let reply = self
+            .post(&json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "it", "version": "1"}}
+            }))
+            .await;
+        assert_eq!(reply.status, 200, "initialize: {}", reply.body);
+        self.session_id = reply
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        assert!(self.session_id.is_some(), "initialize returns Mcp-Session-Id");
+        let note = self
+            .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(note.status, 202);
+        reply
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Reply {
+        self.next_id += 1;
+        self.post(&json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}))
+            .await
+    }
+
+    /// tools/call; returns the JSON-RPC `result` (panics on a JSON-RPC error).
+    pub async fn call(&mut self, name: &str, arguments: Value) -> Value {
+        let reply = self
+            .request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await;
+        assert_eq!(reply.status, 200, "tools/call: {}", reply.body);
+        reply
+            .body
+            .get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("tools/call failed: {}", reply.body))
+    }
+}
+
+/// The Run ID a tools/call result carries in `_meta`.
+pub fn run_id(result: &Value) -> String {
+    result["_meta"]["tengine.dev/runId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("result has a run id: {result}"))
+        .to_string()
+}
+
+pub fn text(result: &Value) -> String {
+    result["content"][0]["text"].as_str().unwrap_or_default().to_string()
+}

@@ -1,0 +1,146 @@
+//! A real HTTP API on 127.0.0.1:0 standing in for a customer's service. It records
+//! every request and verifies `webhook-signature` with the `standardwebhooks` crate.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// `Some(true)` when a webhook-signature was present and verified.
+    pub signature_valid: Option<bool>,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+struct Inner {
+    secret: Option<String>,
+    requests: std::sync::Mutex<Vec<Recorded>>,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl Upstream {
+    pub async fn spawn(secret: Option<String>) -> Self {
+        let inner = Arc::new(Inner {
+            secret,
+            requests: Default::default(),
+        });
+        let app = Router::new()
+            .route("/status/{code}", any(status))
+            .route("/slow/{ms}", any(slow))
+            .route("/{*rest}", any(echo))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.requests.lock().expect("lock").clone()
+    }
+}
+
+fn record(inner: &Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) {
+    let signature_valid = match (&inner.secret, headers.contains_key("webhook-signature")) {
+        (Some(secret), true) => Some(
+            standardwebhooks::Webhook::new(secret)
+                .expect("valid test secret")
+                .verify(body, headers)
+                .is_ok(),
+        ),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    inner.requests.lock().expect("lock").push(Recorded {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+        body: body.to_vec(),
+        signature_valid,
+    });
+}
+
+async fn echo(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Json(json!({"method": method.as_str(), "path": uri.path(), "query": query, "body": parsed})).into_response()
+}
+
+async fn status(
+    State(inner): State<Arc<Inner>>,
+    Path(code): Path<u16>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, format!("upstream says {}", code.as_u16())).into_response()
+}
+
+async fn slow(
+    State(inner): State<Arc<Inner>>,
+    Path(ms): Path<u64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    "finally".into_response()
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
