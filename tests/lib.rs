@@ -265,7 +265,13 @@ impl TestApp {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
             let (status, run) = self.admin_get(&format!("/v1/runs/{run_id}")).await;
-            if status == 200 && matches!(run["status"].as_str(), Some("succeeded" | "failed" | "rejected")) {
+            if status == 200
+                && matches!(
+                    run["status"].as_str(),
+                    Some("succeeded" | "failed" | "rejected" | "cancelled")
+                )
+                && !run["finished_at"].is_null()
+            {
                 return run;
             }
             assert!(

@@ -105,6 +105,51 @@ impl RawSession {
     }
 }
 
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<String>,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// Parses an SSE body (comments and keep-alives skipped).
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    for block in text.replace("\r\n", "\n").split("\n\n") {
+        let mut event = SseEvent::default();
+        let mut seen = false;
+        for line in block.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "id" => event.id = Some(value),
+                "event" => event.event = Some(value),
+                "retry" => event.retry = Some(value),
+                "data" => {
+                    if !event.data.is_empty() {
+                        event.data.push('\n');
+                    }
+                    event.data.push_str(&value);
+                }
+                _ => continue,
+            }
+            seen = true;
+        }
+        if seen {
+            events.push(event);
+        }
+    }
+    events
+}
+
 /// The Run ID a tools/call result carries in `_meta`.
 pub fn run_id(result: &Value) -> String {
     result["_meta"]["tengine.dev/runId"]

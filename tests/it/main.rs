@@ -2,6 +2,7 @@
 
 mod admin;
 mod calls;
+mod protocol;
 mod python_client;
 mod schemas;
 mod transport;

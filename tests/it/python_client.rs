@@ -14,7 +14,8 @@ async fn python(args: &[&str]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/mcp_client.py");
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        tokio::process::Command::new(python)
+        // Relative paths in the variable are taken from the workspace root.
+        tokio::process::Command::new(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(python))
             .arg(script)
             .args(args)
             .stdin(Stdio::null())

@@ -57,7 +57,7 @@ pub async fn publish_event(
     let bytes = envelope.encode()?;
     let ack = js
         .send_publish(
-            topology.event_subject(project_id, envelope.body.run_id()),
+            topology.event_subject(project_id, envelope.body.run_id(), envelope.body.kind()),
             message(envelope.id, bytes.clone()),
         )
         .await
@@ -66,7 +66,7 @@ pub async fn publish_event(
     Ok(bytes)
 }
 
-/// The run's outcome if the event log has it (its `Finished` event is always the last).
+/// The run's outcome if the event log has it.
 pub async fn recorded_outcome(
     events: &jetstream::stream::Stream,
     topology: &Topology,
@@ -74,7 +74,7 @@ pub async fn recorded_outcome(
     run_id: Uuid,
 ) -> Option<RunOutcome> {
     let message = events
-        .get_last_raw_message_by_subject(&topology.event_subject(project_id, run_id))
+        .get_last_raw_message_by_subject(&topology.outcome_subject(project_id, run_id))
         .await
         .ok()?;
     match Envelope::<RunEvent>::decode(&message.payload).ok()?.body {

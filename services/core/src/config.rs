@@ -47,6 +47,7 @@ pub struct IngressConfig {
     pub tools_page_size: usize,
     pub session_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -101,6 +101,54 @@ impl AuthStrategy {
     }
 }
 
+/// How an upstream response becomes an MCP tool result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// The body as one text block (the default).
+    #[default]
+    Text,
+    /// The body is JSON: `structuredContent` (checked against `output_schema` when
+    /// one is declared) plus the same JSON as a text block.
+    Json,
+    /// The body is an MCP `CallToolResult` (text, image, audio, resource blocks),
+    /// validated and passed through.
+    Mcp,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseMode::Text => "text",
+            ResponseMode::Json => "json",
+            ResponseMode::Mcp => "mcp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "text" => ResponseMode::Text,
+            "json" => ResponseMode::Json,
+            "mcp" => ResponseMode::Mcp,
+            _ => return None,
+        })
+    }
+}
+
+/// MCP tool annotations (hints for clients), in MCP's own field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToolAnnotations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent_hint: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world_hint: Option<bool>,
+}
+
 fn default_timeout() -> u64 {
     TIMEOUT_MS_DEFAULT
 }
@@ -114,8 +162,16 @@ fn default_true() -> bool {
 pub struct ToolSpec {
     pub name: String,
     #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
     pub description: String,
     pub input_schema: Value,
+    #[serde(default)]
+    pub output_schema: Option<Value>,
+    #[serde(default)]
+    pub annotations: Option<ToolAnnotations>,
+    #[serde(default)]
+    pub response_mode: ResponseMode,
     pub base_url: String,
     pub http_method: HttpMethod,
     pub endpoint_path: String,
@@ -141,8 +197,12 @@ pub struct ToolDefinition {
     pub id: Uuid,
     pub project_id: Uuid,
     pub name: String,
+    pub title: Option<String>,
     pub description: String,
     pub input_schema: Value,
+    pub output_schema: Option<Value>,
+    pub annotations: Option<ToolAnnotations>,
+    pub response_mode: ResponseMode,
     pub base_url: String,
     pub http_method: HttpMethod,
     pub endpoint_path: String,
@@ -293,6 +353,28 @@ impl ToolSpec {
                 "input_schema",
                 format!("must be at most {SCHEMA_MAX_BYTES} bytes"),
             ));
+        }
+        if let Some(title) = &self.title
+            && (title.is_empty() || title.len() > TOOL_NAME_MAX * 2)
+        {
+            return Err(field_err("title", "must be 1-256 bytes when given"));
+        }
+        if let Some(output) = &self.output_schema {
+            if self.response_mode == ResponseMode::Text {
+                return Err(field_err(
+                    "output_schema",
+                    "needs response_mode `json` or `mcp` (a text result has no structured content)",
+                ));
+            }
+            if output.get("type").and_then(Value::as_str) != Some("object") {
+                return Err(field_err("output_schema.type", "MCP requires \"type\": \"object\""));
+            }
+            if serde_json::to_vec(output).map_or(0, |v| v.len()) > SCHEMA_MAX_BYTES {
+                return Err(field_err(
+                    "output_schema",
+                    format!("must be at most {SCHEMA_MAX_BYTES} bytes"),
+                ));
+            }
         }
         self.base_url = normalize_base_url(&self.base_url, allow_insecure)?;
         if !self.endpoint_path.starts_with('/') || self.endpoint_path.starts_with("//") {

@@ -84,6 +84,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Rejected,
+    /// The client cancelled the call before the API was called.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -94,11 +96,15 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Rejected => "rejected",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled
+        )
     }
 }
 
@@ -186,7 +192,14 @@ pub enum RunEvent {
         bytes_out: u64,
         bytes_in: u64,
     },
-    /// The run's outcome. Always the last event of a run; carries everything needed
+    /// The client cancelled the call (`notifications/cancelled`). The run ends as
+    /// `cancelled` unless the API was already called; then its real outcome follows.
+    CancelRequested {
+        run_id: Uuid,
+        project_id: Uuid,
+        requested_at: DateTime<Utc>,
+    },
+    /// The run's outcome, on a subject of its own (`….finished`); carries everything needed
     /// to build its history row even if earlier events were lost.
     Finished(RunOutcome),
 }
@@ -208,12 +221,27 @@ pub struct RunOutcome {
 }
 
 impl RunEvent {
+    pub const FINISHED_KIND: &'static str = "finished";
+
+    /// The last subject token of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunEvent::Accepted { .. } => "accepted",
+            RunEvent::Rejected { .. } => "rejected",
+            RunEvent::AttemptStarted { .. } => "attempt_started",
+            RunEvent::AttemptFinished { .. } => "attempt_finished",
+            RunEvent::CancelRequested { .. } => "cancel_requested",
+            RunEvent::Finished(_) => Self::FINISHED_KIND,
+        }
+    }
+
     pub fn run_id(&self) -> Uuid {
         match self {
             RunEvent::Accepted { run_id, .. }
             | RunEvent::Rejected { run_id, .. }
             | RunEvent::AttemptStarted { run_id, .. }
-            | RunEvent::AttemptFinished { run_id, .. } => *run_id,
+            | RunEvent::AttemptFinished { run_id, .. }
+            | RunEvent::CancelRequested { run_id, .. } => *run_id,
             RunEvent::Finished(outcome) => outcome.run_id,
         }
     }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     credentials,
-    domain::{AuthStrategy, HttpMethod, ToolDefinition, ToolSpec},
+    domain::{AuthStrategy, HttpMethod, ResponseMode, ToolDefinition, ToolSpec},
     envelope::Caller,
     secrets::{SecretBox, SecretError},
 };
@@ -189,8 +189,12 @@ struct ToolRow {
     id: Uuid,
     project_id: Uuid,
     name: String,
+    title: Option<String>,
     description: String,
     input_schema: Json<Value>,
+    output_schema: Option<Json<Value>>,
+    annotations: Option<Json<crate::domain::ToolAnnotations>>,
+    response_mode: String,
     base_url: String,
     http_method: String,
     endpoint_path: String,
@@ -206,8 +210,8 @@ struct ToolRow {
     updated_at: DateTime<Utc>,
 }
 
-const TOOL_COLUMNS: &str = "id, project_id, name, description, input_schema, base_url, http_method, \
-     endpoint_path, headers_template, query_template, body_template, auth_strategy, \
+const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_schema, output_schema, \
+     annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
      auth_secret_ciphertext, timeout_ms, enabled, version, created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
@@ -220,8 +224,12 @@ impl TryFrom<ToolRow> for ToolDefinition {
             id: row.id,
             project_id: row.project_id,
             name: row.name,
+            title: row.title,
             description: row.description,
             input_schema: row.input_schema.0,
+            output_schema: row.output_schema.map(|j| j.0),
+            annotations: row.annotations.map(|j| j.0),
+            response_mode: ResponseMode::parse(&row.response_mode).ok_or_else(|| corrupt("response_mode"))?,
             base_url: row.base_url,
             http_method: HttpMethod::parse(&row.http_method).ok_or_else(|| corrupt("http_method"))?,
             endpoint_path: row.endpoint_path,
@@ -257,8 +265,9 @@ pub async fn create_tool(
     let row = sqlx::query_as::<_, ToolRow>(&format!(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
-         auth_secret_ciphertext, timeout_ms, enabled) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {TOOL_COLUMNS}"
+         auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+         RETURNING {TOOL_COLUMNS}"
     ))
     .bind(id)
     .bind(project_id)
@@ -275,6 +284,10 @@ pub async fn create_tool(
     .bind(ciphertext)
     .bind(spec.timeout_ms as i32)
     .bind(spec.enabled)
+    .bind(&spec.title)
+    .bind(spec.output_schema.as_ref().map(Json))
+    .bind(spec.annotations.as_ref().map(Json))
+    .bind(spec.response_mode.as_str())
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -307,7 +320,8 @@ pub async fn replace_tool(
         "UPDATE tools SET name = $3, description = $4, input_schema = $5, base_url = $6, \
          http_method = $7, endpoint_path = $8, headers_template = $9, query_template = $10, \
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
-         enabled = $15, version = version + 1, updated_at = now() \
+         enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
+         version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     ))
     .bind(project_id)
@@ -325,6 +339,10 @@ pub async fn replace_tool(
     .bind(ciphertext)
     .bind(spec.timeout_ms as i32)
     .bind(spec.enabled)
+    .bind(&spec.title)
+    .bind(spec.output_schema.as_ref().map(Json))
+    .bind(spec.annotations.as_ref().map(Json))
+    .bind(spec.response_mode.as_str())
     .fetch_optional(pool)
     .await
     .map_err(|e| {

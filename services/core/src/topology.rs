@@ -4,10 +4,14 @@
 //! | thing | name | notes |
 //! |---|---|---|
 //! | commands stream | `{PREFIX}_COMMANDS` | WorkQueue; subjects `{prefix}.cmd.{project_id}` |
-//! | events stream | `{PREFIX}_EVENTS` | Limits (the event log); subjects `{prefix}.ev.{project_id}.{run_id}` |
+//! | events stream | `{PREFIX}_EVENTS` | Limits (the event log); subjects `{prefix}.ev.{project_id}.{run_id}.{kind}` |
 //! | worker consumer | `{prefix}-worker` | durable pull on commands, explicit ack |
 //! | projector consumer | `{prefix}-projector` | durable pull on events, explicit ack |
-//! | run replies | `{prefix}.reply.{ingress_instance}.{run_id}` | core NATS, ingress → waiting call |
+//! | run replies | `{prefix}.reply.{ingress_instance}.{run_id}` | core NATS, worker → waiting call (progress + outcome) |
+//! | tool changes | `{prefix}.control.tools.{project_id}` | core NATS, admin API → open GET streams |
+//! | cancellations | `{prefix}.control.cancel` | core NATS, any ingress → the one waiting on the call |
+//! | session state | KV `{PREFIX}_SESSIONS` | ended sessions and log levels (by session-id hash), watched by every ingress |
+//! | cancelled runs | KV `{PREFIX}_CANCELLED` | run ids a worker must not execute |
 
 use std::time::Duration;
 
@@ -63,9 +67,14 @@ impl Topology {
         format!("{}.cmd.{project_id}", self.prefix)
     }
 
-    /// All events of one run share a subject, so the newest one is a direct lookup.
-    pub fn event_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
-        format!("{}.ev.{project_id}.{run_id}", self.prefix)
+    /// `{prefix}.ev.{project_id}.{run_id}.{kind}`: the outcome has a subject of its
+    /// own, so "has this run finished?" is one direct lookup whatever came after it.
+    pub fn event_subject(&self, project_id: Uuid, run_id: Uuid, kind: &str) -> String {
+        format!("{}.ev.{project_id}.{run_id}.{kind}", self.prefix)
+    }
+
+    pub fn outcome_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
+        self.event_subject(project_id, run_id, crate::envelope::RunEvent::FINISHED_KIND)
     }
 
     pub fn reply_subject(&self, instance: &str, run_id: Uuid) -> String {
@@ -74,6 +83,56 @@ impl Topology {
 
     pub fn reply_wildcard(&self, instance: &str) -> String {
         format!("{}.reply.{instance}.*", self.prefix)
+    }
+
+    pub fn tools_changed_subject(&self, project_id: Uuid) -> String {
+        format!("{}.control.tools.{project_id}", self.prefix)
+    }
+
+    pub fn tools_changed_wildcard(&self) -> String {
+        format!("{}.control.tools.*", self.prefix)
+    }
+
+    pub fn cancel_subject(&self) -> String {
+        format!("{}.control.cancel", self.prefix)
+    }
+
+    pub fn sessions_bucket(&self) -> String {
+        format!("{}_SESSIONS", self.prefix.to_uppercase())
+    }
+
+    pub fn cancelled_bucket(&self) -> String {
+        format!("{}_CANCELLED", self.prefix.to_uppercase())
+    }
+
+    /// Creates a KV bucket if missing; entries expire after `ttl`. The backing
+    /// stream is created directly with the KV conventions (`KV_<bucket>`,
+    /// `$KV.<bucket>.>`): async-nats' `create_key_value` cannot parse NATS 2.9's reply.
+    pub async fn ensure_bucket(
+        &self,
+        js: &jetstream::Context,
+        bucket: String,
+        ttl: Duration,
+    ) -> anyhow::Result<jetstream::kv::Store> {
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            storage: StorageType::File,
+            discard: DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            duplicate_window: ttl.min(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating KV bucket {bucket}: {e}"))?;
+        js.get_key_value(&bucket)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening KV bucket {bucket}: {e}"))
     }
 
     fn commands_config(&self, limits: &StreamsConfig) -> stream::Config {
@@ -149,6 +208,8 @@ impl Topology {
     pub async fn delete_all(&self, js: &jetstream::Context) {
         let _ = js.delete_stream(self.commands_stream()).await;
         let _ = js.delete_stream(self.events_stream()).await;
+        let _ = js.delete_key_value(self.sessions_bucket()).await;
+        let _ = js.delete_key_value(self.cancelled_bucket()).await;
     }
 }
 
@@ -178,7 +239,8 @@ mod tests {
         assert_eq!(t.commands_stream(), "IT_AB12_COMMANDS");
         assert_eq!(t.events_stream(), "IT_AB12_EVENTS");
         let p = Uuid::nil();
-        assert!(t.event_subject(p, p).starts_with("it_ab12.ev."));
+        assert!(t.event_subject(p, p, "accepted").starts_with("it_ab12.ev."));
+        assert!(t.outcome_subject(p, p).ends_with(".finished"));
         assert!(t.command_subject(p).starts_with("it_ab12.cmd."));
     }
 }

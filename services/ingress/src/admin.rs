@@ -17,7 +17,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tengine_core::{
     credentials,
-    domain::{ToolDefinition, ToolSpec, validate_tool_name},
+    domain::{AuthStrategy, ToolDefinition, ToolSpec, validate_tool_name},
     envelope::Caller,
     store::{self, RunFilter},
 };
@@ -222,13 +222,46 @@ async fn revoke_api_key(
 
 fn validated(st: &AppState, spec: ToolSpec) -> ApiResult<ToolSpec> {
     let spec = spec.validate(st.config.allow_insecure_upstreams)?;
-    arguments::compiles(&spec.input_schema).map_err(|e| {
-        ApiError::from(tengine_core::domain::FieldError {
-            field: "input_schema".into(),
-            message: format!("is not a valid JSON Schema: {e}"),
-        })
-    })?;
+    let schemas = [
+        ("input_schema", Some(&spec.input_schema)),
+        ("output_schema", spec.output_schema.as_ref()),
+    ];
+    for (field, schema) in schemas {
+        if let Some(schema) = schema {
+            arguments::compiles(schema).map_err(|e| {
+                ApiError::from(tengine_core::domain::FieldError {
+                    field: field.into(),
+                    message: format!("is not a valid JSON Schema: {e}"),
+                })
+            })?;
+        }
+    }
     Ok(spec)
+}
+
+/// Tells every ingress (and so every open GET stream of the project) that its tools changed.
+async fn tools_changed(st: &AppState, project_id: Uuid) {
+    let subject = st.topology.tools_changed_subject(project_id);
+    if let Err(err) = st.nats.publish(subject, bytes::Bytes::new()).await {
+        tracing::warn!(error = %err, "announcing a tool change failed");
+    }
+}
+
+fn secret_required(spec: &ToolSpec) -> ApiError {
+    ApiError::from(tengine_core::domain::FieldError {
+        field: "auth_secret".into(),
+        message: format!("is required with auth_strategy `{}`", spec.auth_strategy.as_str()),
+    })
+}
+
+/// A replacement that needs a secret must bring one unless it keeps the strategy
+/// whose secret is stored.
+fn check_secret_kept(spec: &ToolSpec, current: &ToolDefinition) -> ApiResult<()> {
+    let keeps = spec.auth_strategy == current.auth_strategy && current.has_auth_secret;
+    if spec.auth_strategy != AuthStrategy::None && spec.auth_secret.is_none() && !keeps {
+        return Err(secret_required(spec));
+    }
+    Ok(())
 }
 
 fn tool_not_found(e: store::StoreError) -> ApiError {
@@ -247,10 +280,13 @@ async fn create_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let spec = validated(&st, parse_json(&body)?)?;
+    if spec.auth_strategy != AuthStrategy::None && spec.auth_secret.is_none() {
+        return Err(secret_required(&spec));
+    }
     project_exists(&st, project_id).await?;
-    Ok(created(
-        store::create_tool(&st.pool, &st.secrets, project_id, &spec).await?,
-    ))
+    let tool = store::create_tool(&st.pool, &st.secrets, project_id, &spec).await?;
+    tools_changed(&st, project_id).await;
+    Ok(created(tool))
 }
 
 #[derive(Deserialize)]
@@ -300,19 +336,27 @@ async fn replace_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let spec = validated(&st, parse_json(&body)?)?;
-    Ok(Json(
-        store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
-            .await
-            .map_err(tool_not_found)?,
-    ))
+    let current = store::get_tool(&st.pool, project_id, &name)
+        .await
+        .map_err(tool_not_found)?;
+    check_secret_kept(&spec, &current)?;
+    let tool = store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+        .await
+        .map_err(tool_not_found)?;
+    tools_changed(&st, project_id).await;
+    Ok(Json(tool))
 }
 
 /// The writable fields of a stored tool, as a spec document (no secret).
 fn spec_document(tool: &ToolDefinition) -> Value {
     json!({
         "name": tool.name,
+        "title": tool.title,
         "description": tool.description,
         "input_schema": tool.input_schema,
+        "output_schema": tool.output_schema,
+        "annotations": tool.annotations,
+        "response_mode": tool.response_mode,
         "base_url": tool.base_url,
         "http_method": tool.http_method,
         "endpoint_path": tool.endpoint_path,
@@ -345,11 +389,12 @@ async fn patch_tool(
     let spec: ToolSpec =
         serde_json::from_value(document).map_err(|e| ApiError::bad_request(format!("invalid tool fields: {e}")))?;
     let spec = validated(&st, spec)?;
-    Ok(Json(
-        store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
-            .await
-            .map_err(tool_not_found)?,
-    ))
+    check_secret_kept(&spec, &current)?;
+    let tool = store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+        .await
+        .map_err(tool_not_found)?;
+    tools_changed(&st, project_id).await;
+    Ok(Json(tool))
 }
 
 async fn delete_tool(
@@ -363,6 +408,7 @@ async fn delete_tool(
     store::delete_tool(&st.pool, project_id, &name)
         .await
         .map_err(tool_not_found)?;
+    tools_changed(&st, project_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,9 +11,16 @@ use uuid::Uuid;
 /// At most this many schema errors are reported for one call.
 const MAX_REPORTED: usize = 10;
 
+/// Which of a tool's schemas a validator was compiled from.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+enum Side {
+    Input,
+    Output,
+}
+
 #[derive(Clone)]
 pub struct Validators {
-    cache: Cache<(Uuid, i64), Arc<jsonschema::Validator>>,
+    cache: Cache<(Uuid, i64, Side), Arc<jsonschema::Validator>>,
 }
 
 impl Validators {
@@ -23,32 +30,57 @@ impl Validators {
         }
     }
 
-    /// The schema violations of `arguments`, each as `<json pointer>: <problem>`.
-    pub fn check(&self, tool: &ToolDefinition, arguments: &Value) -> Result<Vec<String>, String> {
-        let key = (tool.id, tool.version);
-        let validator = match self.cache.get(&key) {
-            Some(v) => v,
-            None => {
-                let compiled = jsonschema::validator_for(&tool.input_schema)
-                    .map_err(|e| format!("the input schema of tool `{}` does not compile: {e}", tool.name))?;
-                let compiled = Arc::new(compiled);
-                self.cache.insert(key, compiled.clone());
-                compiled
-            }
-        };
-        Ok(validator
-            .iter_errors(arguments)
+    fn compiled(
+        &self,
+        tool: &ToolDefinition,
+        side: Side,
+        schema: &Value,
+    ) -> Result<Arc<jsonschema::Validator>, String> {
+        let key = (tool.id, tool.version, side);
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(v);
+        }
+        let compiled = Arc::new(
+            jsonschema::validator_for(schema)
+                .map_err(|e| format!("a schema of tool `{}` does not compile: {e}", tool.name))?,
+        );
+        self.cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    fn problems(validator: &jsonschema::Validator, instance: &Value, root: &str) -> Vec<String> {
+        validator
+            .iter_errors(instance)
             .take(MAX_REPORTED)
             .map(|e| {
                 let path = e.instance_path().as_str().to_string();
-                let path = if path.is_empty() {
-                    "(arguments)".to_string()
-                } else {
-                    path
-                };
+                let path = if path.is_empty() { root.to_string() } else { path };
                 format!("{path}: {e}")
             })
-            .collect())
+            .collect()
+    }
+
+    /// The schema violations of `arguments`, each as `<json pointer>: <problem>`.
+    pub fn check(&self, tool: &ToolDefinition, arguments: &Value) -> Result<Vec<String>, String> {
+        let validator = self.compiled(tool, Side::Input, &tool.input_schema)?;
+        Ok(Self::problems(&validator, arguments, "(arguments)"))
+    }
+
+    /// Why `structured` does not match the tool's output schema, if it does not.
+    pub fn check_output(&self, tool: &ToolDefinition, structured: &Value) -> Option<String> {
+        let schema = tool.output_schema.as_ref()?;
+        match self.compiled(tool, Side::Output, schema) {
+            Ok(validator) => {
+                let problems = Self::problems(&validator, structured, "(structuredContent)");
+                (!problems.is_empty()).then(|| {
+                    format!(
+                        "structuredContent does not match output_schema: {}",
+                        problems.join("; ")
+                    )
+                })
+            }
+            Err(e) => Some(e),
+        }
     }
 }
 

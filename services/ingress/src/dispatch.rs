@@ -1,7 +1,12 @@
-//! Queues a run and waits for its outcome. Each ingress instance holds one
-//! wildcard subscription on its reply subjects; a waiting call registers its run
-//! id before the command is published, so a fast reply cannot be missed. If the
-//! reply is lost or late, the event log is consulted once at the deadline.
+//! Queues a run and follows it. Each ingress instance holds one wildcard
+//! subscription on its reply subjects; a waiting call registers its run id before
+//! the command is published, so a fast reply cannot be missed. Workers send the
+//! attempt's start (progress) and the outcome there. If the outcome is lost or
+//! late, the event log is consulted at the deadline.
+//!
+//! Cancellation: `notifications/cancelled` may reach any instance, so it is
+//! broadcast on `{prefix}.control.cancel`; the instance following that call marks
+//! the run cancelled in a KV bucket (workers check it before calling the API).
 
 use std::{
     collections::HashMap,
@@ -10,74 +15,142 @@ use std::{
 };
 
 use async_nats::jetstream;
+use chrono::Utc;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tengine_core::{
     Topology, bus,
     envelope::{Envelope, ExecuteCommand, RunEvent, RunOutcome},
 };
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<RunOutcome>>>>;
+/// What a followed run reports.
+#[derive(Debug)]
+pub enum Signal {
+    /// The worker started calling the API.
+    Sent,
+    /// The API answered (or the attempt failed); the outcome follows.
+    Answered,
+    Finished(Box<RunOutcome>),
+    /// The client cancelled the call.
+    Cancelled,
+}
+
+/// A call's identity within its session, for `notifications/cancelled`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallKey {
+    pub session: String,
+    pub request_id: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    runs: HashMap<Uuid, mpsc::Sender<Signal>>,
+    calls: HashMap<CallKey, Uuid>,
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
+    nats: async_nats::Client,
     js: jetstream::Context,
     events: jetstream::stream::Stream,
+    cancelled: jetstream::kv::Store,
     topology: Topology,
     instance: String,
-    waiters: Waiters,
+    registry: Arc<Mutex<Registry>>,
 }
 
-/// Removes the waiter when the call ends in any way (including a client hang-up).
-pub struct Waiting {
-    waiters: Waiters,
-    run_id: Uuid,
-    rx: Option<oneshot::Receiver<RunOutcome>>,
+/// Following one run; unregisters when dropped (including on a client hang-up).
+pub struct Following {
+    registry: Arc<Mutex<Registry>>,
+    pub run_id: Uuid,
+    call: Option<CallKey>,
+    rx: mpsc::Receiver<Signal>,
 }
 
-impl Drop for Waiting {
+impl Drop for Following {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.waiters.lock() {
-            map.remove(&self.run_id);
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.runs.remove(&self.run_id);
+            if let Some(call) = &self.call {
+                registry.calls.remove(call);
+            }
         }
+    }
+}
+
+impl Following {
+    /// The next signal, or `None` once `deadline` passes.
+    pub async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Signal> {
+        tokio::time::timeout_at(deadline, self.rx.recv()).await.ok().flatten()
+    }
+}
+
+fn send(registry: &Mutex<Registry>, run_id: Uuid, signal: Signal) {
+    let sender = registry.lock().ok().and_then(|r| r.runs.get(&run_id).cloned());
+    if let Some(sender) = sender {
+        // A full channel means the follower is gone or far behind; progress is best-effort.
+        let _ = sender.try_send(signal);
     }
 }
 
 impl Dispatcher {
     pub async fn start(
-        client: async_nats::Client,
+        nats: async_nats::Client,
         js: jetstream::Context,
         events: jetstream::stream::Stream,
+        cancelled: jetstream::kv::Store,
         topology: Topology,
     ) -> anyhow::Result<Self> {
         let instance = Uuid::now_v7().simple().to_string();
-        let waiters: Waiters = Arc::default();
-        let mut replies = client
+        let registry: Arc<Mutex<Registry>> = Arc::default();
+
+        let mut replies = nats
             .subscribe(topology.reply_wildcard(&instance))
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to replies: {e}"))?;
-        let listener_waiters = waiters.clone();
+        let reply_registry = registry.clone();
         tokio::spawn(async move {
             while let Some(message) = replies.next().await {
                 let Ok(envelope) = Envelope::<RunEvent>::decode(&message.payload) else {
                     tracing::warn!(subject = %message.subject, "ignoring an undecodable reply");
                     continue;
                 };
-                if let RunEvent::Finished(outcome) = envelope.body {
-                    let sender = listener_waiters.lock().ok().and_then(|mut m| m.remove(&outcome.run_id));
-                    if let Some(sender) = sender {
-                        let _ = sender.send(outcome);
-                    }
+                match envelope.body {
+                    RunEvent::AttemptStarted { run_id, .. } => send(&reply_registry, run_id, Signal::Sent),
+                    RunEvent::AttemptFinished { run_id, .. } => send(&reply_registry, run_id, Signal::Answered),
+                    RunEvent::Finished(outcome) => send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome))),
+                    _ => {}
                 }
             }
         });
+
+        let mut cancels = nats
+            .subscribe(topology.cancel_subject())
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to cancellations: {e}"))?;
+        let cancel_registry = registry.clone();
+        tokio::spawn(async move {
+            while let Some(message) = cancels.next().await {
+                let Ok(call) = serde_json::from_slice::<CallKey>(&message.payload) else {
+                    continue;
+                };
+                let run_id = cancel_registry.lock().ok().and_then(|r| r.calls.get(&call).copied());
+                if let Some(run_id) = run_id {
+                    send(&cancel_registry, run_id, Signal::Cancelled);
+                }
+            }
+        });
+
         Ok(Self {
+            nats,
             js,
             events,
+            cancelled,
             topology,
             instance,
-            waiters,
+            registry,
         })
     }
 
@@ -89,15 +162,19 @@ impl Dispatcher {
         self.topology.reply_subject(&self.instance, run_id)
     }
 
-    pub fn register(&self, run_id: Uuid) -> Waiting {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut map) = self.waiters.lock() {
-            map.insert(run_id, tx);
+    pub fn follow(&self, run_id: Uuid, call: Option<CallKey>) -> Following {
+        let (tx, rx) = mpsc::channel(8);
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.runs.insert(run_id, tx);
+            if let Some(call) = &call {
+                registry.calls.insert(call.clone(), run_id);
+            }
         }
-        Waiting {
-            waiters: self.waiters.clone(),
+        Following {
+            registry: self.registry.clone(),
             run_id,
-            rx: Some(rx),
+            call,
+            rx,
         }
     }
 
@@ -129,12 +206,52 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for the outcome until `deadline`; then looks in the event log once.
-    pub async fn wait(&self, mut waiting: Waiting, project_id: Uuid, deadline: Duration) -> Option<RunOutcome> {
-        let rx = waiting.rx.take()?;
-        match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(outcome)) => Some(outcome),
-            _ => bus::recorded_outcome(&self.events, &self.topology, project_id, waiting.run_id).await,
+    /// The outcome recorded in the event log, if the run has finished.
+    pub async fn recorded(&self, project_id: Uuid, run_id: Uuid) -> Option<RunOutcome> {
+        bus::recorded_outcome(&self.events, &self.topology, project_id, run_id).await
+    }
+
+    /// Broadcasts a client's cancellation to whichever instance follows the call.
+    pub async fn request_cancel(&self, call: &CallKey) {
+        if let Ok(payload) = serde_json::to_vec(call)
+            && let Err(err) = self.nats.publish(self.topology.cancel_subject(), payload.into()).await
+        {
+            tracing::warn!(error = %err, "broadcasting a cancellation failed");
+        }
+    }
+
+    /// Marks a run cancelled: workers that have not called the API yet skip it.
+    pub async fn cancel(&self, project_id: Uuid, run_id: Uuid) {
+        if let Err(err) = self.cancelled.put(run_id.to_string(), "1".into()).await {
+            tracing::warn!(%run_id, error = %err, "could not mark the run cancelled");
+        }
+        self.log(
+            project_id,
+            RunEvent::CancelRequested {
+                run_id,
+                project_id,
+                requested_at: Utc::now(),
+            },
+        )
+        .await;
+    }
+
+    /// Polls the event log for an outcome until `deadline` (resumed streams,
+    /// whose worker replies go to another instance).
+    pub async fn poll_outcome(
+        &self,
+        project_id: Uuid,
+        run_id: Uuid,
+        deadline: tokio::time::Instant,
+    ) -> Option<RunOutcome> {
+        loop {
+            if let Some(outcome) = self.recorded(project_id, run_id).await {
+                return Some(outcome);
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(200) > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

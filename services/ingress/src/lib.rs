@@ -4,12 +4,19 @@
 
 pub mod admin;
 pub mod arguments;
+pub mod calls;
 pub mod dispatch;
 pub mod error;
 pub mod mcp;
 pub mod sessions;
+pub mod streams;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use async_nats::jetstream;
 use axum::{
@@ -25,7 +32,11 @@ use tengine_core::{Config, Topology, secrets::SecretBox, store};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-use crate::{arguments::Validators, dispatch::Dispatcher, sessions::SessionCodec};
+use crate::{
+    arguments::Validators,
+    dispatch::Dispatcher,
+    sessions::{SessionCodec, SessionStates},
+};
 
 pub struct AppState {
     pub config: Config,
@@ -33,8 +44,14 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub secrets: SecretBox,
     pub sessions: SessionCodec,
+    pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
+    /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
+    pub tool_changes: broadcast::Sender<Uuid>,
+    /// Cancelled when the server shuts down: ends long-lived GET streams.
+    pub shutdown: CancellationToken,
+    pub topology: Topology,
 }
 
 impl AppState {
@@ -50,15 +67,40 @@ impl AppState {
         let js = jetstream::new(nats.clone());
         let topology = Topology::from_config(&config);
         let (_, events) = topology.ensure_streams(&js, &config.streams).await?;
-        let dispatcher = Dispatcher::start(nats.clone(), js, events, topology).await?;
+        let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
+        let session_kv = topology
+            .ensure_bucket(&js, topology.sessions_bucket(), session_ttl)
+            .await?;
+        let cancelled_kv = topology
+            .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
+            .await?;
+        let dispatcher = Dispatcher::start(nats.clone(), js, events, cancelled_kv, topology.clone()).await?;
+
+        let (tool_changes, _) = broadcast::channel(1024);
+        let mut changes = nats
+            .subscribe(topology.tools_changed_wildcard())
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to tool changes: {e}"))?;
+        let feed = tool_changes.clone();
+        tokio::spawn(async move {
+            while let Some(message) = changes.next().await {
+                if let Some(project) = message.subject.rsplit('.').next().and_then(|p| Uuid::parse_str(p).ok()) {
+                    let _ = feed.send(project);
+                }
+            }
+        });
         Ok(Arc::new(Self {
             config,
             pool,
             nats,
             secrets,
             sessions,
+            session_states: SessionStates::start(session_kv, session_ttl),
             dispatcher,
             validators: Validators::new(10_000),
+            tool_changes,
+            shutdown: CancellationToken::new(),
+            topology,
         }))
     }
 }
@@ -117,8 +159,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
+    let token = state.shutdown.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Open SSE streams would otherwise hold the graceful shutdown forever.
+            token.cancel();
+        })
         .await?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! We use rmcp's model types for the messages but not its server runtime: sessions
 //! here are signed tokens (no per-instance state) and tools/call is a queued run.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Json,
@@ -20,22 +20,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::Utc;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ContentBlock, ErrorCode, Implementation, InitializeRequestParams,
-    InitializeResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities, Tool, ToolsCapability,
+    ErrorCode, Implementation, InitializeRequestParams, InitializeResult, PaginatedRequestParams, ProtocolVersion,
+    ServerCapabilities, Tool, ToolsCapability,
 };
-use serde_json::{Map, Value, json};
-use tengine_core::{
-    credentials,
-    domain::ToolDefinition,
-    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
-    store::{self, StoreError},
-    templates,
-};
-use uuid::Uuid;
+use serde_json::{Value, json};
+use tengine_core::{credentials, domain::ToolDefinition, envelope::Caller, store};
 
-use crate::AppState;
+use crate::{AppState, calls, sessions, streams};
 
 pub const HEADER_SESSION_ID: &str = "mcp-session-id";
 pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
@@ -47,9 +39,6 @@ pub const META_STATUS: &str = "tengine.dev/status";
 pub const META_HTTP_STATUS: &str = "tengine.dev/httpStatus";
 /// Server-defined JSON-RPC code for authentication failures (HTTP 401).
 pub const CODE_UNAUTHORIZED: i32 = -32001;
-/// How much of an upstream error body the model sees.
-const ERROR_EXCERPT_CHARS: usize = 2000;
-const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
 
 /// An MCP failure: HTTP status plus a JSON-RPC error object.
 #[derive(Debug)]
@@ -58,12 +47,12 @@ pub struct McpError {
     id: Value,
     code: i32,
     message: String,
-    data: Option<Value>,
+    pub(crate) data: Option<Value>,
     www_authenticate: Option<String>,
 }
 
 impl McpError {
-    fn new(status: StatusCode, code: i32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: i32, message: impl Into<String>) -> Self {
         Self {
             status,
             id: Value::Null,
@@ -74,7 +63,7 @@ impl McpError {
         }
     }
 
-    fn with_id(mut self, id: &Value) -> Self {
+    pub(crate) fn with_id(mut self, id: &Value) -> Self {
         self.id = id.clone();
         self
     }
@@ -83,11 +72,11 @@ impl McpError {
         Self::new(status, ErrorCode::INVALID_REQUEST.0, message)
     }
 
-    fn invalid_params(id: &Value, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_params(id: &Value, message: impl Into<String>) -> Self {
         Self::new(StatusCode::OK, ErrorCode::INVALID_PARAMS.0, message).with_id(id)
     }
 
-    fn internal(id: &Value, message: impl Into<String>) -> Self {
+    pub(crate) fn internal(id: &Value, message: impl Into<String>) -> Self {
         Self::new(StatusCode::OK, ErrorCode::INTERNAL_ERROR.0, message).with_id(id)
     }
 }
@@ -110,9 +99,9 @@ impl IntoResponse for McpError {
     }
 }
 
-type McpResult<T> = Result<T, McpError>;
+pub(crate) type McpResult<T> = Result<T, McpError>;
 
-fn json_rpc_result(id: &Value, result: Value) -> Response {
+pub(crate) fn json_rpc_result(id: &Value, result: Value) -> Response {
     Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
@@ -123,27 +112,91 @@ pub async fn post(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     }
 }
 
-/// GET would open a server-to-client SSE stream; this server sends no unsolicited
-/// messages yet, which the specification answers with 405.
-pub async fn get() -> Response {
-    method_not_allowed("this server does not offer a GET stream; POST JSON-RPC messages to this endpoint")
+/// GET opens the server-to-client stream: `notifications/tools/list_changed` when
+/// the project's tools change. With `Last-Event-ID` naming a tools/call stream it
+/// resumes that call instead and delivers its result.
+pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match handle_get(&st, &headers).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
 }
 
-/// Sessions are signed tokens that expire on their own; there is nothing to end.
-pub async fn delete() -> Response {
-    method_not_allowed("sessions expire on their own; DELETE is not supported")
+/// DELETE ends the session on every instance.
+pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let result = async {
+        check_host_and_origin(&st, &headers)?;
+        let caller = authenticate(&st, &headers).await?;
+        let session = check_session(&st, &headers, &caller, &Value::Null)?;
+        st.session_states.end(&session).await.map_err(|e| {
+            tracing::error!(error = %e, "ending a session");
+            McpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::INTERNAL_ERROR.0,
+                "the session could not be ended right now; retry",
+            )
+        })?;
+        Ok::<_, McpError>(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn method_not_allowed(message: &str) -> Response {
-    let mut response = McpError::invalid_request(StatusCode::METHOD_NOT_ALLOWED, message).into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
-    response
+async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Response> {
+    check_host_and_origin(st, headers)?;
+    let caller = authenticate(st, headers).await?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !accepts(accept, "text/event-stream") {
+        return Err(McpError::invalid_request(
+            StatusCode::NOT_ACCEPTABLE,
+            "the GET stream is text/event-stream: send `Accept: text/event-stream`",
+        ));
+    }
+    check_session(st, headers, &caller, &Value::Null)?;
+    check_protocol_version(headers, &Value::Null)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(streams::EventId::decode);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    match resume {
+        Some(event_id) => {
+            tokio::spawn(calls::resume(st.clone(), caller, event_id, tx));
+        }
+        None => {
+            let mut changes = st.tool_changes.subscribe();
+            let shutdown = st.shutdown.clone();
+            let project_id = caller.project_id;
+            tokio::spawn(async move {
+                let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        change = changes.recv() => {
+                            let relevant = match change {
+                                Ok(project) => project == project_id,
+                                // Missed some: telling the client to re-list is always safe.
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            };
+                            if relevant && tx.send(streams::message(None, &changed)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+    Ok(streams::response(rx))
 }
 
-async fn handle_post(st: &AppState, headers: &HeaderMap, body: Body) -> McpResult<Response> {
-    check_origin(st, headers)?;
+async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> McpResult<Response> {
+    check_host_and_origin(st, headers)?;
     let caller = authenticate(st, headers).await?;
     check_accept(headers)?;
     check_content_type(headers)?;
@@ -196,8 +249,16 @@ async fn handle_post(st: &AppState, headers: &HeaderMap, body: Body) -> McpResul
 
     let Some(id) = id else {
         // A notification: validate the session like any other message, then accept.
-        if method != "notifications/initialized" || headers.contains_key(HEADER_SESSION_ID) {
-            check_session(st, headers, &caller, &Value::Null)?;
+        if method == "notifications/initialized" && !headers.contains_key(HEADER_SESSION_ID) {
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
+        let session = check_session(st, headers, &caller, &Value::Null)?;
+        if method == "notifications/cancelled"
+            && let Some(request_id) = params.as_ref().and_then(|p| p.get("requestId"))
+        {
+            st.dispatcher
+                .request_cancel(&calls::call_key(&session, request_id))
+                .await;
         }
         return Ok(StatusCode::ACCEPTED.into_response());
     };
@@ -217,30 +278,96 @@ async fn handle_post(st: &AppState, headers: &HeaderMap, body: Body) -> McpResul
         _ => {}
     }
 
-    check_session(st, headers, &caller, &id)?;
+    let session = check_session(st, headers, &caller, &id)?;
     check_protocol_version(headers, &id)?;
     match method {
         "ping" => Ok(json_rpc_result(&id, json!({}))),
         "tools/list" => list_tools(st, &caller, &id, params).await,
-        "tools/call" => call_tool(st, &caller, &id, params).await,
+        "tools/call" => calls::call_tool(st.clone(), caller, session, id, params).await,
+        "logging/setLevel" => set_log_level(st, &session, &id, params).await,
+        // No prompts or resource templates here, so there is never anything to complete.
+        "completion/complete" => Ok(json_rpc_result(
+            &id,
+            json!({"completion": {"values": [], "total": 0, "hasMore": false}}),
+        )),
         other => Err(McpError::new(
             StatusCode::OK,
             ErrorCode::METHOD_NOT_FOUND.0,
-            format!("method `{other}` is not supported; this server offers tools (tools/list, tools/call) and ping"),
+            format!("method `{other}` is not supported; this server offers tools (tools/list, tools/call), logging/setLevel and ping"),
         )
         .with_id(&id)),
     }
 }
 
-fn check_origin(st: &AppState, headers: &HeaderMap) -> McpResult<()> {
+async fn set_log_level(st: &AppState, session: &str, id: &Value, params: Option<Value>) -> McpResult<Response> {
+    let level = params
+        .as_ref()
+        .and_then(|p| p.get("level"))
+        .and_then(Value::as_str)
+        .filter(|l| sessions::log_level_rank(l).is_some())
+        .ok_or_else(|| {
+            McpError::invalid_params(
+                id,
+                format!("params.level must be one of: {}", sessions::LOG_LEVELS.join(", ")),
+            )
+        })?;
+    st.session_states.set_log_level(session, level).await.map_err(|e| {
+        tracing::error!(error = %e, "storing a log level");
+        McpError::internal(id, "the log level could not be stored right now; retry")
+    })?;
+    Ok(json_rpc_result(id, json!({})))
+}
+
+/// True for names that only ever reach this machine.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Host (without port) of a `scheme://host[:port]` origin or a `host[:port]` value.
+fn host_of(value: &str) -> Option<String> {
+    let with_scheme = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("http://{value}")
+    };
+    url::Url::parse(&with_scheme).ok()?.host_str().map(str::to_string)
+}
+
+/// DNS-rebinding protection: the Host must be this server's public host, an
+/// allowed host or a loopback name; a browser Origin must be this server's, an
+/// allowed origin or a loopback one. Failures are 403.
+fn check_host_and_origin(st: &AppState, headers: &HeaderMap) -> McpResult<()> {
+    let public = url::Url::parse(&st.config.ingress.public_url).ok();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let name = host_of(host).unwrap_or_default();
+        let allowed = is_loopback_host(&name)
+            || public
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .is_some_and(|h| h.eq_ignore_ascii_case(&name))
+            || st
+                .config
+                .ingress
+                .allowed_hosts
+                .iter()
+                .any(|h| h == "*" || h.eq_ignore_ascii_case(&name) || h.eq_ignore_ascii_case(host));
+        if !allowed {
+            return Err(McpError::invalid_request(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host `{host}` is not served here; add it to ingress.allowed_hosts (TENGINE_INGRESS__ALLOWED_HOSTS)"
+                ),
+            ));
+        }
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-    let own = url::Url::parse(&st.config.ingress.public_url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_default();
+    let own = public.map(|u| u.origin().ascii_serialization()).unwrap_or_default();
     let allowed = origin == own
+        || host_of(origin).is_some_and(|h| is_loopback_host(&h))
         || st
             .config
             .ingress
@@ -366,7 +493,8 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> McpResult<b
     axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
 }
 
-fn check_session(st: &AppState, headers: &HeaderMap, caller: &Caller, id: &Value) -> McpResult<()> {
+/// The request's session id, if it is valid, unexpired, not ended and opened by this caller's key.
+fn check_session(st: &AppState, headers: &HeaderMap, caller: &Caller, id: &Value) -> McpResult<String> {
     let Some(session) = headers.get(HEADER_SESSION_ID) else {
         return Err(McpError::invalid_request(
             StatusCode::BAD_REQUEST,
@@ -374,17 +502,14 @@ fn check_session(st: &AppState, headers: &HeaderMap, caller: &Caller, id: &Value
         )
         .with_id(id));
     };
-    let valid = session
-        .to_str()
-        .ok()
-        .and_then(|s| st.sessions.verify(s, caller.api_key_id))
-        .is_some();
+    let session = session.to_str().unwrap_or_default();
+    let valid = st.sessions.verify(session, caller.api_key_id).is_some() && !st.session_states.get(session).ended;
     if valid {
-        Ok(())
+        Ok(session.to_string())
     } else {
         Err(McpError::invalid_request(
             StatusCode::NOT_FOUND,
-            "unknown or expired session: send initialize to start a new one",
+            "unknown, expired or ended session: send initialize to start a new one",
         )
         .with_id(id))
     }
@@ -424,8 +549,10 @@ fn initialize(st: &AppState, caller: &Caller, id: &Value, params: Option<Value>)
     let version = negotiate(params.protocol_version.to_string().as_str());
     let mut capabilities = ServerCapabilities::default();
     let mut tools = ToolsCapability::default();
-    tools.list_changed = Some(false);
+    tools.list_changed = Some(true);
     capabilities.tools = Some(tools);
+    capabilities.logging = Some(Default::default());
+    capabilities.completions = Some(Default::default());
     let result = InitializeResult::new(capabilities)
         .with_protocol_version(version.clone())
         .with_server_info(Implementation::new("tengine", tengine_core::VERSION).with_title("Tengine"))
@@ -458,6 +585,18 @@ fn mcp_tool(tool: &ToolDefinition) -> Tool {
     if !tool.description.is_empty() {
         out.description = Some(tool.description.clone().into());
     }
+    out.title = tool.title.clone();
+    out.output_schema = tool
+        .output_schema
+        .as_ref()
+        .and_then(Value::as_object)
+        .map(|o| Arc::new(o.clone()));
+    // Same field names on both sides; a round trip keeps us off rmcp's non-exhaustive constructor.
+    out.annotations = tool
+        .annotations
+        .as_ref()
+        .and_then(|a| serde_json::to_value(a).ok())
+        .and_then(|v| serde_json::from_value(v).ok());
     out
 }
 
@@ -491,178 +630,6 @@ async fn list_tools(st: &AppState, caller: &Caller, id: &Value, params: Option<V
     if let Some(cursor) = next_cursor {
         result["nextCursor"] = json!(cursor);
     }
-    Ok(json_rpc_result(id, result))
-}
-
-fn tool_result(is_error: bool, text: String, meta: Map<String, Value>) -> Value {
-    let mut result = if is_error {
-        CallToolResult::error(vec![ContentBlock::text(text)])
-    } else {
-        CallToolResult::success(vec![ContentBlock::text(text)])
-    };
-    // The 2026 `resultType` discriminator means nothing to 2025-11-25 clients.
-    result.result_type = None;
-    let mut value = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": [], "isError": true}));
-    value["_meta"] = Value::Object(meta);
-    value
-}
-
-fn run_meta(run_id: Uuid, status: RunStatus, http_status: Option<u16>) -> Map<String, Value> {
-    let mut meta = Map::new();
-    meta.insert(META_RUN_ID.into(), json!(run_id));
-    meta.insert(META_STATUS.into(), json!(status.as_str()));
-    if let Some(code) = http_status {
-        meta.insert(META_HTTP_STATUS.into(), json!(code));
-    }
-    meta
-}
-
-fn excerpt(body: &str) -> String {
-    if body.chars().count() <= ERROR_EXCERPT_CHARS {
-        body.to_string()
-    } else {
-        let cut: String = body.chars().take(ERROR_EXCERPT_CHARS).collect();
-        format!("{cut}… (truncated)")
-    }
-}
-
-/// What the model sees for a finished run.
-pub fn outcome_result(outcome: &RunOutcome) -> Value {
-    let http_status = outcome.response.as_ref().map(|r| r.http_status);
-    let meta = run_meta(outcome.run_id, outcome.status, http_status);
-    if outcome.status == RunStatus::Succeeded {
-        let body = outcome.response.as_ref().map(|r| r.body.clone()).unwrap_or_default();
-        return tool_result(false, body, meta);
-    }
-    let detail = outcome.error.clone().unwrap_or_else(|| "the run failed".into());
-    let text = match (outcome.error_class, &outcome.response) {
-        (Some(ErrorClass::UpstreamStatus), Some(response)) => format!(
-            "The API behind tool `{}` answered HTTP {}: {}",
-            outcome.tool_name,
-            response.http_status,
-            excerpt(&response.body)
-        ),
-        _ => format!("Tool `{}` failed: {detail}", outcome.tool_name),
-    };
-    tool_result(true, text, meta)
-}
-
-fn truncate_name(name: &str) -> String {
-    name.chars().take(MAX_TOOL_NAME_IN_HISTORY).collect()
-}
-
-async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, class: ErrorClass, error: &str) {
-    st.dispatcher
-        .log(
-            caller.project_id,
-            RunEvent::Rejected {
-                run_id,
-                caller: caller.clone(),
-                tool_name: truncate_name(tool_name),
-                accepted_at: Utc::now(),
-                error_class: class,
-                error: error.to_string(),
-            },
-        )
-        .await;
-}
-
-fn reserved_variables(caller: &Caller, run_id: Uuid) -> BTreeMap<&'static str, Value> {
-    BTreeMap::from([
-        ("project.id", json!(caller.project_id)),
-        ("integration.id", json!(caller.integration_id)),
-        ("run.id", json!(run_id)),
-    ])
-}
-
-async fn call_tool(st: &AppState, caller: &Caller, id: &Value, params: Option<Value>) -> McpResult<Response> {
-    let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
-        McpError::invalid_params(
-            id,
-            format!("tools/call params are malformed ({e}); expected {{\"name\": string, \"arguments\": object}}"),
-        )
-    })?;
-    let run_id = Uuid::now_v7();
-    let name = params.name.to_string();
-    let arguments = params.arguments.unwrap_or_default();
-
-    let tool = match store::get_tool(&st.pool, caller.project_id, &name).await {
-        Ok(tool) if tool.enabled => tool,
-        Ok(_) | Err(StoreError::NotFound) => {
-            let message = format!("Unknown tool: `{}`", truncate_name(&name));
-            reject(st, caller, run_id, &name, ErrorClass::UnknownTool, &message).await;
-            let mut err = McpError::invalid_params(id, format!("{message}; call tools/list for the available tools"));
-            err.data = Some(json!({ META_RUN_ID: run_id }));
-            return Err(err);
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "loading a tool");
-            return Err(McpError::internal(id, "the tool could not be loaded right now; retry"));
-        }
-    };
-
-    // Bad arguments are a tool execution error (SEP-1303, MCP 2025-11-25), so the
-    // model sees the message and can correct itself.
-    let args_value = Value::Object(arguments);
-    let problems = st
-        .validators
-        .check(&tool, &args_value)
-        .map_err(|e| McpError::internal(id, e))?;
-    let arguments = match args_value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
-    let problem = if problems.is_empty() {
-        let ctx = templates::Context {
-            arguments: &arguments,
-            reserved: reserved_variables(caller, run_id),
-        };
-        templates::render_request(&tool, &ctx).err().map(|e| e.to_string())
-    } else {
-        Some(problems.join("; "))
-    };
-    if let Some(problem) = problem {
-        let message = format!("Invalid arguments for tool `{}`: {problem}", tool.name);
-        reject(st, caller, run_id, &tool.name, ErrorClass::InvalidArguments, &message).await;
-        let result = tool_result(true, message, run_meta(run_id, RunStatus::Rejected, None));
-        return Ok(json_rpc_result(id, result));
-    }
-
-    let command = ExecuteCommand {
-        run_id,
-        caller: caller.clone(),
-        tool_id: tool.id,
-        tool_name: tool.name.clone(),
-        tool_version: tool.version,
-        arguments,
-        accepted_at: Utc::now(),
-        reply_to: Some(st.dispatcher.reply_subject(run_id)),
-    };
-    let waiting = st.dispatcher.register(run_id);
-    if let Err(err) = st.dispatcher.enqueue(&command).await {
-        tracing::error!(%run_id, error = %err, "queueing a run");
-        return Err(McpError::internal(
-            id,
-            "the call could not be queued (the execution queue is unavailable or full); it was not run: retry later",
-        ));
-    }
-    tracing::info!(%run_id, tool = %tool.name, project_id = %caller.project_id, "run accepted");
-
-    let wait = Duration::from_millis(
-        (tool.timeout_ms + st.config.ingress.call_wait_slack_ms).min(st.config.ingress.max_call_wait_ms),
-    );
-    let result = match st.dispatcher.wait(waiting, caller.project_id, wait).await {
-        Some(outcome) => outcome_result(&outcome),
-        None => tool_result(
-            true,
-            format!(
-                "Run {run_id} did not finish within {} ms. It was accepted and will still complete; \
-                 its outcome will be in run history (GET /v1/runs/{run_id}).",
-                wait.as_millis()
-            ),
-            run_meta(run_id, RunStatus::Accepted, None),
-        ),
-    };
     Ok(json_rpc_result(id, result))
 }
 

@@ -115,3 +115,122 @@ mod tests {
         assert!(codec.verify(&id, key).is_none());
     }
 }
+
+/// Per-session state that must hold on every instance: ended (DELETE) and the
+/// log level set with `logging/setLevel`. Every instance watches one KV bucket and
+/// keeps a local map, so a change is seen everywhere within milliseconds without a
+/// lookup per request. Entries expire with the session TTL.
+#[derive(Clone)]
+pub struct SessionStates {
+    kv: async_nats::jetstream::kv::Store,
+    local: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, SessionState)>>>,
+    ttl: std::time::Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionState {
+    #[serde(default)]
+    pub ended: bool,
+    /// RFC 5424 level name as sent by the client.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+/// RFC 5424 severities in MCP's spelling, least severe first.
+pub const LOG_LEVELS: &[&str] = &[
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+pub fn log_level_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
+
+impl SessionStates {
+    pub fn start(kv: async_nats::jetstream::kv::Store, ttl: std::time::Duration) -> Self {
+        let states = Self {
+            kv,
+            local: Default::default(),
+            ttl,
+        };
+        let watcher = states.clone();
+        tokio::spawn(async move { watcher.watch().await });
+        states
+    }
+
+    /// KV keys are hashes: session ids are long and contain dots.
+    pub fn key(session_id: &str) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(session_id.as_bytes())[..16])
+    }
+
+    pub fn get(&self, session_id: &str) -> SessionState {
+        self.local
+            .read()
+            .ok()
+            .and_then(|map| map.get(&Self::key(session_id)).map(|(_, s)| s.clone()))
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, key: String, state: SessionState) {
+        if let Ok(mut map) = self.local.write() {
+            let now = std::time::Instant::now();
+            if map.len() > 4096 {
+                map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            }
+            map.insert(key, (now, state));
+        }
+    }
+
+    async fn store(&self, session_id: &str, state: SessionState) -> anyhow::Result<()> {
+        let key = Self::key(session_id);
+        let value = serde_json::to_vec(&state)?;
+        self.kv
+            .put(&key, value.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("recording session state: {e}"))?;
+        self.remember(key, state);
+        Ok(())
+    }
+
+    pub async fn end(&self, session_id: &str) -> anyhow::Result<()> {
+        let mut state = self.get(session_id);
+        state.ended = true;
+        self.store(session_id, state).await
+    }
+
+    pub async fn set_log_level(&self, session_id: &str, level: &str) -> anyhow::Result<()> {
+        let mut state = self.get(session_id);
+        state.log_level = Some(level.to_string());
+        self.store(session_id, state).await
+    }
+
+    /// Follows the bucket forever, re-subscribing after failures.
+    async fn watch(&self) {
+        use futures::StreamExt;
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self.kv.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    delay = std::time::Duration::from_millis(100);
+                    while let Some(Ok(entry)) = entries.next().await {
+                        if entry.operation == async_nats::jetstream::kv::Operation::Put
+                            && let Ok(state) = serde_json::from_slice::<SessionState>(&entry.value)
+                        {
+                            self.remember(entry.key, state);
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "watching session state failed; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+}

@@ -261,6 +261,16 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .execute(&mut **tx)
             .await?;
         }
+        RunEvent::CancelRequested { run_id, .. } => {
+            // Only a run still waiting becomes `cancelled`; the worker's Finished
+            // (cancelled, or the real outcome if the API was called) settles it.
+            sqlx::query(&format!(
+                "UPDATE runs SET status = 'cancelled', updated_at = now() WHERE run_id = $1 AND {STATUS_RANK} < 3"
+            ))
+            .bind(run_id)
+            .execute(&mut **tx)
+            .await?;
+        }
         RunEvent::Finished(outcome) => {
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \

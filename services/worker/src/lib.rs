@@ -35,6 +35,7 @@ pub struct Worker {
     topology: Topology,
     secrets: SecretBox,
     http: reqwest::Client,
+    cancelled: jetstream::kv::Store,
 }
 
 impl Worker {
@@ -49,6 +50,9 @@ impl Worker {
         let topology = Topology::from_config(&config);
         let (commands, events) = topology.ensure_streams(&js, &config.streams).await?;
         let http = outbound::client(Duration::from_millis(config.worker.connect_timeout_ms))?;
+        let cancelled = topology
+            .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
+            .await?;
         Ok(Arc::new(Self {
             config,
             pool,
@@ -59,6 +63,7 @@ impl Worker {
             topology,
             secrets,
             http,
+            cancelled,
         }))
     }
 
@@ -153,6 +158,15 @@ impl Worker {
                 )),
                 None,
             )
+        } else if self.is_cancelled(run_id).await {
+            self.outcome(
+                &command,
+                attempt - 1,
+                RunStatus::Cancelled,
+                None,
+                Some("the client cancelled the call before the API was called".into()),
+                None,
+            )
         } else {
             self.execute(&command, attempt, &message).await
         };
@@ -185,16 +199,25 @@ impl Worker {
     }
 
     async fn reply(&self, command: &ExecuteCommand, outcome: &RunOutcome) {
+        self.notify(command, RunEvent::Finished(outcome.clone())).await;
+    }
+
+    /// Sends an event to the ingress following the call (progress and outcome);
+    /// best-effort: the event log holds the truth.
+    async fn notify(&self, command: &ExecuteCommand, event: RunEvent) {
         let Some(reply_to) = &command.reply_to else { return };
-        let envelope = tengine_core::envelope::Envelope::new(uuid::Uuid::now_v7(), RunEvent::Finished(outcome.clone()));
-        match envelope.encode() {
+        match tengine_core::envelope::Envelope::new(uuid::Uuid::now_v7(), event).encode() {
             Ok(bytes) => {
                 if let Err(err) = self.nats.publish(reply_to.clone(), bytes.into()).await {
-                    tracing::warn!(error = %err, "replying to the ingress failed; it will read the event log");
+                    tracing::warn!(error = %err, "notifying the ingress failed; it will read the event log");
                 }
             }
             Err(err) => tracing::error!(error = %err, "encoding a reply"),
         }
+    }
+
+    async fn is_cancelled(&self, run_id: uuid::Uuid) -> bool {
+        matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put)
     }
 
     fn outcome(
@@ -287,19 +310,17 @@ impl Worker {
 
         let started_at = Utc::now();
         let project_id = command.caller.project_id;
-        if let Err(err) = bus::publish_event(
-            &self.js,
-            &self.topology,
+        let started = RunEvent::AttemptStarted {
+            run_id: command.run_id,
             project_id,
-            RunEvent::AttemptStarted {
-                run_id: command.run_id,
-                project_id,
-                attempt,
-                started_at,
-            },
-        )
-        .await
-        {
+            attempt,
+            started_at,
+        };
+        let (logged, ()) = tokio::join!(
+            bus::publish_event(&self.js, &self.topology, project_id, started.clone()),
+            self.notify(command, started.clone()),
+        );
+        if let Err(err) = logged {
             tracing::warn!(error = %err, "could not log AttemptStarted");
         }
 
@@ -323,25 +344,23 @@ impl Worker {
             }
         };
 
-        if let Err(err) = bus::publish_event(
-            &self.js,
-            &self.topology,
+        let finished = RunEvent::AttemptFinished {
+            run_id: command.run_id,
             project_id,
-            RunEvent::AttemptFinished {
-                run_id: command.run_id,
-                project_id,
-                attempt,
-                started_at,
-                finished_at: Utc::now(),
-                http_status: result.response.as_ref().map(|r| r.http_status),
-                error_class: result.error_class,
-                error: result.error.clone(),
-                bytes_out: result.bytes_out,
-                bytes_in: result.bytes_in,
-            },
-        )
-        .await
-        {
+            attempt,
+            started_at,
+            finished_at: Utc::now(),
+            http_status: result.response.as_ref().map(|r| r.http_status),
+            error_class: result.error_class,
+            error: result.error.clone(),
+            bytes_out: result.bytes_out,
+            bytes_in: result.bytes_in,
+        };
+        let (logged, ()) = tokio::join!(
+            bus::publish_event(&self.js, &self.topology, project_id, finished.clone()),
+            self.notify(command, finished.clone()),
+        );
+        if let Err(err) = logged {
             tracing::warn!(error = %err, "could not log AttemptFinished");
         }
         let status = if result.error_class.is_none() {

@@ -1,0 +1,507 @@
+//! `tools/call`: validate, queue, follow, answer. The answer is plain JSON unless
+//! the client asked for progress (`_meta.progressToken`) or set a log level; then
+//! it is an SSE stream: a priming event, `notifications/progress` and
+//! `notifications/message` for the run's stages, then the result.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response, sse::Event},
+};
+use chrono::Utc;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
+use serde_json::{Map, Value, json};
+use tengine_core::{
+    domain::{ResponseMode, ToolDefinition},
+    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
+    store::{self, StoreError},
+    templates,
+};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    dispatch::{CallKey, Following, Signal},
+    mcp::{META_HTTP_STATUS, META_RUN_ID, META_STATUS, McpError, McpResult, json_rpc_result},
+    sessions::{SessionStates, log_level_rank},
+    streams::{self, EventId, RESULT_SEQ},
+};
+
+/// How much of an upstream error body the model sees.
+const ERROR_EXCERPT_CHARS: usize = 2000;
+const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
+/// JSON-RPC code for a request the client cancelled (as in LSP).
+const CODE_CANCELLED: i32 = -32800;
+/// Stages reported as progress: queued, sent to the API, answered.
+const STAGES: u32 = 3;
+
+pub fn call_key(session: &str, request_id: &Value) -> CallKey {
+    CallKey {
+        session: SessionStates::key(session),
+        request_id: request_id.to_string(),
+    }
+}
+
+pub(crate) fn tool_result(is_error: bool, text: String, meta: Map<String, Value>) -> Value {
+    let mut result = if is_error {
+        CallToolResult::error(vec![ContentBlock::text(text)])
+    } else {
+        CallToolResult::success(vec![ContentBlock::text(text)])
+    };
+    // The 2026 `resultType` discriminator means nothing to 2025-11-25 clients.
+    result.result_type = None;
+    let mut value = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": [], "isError": true}));
+    value["_meta"] = Value::Object(meta);
+    value
+}
+
+pub(crate) fn run_meta(run_id: Uuid, status: RunStatus, http_status: Option<u16>) -> Map<String, Value> {
+    let mut meta = Map::new();
+    meta.insert(META_RUN_ID.into(), json!(run_id));
+    meta.insert(META_STATUS.into(), json!(status.as_str()));
+    if let Some(code) = http_status {
+        meta.insert(META_HTTP_STATUS.into(), json!(code));
+    }
+    meta
+}
+
+fn excerpt(body: &str) -> String {
+    if body.chars().count() <= ERROR_EXCERPT_CHARS {
+        body.to_string()
+    } else {
+        let cut: String = body.chars().take(ERROR_EXCERPT_CHARS).collect();
+        format!("{cut}… (truncated)")
+    }
+}
+
+/// What the model sees for a finished run, mapped by the tool's `response_mode`.
+pub fn outcome_result(st: &AppState, tool: &ToolDefinition, outcome: &RunOutcome) -> Value {
+    match (outcome.status, &outcome.response) {
+        (RunStatus::Succeeded, Some(response)) => success_result(st, tool, &response.body, outcome_meta(outcome)),
+        _ => failure_result(outcome),
+    }
+}
+
+/// The mapping when the tool's definition is no longer available.
+fn text_outcome_result(outcome: &RunOutcome) -> Value {
+    match (outcome.status, &outcome.response) {
+        (RunStatus::Succeeded, Some(response)) => tool_result(false, response.body.clone(), outcome_meta(outcome)),
+        _ => failure_result(outcome),
+    }
+}
+
+fn outcome_meta(outcome: &RunOutcome) -> Map<String, Value> {
+    run_meta(
+        outcome.run_id,
+        outcome.status,
+        outcome.response.as_ref().map(|r| r.http_status),
+    )
+}
+
+fn failure_result(outcome: &RunOutcome) -> Value {
+    let detail = outcome
+        .error
+        .clone()
+        .unwrap_or_else(|| format!("the run ended as {}", outcome.status.as_str()));
+    let text = match (outcome.error_class, &outcome.response) {
+        (Some(ErrorClass::UpstreamStatus), Some(response)) => format!(
+            "The API behind tool `{}` answered HTTP {}: {}",
+            outcome.tool_name,
+            response.http_status,
+            excerpt(&response.body)
+        ),
+        _ => format!("Tool `{}` failed: {detail}", outcome.tool_name),
+    };
+    tool_result(true, text, outcome_meta(outcome))
+}
+
+fn success_result(st: &AppState, tool: &ToolDefinition, body: &str, meta: Map<String, Value>) -> Value {
+    let invalid = |why: String| {
+        tool_result(
+            true,
+            format!("Tool `{}` returned an unusable response: {why}", tool.name),
+            meta.clone(),
+        )
+    };
+    match tool.response_mode {
+        ResponseMode::Text => tool_result(false, body.to_string(), meta),
+        ResponseMode::Json => {
+            let Ok(value) = serde_json::from_str::<Value>(body) else {
+                return invalid("the body is not JSON (the tool's response_mode is `json`)".into());
+            };
+            if let Some(problem) = st.validators.check_output(tool, &value) {
+                return invalid(problem);
+            }
+            let mut result = tool_result(false, body.to_string(), meta);
+            if value.is_object() {
+                result["structuredContent"] = value;
+            }
+            result
+        }
+        ResponseMode::Mcp => {
+            let parsed = serde_json::from_str::<CallToolResult>(body);
+            let Ok(mut upstream) = parsed else {
+                let why = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+                return invalid(format!("the body is not an MCP CallToolResult ({why})"));
+            };
+            if let Some(structured) = &upstream.structured_content
+                && let Some(problem) = st.validators.check_output(tool, structured)
+            {
+                return invalid(problem);
+            }
+            if upstream.structured_content.is_none() && tool.output_schema.is_some() && upstream.is_error != Some(true)
+            {
+                return invalid("structuredContent is required by the tool's output_schema".into());
+            }
+            upstream.result_type = None;
+            let mut value = serde_json::to_value(&upstream).unwrap_or_else(|_| json!({"content": []}));
+            let mut merged = value
+                .get("_meta")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            merged.extend(meta);
+            value["_meta"] = Value::Object(merged);
+            value
+        }
+    }
+}
+
+fn truncate_name(name: &str) -> String {
+    name.chars().take(MAX_TOOL_NAME_IN_HISTORY).collect()
+}
+
+async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, class: ErrorClass, error: &str) {
+    st.dispatcher
+        .log(
+            caller.project_id,
+            RunEvent::Rejected {
+                run_id,
+                caller: caller.clone(),
+                tool_name: truncate_name(tool_name),
+                accepted_at: Utc::now(),
+                error_class: class,
+                error: error.to_string(),
+            },
+        )
+        .await;
+}
+
+fn reserved_variables(caller: &Caller, run_id: Uuid) -> BTreeMap<&'static str, Value> {
+    BTreeMap::from([
+        ("project.id", json!(caller.project_id)),
+        ("integration.id", json!(caller.integration_id)),
+        ("run.id", json!(run_id)),
+    ])
+}
+
+pub async fn call_tool(
+    st: Arc<AppState>,
+    caller: Caller,
+    session: String,
+    id: Value,
+    params: Option<Value>,
+) -> McpResult<Response> {
+    let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
+        McpError::invalid_params(
+            &id,
+            format!("tools/call params are malformed ({e}); expected {{\"name\": string, \"arguments\": object}}"),
+        )
+    })?;
+    let run_id = Uuid::now_v7();
+    let name = params.name.to_string();
+    let progress_token = params
+        .meta
+        .as_ref()
+        .and_then(|m| serde_json::to_value(m).ok())
+        .and_then(|m| m.get("progressToken").cloned())
+        .filter(|t| t.is_string() || t.is_number());
+    let arguments = params.arguments.unwrap_or_default();
+
+    let tool = match store::get_tool(&st.pool, caller.project_id, &name).await {
+        Ok(tool) if tool.enabled => tool,
+        Ok(_) | Err(StoreError::NotFound) => {
+            let message = format!("Unknown tool: `{}`", truncate_name(&name));
+            reject(&st, &caller, run_id, &name, ErrorClass::UnknownTool, &message).await;
+            let mut err = McpError::invalid_params(&id, format!("{message}; call tools/list for the available tools"));
+            err.data = Some(json!({ META_RUN_ID: run_id }));
+            return Err(err);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "loading a tool");
+            return Err(McpError::internal(&id, "the tool could not be loaded right now; retry"));
+        }
+    };
+
+    // Bad arguments are a tool execution error (SEP-1303, MCP 2025-11-25), so the
+    // model sees the message and can correct itself.
+    let args_value = Value::Object(arguments);
+    let problems = st
+        .validators
+        .check(&tool, &args_value)
+        .map_err(|e| McpError::internal(&id, e))?;
+    let arguments = match args_value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let problem = if problems.is_empty() {
+        let ctx = templates::Context {
+            arguments: &arguments,
+            reserved: reserved_variables(&caller, run_id),
+        };
+        templates::render_request(&tool, &ctx).err().map(|e| e.to_string())
+    } else {
+        Some(problems.join("; "))
+    };
+    if let Some(problem) = problem {
+        let message = format!("Invalid arguments for tool `{}`: {problem}", tool.name);
+        reject(&st, &caller, run_id, &tool.name, ErrorClass::InvalidArguments, &message).await;
+        let result = tool_result(true, message, run_meta(run_id, RunStatus::Rejected, None));
+        return Ok(json_rpc_result(&id, result));
+    }
+
+    let command = ExecuteCommand {
+        run_id,
+        caller: caller.clone(),
+        tool_id: tool.id,
+        tool_name: tool.name.clone(),
+        tool_version: tool.version,
+        arguments,
+        accepted_at: Utc::now(),
+        reply_to: Some(st.dispatcher.reply_subject(run_id)),
+    };
+    let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
+    if let Err(err) = st.dispatcher.enqueue(&command).await {
+        tracing::error!(%run_id, error = %err, "queueing a run");
+        reject(
+            &st,
+            &caller,
+            run_id,
+            &tool.name,
+            ErrorClass::Internal,
+            "the execution queue was unavailable",
+        )
+        .await;
+        return Err(McpError::internal(
+            &id,
+            "the call could not be queued (the execution queue is unavailable or full); it was not run: retry later",
+        ));
+    }
+    tracing::info!(%run_id, tool = %tool.name, project_id = %caller.project_id, "run accepted");
+
+    let wait = Duration::from_millis(
+        (tool.timeout_ms + st.config.ingress.call_wait_slack_ms).min(st.config.ingress.max_call_wait_ms),
+    );
+    let log = st
+        .session_states
+        .get(&session)
+        .log_level
+        .and_then(|l| log_level_rank(&l))
+        .is_some_and(|rank| rank <= INFO_RANK);
+    if progress_token.is_none() && !log {
+        return Ok(match follow_to_end(&st, &tool, following, &caller, wait).await {
+            Ending::Result(result) => json_rpc_result(&id, result),
+            Ending::Cancelled => McpError::new(
+                StatusCode::OK,
+                CODE_CANCELLED,
+                "the request was cancelled by the client",
+            )
+            .with_id(&id)
+            .into_response(),
+        });
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let notifier = Notifier {
+        tx,
+        run_id,
+        request_id: id,
+        progress_token,
+        log,
+        seq: 0,
+    };
+    tokio::spawn(stream_call(st, tool, following, caller, wait, notifier));
+    Ok(streams::response(rx))
+}
+
+const INFO_RANK: usize = 1;
+
+enum Ending {
+    Result(Value),
+    Cancelled,
+}
+
+fn still_running(run_id: Uuid, wait: Duration) -> Value {
+    tool_result(
+        true,
+        format!(
+            "Run {run_id} did not finish within {} ms. It was accepted and will still complete; \
+             its outcome will be in run history (GET /v1/runs/{run_id}).",
+            wait.as_millis()
+        ),
+        run_meta(run_id, RunStatus::Accepted, None),
+    )
+}
+
+/// Follows a run to its outcome, ignoring progress (the JSON answer).
+async fn follow_to_end(
+    st: &AppState,
+    tool: &ToolDefinition,
+    mut following: Following,
+    caller: &Caller,
+    wait: Duration,
+) -> Ending {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match following.next(deadline).await {
+            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome)),
+            Some(Signal::Cancelled) => {
+                st.dispatcher.cancel(caller.project_id, following.run_id).await;
+                return Ending::Cancelled;
+            }
+            Some(Signal::Sent | Signal::Answered) => continue,
+            None => {
+                return Ending::Result(
+                    match st.dispatcher.recorded(caller.project_id, following.run_id).await {
+                        Some(outcome) => outcome_result(st, tool, &outcome),
+                        None => still_running(following.run_id, wait),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Writes a call's SSE stream.
+struct Notifier {
+    tx: mpsc::Sender<Event>,
+    run_id: Uuid,
+    request_id: Value,
+    progress_token: Option<Value>,
+    log: bool,
+    seq: u32,
+}
+
+impl Notifier {
+    fn id(&mut self, n: Option<u32>) -> EventId {
+        self.seq += 1;
+        EventId {
+            r: self.run_id,
+            i: self.request_id.clone(),
+            n: n.unwrap_or(self.seq),
+        }
+    }
+
+    async fn send(&mut self, message: &Value) -> bool {
+        let id = self.id(None);
+        self.tx.send(streams::message(Some(&id), message)).await.is_ok()
+    }
+
+    async fn prime(&mut self) -> bool {
+        let id = self.id(Some(0));
+        self.tx.send(streams::priming(&id)).await.is_ok()
+    }
+
+    async fn stage(&mut self, progress: u32, message: &str) -> bool {
+        if let Some(token) = self.progress_token.clone() {
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": progress, "total": STAGES, "message": message}});
+            if !self.send(&note).await {
+                return false;
+            }
+        }
+        if self.log {
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                "params": {"level": "info", "logger": "tengine", "data": {"runId": self.run_id, "message": message}}});
+            if !self.send(&note).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn finish(mut self, result: Value) {
+        let id = self.id(Some(RESULT_SEQ));
+        let response = json!({"jsonrpc": "2.0", "id": self.request_id, "result": result});
+        let _ = self.tx.send(streams::message(Some(&id), &response)).await;
+    }
+}
+
+async fn stream_call(
+    st: Arc<AppState>,
+    tool: ToolDefinition,
+    mut following: Following,
+    caller: Caller,
+    wait: Duration,
+    mut notifier: Notifier,
+) {
+    if !notifier.prime().await || !notifier.stage(1, "queued").await {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut sent, mut answered) = (false, false);
+    loop {
+        match following.next(deadline).await {
+            Some(Signal::Sent) if !sent => {
+                sent = true;
+                if !notifier.stage(2, "sent to the API").await {
+                    return;
+                }
+            }
+            Some(Signal::Answered) if !answered => {
+                answered = true;
+                if !notifier.stage(3, "the API answered").await {
+                    return;
+                }
+            }
+            Some(Signal::Sent | Signal::Answered) => {}
+            Some(Signal::Finished(outcome)) => {
+                // Progress must rise to the end even if a stage signal was lost.
+                if !sent && !notifier.stage(2, "sent to the API").await {
+                    return;
+                }
+                if !answered && !notifier.stage(3, "the API answered").await {
+                    return;
+                }
+                notifier.finish(outcome_result(&st, &tool, &outcome)).await;
+                return;
+            }
+            Some(Signal::Cancelled) => {
+                // No response for a cancelled request: the stream just ends.
+                st.dispatcher.cancel(caller.project_id, following.run_id).await;
+                return;
+            }
+            None => {
+                let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
+                    Some(outcome) => outcome_result(&st, &tool, &outcome),
+                    None => still_running(following.run_id, wait),
+                };
+                notifier.finish(result).await;
+                return;
+            }
+        }
+    }
+}
+
+/// GET + `Last-Event-ID` of a tools/call stream: deliver that call's result once
+/// the run has finished, from the event log (the worker's reply went to the
+/// instance that accepted the call).
+pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc::Sender<Event>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(st.config.ingress.max_call_wait_ms);
+    let Some(outcome) = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline).await else {
+        return;
+    };
+    let result = match store::get_tool(&st.pool, caller.project_id, &outcome.tool_name).await {
+        Ok(tool) => outcome_result(&st, &tool, &outcome),
+        // The tool is gone: the plain text mapping still tells the model what happened.
+        Err(_) => text_outcome_result(&outcome),
+    };
+    let id = EventId {
+        r: event.r,
+        i: event.i.clone(),
+        n: RESULT_SEQ,
+    };
+    let response = json!({"jsonrpc": "2.0", "id": event.i, "result": result});
+    let _ = tx.send(streams::message(Some(&id), &response)).await;
+}

@@ -1,0 +1,295 @@
+//! MCP protocol features beyond request/response: SSE answers with progress and
+//! log notifications, the GET stream, session end, cancellation, resumption,
+//! response modes and DNS-rebinding protection.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tengine_tests::{
+    mcp::{ACCEPT_BOTH, RawSession, parse_sse, run_id, text},
+    spawn_app, spawn_app_with,
+    upstream::Upstream,
+};
+
+fn tool(name: &str, base: &str, method: &str, path: &str) -> Value {
+    json!({"name": name, "description": "d", "input_schema": {"type": "object"},
+           "base_url": base, "http_method": method, "endpoint_path": path, "timeout_ms": 5000})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_and_logs_arrive_on_an_sse_answer_before_the_result() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(tool("echo", &upstream.url(), "POST", "/echo")).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let level = session.request("logging/setLevel", json!({"level": "info"})).await;
+    assert_eq!(level.body["result"], json!({}), "{}", level.body);
+
+    let reply = session
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"x": 1}, "_meta": {"progressToken": 7}}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+    let events = parse_sse(reply.body.as_str().expect("an SSE body is text"));
+    let priming = &events[0];
+    assert!(
+        priming.id.is_some() && priming.data.is_empty() && priming.retry.is_some(),
+        "{priming:?}"
+    );
+    let messages: Vec<Value> = events[1..].iter().map(|e| e.json()).collect();
+    let progress: Vec<f64> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            assert_eq!(m["params"]["progressToken"], 7, "the token is echoed with its type");
+            m["params"]["progress"].as_f64().expect("number")
+        })
+        .collect();
+    assert_eq!(progress, vec![1.0, 2.0, 3.0]);
+    let logs = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .count();
+    assert_eq!(logs, 3);
+    let last = messages.last().expect("a result");
+    assert_eq!(last["result"]["isError"], false, "the result comes last: {last}");
+    assert!(events.iter().all(|e| e.id.is_some()), "every event has an id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_stream_announces_tool_changes_and_delete_ends_the_session() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let mut stream = app
+        .http
+        .get(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stream.status().as_u16(), 200);
+    // Let the stream subscribe before the change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.create_tool(tool("new_tool", &upstream.url(), "POST", "/x")).await;
+    let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("a notification within 5 s")
+        .expect("read")
+        .expect("data");
+    let events = parse_sse(&String::from_utf8_lossy(&chunk));
+    assert_eq!(events[0].json()["method"], "notifications/tools/list_changed");
+
+    let deleted = app
+        .http
+        .delete(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 204);
+    let after = session.request("ping", json!({})).await;
+    assert_eq!(after.status, 404, "an ended session is unknown: {}", after.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_queued_call_is_never_executed() {
+    // One worker slot: the second call waits in the queue behind the first.
+    let app = spawn_app_with(&[("worker.concurrency", "1")]).await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/1500"))
+        .await;
+    let mut first = app.session();
+    first.initialize().await;
+    let mut second = app.session();
+    second.initialize().await;
+    let busy = tokio::spawn(async move { first.call("slow", json!({})).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let sid = second.session_id.clone().expect("session");
+    let http = app.http.clone();
+    let (url, key) = (app.mcp_url.clone(), app.api_key.clone());
+    let queued = tokio::spawn(async move {
+        second
+            .post(&json!({"jsonrpc": "2.0", "id": "call-2", "method": "tools/call", "params": {"name": "slow", "arguments": {}}}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = RawSession::new(http, url, key);
+    let mut cancel = cancel;
+    cancel.session_id = Some(sid);
+    let ack = cancel
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "call-2", "reason": "test"}}))
+        .await;
+    assert_eq!(ack.status, 202);
+    let answer = queued.await.expect("join");
+    assert_eq!(answer.body["error"]["code"], -32800, "{}", answer.body);
+    busy.await.expect("join");
+
+    // Wait for the worker to reach the cancelled command, then check it was skipped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, runs) = app
+        .admin_get(&format!("/v1/projects/{}/runs?status=cancelled", app.project_id))
+        .await;
+    let cancelled = runs["runs"].as_array().expect("runs");
+    assert_eq!(cancelled.len(), 1, "{runs}");
+    let run = app.finished_run(cancelled[0]["run_id"].as_str().expect("id")).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(upstream.requests().len(), 1, "the cancelled call never reached the API");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_stream_resumes_with_last_event_id() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/800")).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    // Read only the priming event, then drop the connection.
+    let mut response = app
+        .http
+        .post(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &sid)
+        .json(&json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call",
+                      "params": {"name": "slow", "arguments": {}, "_meta": {"progressToken": "p"}}}))
+        .send()
+        .await
+        .expect("POST");
+    let first = response.chunk().await.expect("read").expect("priming");
+    let priming = parse_sse(&String::from_utf8_lossy(&first));
+    let last_id = priming[0].id.clone().expect("priming id");
+    drop(response);
+
+    let resumed = app
+        .http
+        .get(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resumed.status().as_u16(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resumed.text())
+        .await
+        .expect("the resumed stream ends with the result")
+        .expect("text");
+    let events = parse_sse(&body);
+    let result = events.last().expect("an event").json();
+    assert_eq!(result["id"], 41);
+    assert_eq!(text(&result["result"]), "finally");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_modes_map_json_and_mcp_bodies() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let mut json_tool = tool("as_json", &upstream.url(), "POST", "/anything");
+    json_tool["response_mode"] = json!("json");
+    json_tool["output_schema"] =
+        json!({"type": "object", "required": ["method"], "properties": {"method": {"type": "string"}}});
+    json_tool["title"] = json!("As JSON");
+    json_tool["annotations"] = json!({"readOnlyHint": true, "openWorldHint": false});
+    app.create_tool(json_tool).await;
+    let mut bad_json = tool("bad_json", &upstream.url(), "POST", "/status/200");
+    bad_json["response_mode"] = json!("json");
+    app.create_tool(bad_json).await;
+    let mut mcp_tool = tool("as_mcp", &upstream.url(), "POST", "/status/200");
+    mcp_tool["response_mode"] = json!("mcp");
+    app.create_tool(mcp_tool).await;
+
+    let mut session = app.session();
+    session.initialize().await;
+    let listed = session.request("tools/list", json!({})).await;
+    let as_json = listed.body["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == "as_json")
+        .cloned()
+        .expect("listed");
+    assert_eq!(as_json["title"], "As JSON");
+    assert_eq!(as_json["annotations"]["readOnlyHint"], true);
+    assert_eq!(as_json["outputSchema"]["required"], json!(["method"]));
+
+    let result = session.call("as_json", json!({})).await;
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(result["structuredContent"]["method"], "POST");
+    let text_json: Value = serde_json::from_str(&text(&result)).expect("the text block holds the JSON");
+    assert_eq!(text_json, result["structuredContent"]);
+
+    let not_json = session.call("bad_json", json!({})).await;
+    assert_eq!(not_json["isError"], true, "`upstream says 200` is not JSON: {not_json}");
+    // An upstream that does not return a CallToolResult is refused, not passed on.
+    let not_mcp = session.call("as_mcp", json!({})).await;
+    assert_eq!(not_mcp["isError"], true, "{not_mcp}");
+    assert!(run_id(&not_mcp).len() > 10);
+
+    let (status, body) = app
+        .admin_post(
+            &format!("/v1/projects/{}/tools", app.project_id),
+            json!({"name": "x", "input_schema": {"type": "object"}, "base_url": upstream.url(), "http_method": "GET",
+                   "endpoint_path": "/", "output_schema": {"type": "object"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "an output schema needs a structured response mode: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_hosts_and_origins_are_refused() {
+    let app = spawn_app().await;
+    let session = app.session();
+    let auth = format!("Bearer {}", app.api_key);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let base = vec![
+        ("authorization", auth.as_str()),
+        ("accept", ACCEPT_BOTH),
+        ("content-type", "application/json"),
+    ];
+    let mut evil_host = base.clone();
+    evil_host.push(("host", "evil.example.com"));
+    assert_eq!(session.post_raw(&evil_host, ping.to_vec()).await.status, 403);
+    let mut evil_origin = base.clone();
+    evil_origin.push(("origin", "https://evil.example.com"));
+    assert_eq!(session.post_raw(&evil_origin, ping.to_vec()).await.status, 403);
+    let mut local_origin = base.clone();
+    local_origin.push(("origin", "http://localhost:3000"));
+    assert_eq!(session.post_raw(&local_origin, ping.to_vec()).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_log_levels_and_completion() {
+    let app = spawn_app().await;
+    let mut session = app.session();
+    let init = session.initialize().await;
+    let caps = &init.body["result"]["capabilities"];
+    assert!(caps["logging"].is_object() && caps["completions"].is_object() && caps["tools"]["listChanged"] == true);
+    let bad = session.request("logging/setLevel", json!({"level": "loud"})).await;
+    assert_eq!(bad.body["error"]["code"], -32602);
+    let completion = session
+        .request(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "x"}, "argument": {"name": "a", "value": ""}}),
+        )
+        .await;
+    assert_eq!(completion.body["result"]["completion"]["values"], json!([]));
+}
