@@ -148,6 +148,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("worker.health_listen", "127.0.0.1:0".into()),
         ("projector.health_listen", "127.0.0.1:0".into()),
         ("worker.ack_wait_secs", "5".into()),
+        // JetStream reserves max_bytes up front; parallel tests need small streams.
+        ("streams.events_max_bytes", (64 << 20).to_string()),
+        ("streams.commands_max_bytes", (32 << 20).to_string()),
     ];
     settings.extend(overrides.iter().map(|(k, v)| (*k, v.to_string())));
     let config = Config::with_overrides(&settings).expect("test configuration is valid");
