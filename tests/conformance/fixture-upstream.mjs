@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+// Fixture upstream API for the MCP conformance suite's server scenarios.
+//
+//   node fixture-upstream.mjs [PORT]        (default 18709; 0 picks a free port)
+//
+// Serves on 127.0.0.1 the HTTP endpoints behind the fixture tools in tools.json
+// (`test_simple_text`, `test_error_handling`, `test_image_content`, …). Each answers
+// what the conformance scenario expects from the tool of the same name:
+//
+//   * text endpoints answer the expected text as text/plain, which Tengine's
+//     default response mode turns into one text content block;
+//   * /error answers HTTP 500, which Tengine turns into `isError: true`;
+//   * content endpoints (image, audio, embedded resource, mixed) answer an MCP
+//     CallToolResult as JSON. They pass only with a response mode that hands an
+//     upstream CallToolResult through (`"response_mode": "mcp"` in tools.json);
+//     in text mode the client sees that JSON as one text block.
+//
+// Sampling and elicitation cannot be done by an HTTP upstream (they are requests
+// from the MCP server to the client); those endpoints answer plain text so that
+// the scenario fails on its real check ("Server did not request … from client")
+// rather than on an unknown tool. No dependencies; loopback only.
+import http from 'node:http';
+
+const port = Number(process.argv[2] ?? process.env.FIXTURE_PORT ?? 18709);
+
+// 1x1 red pixel PNG.
+const RED_PIXEL_PNG =
+  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC';
+
+// A minimal WAV: 8 kHz mono 8-bit PCM, 8 samples of silence.
+function tinyWav() {
+  const samples = 8;
+  const buf = Buffer.alloc(44 + samples);
+  buf.write('RIFF', 0);
+  buf.writeUInt32LE(36 + samples, 4);
+  buf.write('WAVE', 8);
+  buf.write('fmt ', 12);
+  buf.writeUInt32LE(16, 16); // fmt chunk size
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(8000, 24); // sample rate
+  buf.writeUInt32LE(8000, 28); // byte rate
+  buf.writeUInt16LE(1, 32); // block align
+  buf.writeUInt16LE(8, 34); // bits per sample
+  buf.write('data', 36);
+  buf.writeUInt32LE(samples, 40);
+  buf.fill(128, 44); // 8-bit silence
+  return buf.toString('base64');
+}
+const TINY_WAV = tinyWav();
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const text = (body, status = 200) => ({ status, type: 'text/plain; charset=utf-8', body });
+const result = (value) => ({ status: 200, type: 'application/json', body: JSON.stringify(value) });
+
+async function readJson(req) {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  if (chunks.length === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    return {};
+  }
+}
+
+// METHOD path -> handler(request, parsed body) -> {status, type, body}
+const routes = {
+  'GET /health': () => text('ok'),
+
+  // tools-call-simple-text
+  'GET /simple-text': () => text('This is a simple text response for testing.'),
+
+  // tools-call-error: non-2xx becomes isError: true with this text in it.
+  'GET /error': () => text('This tool intentionally returns an error for testing', 500),
+
+  // tools-call-image (needs response_mode "mcp")
+  'GET /image': () => result({ content: [{ type: 'image', data: RED_PIXEL_PNG, mimeType: 'image/png' }] }),
+
+  // tools-call-audio (needs response_mode "mcp")
+  'GET /audio': () => result({ content: [{ type: 'audio', data: TINY_WAV, mimeType: 'audio/wav' }] }),
+
+  // tools-call-embedded-resource (needs response_mode "mcp")
+  'GET /embedded-resource': () =>
+    result({
+      content: [
+        {
+          type: 'resource',
+          resource: {
+            uri: 'test://embedded-resource',
+            mimeType: 'text/plain',
+            text: 'This is an embedded resource content.',
+          },
+        },
+      ],
+    }),
+
+  // tools-call-mixed-content (needs response_mode "mcp")
+  'GET /mixed-content': () =>
+    result({
+      content: [
+        { type: 'text', text: 'Multiple content types test:' },
+        { type: 'image', data: RED_PIXEL_PNG, mimeType: 'image/png' },
+        {
+          type: 'resource',
+          resource: {
+            uri: 'test://mixed-content-resource',
+            mimeType: 'application/json',
+            text: JSON.stringify({ test: 'data', value: 123 }),
+          },
+        },
+      ],
+    }),
+
+  // tools-call-with-logging: the three log notifications have to come from the
+  // MCP server itself; the upstream only takes a while (2 x ~50 ms).
+  'GET /with-logging': async () => {
+    await sleep(100);
+    return text('Tool with logging executed successfully');
+  },
+
+  // tools-call-with-progress: likewise, progress notifications are the server's.
+  'GET /with-progress': async () => {
+    await sleep(100);
+    return text('Tool with progress executed successfully');
+  },
+
+  // tools-call-sampling / tools-call-elicitation / elicitation-sep1034-defaults /
+  // elicitation-sep1330-enums: would need server-to-client requests.
+  'POST /sampling': (_req, body) =>
+    text(`LLM response: (no sampling available to an HTTP upstream) prompt=${JSON.stringify(body.prompt ?? null)}`),
+  'POST /elicitation': (_req, body) =>
+    text(`User response: (no elicitation available to an HTTP upstream) message=${JSON.stringify(body.message ?? null)}`),
+  'GET /elicitation-sep1034-defaults': () =>
+    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
+  'GET /elicitation-sep1330-enums': () =>
+    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
+
+  // json-schema-2020-12: only listed, but answer a call anyway.
+  'POST /json-schema-2020-12': (_req, body) => text(`Received: ${JSON.stringify(body)}`),
+
+  // server-sse-polling: the test_reconnection tool. Closing the SSE stream
+  // mid-call is the MCP server's job; the upstream just takes a moment.
+  'GET /reconnection': async () => {
+    await sleep(500);
+    return text('Reconnection test completed');
+  },
+};
+
+const server = http.createServer(async (req, res) => {
+  const path = new URL(req.url, 'http://x').pathname;
+  const route = routes[`${req.method} ${path}`];
+  try {
+    const body = req.method === 'POST' ? await readJson(req) : {};
+    const out = route ? await route(req, body) : text(`no fixture route for ${req.method} ${path}`, 404);
+    res.writeHead(out.status, { 'content-type': out.type, 'content-length': Buffer.byteLength(out.body) });
+    res.end(out.body);
+  } catch (err) {
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    res.end(`fixture error: ${err?.message ?? err}`);
+  }
+});
+
+server.listen(port, '127.0.0.1', () => {
+  console.log(`fixture-upstream listening on http://127.0.0.1:${server.address().port}`);
+});
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    server.close();
+    process.exit(0);
+  });
+}
