@@ -209,6 +209,22 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     app
 }
 
+/// Another ingress instance of the same cluster (same database, streams, secrets).
+pub struct ExtraIngress {
+    pub base_url: String,
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ExtraIngress {
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
@@ -219,6 +235,27 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Starts another ingress of this cluster, on `addr` or a free port.
+    pub async fn spawn_ingress(&self, addr: Option<SocketAddr>) -> ExtraIngress {
+        let listener = tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind extra ingress");
+        let addr = listener.local_addr().expect("addr");
+        let state = tengine_ingress::AppState::connect(self.config.clone())
+            .await
+            .expect("extra ingress connects");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = tengine_ingress::serve(listener, state, stopped(rx)).await;
+        });
+        ExtraIngress {
+            base_url: format!("http://{addr}"),
+            addr,
+            stop,
+            task,
+        }
+    }
+
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .http

@@ -206,3 +206,62 @@ async fn initialize_negotiates_versions() {
         .await;
     assert_eq!(bad.body["error"]["code"], -32602);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_session_alternates_between_instances_across_a_restart() {
+    let app = spawn_app().await;
+    let upstream = tengine_tests::upstream::Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/echo"}),
+    )
+    .await;
+    let second = app.spawn_ingress(None).await;
+    let mut on_first = app.session();
+    on_first.initialize().await;
+    let session_id = on_first.session_id.clone();
+    let mut on_second = tengine_tests::mcp::RawSession::new(
+        app.http.clone(),
+        format!("{}/mcp", second.base_url),
+        app.api_key.clone(),
+    );
+    on_second.session_id = session_id.clone();
+
+    for i in 0..3 {
+        let a = on_first.call("echo", json!({"i": i})).await;
+        assert_eq!(a["isError"], false, "{a}");
+        let b = on_second.call("echo", json!({"i": i})).await;
+        assert_eq!(b["isError"], false, "{b}");
+    }
+    // Restart the second instance on the same address: the session still works there.
+    let addr = second.addr;
+    second.stop().await;
+    let restarted = app.spawn_ingress(Some(addr)).await;
+    let again = on_second.call("echo", json!({"after": "restart"})).await;
+    assert_eq!(again["isError"], false, "{again}");
+    assert_eq!(upstream.requests().len(), 7);
+
+    // Ending the session on one instance ends it on the other.
+    let deleted = app
+        .http
+        .delete(format!("{}/mcp", restarted.base_url))
+        .bearer_auth(&app.api_key)
+        .header("mcp-session-id", session_id.as_deref().expect("id"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 204);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let reply = on_first.request("ping", json!({})).await;
+        if reply.status == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other instance still accepts the ended session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    restarted.stop().await;
+}

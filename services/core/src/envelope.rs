@@ -40,12 +40,21 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
         }
     }
 
+    /// MessagePack with named fields, human-readable mode: UUIDs and timestamps
+    /// are strings, as the JSON Schemas in `schemas/` describe them, so readers in
+    /// other languages decode them without knowing Rust's binary forms.
     pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
-        Ok(rmp_serde::to_vec_named(self)?)
+        let mut out = Vec::with_capacity(256);
+        let mut serializer = rmp_serde::Serializer::new(&mut out)
+            .with_struct_map()
+            .with_human_readable();
+        self.serialize(&mut serializer)?;
+        Ok(out)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let envelope: Self = rmp_serde::from_slice(bytes)?;
+        let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+        let envelope = Self::deserialize(&mut deserializer)?;
         if envelope.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(envelope.v));
         }
@@ -282,6 +291,14 @@ mod tests {
         );
         let bytes = cmd.encode().expect("encode");
         assert_eq!(Envelope::<ExecuteCommand>::decode(&bytes).expect("decode"), cmd);
+    }
+
+    #[test]
+    fn ids_are_encoded_as_strings() {
+        let id = Uuid::now_v7();
+        let bytes = Envelope::new(id, 1u8).encode().expect("encode");
+        let needle = id.to_string();
+        assert!(bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
     }
 
     #[test]

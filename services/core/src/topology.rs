@@ -165,20 +165,28 @@ impl Topology {
         }
     }
 
-    /// Creates the streams if missing (idempotent; safe from every service at start-up).
+    /// Creates the streams if missing and applies the configured limits to existing
+    /// ones (idempotent; safe from every service at start-up).
     pub async fn ensure_streams(
         &self,
         js: &jetstream::Context,
         limits: &StreamsConfig,
     ) -> anyhow::Result<(stream::Stream, stream::Stream)> {
+        // Create, or update an existing stream so changed limits take effect.
+        for config in [self.commands_config(limits), self.events_config(limits)] {
+            let name = config.name.clone();
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating or updating stream {name}: {e}"))?;
+        }
         let commands = js
-            .get_or_create_stream(self.commands_config(limits))
+            .get_stream(self.commands_stream())
             .await
-            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", self.commands_stream()))?;
+            .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", self.commands_stream()))?;
         let events = js
-            .get_or_create_stream(self.events_config(limits))
+            .get_stream(self.events_stream())
             .await
-            .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", self.events_stream()))?;
+            .map_err(|e| anyhow::anyhow!("opening stream {}: {e}", self.events_stream()))?;
         Ok((commands, events))
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -94,6 +94,10 @@ impl Reader {
             Reader::Project(caller) => caller.project_id == project_id,
         }
     }
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
@@ -299,8 +303,9 @@ async fn list_tools(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(project_id): Path<String>,
-    Query(query): Query<ToolListQuery>,
+    query: Result<Query<ToolListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(bad_query)?;
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     project_exists(&st, project_id).await?;
@@ -437,8 +442,9 @@ async fn list_runs(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(project_id): Path<String>,
-    Query(query): Query<RunQuery>,
+    query: Result<Query<RunQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(bad_query)?;
     let reader = reader(&st, &headers).await?;
     let project_id = parse_id("project", &project_id)?;
     if !reader.may_read(project_id) {

@@ -120,7 +120,9 @@ impl Dispatcher {
                 match envelope.body {
                     RunEvent::AttemptStarted { run_id, .. } => send(&reply_registry, run_id, Signal::Sent),
                     RunEvent::AttemptFinished { run_id, .. } => send(&reply_registry, run_id, Signal::Answered),
-                    RunEvent::Finished(outcome) => send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome))),
+                    RunEvent::Finished(outcome) => {
+                        send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome)))
+                    }
                     _ => {}
                 }
             }

@@ -190,11 +190,13 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             error_class,
             error,
         } => {
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
                  latency_ms, accepted_at, finished_at) VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8) \
-                 ON CONFLICT (run_id) DO NOTHING",
-            )
+                 ON CONFLICT (run_id) DO UPDATE SET status = 'rejected', error_class = EXCLUDED.error_class, \
+                 error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, updated_at = now() \
+                 WHERE {STATUS_RANK} < 3"
+            ))
             .bind(run_id)
             .bind(caller.project_id)
             .bind(caller.integration_id)

@@ -79,6 +79,8 @@ impl Worker {
             )
             .await
             .map_err(|e| anyhow::anyhow!("creating the worker consumer: {e}"))?;
+        // The consumer may predate the configuration: trust what the server enforces.
+        let max_deliver = consumer.cached_info().config.max_deliver;
         let permits = Arc::new(Semaphore::new(wc.concurrency));
         // Small batches: prefetched messages burn their ack_wait while they wait.
         let mut messages = consumer
@@ -102,7 +104,7 @@ impl Worker {
                 Some(Ok(message)) => {
                     let worker = self.clone();
                     tokio::spawn(async move {
-                        worker.handle(message).await;
+                        worker.handle(message, max_deliver).await;
                         drop(permit);
                     });
                 }
@@ -120,7 +122,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn handle(&self, message: Message) {
+    async fn handle(&self, message: Message, max_deliver: i64) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let command = match CommandEnvelope::decode(&message.payload) {
             Ok(envelope) => envelope.body,
@@ -146,7 +148,7 @@ impl Worker {
         }
 
         let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
-        let outcome = if self.config.worker.max_deliver > 0 && delivered >= self.config.worker.max_deliver {
+        let outcome = if max_deliver > 0 && delivered >= max_deliver {
             // Last delivery: record a failure instead of risking another crash loop.
             self.outcome(
                 &command,
@@ -250,7 +252,16 @@ impl Worker {
             self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
         };
         let tool = match store::get_tool_by_id(&self.pool, command.tool_id).await {
-            Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => tool,
+            Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => {
+                if tool.version != command.tool_version {
+                    tracing::info!(
+                        accepted = command.tool_version,
+                        current = tool.version,
+                        "the tool changed since the call was accepted; using its current definition"
+                    );
+                }
+                tool
+            }
             Ok(_) | Err(StoreError::NotFound) => {
                 return fail(
                     ErrorClass::UnknownTool,
