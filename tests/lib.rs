@@ -308,7 +308,7 @@ impl TestApp {
             if status == 200
                 && matches!(
                     run["status"].as_str(),
-                    Some("succeeded" | "failed" | "rejected" | "cancelled")
+                    Some("succeeded" | "failed" | "rejected" | "cancelled" | "revoked")
                 )
                 && !run["finished_at"].is_null()
             {

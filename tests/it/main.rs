@@ -2,7 +2,8 @@
 
 mod admin;
 mod calls;
+mod control;
 mod protocol;
-mod python_client;
 mod schemas;
+mod sdk_clients;
 mod transport;

@@ -17,7 +17,7 @@ async fn credentials_are_required_and_checked() {
         challenge.starts_with("Bearer ") && challenge.contains("resource_metadata=\""),
         "{challenge}"
     );
-    assert_eq!(missing.body["error"]["code"], -32001);
+    assert_eq!(missing.body["error"]["code"], -32040);
     assert!(
         missing.body["error"]["message"]
             .as_str()

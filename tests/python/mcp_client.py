@@ -9,6 +9,9 @@ way a stock SDK user would. Prints exactly one JSON document on stdout.
 Usage:
     mcp_client.py [--url URL] [--token TOKEN] [--timeout SECS] list
     mcp_client.py [--url URL] [--token TOKEN] [--timeout SECS] call NAME JSON_ARGS
+    mcp_client.py [--url URL] [--token TOKEN] [--timeout SECS] progress NAME JSON_ARGS
+    mcp_client.py [--url URL] [--token TOKEN] [--timeout SECS] list-changed ADMIN_URL ADMIN_TOKEN PROJECT_ID
+    mcp_client.py [--url URL] [--token TOKEN] [--timeout SECS] cancel NAME JSON_ARGS
 
     --url     defaults to $MCP_URL          (e.g. http://127.0.0.1:8080/mcp)
     --token   defaults to $MCP_TOKEN; sent as "Authorization: Bearer <token>";
@@ -21,6 +24,21 @@ Output / exit codes:
             following nextCursor), exit 0
     call -> {"isError": bool, "content": [...], "structuredContent": ..., "meta": ...},
             exit 0
+    progress -> {"progress": [1, 2, 3], "isError": bool, "content": [...]}, exit 0:
+            the call is made with a progress_callback, so it carries
+            _meta.progressToken; the values are the `progress` of each
+            notifications/progress, in order (integral values as ints)
+    list-changed -> {"listChanged": bool}, exit 0: registers a message_handler,
+            waits until the GET stream is open (at most 5 s), PATCHes the
+            description of the first listed tool through the admin API
+            (ADMIN_URL/v1/projects/PROJECT_ID/tools/NAME, Bearer ADMIN_TOKEN; a
+            non-2xx answer is an unexpected failure, exit 2) and waits up to 10 s
+            for notifications/tools/list_changed
+    cancel -> {"cancelled": true, "error": str, "elapsedMs": int, "cancelStatus": int|null},
+            exit 0: the call runs under anyio.move_on_after(0.3); on expiry the
+            SDK sends notifications/cancelled (cancelStatus: the HTTP status the
+            server answered that POST with, null if none was seen within 5 s).
+            If the call finished first: {"cancelled": false, "isError", "content"}
     a JSON-RPC error answering tools/call or tools/list (MCPError)
          -> {"error": {"code": int, "message": str}}, exit 0 (error.data, if any,
             goes to stderr)
@@ -41,18 +59,26 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from typing import Any
+from urllib.parse import quote
 
+import anyio
 import httpx2
 from mcp import Client, MCPError
+from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import ToolListChangedNotification
 
 # SDK defaults (mcp.shared._httpx_utils): 30 s connect/write/pool, 300 s read.
 # A bare httpx2.AsyncClient() would use 5 s for everything, which kills any
 # tool call that takes longer than 5 s with httpx2.ReadTimeout.
 CONNECT_TIMEOUT = 30.0
 MAX_PAGES = 1000
+CANCEL_AFTER = 0.3  # seconds
+LIST_CHANGED_WAIT = 10.0  # seconds
+GET_STREAM_WAIT = 5.0  # seconds
 
 
 class UsageError(Exception):
@@ -96,14 +122,162 @@ async def _call(client: Client, name: str, arguments: dict[str, Any] | None) -> 
     }
 
 
+def _number(x: float) -> float | int:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _body(request: httpx2.Request) -> bytes:
+    try:
+        return request.content
+    except httpx2.RequestNotRead:
+        return b""
+
+
+class _Observer:
+    """httpx2 event hooks and an SDK message handler for the extra commands.
+
+    They only watch: they let `list-changed` wait until the SDK has opened its
+    GET stream, and `cancel` wait until the notifications/cancelled POST and the
+    cancelled call's own POST have been answered before the client closes (see
+    `_cancel`).
+    """
+
+    def __init__(self) -> None:
+        self.get_open = anyio.Event()
+        self.get_status: int | None = None
+        self.list_changed = anyio.Event()
+        self.cancel_answered = anyio.Event()
+        self.cancel_status: int | None = None
+        self.calls_sent = 0
+        self.call_responses: list[httpx2.Response] = []
+
+    async def on_request(self, request: httpx2.Request) -> None:
+        if request.method == "POST" and b'"tools/call"' in _body(request):
+            self.calls_sent += 1
+
+    async def on_response(self, response: httpx2.Response) -> None:
+        request = response.request
+        if request.method == "GET" and not self.get_open.is_set():
+            self.get_status = response.status_code
+            self.get_open.set()
+        elif request.method == "POST":
+            body = _body(request)
+            if b'"notifications/cancelled"' in body:
+                self.cancel_status = response.status_code
+                self.cancel_answered.set()
+            elif b'"tools/call"' in body:
+                self.call_responses.append(response)
+
+    async def message_handler(self, message: IncomingMessage) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            self.list_changed.set()
+        elif isinstance(message, Exception):
+            print(f"mcp_client: transport error: {message!r}", file=sys.stderr)
+        await anyio.lowlevel.checkpoint()
+
+
+async def _progress(client: Client, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    values: list[float | int] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        print(f"mcp_client: progress {progress}/{total} {message!r}", file=sys.stderr)
+        values.append(_number(progress))
+
+    result = await client.call_tool(name, arguments, progress_callback=on_progress)
+    return {
+        "progress": values,
+        "isError": bool(result.is_error),
+        "content": [_dump(c) for c in result.content],
+    }
+
+
+async def _list_changed(
+    client: Client, observer: _Observer, admin_url: str, admin_token: str, project_id: str
+) -> dict[str, Any]:
+    if not (client.server_capabilities.tools and client.server_capabilities.tools.list_changed):
+        print("mcp_client: the server does not advertise capabilities.tools.listChanged", file=sys.stderr)
+    page = await client.list_tools()
+    if not page.tools:
+        raise RuntimeError("the project has no tool to change")
+    name = page.tools[0].name
+    # The SDK opens the GET stream by itself after notifications/initialized;
+    # change the tool only once it is open, or the notification has nowhere to go.
+    with anyio.move_on_after(GET_STREAM_WAIT):
+        await observer.get_open.wait()
+    if not observer.get_open.is_set():
+        print(f"mcp_client: the GET stream did not open within {GET_STREAM_WAIT:g} s", file=sys.stderr)
+    elif observer.get_status != 200:
+        print(f"mcp_client: the GET stream was refused: HTTP {observer.get_status}", file=sys.stderr)
+    url = f"{admin_url.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/tools/{quote(name, safe='')}"
+    async with httpx2.AsyncClient(timeout=CONNECT_TIMEOUT) as admin:
+        res = await admin.patch(
+            url,
+            headers={"Authorization": f"Bearer {admin_token}"},
+            json={"description": f"changed {time.strftime('%Y-%m-%dT%H:%M:%S')}"},
+        )
+    if not res.is_success:
+        raise RuntimeError(f"PATCH {url}: HTTP {res.status_code} {res.text}")
+    with anyio.move_on_after(LIST_CHANGED_WAIT):
+        await observer.list_changed.wait()
+    return {"listChanged": observer.list_changed.is_set()}
+
+
+async def _cancel(client: Client, observer: _Observer, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    started = time.monotonic()
+    with anyio.move_on_after(CANCEL_AFTER) as scope:
+        result = await client.call_tool(name, arguments)
+    if not scope.cancelled_caught:
+        return {"cancelled": False, "isError": bool(result.is_error), "content": [_dump(c) for c in result.content]}
+    elapsed_ms = round((time.monotonic() - started) * 1000)
+    # The SDK sends notifications/cancelled on the way out of the cancelled
+    # call; let that POST be answered before the client closes.
+    with anyio.move_on_after(5.0):
+        await observer.cancel_answered.wait()
+    if observer.cancel_status is None:
+        print("mcp_client: no answer to a notifications/cancelled POST within 5 s", file=sys.stderr)
+    # Tengine then answers the cancelled call's own POST (JSON-RPC error -32800
+    # for a JSON answer). mcp 2.3.0 hands that late answer to the session even
+    # while it closes, and if it lands in the close the transport task fails with
+    # anyio.ClosedResourceError / BrokenResourceError (an ExceptionGroup out of
+    # `async with Client(...)`). So wait for that answer too, then give the SDK
+    # a moment to drop it ("dropping response for unknown/late request id").
+    with anyio.move_on_after(5.0):
+        while len(observer.call_responses) < observer.calls_sent:
+            await anyio.sleep(0.01)
+    for r in observer.call_responses:
+        print(
+            f"mcp_client: cancelled tools/call POST answered HTTP {r.status_code} {r.headers.get('content-type')}",
+            file=sys.stderr,
+        )
+    await anyio.sleep(0.1)
+    return {
+        "cancelled": True,
+        "error": f"tools/call cancelled by anyio.move_on_after({CANCEL_AFTER:g}) after {elapsed_ms} ms",
+        "elapsedMs": elapsed_ms,
+        "cancelStatus": observer.cancel_status,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     timeout = httpx2.Timeout(CONNECT_TIMEOUT, read=args.timeout)
-    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
-        async with Client(streamable_http_client(args.url, http_client=http), mode=args.mode) as client:
+    observer = _Observer()
+    hooks = {"request": [observer.on_request], "response": [observer.on_response]}
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks=hooks) as http:
+        async with Client(
+            streamable_http_client(args.url, http_client=http),
+            mode=args.mode,
+            message_handler=observer.message_handler,
+        ) as client:
             try:
                 if args.command == "list":
                     return await _list(client)
+                if args.command == "progress":
+                    return await _progress(client, args.name, args.arguments)
+                if args.command == "list-changed":
+                    return await _list_changed(client, observer, args.admin_url, args.admin_token, args.project_id)
+                if args.command == "cancel":
+                    return await _cancel(client, observer, args.name, args.arguments)
                 return await _call(client, args.name, args.arguments)
             except MCPError as e:
                 # Caught inside the `async with` so the session still closes
@@ -120,13 +294,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--debug", action="store_true", help="SDK debug logging to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list all tools (follows nextCursor)")
-    c = sub.add_parser("call", help="call a tool")
-    c.add_argument("name")
-    c.add_argument("json_args", help='tool arguments as a JSON object, e.g. \'{"x": 1}\' (or null)')
+    for command, help_text in (
+        ("call", "call a tool"),
+        ("progress", "call a tool with a progress callback"),
+        ("cancel", f"call a tool and cancel it after {CANCEL_AFTER:g} s"),
+    ):
+        c = sub.add_parser(command, help=help_text)
+        c.add_argument("name")
+        c.add_argument("json_args", help='tool arguments as a JSON object, e.g. \'{"x": 1}\' (or null)')
+    lc = sub.add_parser("list-changed", help="change a tool via the admin API, wait for tools/list_changed")
+    lc.add_argument("admin_url", help="admin API base URL, e.g. http://127.0.0.1:8080")
+    lc.add_argument("admin_token")
+    lc.add_argument("project_id")
     args = p.parse_args(argv)
     if not args.url:
         p.error("--url (or MCP_URL) is required")
-    if args.command == "call":
+    if args.command in ("call", "progress", "cancel"):
         try:
             parsed = json.loads(args.json_args)
         except json.JSONDecodeError as e:

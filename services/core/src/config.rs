@@ -46,6 +46,7 @@ pub struct IngressConfig {
     pub call_wait_slack_ms: u64,
     pub tools_page_size: usize,
     pub session_ttl_secs: u64,
+    pub member_session_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }

@@ -189,6 +189,12 @@ pub struct ToolSpec {
     pub timeout_ms: u64,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Only member sessions (`tng_mst_…`) may see and call the tool.
+    #[serde(default)]
+    pub require_member: bool,
+    /// Send `X-Tengine-Member-Id`, `-Email` and `-Roles` upstream.
+    #[serde(default)]
+    pub inject_member_identity: bool,
 }
 
 /// A stored tool, as the services use it. Never carries the plaintext secret.
@@ -213,6 +219,8 @@ pub struct ToolDefinition {
     pub has_auth_secret: bool,
     pub timeout_ms: u64,
     pub enabled: bool,
+    pub require_member: bool,
+    pub inject_member_identity: bool,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -299,11 +307,14 @@ fn check_placeholders(
 ) -> Result<(), FieldError> {
     for name in names {
         let reserved = RESERVED_PREFIXES.iter().any(|p| name.starts_with(p));
-        let known_reserved = matches!(name.as_str(), "project.id" | "integration.id" | "run.id");
+        let known_reserved = templates::RESERVED_VARIABLES.contains(&name.as_str());
         if reserved && !known_reserved {
             return Err(field_err(
                 field,
-                format!("`{{{name}}}` is not a reserved variable (known: project.id, integration.id, run.id)"),
+                format!(
+                    "`{{{name}}}` is not a reserved variable (known: {})",
+                    templates::RESERVED_VARIABLES.join(", ")
+                ),
             ));
         }
         if !reserved && !properties.contains(&name) {

@@ -62,12 +62,28 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
     }
 }
 
-/// Who a run acts for: the credential that called, and later the member.
+/// Who a run acts for: the credential that called and, with a member session,
+/// the customer's end user.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct Caller {
     pub project_id: Uuid,
     pub integration_id: Uuid,
     pub api_key_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
+}
+
+/// An end user of the customer, as its backend asserted it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Member {
+    /// The member's external id (`sub` of the assertion).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// When its member session was issued (revocation cut-off).
+    pub session_issued_at: DateTime<Utc>,
 }
 
 /// Execution command, published by the ingress on `{prefix}.cmd.{project_id}`.
@@ -95,6 +111,8 @@ pub enum RunStatus {
     Rejected,
     /// The client cancelled the call before the API was called.
     Cancelled,
+    /// The credential was revoked, or the tool disabled, before the API was called.
+    Revoked,
 }
 
 impl RunStatus {
@@ -106,13 +124,14 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Rejected => "rejected",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Revoked => "revoked",
         }
     }
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled | RunStatus::Revoked
         )
     }
 }
@@ -135,6 +154,10 @@ pub enum ErrorClass {
     UnknownTool,
     /// The command was redelivered too often (a worker kept failing on it).
     DeliveryExhausted,
+    /// The caller's credential or the tool stopped being valid before the call.
+    Revoked,
+    /// The API's address is not allowed (private, loopback, metadata) for this project.
+    Forbidden,
     /// A fault inside Tengine.
     Internal,
 }
@@ -149,6 +172,8 @@ impl ErrorClass {
             ErrorClass::InvalidArguments => "invalid_arguments",
             ErrorClass::UnknownTool => "unknown_tool",
             ErrorClass::DeliveryExhausted => "delivery_exhausted",
+            ErrorClass::Revoked => "revoked",
+            ErrorClass::Forbidden => "forbidden",
             ErrorClass::Internal => "internal",
         }
     }
@@ -268,6 +293,7 @@ mod tests {
             project_id: Uuid::now_v7(),
             integration_id: Uuid::now_v7(),
             api_key_id: Uuid::now_v7(),
+            member: None,
         }
     }
 

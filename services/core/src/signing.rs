@@ -24,12 +24,45 @@ pub const HEADER_WEBHOOK_ID: &str = "webhook-id";
 pub const HEADER_WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 pub const HEADER_WEBHOOK_SIGNATURE: &str = "webhook-signature";
 pub const HEADER_IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+pub const HEADER_MEMBER_ID: &str = "X-Tengine-Member-Id";
+pub const HEADER_MEMBER_EMAIL: &str = "X-Tengine-Member-Email";
+/// Comma-separated.
+pub const HEADER_MEMBER_ROLES: &str = "X-Tengine-Member-Roles";
 
 pub const SECRET_PREFIX: &str = "whsec_";
 const MIN_SECRET_BYTES: usize = 16;
 const MAX_SECRET_BYTES: usize = 128;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The headers every upstream request carries (before auth and signatures): who
+/// calls, which run (the same id on every retry), when, and — for tools with
+/// `inject_member_identity` in a member session — the member.
+pub fn identity_headers(
+    caller: &crate::envelope::Caller,
+    inject_member: bool,
+    run_id: uuid::Uuid,
+    timestamp: i64,
+) -> Vec<(String, String)> {
+    let run = run_id.to_string();
+    let mut headers = vec![
+        (HEADER_PROJECT_ID.to_string(), caller.project_id.to_string()),
+        (HEADER_INTEGRATION_ID.to_string(), caller.integration_id.to_string()),
+        (HEADER_REQUEST_ID.to_string(), run.clone()),
+        (HEADER_TIMESTAMP.to_string(), timestamp.to_string()),
+        (HEADER_IDEMPOTENCY_KEY.to_string(), run.clone()),
+        (HEADER_WEBHOOK_ID.to_string(), run),
+        (HEADER_WEBHOOK_TIMESTAMP.to_string(), timestamp.to_string()),
+    ];
+    if inject_member && let Some(member) = &caller.member {
+        headers.push((HEADER_MEMBER_ID.to_string(), member.id.clone()));
+        if let Some(email) = &member.email {
+            headers.push((HEADER_MEMBER_EMAIL.to_string(), email.clone()));
+        }
+        headers.push((HEADER_MEMBER_ROLES.to_string(), member.roles.join(",")));
+    }
+    headers
+}
 
 /// An HMAC key in the Standard Webhooks `whsec_<base64>` form.
 #[derive(Clone)]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     credentials,
     domain::{AuthStrategy, HttpMethod, ResponseMode, ToolDefinition, ToolSpec},
-    envelope::Caller,
+    envelope::{Caller, Member},
     secrets::{SecretBox, SecretError},
 };
 
@@ -167,21 +167,266 @@ pub async fn revoke_api_key(pool: &PgPool, project_id: Uuid, key_id: Uuid) -> St
     Ok(())
 }
 
+/// An authenticated caller and what its integration may see.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub caller: Caller,
+    /// Tool names the integration is restricted to (`None`: all).
+    pub allowed_tools: Option<Vec<String>>,
+}
+
+impl Principal {
+    pub fn may_use(&self, tool: &ToolDefinition) -> bool {
+        let allowed = self
+            .allowed_tools
+            .as_ref()
+            .is_none_or(|names| names.contains(&tool.name));
+        allowed && (!tool.require_member || self.caller.member.is_some())
+    }
+}
+
+type KeyRow = (Uuid, Uuid, Uuid, Option<Vec<String>>);
+
 /// The caller behind an API key, if the key exists and is live.
-pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Option<Caller>> {
-    let row: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "SELECT k.project_id, k.integration_id, k.id FROM api_keys k \
+pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Option<Principal>> {
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
          JOIN integrations i ON i.id = k.integration_id \
          WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL",
     )
     .bind(credentials::hash_api_key(key))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(project_id, integration_id, api_key_id)| Caller {
-        project_id,
-        integration_id,
-        api_key_id,
-    }))
+    Ok(
+        row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
+            caller: Caller {
+                project_id,
+                integration_id,
+                api_key_id,
+                member: None,
+            },
+            allowed_tools,
+        }),
+    )
+}
+
+/// The caller behind a member session, if its API key and integration are live
+/// and the member's sessions were not revoked after it was issued.
+pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member) -> StoreResult<Option<Principal>> {
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
+         JOIN integrations i ON i.id = k.integration_id \
+         LEFT JOIN member_revocations r ON r.project_id = k.project_id AND r.member_id = $2 \
+         WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL \
+         AND (r.revoked_before IS NULL OR r.revoked_before <= $3)",
+    )
+    .bind(api_key_id)
+    .bind(&member.id)
+    .bind(member.session_issued_at)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
+            caller: Caller {
+                project_id,
+                integration_id,
+                api_key_id,
+                member: Some(member),
+            },
+            allowed_tools,
+        }),
+    )
+}
+
+/// Why a queued run's caller may no longer call `tool`, if it may not: checked
+/// by the worker right before the API is called.
+pub async fn revoked_reason(pool: &PgPool, caller: &Caller, tool: &ToolDefinition) -> StoreResult<Option<String>> {
+    let principal = match &caller.member {
+        Some(member) => authenticate_member(pool, caller.api_key_id, member.clone()).await?,
+        None => {
+            let row: Option<KeyRow> = sqlx::query_as(
+                "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
+                 JOIN integrations i ON i.id = k.integration_id \
+                 WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL",
+            )
+            .bind(caller.api_key_id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
+                caller: Caller {
+                    project_id,
+                    integration_id,
+                    api_key_id,
+                    member: None,
+                },
+                allowed_tools,
+            })
+        }
+    };
+    Ok(match principal {
+        None => Some("the credential that made the call was revoked before the API was called".into()),
+        Some(p) if !p.may_use(tool) => Some(format!("the caller may no longer use tool `{}`", tool.name)),
+        Some(_) => None,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Integration {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub allowed_tools: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn create_integration(
+    pool: &PgPool,
+    project_id: Uuid,
+    name: &str,
+    allowed_tools: Option<&[String]>,
+) -> StoreResult<Integration> {
+    get_project(pool, project_id).await?;
+    Ok(sqlx::query_as::<_, Integration>(
+        "INSERT INTO integrations (id, project_id, name, allowed_tools) VALUES ($1, $2, $3, $4) \
+         RETURNING id, project_id, name, allowed_tools, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(project_id)
+    .bind(name)
+    .bind(allowed_tools)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn list_integrations(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<Integration>> {
+    get_project(pool, project_id).await?;
+    Ok(sqlx::query_as::<_, Integration>(
+        "SELECT id, project_id, name, allowed_tools, created_at FROM integrations \
+         WHERE project_id = $1 AND deleted_at IS NULL ORDER BY created_at, id",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn get_integration(pool: &PgPool, project_id: Uuid, id: Uuid) -> StoreResult<Integration> {
+    sqlx::query_as::<_, Integration>(
+        "SELECT id, project_id, name, allowed_tools, created_at FROM integrations \
+         WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind(project_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(StoreError::NotFound)
+}
+
+/// Deletes an integration: its keys, and member sessions minted with them, stop working.
+pub async fn delete_integration(pool: &PgPool, project_id: Uuid, id: Uuid) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE integrations SET deleted_at = now() WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind(project_id)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MemberKey {
+    pub project_id: Uuid,
+    pub kid: String,
+    pub public_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn create_member_key(pool: &PgPool, project_id: Uuid, kid: &str, public_key: &str) -> StoreResult<MemberKey> {
+    get_project(pool, project_id).await?;
+    sqlx::query_as::<_, MemberKey>(
+        "INSERT INTO member_keys (project_id, kid, public_key) VALUES ($1, $2, $3) \
+         RETURNING project_id, kid, public_key, created_at",
+    )
+    .bind(project_id)
+    .bind(kid)
+    .bind(public_key)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| {
+        if unique_violation(&e) {
+            StoreError::Conflict(format!("a member key with kid `{kid}` already exists in this project"))
+        } else {
+            e.into()
+        }
+    })
+}
+
+pub async fn list_member_keys(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<MemberKey>> {
+    get_project(pool, project_id).await?;
+    Ok(sqlx::query_as::<_, MemberKey>(
+        "SELECT project_id, kid, public_key, created_at FROM member_keys \
+         WHERE project_id = $1 AND revoked_at IS NULL ORDER BY created_at",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn delete_member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE member_keys SET revoked_at = now() WHERE project_id = $1 AND kid = $2 AND revoked_at IS NULL",
+    )
+    .bind(project_id)
+    .bind(kid)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub async fn member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> StoreResult<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT public_key FROM member_keys WHERE project_id = $1 AND kid = $2 AND revoked_at IS NULL")
+            .bind(project_id)
+            .bind(kid)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Records an assertion id; false when it was already used (a replay).
+pub async fn use_assertion(pool: &PgPool, project_id: Uuid, jti: &str, expires_at: DateTime<Utc>) -> StoreResult<bool> {
+    sqlx::query("DELETE FROM member_assertions_used WHERE expires_at < now() - interval '1 hour'")
+        .execute(pool)
+        .await?;
+    let done = sqlx::query(
+        "INSERT INTO member_assertions_used (project_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(project_id)
+    .bind(jti)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends every session of a member issued up to now.
+pub async fn revoke_member_sessions(pool: &PgPool, project_id: Uuid, member_id: &str) -> StoreResult<()> {
+    get_project(pool, project_id).await?;
+    sqlx::query(
+        "INSERT INTO member_revocations (project_id, member_id, revoked_before) VALUES ($1, $2, now()) \
+         ON CONFLICT (project_id, member_id) DO UPDATE SET revoked_before = now()",
+    )
+    .bind(project_id)
+    .bind(member_id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]
@@ -205,6 +450,8 @@ struct ToolRow {
     auth_secret_ciphertext: Option<Vec<u8>>,
     timeout_ms: i32,
     enabled: bool,
+    require_member: bool,
+    inject_member_identity: bool,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -212,7 +459,8 @@ struct ToolRow {
 
 const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_schema, output_schema, \
      annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
-     auth_secret_ciphertext, timeout_ms, enabled, version, created_at, updated_at";
+     auth_secret_ciphertext, timeout_ms, enabled, require_member, inject_member_identity, version, \
+     created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
     type Error = StoreError;
@@ -241,6 +489,8 @@ impl TryFrom<ToolRow> for ToolDefinition {
             auth_secret_ciphertext: row.auth_secret_ciphertext,
             timeout_ms: u64::try_from(row.timeout_ms).map_err(|_| corrupt("timeout_ms"))?,
             enabled: row.enabled,
+            require_member: row.require_member,
+            inject_member_identity: row.inject_member_identity,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -265,8 +515,9 @@ pub async fn create_tool(
     let row = sqlx::query_as::<_, ToolRow>(&format!(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
-         auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+         auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode, \
+         require_member, inject_member_identity) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
          RETURNING {TOOL_COLUMNS}"
     ))
     .bind(id)
@@ -288,6 +539,8 @@ pub async fn create_tool(
     .bind(spec.output_schema.as_ref().map(Json))
     .bind(spec.annotations.as_ref().map(Json))
     .bind(spec.response_mode.as_str())
+    .bind(spec.require_member)
+    .bind(spec.inject_member_identity)
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -321,6 +574,7 @@ pub async fn replace_tool(
          http_method = $7, endpoint_path = $8, headers_template = $9, query_template = $10, \
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
          enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
+         require_member = $20, inject_member_identity = $21, \
          version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     ))
@@ -343,6 +597,8 @@ pub async fn replace_tool(
     .bind(spec.output_schema.as_ref().map(Json))
     .bind(spec.annotations.as_ref().map(Json))
     .bind(spec.response_mode.as_str())
+    .bind(spec.require_member)
+    .bind(spec.inject_member_identity)
     .fetch_optional(pool)
     .await
     .map_err(|e| {
@@ -418,6 +674,7 @@ pub struct RunRecord {
     pub project_id: Uuid,
     pub integration_id: Uuid,
     pub api_key_id: Uuid,
+    pub member_id: Option<String>,
     pub tool_name: String,
     pub status: String,
     pub error_class: Option<String>,
@@ -442,7 +699,7 @@ pub struct AttemptRecord {
     pub bytes_in: Option<i64>,
 }
 
-const RUN_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, \
+const RUN_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
      error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at";
 
 #[derive(Debug, Default, Clone)]

@@ -24,6 +24,34 @@ const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove
 
 /// Prefixes of the reserved variables; arguments never shadow them.
 pub const RESERVED_PREFIXES: &[&str] = &["project.", "integration.", "run.", "member."];
+/// Every reserved variable a template may use.
+pub const RESERVED_VARIABLES: &[&str] = &[
+    "project.id",
+    "integration.id",
+    "run.id",
+    "member.id",
+    "member.email",
+    "member.roles",
+];
+
+/// The reserved variables of one run. `member.*` exist only in member sessions, so
+/// a template that needs them fails (clearly) for an API-key caller.
+pub fn reserved_variables(caller: &crate::envelope::Caller, run_id: uuid::Uuid) -> BTreeMap<&'static str, Value> {
+    let mut vars = BTreeMap::from([
+        ("project.id", Value::String(caller.project_id.to_string())),
+        ("integration.id", Value::String(caller.integration_id.to_string())),
+        ("run.id", Value::String(run_id.to_string())),
+    ]);
+    if let Some(member) = &caller.member {
+        vars.insert("member.id", Value::String(member.id.clone()));
+        vars.insert("member.email", member.email.clone().map_or(Value::Null, Value::String));
+        vars.insert(
+            "member.roles",
+            Value::Array(member.roles.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    vars
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {

@@ -51,6 +51,35 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(get_tool).put(replace_tool).patch(patch_tool).delete(delete_tool),
         )
         .route("/v1/projects/{project_id}/runs", get(list_runs))
+        .route(
+            "/v1/projects/{project_id}/integrations",
+            get(list_integrations).post(create_integration),
+        )
+        .route(
+            "/v1/projects/{project_id}/integrations/{integration_id}",
+            get(get_integration).delete(delete_integration),
+        )
+        .route(
+            "/v1/projects/{project_id}/integrations/{integration_id}/api-keys",
+            axum::routing::post(create_integration_key),
+        )
+        .route(
+            "/v1/projects/{project_id}/member-keys",
+            get(list_member_keys).post(create_member_key),
+        )
+        .route(
+            "/v1/projects/{project_id}/member-keys/{kid}",
+            axum::routing::delete(delete_member_key),
+        )
+        .route(
+            "/v1/projects/{project_id}/members/{member_id}/revoke-sessions",
+            axum::routing::post(revoke_member_sessions),
+        )
+        .route(
+            "/v1/projects/{project_id}/tools/{name}/render",
+            axum::routing::post(render_tool),
+        )
+        .route("/v1/member-sessions", axum::routing::post(create_member_session))
         .route("/v1/runs/{run_id}", get(get_run))
 }
 
@@ -81,7 +110,7 @@ async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
     match token {
         Some(token) => store::authenticate_api_key(&st.pool, token)
             .await?
-            .map(Reader::Project)
+            .map(|p| Reader::Project(p.caller))
             .ok_or_else(ApiError::unauthorized),
         None => Err(ApiError::unauthorized()),
     }
@@ -486,4 +515,377 @@ async fn get_run(
     let mut out = json!(run);
     out["attempt_details"] = json!(attempts);
     Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewIntegration {
+    name: String,
+    #[serde(default)]
+    allowed_tools: Option<Vec<String>>,
+}
+
+/// Ready-to-paste client configuration for an integration. `key` is the API key
+/// when it is being shown (at creation), else a placeholder.
+fn client_config(st: &AppState, integration: &store::Integration, key: Option<&str>) -> Value {
+    let url = format!("{}/mcp", st.config.ingress.public_url.trim_end_matches('/'));
+    let key = key.unwrap_or("<TENGINE_API_KEY>");
+    let name = format!(
+        "tengine-{}",
+        integration
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            })
+            .collect::<String>()
+    );
+    json!({
+        "mcp_json": {"mcpServers": {name.clone(): {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}},
+        "anthropic_mcp_servers": [{"type": "url", "url": url, "name": name, "authorization_token": key}],
+        "python": format!(
+            "import httpx2\nfrom mcp import Client\nfrom mcp.client.streamable_http import streamable_http_client\n\n\
+             async with httpx2.AsyncClient(headers={{\"Authorization\": \"Bearer {key}\"}}) as http:\n    \
+             async with Client(streamable_http_client(\"{url}\", http_client=http)) as client:\n        \
+             tools = await client.list_tools()\n"
+        ),
+    })
+}
+
+fn integration_json(st: &AppState, integration: &store::Integration, key: Option<&str>) -> Value {
+    let mut out = json!(integration);
+    out["client_config"] = client_config(st, integration, key);
+    out
+}
+
+fn not_found_as(what: &'static str) -> impl Fn(store::StoreError) -> ApiError {
+    move |e| match e {
+        store::StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}
+
+async fn create_integration(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let input: NewIntegration = parse_json(&body)?;
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_PROJECT_NAME {
+        return Err(ApiError::from(tengine_core::domain::FieldError {
+            field: "name".into(),
+            message: format!("must be 1-{MAX_PROJECT_NAME} characters"),
+        }));
+    }
+    if let Some(tools) = &input.allowed_tools {
+        for tool in tools {
+            validate_tool_name(tool).map_err(|e| tengine_core::domain::FieldError {
+                field: "allowed_tools".into(),
+                message: format!("`{tool}`: {}", e.message),
+            })?;
+        }
+    }
+    let integration = store::create_integration(&st.pool, project_id, name, input.allowed_tools.as_deref())
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(created(integration_json(&st, &integration, None)))
+}
+
+async fn list_integrations(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let list = store::list_integrations(&st.pool, project_id)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(Json(json!({ "integrations": list })))
+}
+
+async fn get_integration(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, integration_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let integration_id = parse_id("integration", &integration_id)?;
+    let integration = store::get_integration(&st.pool, project_id, integration_id)
+        .await
+        .map_err(not_found_as("integration"))?;
+    Ok(Json(integration_json(&st, &integration, None)))
+}
+
+async fn delete_integration(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, integration_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let integration_id = parse_id("integration", &integration_id)?;
+    store::delete_integration(&st.pool, project_id, integration_id)
+        .await
+        .map_err(not_found_as("integration"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_integration_key(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, integration_id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let integration_id = parse_id("integration", &integration_id)?;
+    let input: NewApiKey = if body.is_empty() {
+        NewApiKey::default()
+    } else {
+        parse_json(&body)?
+    };
+    let integration = store::get_integration(&st.pool, project_id, integration_id)
+        .await
+        .map_err(not_found_as("integration"))?;
+    let (record, key) = store::create_api_key(&st.pool, project_id, Some(integration_id), &input.name)
+        .await
+        .map_err(not_found_as("integration"))?;
+    let mut out = json!(record);
+    out["key"] = json!(key);
+    out["note"] = json!("store this key now: it is shown once and only its hash is kept");
+    out["client_config"] = client_config(&st, &integration, Some(&key));
+    Ok(created(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMemberKey {
+    kid: String,
+    /// SPKI PEM of a P-256 public key.
+    public_key: String,
+}
+
+async fn create_member_key(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let input: NewMemberKey = parse_json(&body)?;
+    let field = |field: &str, message: &str| {
+        ApiError::from(tengine_core::domain::FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    if input.kid.is_empty() || input.kid.len() > 128 || input.kid.chars().any(|c| c.is_control()) {
+        return Err(field("kid", "must be 1-128 printable characters"));
+    }
+    if !input.public_key.contains("BEGIN PUBLIC KEY")
+        || jsonwebtoken::DecodingKey::from_ec_pem(input.public_key.as_bytes()).is_err()
+    {
+        return Err(field(
+            "public_key",
+            "must be a P-256 (ES256) public key in SPKI PEM (-----BEGIN PUBLIC KEY-----)",
+        ));
+    }
+    let key = store::create_member_key(&st.pool, project_id, &input.kid, &input.public_key)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(created(key))
+}
+
+async fn list_member_keys(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let keys = store::list_member_keys(&st.pool, project_id)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(Json(json!({ "member_keys": keys })))
+}
+
+async fn delete_member_key(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, kid)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    store::delete_member_key(&st.pool, project_id, &kid)
+        .await
+        .map_err(not_found_as("member key"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_member_sessions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, member_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    store::revoke_member_sessions(&st.pool, project_id, &member_id)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberSessionRequest {
+    member_assertion: String,
+}
+
+/// Exchanges a member assertion for a member session; authenticated with the
+/// integration's API key.
+async fn create_member_session(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let principal = match bearer(&headers).filter(|t| credentials::looks_like_api_key(t)) {
+        Some(token) => store::authenticate_api_key(&st.pool, token).await?,
+        None => None,
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the integration's API key as `Authorization: Bearer tengine_…`",
+        )
+    })?;
+    let input: MemberSessionRequest = parse_json(&body)?;
+    let minted = st
+        .members
+        .exchange(&st.pool, &principal.caller, &input.member_assertion)
+        .await
+        .map_err(|e| match e {
+            crate::members::MemberError::Invalid(message) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_assertion", message)
+            }
+            crate::members::MemberError::Store(err) => err.into(),
+        })?;
+    Ok(created(json!({
+        "token": minted.token,
+        "expires_at": minted.expires_at,
+        "member": {"id": minted.member.id, "email": minted.member.email, "roles": minted.member.roles},
+        "project_id": principal.caller.project_id,
+        "integration_id": principal.caller.integration_id,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RenderRequest {
+    #[serde(default)]
+    arguments: serde_json::Map<String, Value>,
+    /// A member to render `member.*` and identity headers for.
+    #[serde(default)]
+    member: Option<RenderMember>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenderMember {
+    id: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// The request a call would send, without sending it; secrets are redacted.
+async fn render_tool(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((project_id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let input: RenderRequest = if body.is_empty() {
+        RenderRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let tool = store::get_tool(&st.pool, project_id, &name)
+        .await
+        .map_err(tool_not_found)?;
+    let project = store::get_project(&st.pool, project_id).await?;
+    let caller = Caller {
+        project_id,
+        integration_id: project.default_integration_id,
+        api_key_id: Uuid::nil(),
+        member: input.member.map(|m| tengine_core::envelope::Member {
+            id: m.id,
+            email: m.email,
+            roles: m.roles,
+            session_issued_at: chrono::Utc::now(),
+        }),
+    };
+    let run_id = Uuid::now_v7();
+    let problems = st
+        .validators
+        .check(&tool, &Value::Object(input.arguments.clone()))
+        .map_err(ApiError::internal)?;
+    if !problems.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_arguments",
+            problems.join("; "),
+        ));
+    }
+    let ctx = tengine_core::templates::Context {
+        arguments: &input.arguments,
+        reserved: tengine_core::templates::reserved_variables(&caller, run_id),
+    };
+    let request = tengine_core::templates::render_request(&tool, &ctx)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", e.to_string()))?;
+    let mut out_headers: Vec<(String, String)> = tengine_core::signing::identity_headers(
+        &caller,
+        tool.inject_member_identity,
+        run_id,
+        chrono::Utc::now().timestamp(),
+    );
+    out_headers.extend(request.headers.iter().cloned());
+    match tool.auth_strategy {
+        tengine_core::domain::AuthStrategy::None => {}
+        tengine_core::domain::AuthStrategy::StaticBearer => {
+            out_headers.push(("Authorization".into(), "Bearer <redacted>".into()))
+        }
+        tengine_core::domain::AuthStrategy::HmacSignature => {
+            out_headers.push((
+                tengine_core::signing::HEADER_SIGNATURE.into(),
+                "tng2=<computed when sent>".into(),
+            ));
+            out_headers.push((
+                tengine_core::signing::HEADER_WEBHOOK_SIGNATURE.into(),
+                "v1,<computed when sent>".into(),
+            ));
+        }
+    }
+    let body = request
+        .body
+        .as_ref()
+        .map(|b| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null));
+    Ok(Json(json!({
+        "method": request.method.as_str(),
+        "url": request.url.as_str(),
+        "headers": out_headers.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "body": body,
+    })))
 }

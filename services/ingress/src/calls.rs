@@ -3,19 +3,16 @@
 //! it is an SSE stream: a priming event, `notifications/progress` and
 //! `notifications/message` for the run's stages, then the result.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    http::StatusCode,
-    response::{IntoResponse, Response, sse::Event},
-};
+use axum::response::{Response, sse::Event};
 use chrono::Utc;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use serde_json::{Map, Value, json};
 use tengine_core::{
     domain::{ResponseMode, ToolDefinition},
     envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
-    store::{self, StoreError},
+    store::{self, Principal, StoreError},
     templates,
 };
 use tokio::sync::mpsc;
@@ -32,8 +29,6 @@ use crate::{
 /// How much of an upstream error body the model sees.
 const ERROR_EXCERPT_CHARS: usize = 2000;
 const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
-/// JSON-RPC code for a request the client cancelled (as in LSP).
-const CODE_CANCELLED: i32 = -32800;
 /// Stages reported as progress: queued, sent to the API, answered.
 const STAGES: u32 = 3;
 
@@ -189,17 +184,9 @@ async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, c
         .await;
 }
 
-fn reserved_variables(caller: &Caller, run_id: Uuid) -> BTreeMap<&'static str, Value> {
-    BTreeMap::from([
-        ("project.id", json!(caller.project_id)),
-        ("integration.id", json!(caller.integration_id)),
-        ("run.id", json!(run_id)),
-    ])
-}
-
 pub async fn call_tool(
     st: Arc<AppState>,
-    caller: Caller,
+    principal: Principal,
     session: String,
     id: Value,
     params: Option<Value>,
@@ -219,9 +206,15 @@ pub async fn call_tool(
         .and_then(|m| m.get("progressToken").cloned())
         .filter(|t| t.is_string() || t.is_number());
     let arguments = params.arguments.unwrap_or_default();
+    let caller = principal.caller.clone();
 
     let tool = match store::get_tool(&st.pool, caller.project_id, &name).await {
-        Ok(tool) if tool.enabled => tool,
+        Ok(tool) if tool.enabled && principal.may_use(&tool) => tool,
+        Ok(tool) if tool.enabled && tool.require_member && caller.member.is_none() => {
+            let message = format!("Tool `{}` requires a member session (Bearer tng_mst_…)", tool.name);
+            reject(&st, &caller, run_id, &name, ErrorClass::UnknownTool, &message).await;
+            return Err(McpError::invalid_params(&id, message));
+        }
         Ok(_) | Err(StoreError::NotFound) => {
             let message = format!("Unknown tool: `{}`", truncate_name(&name));
             reject(&st, &caller, run_id, &name, ErrorClass::UnknownTool, &message).await;
@@ -249,7 +242,7 @@ pub async fn call_tool(
     let problem = if problems.is_empty() {
         let ctx = templates::Context {
             arguments: &arguments,
-            reserved: reserved_variables(&caller, run_id),
+            reserved: templates::reserved_variables(&caller, run_id),
         };
         templates::render_request(&tool, &ctx).err().map(|e| e.to_string())
     } else {
@@ -303,13 +296,9 @@ pub async fn call_tool(
     if progress_token.is_none() && !log {
         return Ok(match follow_to_end(&st, &tool, following, &caller, wait).await {
             Ending::Result(result) => json_rpc_result(&id, result),
-            Ending::Cancelled => McpError::new(
-                StatusCode::OK,
-                CODE_CANCELLED,
-                "the request was cancelled by the client",
-            )
-            .with_id(&id)
-            .into_response(),
+            // No answer for a cancelled request (the SDKs have forgotten it): an
+            // event stream that ends at once, without ids, so nobody resumes it.
+            Ending::Cancelled => streams::response(mpsc::channel(1).1),
         });
     }
     let (tx, rx) = mpsc::channel(16);
@@ -488,6 +477,10 @@ async fn stream_call(
 /// the run has finished, from the event log (the worker's reply went to the
 /// instance that accepted the call).
 pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc::Sender<Event>) {
+    if st.dispatcher.is_cancelled(event.r).await {
+        // The client cancelled this call: there is nothing to deliver.
+        return;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(st.config.ingress.max_call_wait_ms);
     let Some(outcome) = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline).await else {
         return;

@@ -222,6 +222,10 @@ impl Dispatcher {
         }
     }
 
+    pub async fn is_cancelled(&self, run_id: Uuid) -> bool {
+        matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(_)))
+    }
+
     /// Marks a run cancelled: workers that have not called the API yet skip it.
     pub async fn cancel(&self, project_id: Uuid, run_id: Uuid) {
         if let Err(err) = self.cancelled.put(run_id.to_string(), "1".into()).await {

@@ -8,6 +8,7 @@ pub mod calls;
 pub mod dispatch;
 pub mod error;
 pub mod mcp;
+pub mod members;
 pub mod sessions;
 pub mod streams;
 
@@ -44,6 +45,7 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub secrets: SecretBox,
     pub sessions: SessionCodec,
+    pub members: members::MemberTokens,
     pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
@@ -59,6 +61,8 @@ impl AppState {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
         let secrets = SecretBox::new(&config.master_key_bytes()?);
         let sessions = SessionCodec::new(config.session_secret_bytes()?, config.ingress.session_ttl_secs);
+        let members =
+            members::MemberTokens::new(&config.session_secret_bytes()?, config.ingress.member_session_ttl_secs);
         let pool = store::connect(&config.database_url, 32).await?;
         if config.run_migrations {
             store::migrate(&pool).await?;
@@ -95,6 +99,7 @@ impl AppState {
             nats,
             secrets,
             sessions,
+            members,
             session_states: SessionStates::start(session_kv, session_ttl),
             dispatcher,
             validators: Validators::new(10_000),

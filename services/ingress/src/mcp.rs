@@ -25,9 +25,9 @@ use rmcp::model::{
     ServerCapabilities, Tool, ToolsCapability,
 };
 use serde_json::{Value, json};
-use tengine_core::{credentials, domain::ToolDefinition, envelope::Caller, store};
+use tengine_core::{credentials, domain::ToolDefinition, store, store::Principal};
 
-use crate::{AppState, calls, sessions, streams};
+use crate::{AppState, calls, members, sessions, streams};
 
 pub const HEADER_SESSION_ID: &str = "mcp-session-id";
 pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
@@ -37,8 +37,9 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-2
 pub const META_RUN_ID: &str = "tengine.dev/runId";
 pub const META_STATUS: &str = "tengine.dev/status";
 pub const META_HTTP_STATUS: &str = "tengine.dev/httpStatus";
-/// Server-defined JSON-RPC code for authentication failures (HTTP 401).
-pub const CODE_UNAUTHORIZED: i32 = -32001;
+/// Server-defined JSON-RPC code for authentication failures (HTTP 401). Not
+/// -32001: the official SDKs use that for their own request timeouts.
+pub const CODE_UNAUTHORIZED: i32 = -32040;
 
 /// An MCP failure: HTTP status plus a JSON-RPC error object.
 #[derive(Debug)]
@@ -126,8 +127,8 @@ pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let result = async {
         check_host_and_origin(&st, &headers)?;
-        let caller = authenticate(&st, &headers).await?;
-        let session = check_session(&st, &headers, &caller, &Value::Null)?;
+        let principal = authenticate(&st, &headers).await?;
+        let session = check_session(&st, &headers, &principal, &Value::Null)?;
         st.session_states.end(&session).await.map_err(|e| {
             tracing::error!(error = %e, "ending a session");
             McpError::new(
@@ -144,7 +145,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 
 async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Response> {
     check_host_and_origin(st, headers)?;
-    let caller = authenticate(st, headers).await?;
+    let principal = authenticate(st, headers).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -155,7 +156,7 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
             "the GET stream is text/event-stream: send `Accept: text/event-stream`",
         ));
     }
-    check_session(st, headers, &caller, &Value::Null)?;
+    let session = check_session(st, headers, &principal, &Value::Null)?;
     check_protocol_version(headers, &Value::Null)?;
     let resume = headers
         .get("last-event-id")
@@ -164,18 +165,22 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     match resume {
         Some(event_id) => {
-            tokio::spawn(calls::resume(st.clone(), caller, event_id, tx));
+            tokio::spawn(calls::resume(st.clone(), principal.caller, event_id, tx));
         }
         None => {
             let mut changes = st.tool_changes.subscribe();
             let shutdown = st.shutdown.clone();
-            let project_id = caller.project_id;
+            let project_id = principal.caller.project_id;
+            let states = st.session_states.clone();
             tokio::spawn(async move {
                 let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tx.closed() => break,
+                        // A DELETE (on any instance) ends the session's stream too.
+                        _ = check.tick() => if states.get(&session).ended { break },
                         change = changes.recv() => {
                             let relevant = match change {
                                 Ok(project) => project == project_id,
@@ -197,7 +202,7 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
 
 async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> McpResult<Response> {
     check_host_and_origin(st, headers)?;
-    let caller = authenticate(st, headers).await?;
+    let principal = authenticate(st, headers).await?;
     check_accept(headers)?;
     check_content_type(headers)?;
     let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
@@ -252,7 +257,7 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
         if method == "notifications/initialized" && !headers.contains_key(HEADER_SESSION_ID) {
             return Ok(StatusCode::ACCEPTED.into_response());
         }
-        let session = check_session(st, headers, &caller, &Value::Null)?;
+        let session = check_session(st, headers, &principal, &Value::Null)?;
         if method == "notifications/cancelled"
             && let Some(request_id) = params.as_ref().and_then(|p| p.get("requestId"))
         {
@@ -264,7 +269,7 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
     };
 
     match method {
-        "initialize" => return initialize(st, &caller, &id, params),
+        "initialize" => return initialize(st, &principal, &id, params),
         // Revision 2026-07-28's stateless discovery. SDKs fall back to `initialize`
         // on this error; the request id is echoed so the client can match it at once.
         "server/discover" => {
@@ -278,12 +283,12 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
         _ => {}
     }
 
-    let session = check_session(st, headers, &caller, &id)?;
+    let session = check_session(st, headers, &principal, &id)?;
     check_protocol_version(headers, &id)?;
     match method {
         "ping" => Ok(json_rpc_result(&id, json!({}))),
-        "tools/list" => list_tools(st, &caller, &id, params).await,
-        "tools/call" => calls::call_tool(st.clone(), caller, session, id, params).await,
+        "tools/list" => list_tools(st, &principal, &id, params).await,
+        "tools/call" => calls::call_tool(st.clone(), principal, session, id, params).await,
         "logging/setLevel" => set_log_level(st, &session, &id, params).await,
         // No prompts or resource templates here, so there is never anything to complete.
         "completion/complete" => Ok(json_rpc_result(
@@ -407,26 +412,38 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn authenticate(st: &AppState, headers: &HeaderMap) -> McpResult<Caller> {
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> McpResult<Principal> {
     let Some(token) = bearer(headers) else {
         return Err(unauthorized(
             st,
-            "missing credentials: send `Authorization: Bearer tengine_…` with a project API key",
+            "missing credentials: send `Authorization: Bearer tengine_…` (API key) or `Bearer tng_mst_…` (member session)",
             false,
         ));
     };
-    if !credentials::looks_like_api_key(token) {
+    let found = if token.starts_with(members::TOKEN_PREFIX) {
+        let (api_key_id, member) = st
+            .members
+            .verify(token)
+            .map_err(|e| unauthorized(st, &e.to_string(), true))?;
+        store::authenticate_member(&st.pool, api_key_id, member).await
+    } else if credentials::looks_like_api_key(token) {
+        store::authenticate_api_key(&st.pool, token).await
+    } else {
         return Err(unauthorized(
             st,
-            "the bearer token is not a Tengine API key (`tengine_…`)",
+            "the bearer token is neither a Tengine API key (`tengine_…`) nor a member session (`tng_mst_…`)",
             true,
         ));
-    }
-    match store::authenticate_api_key(&st.pool, token).await {
-        Ok(Some(caller)) => Ok(caller),
-        Ok(None) => Err(unauthorized(st, "the API key is unknown or revoked", true)),
+    };
+    match found {
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) => Err(unauthorized(
+            st,
+            "the credential is unknown or revoked (API key, integration or member sessions)",
+            true,
+        )),
         Err(err) => {
-            tracing::error!(error = %err, "authenticating an API key");
+            tracing::error!(error = %err, "authenticating a credential");
             Err(McpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::INTERNAL_ERROR.0,
@@ -494,7 +511,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> McpResult<b
 }
 
 /// The request's session id, if it is valid, unexpired, not ended and opened by this caller's key.
-fn check_session(st: &AppState, headers: &HeaderMap, caller: &Caller, id: &Value) -> McpResult<String> {
+fn check_session(st: &AppState, headers: &HeaderMap, principal: &Principal, id: &Value) -> McpResult<String> {
     let Some(session) = headers.get(HEADER_SESSION_ID) else {
         return Err(McpError::invalid_request(
             StatusCode::BAD_REQUEST,
@@ -503,7 +520,10 @@ fn check_session(st: &AppState, headers: &HeaderMap, caller: &Caller, id: &Value
         .with_id(id));
     };
     let session = session.to_str().unwrap_or_default();
-    let valid = st.sessions.verify(session, caller.api_key_id).is_some() && !st.session_states.get(session).ended;
+    let caller = &principal.caller;
+    let member = caller.member.as_ref().map(|m| m.id.as_str());
+    let valid =
+        st.sessions.verify(session, caller.api_key_id, member).is_some() && !st.session_states.get(session).ended;
     if valid {
         Ok(session.to_string())
     } else {
@@ -543,7 +563,7 @@ fn negotiate(requested: &str) -> ProtocolVersion {
     }
 }
 
-fn initialize(st: &AppState, caller: &Caller, id: &Value, params: Option<Value>) -> McpResult<Response> {
+fn initialize(st: &AppState, principal: &Principal, id: &Value, params: Option<Value>) -> McpResult<Response> {
     let params: InitializeRequestParams = serde_json::from_value(params.unwrap_or(Value::Null))
         .map_err(|e| McpError::invalid_params(id, format!("initialize params are malformed: {e}")))?;
     let version = negotiate(params.protocol_version.to_string().as_str());
@@ -557,7 +577,9 @@ fn initialize(st: &AppState, caller: &Caller, id: &Value, params: Option<Value>)
         .with_protocol_version(version.clone())
         .with_server_info(Implementation::new("tengine", tengine_core::VERSION).with_title("Tengine"))
         .with_instructions("Tools of this project are HTTP APIs registered in Tengine. Each call is recorded with a Run ID (see _meta).");
-    let session = st.sessions.issue(caller.api_key_id, &version.to_string());
+    let caller = &principal.caller;
+    let member = caller.member.as_ref().map(|m| m.id.as_str());
+    let session = st.sessions.issue(caller.api_key_id, member, &version.to_string());
     let mut response = json_rpc_result(
         id,
         serde_json::to_value(result).map_err(|e| McpError::internal(id, e.to_string()))?,
@@ -600,7 +622,7 @@ fn mcp_tool(tool: &ToolDefinition) -> Tool {
     out
 }
 
-async fn list_tools(st: &AppState, caller: &Caller, id: &Value, params: Option<Value>) -> McpResult<Response> {
+async fn list_tools(st: &AppState, principal: &Principal, id: &Value, params: Option<Value>) -> McpResult<Response> {
     let params: PaginatedRequestParams = match params {
         None | Some(Value::Null) => PaginatedRequestParams::default(),
         Some(p) => serde_json::from_value(p)
@@ -616,12 +638,29 @@ async fn list_tools(st: &AppState, caller: &Caller, id: &Value, params: Option<V
         })?),
     };
     let page = st.config.ingress.tools_page_size.max(1);
-    let mut tools = store::list_tools(&st.pool, caller.project_id, true, after.as_deref(), page as i64 + 1)
+    // Tools the caller may not use are hidden; keep reading until a page is full.
+    let mut tools = Vec::with_capacity(page + 1);
+    let mut after = after;
+    loop {
+        let batch = store::list_tools(
+            &st.pool,
+            principal.caller.project_id,
+            true,
+            after.as_deref(),
+            page as i64 + 1,
+        )
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "listing tools");
             McpError::internal(id, "tools could not be listed right now; retry")
         })?;
+        let exhausted = batch.len() <= page;
+        after = batch.last().map(|t| t.name.clone());
+        tools.extend(batch.into_iter().filter(|t| principal.may_use(t)));
+        if exhausted || tools.len() > page {
+            break;
+        }
+    }
     let next_cursor = (tools.len() > page).then(|| {
         tools.truncate(page);
         encode_cursor(&tools[page - 1].name)

@@ -23,6 +23,9 @@ pub struct SessionClaims {
     pub iat: i64,
     /// Random nonce: two sessions of one key never share an id.
     pub n: String,
+    /// The member the session was opened for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<String>,
 }
 
 #[derive(Clone)]
@@ -45,7 +48,7 @@ impl SessionCodec {
         mac.finalize().into_bytes().to_vec()
     }
 
-    pub fn issue(&self, api_key_id: Uuid, version: &str) -> String {
+    pub fn issue(&self, api_key_id: Uuid, member: Option<&str>, version: &str) -> String {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let claims = SessionClaims {
@@ -53,6 +56,7 @@ impl SessionCodec {
             v: version.to_string(),
             iat: chrono::Utc::now().timestamp(),
             n: URL_SAFE_NO_PAD.encode(nonce),
+            m: member.map(str::to_string),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let signed = format!("{VERSION_TAG}.{payload}");
@@ -60,8 +64,8 @@ impl SessionCodec {
         format!("{signed}.{sig}")
     }
 
-    /// The claims of a valid, unexpired session opened by `api_key_id`.
-    pub fn verify(&self, id: &str, api_key_id: Uuid) -> Option<SessionClaims> {
+    /// The claims of a valid, unexpired session opened by `api_key_id` (and `member`).
+    pub fn verify(&self, id: &str, api_key_id: Uuid, member: Option<&str>) -> Option<SessionClaims> {
         if id.len() > MAX_LEN {
             return None;
         }
@@ -73,7 +77,8 @@ impl SessionCodec {
         mac.verify_slice(&sig).ok()?;
         let claims: SessionClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         let age = chrono::Utc::now().timestamp() - claims.iat;
-        (claims.k == api_key_id && age <= self.ttl_secs && age >= -60).then_some(claims)
+        let same_member = claims.m.as_deref() == member;
+        (claims.k == api_key_id && same_member && age <= self.ttl_secs && age >= -60).then_some(claims)
     }
 }
 
@@ -85,18 +90,18 @@ mod tests {
     fn issue_and_verify() {
         let codec = SessionCodec::new([1; 32], 3600);
         let key = Uuid::now_v7();
-        let id = codec.issue(key, "2025-11-25");
+        let id = codec.issue(key, None, "2025-11-25");
         assert!(id.chars().all(|c| c.is_ascii_graphic()));
-        assert_eq!(codec.verify(&id, key).expect("valid").v, "2025-11-25");
-        assert!(codec.verify(&id, Uuid::now_v7()).is_none(), "bound to its key");
+        assert_eq!(codec.verify(&id, key, None).expect("valid").v, "2025-11-25");
+        assert!(codec.verify(&id, Uuid::now_v7(), None).is_none(), "bound to its key");
         assert!(
-            SessionCodec::new([2; 32], 3600).verify(&id, key).is_none(),
+            SessionCodec::new([2; 32], 3600).verify(&id, key, None).is_none(),
             "bound to the secret"
         );
         let mut forged = id.clone();
         forged.insert(5, 'A');
-        assert!(codec.verify(&forged, key).is_none());
-        assert!(codec.verify("garbage", key).is_none());
+        assert!(codec.verify(&forged, key, None).is_none());
+        assert!(codec.verify("garbage", key, None).is_none());
     }
 
     #[test]
@@ -108,11 +113,12 @@ mod tests {
             v: "2025-11-25".into(),
             iat: chrono::Utc::now().timestamp() - 7200,
             n: "x".into(),
+            m: None,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
         let signed = format!("v1.{payload}");
         let id = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(codec.mac(signed.as_bytes())));
-        assert!(codec.verify(&id, key).is_none());
+        assert!(codec.verify(&id, key, None).is_none());
     }
 }
 

@@ -169,8 +169,8 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             accepted_at,
         } => {
             sqlx::query(
-                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'accepted', $6) \
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, member_id) \
+                 VALUES ($1, $2, $3, $4, $5, 'accepted', $6, $7) \
                  ON CONFLICT (run_id) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), updated_at = now()",
             )
             .bind(run_id)
@@ -179,6 +179,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(caller.api_key_id)
             .bind(tool_name)
             .bind(accepted_at)
+            .bind(caller.member.as_ref().map(|m| m.id.as_str()))
             .execute(&mut **tx)
             .await?;
         }
@@ -192,7 +193,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
         } => {
             sqlx::query(&format!(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 latency_ms, accepted_at, finished_at) VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8) \
+                 latency_ms, accepted_at, finished_at, member_id) VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8, $9) \
                  ON CONFLICT (run_id) DO UPDATE SET status = 'rejected', error_class = EXCLUDED.error_class, \
                  error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, updated_at = now() \
                  WHERE {STATUS_RANK} < 3"
@@ -205,6 +206,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(error_class.as_str())
             .bind(error)
             .bind(accepted_at)
+            .bind(caller.member.as_ref().map(|m| m.id.as_str()))
             .execute(&mut **tx)
             .await?;
         }
@@ -276,8 +278,8 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
         RunEvent::Finished(outcome) => {
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 http_status, latency_ms, attempts, accepted_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
                  error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
                  attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, updated_at = now()",
@@ -295,6 +297,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(i32::try_from(outcome.attempts).unwrap_or(i32::MAX))
             .bind(outcome.accepted_at)
             .bind(outcome.finished_at)
+            .bind(outcome.caller.member.as_ref().map(|m| m.id.as_str()))
             .execute(&mut **tx)
             .await?;
         }

@@ -8,13 +8,12 @@
 
 pub mod outbound;
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use futures::StreamExt;
-use serde_json::json;
 use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
@@ -278,12 +277,28 @@ impl Worker {
         };
         let ctx = templates::Context {
             arguments: &command.arguments,
-            reserved: BTreeMap::from([
-                ("project.id", json!(command.caller.project_id)),
-                ("integration.id", json!(command.caller.integration_id)),
-                ("run.id", json!(command.run_id)),
-            ]),
+            reserved: templates::reserved_variables(&command.caller, command.run_id),
         };
+        match store::revoked_reason(&self.pool, &command.caller, &tool).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                return self.outcome(
+                    command,
+                    attempt - 1,
+                    RunStatus::Revoked,
+                    Some(ErrorClass::Revoked),
+                    Some(reason),
+                    None,
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "checking the caller's credential");
+                return fail(
+                    ErrorClass::Internal,
+                    "the caller's credential could not be checked".into(),
+                );
+            }
+        }
         let request = match templates::render_request(&tool, &ctx) {
             Ok(r) => r,
             Err(err) => return fail(ErrorClass::InvalidArguments, err.to_string()),
@@ -312,6 +327,7 @@ impl Worker {
             &command.caller,
             command.run_id,
             &credentials,
+            tool.inject_member_identity,
             Utc::now().timestamp(),
         ) {
             Ok(h) => h,

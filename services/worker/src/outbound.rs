@@ -45,6 +45,7 @@ pub fn signed_headers(
     caller: &Caller,
     run_id: Uuid,
     credentials: &Credentials<'_>,
+    inject_member: bool,
     timestamp: i64,
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
@@ -57,20 +58,16 @@ pub fn signed_headers(
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     let run = run_id.to_string();
-    let mut set = |name: &'static str, value: &str| -> Result<(), String> {
+    let mut set = |name: &str, value: &str| -> Result<(), String> {
         let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
         // from_bytes lower-cases, so names can be written in their documented casing.
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header `{name}`: {e}"))?;
         headers.insert(name, value);
         Ok(())
     };
-    set(signing::HEADER_PROJECT_ID, &caller.project_id.to_string())?;
-    set(signing::HEADER_INTEGRATION_ID, &caller.integration_id.to_string())?;
-    set(signing::HEADER_REQUEST_ID, &run)?;
-    set(signing::HEADER_TIMESTAMP, &timestamp.to_string())?;
-    set(signing::HEADER_IDEMPOTENCY_KEY, &run)?;
-    set(signing::HEADER_WEBHOOK_ID, &run)?;
-    set(signing::HEADER_WEBHOOK_TIMESTAMP, &timestamp.to_string())?;
+    for (name, value) in signing::identity_headers(caller, inject_member, run_id, timestamp) {
+        set(&name, &value)?;
+    }
     match (credentials.strategy, credentials.secret) {
         (AuthStrategy::None, _) => {}
         (AuthStrategy::StaticBearer, Some(token)) => set("authorization", &format!("Bearer {token}"))?,

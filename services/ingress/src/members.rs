@@ -1,0 +1,235 @@
+//! Member sessions. A customer's backend signs a short-lived ES256 `member_assertion`
+//! (JWT) with a key registered under a `kid`; Tengine checks it and returns a
+//! `tng_mst_…` token: an HS256 JWT bound to project, integration, API key and
+//! member, which MCP clients send as their bearer token.
+//!
+//! The token is checked on every request together with its API key, integration
+//! and the member's revocation cut-off, so revocation takes effect at once.
+
+use chrono::{DateTime, TimeZone, Utc};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use sqlx::PgPool;
+use tengine_core::{envelope::Member, store};
+use uuid::Uuid;
+
+pub const TOKEN_PREFIX: &str = "tng_mst_";
+/// Longest lifetime an assertion may declare (`exp - iat`).
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
+/// Clock skew tolerated on `iat` and `exp`.
+const LEEWAY_SECS: i64 = 30;
+const ISSUER: &str = "tengine";
+const MAX_CLAIM_LEN: usize = 256;
+const MAX_ROLES: usize = 64;
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    sub: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenClaims {
+    iss: String,
+    sub: String,
+    /// Project, integration and API key the session is bound to.
+    pid: Uuid,
+    iid: Uuid,
+    akid: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<String>,
+    iat: i64,
+    exp: i64,
+    jti: Uuid,
+}
+
+/// Why an assertion or a token was refused; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+fn invalid(message: impl Into<String>) -> MemberError {
+    MemberError::Invalid(message.into())
+}
+
+#[derive(Clone)]
+pub struct MemberTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl_secs: i64,
+}
+
+pub struct Minted {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub member: Member,
+}
+
+impl MemberTokens {
+    /// The signing key is derived from the session secret (one secret to manage).
+    pub fn new(session_secret: &[u8; 32], ttl_secs: u64) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(session_secret).expect("any key length");
+        mac.update(b"tengine member session tokens");
+        let key = mac.finalize().into_bytes();
+        Self {
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+            ttl_secs: i64::try_from(ttl_secs).unwrap_or(900),
+        }
+    }
+
+    /// Checks a member assertion for `caller`'s project and mints a session token.
+    pub async fn exchange(
+        &self,
+        pool: &PgPool,
+        caller: &tengine_core::envelope::Caller,
+        assertion: &str,
+    ) -> Result<Minted, MemberError> {
+        let header = decode_header(assertion)
+            .map_err(|e| invalid(format!("member_assertion is not a JWT with a valid header ({e})")))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(invalid(format!(
+                "member_assertion must be signed with ES256 (P-256), not {:?}",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("member_assertion header has no `kid` naming a registered member key"))?;
+        let pem = store::member_key(pool, caller.project_id, &kid)
+            .await?
+            .ok_or_else(|| invalid(format!("no member key with kid `{kid}` is registered in this project")))?;
+        let key = DecodingKey::from_ec_pem(pem.as_bytes())
+            .map_err(|e| invalid(format!("the registered key `{kid}` is unusable ({e})")))?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.leeway = LEEWAY_SECS as u64;
+        validation.set_audience(&[caller.project_id.to_string()]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "aud", "jti"]);
+        let claims = decode::<AssertionClaims>(assertion, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                invalid(match e.kind() {
+                    ErrorKind::ExpiredSignature => "member_assertion has expired".to_string(),
+                    ErrorKind::InvalidAudience => {
+                        format!(
+                            "member_assertion `aud` must be this project's id ({})",
+                            caller.project_id
+                        )
+                    }
+                    ErrorKind::InvalidSignature => {
+                        "member_assertion signature does not verify with key `{kid}`".replace("{kid}", &kid)
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => format!("member_assertion lacks the `{claim}` claim"),
+                    other => format!("member_assertion is invalid ({other:?})"),
+                })
+            })?
+            .claims;
+        let now = Utc::now().timestamp();
+        if claims.iat > now + LEEWAY_SECS {
+            return Err(invalid("member_assertion `iat` is in the future"));
+        }
+        if claims.exp - claims.iat > MAX_ASSERTION_LIFETIME_SECS {
+            return Err(invalid(format!(
+                "member_assertion may live at most {MAX_ASSERTION_LIFETIME_SECS} s (`exp` - `iat`)"
+            )));
+        }
+        if claims.sub.is_empty() || claims.sub.len() > MAX_CLAIM_LEN {
+            return Err(invalid(format!("`sub` must be 1-{MAX_CLAIM_LEN} bytes")));
+        }
+        if claims.jti.is_empty() || claims.jti.len() > MAX_CLAIM_LEN {
+            return Err(invalid(format!("`jti` must be 1-{MAX_CLAIM_LEN} bytes")));
+        }
+        if claims.roles.len() > MAX_ROLES
+            || claims
+                .roles
+                .iter()
+                .any(|r| r.is_empty() || r.len() > MAX_CLAIM_LEN || r.contains(','))
+        {
+            return Err(invalid("`roles` must be at most 64 non-empty names without commas"));
+        }
+        if claims
+            .email
+            .as_ref()
+            .is_some_and(|e| e.len() > MAX_CLAIM_LEN || e.chars().any(char::is_control))
+        {
+            return Err(invalid("`email` is too long or contains control characters"));
+        }
+        let expires = Utc
+            .timestamp_opt(claims.exp + LEEWAY_SECS, 0)
+            .single()
+            .unwrap_or_else(Utc::now);
+        if !store::use_assertion(pool, caller.project_id, &claims.jti, expires).await? {
+            return Err(invalid("member_assertion was already used (replayed `jti`)"));
+        }
+
+        let issued = Utc::now();
+        let expires_at = issued + chrono::Duration::seconds(self.ttl_secs);
+        let token_claims = TokenClaims {
+            iss: ISSUER.into(),
+            sub: claims.sub.clone(),
+            pid: caller.project_id,
+            iid: caller.integration_id,
+            akid: caller.api_key_id,
+            email: claims.email.clone(),
+            roles: claims.roles.clone(),
+            iat: issued.timestamp(),
+            exp: expires_at.timestamp(),
+            jti: Uuid::now_v7(),
+        };
+        let jwt = encode(&Header::new(Algorithm::HS256), &token_claims, &self.encoding)
+            .map_err(|e| invalid(format!("could not sign the session ({e})")))?;
+        Ok(Minted {
+            token: format!("{TOKEN_PREFIX}{jwt}"),
+            expires_at,
+            member: Member {
+                id: claims.sub,
+                email: claims.email,
+                roles: claims.roles,
+                session_issued_at: Utc.timestamp_opt(issued.timestamp(), 0).single().unwrap_or(issued),
+            },
+        })
+    }
+
+    /// The API key id and member a token stands for, if its signature and lifetime hold.
+    pub fn verify(&self, token: &str) -> Result<(Uuid, Member), MemberError> {
+        let jwt = token
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| invalid("not a member session token"))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_issuer(&[ISSUER]);
+        let claims = decode::<TokenClaims>(jwt, &self.decoding, &validation)
+            .map_err(|e| {
+                if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) {
+                    invalid("the member session has expired: mint a new one with POST /v1/member-sessions")
+                } else {
+                    invalid("the member session token is invalid")
+                }
+            })?
+            .claims;
+        let issued = Utc.timestamp_opt(claims.iat, 0).single().unwrap_or_else(Utc::now);
+        Ok((
+            claims.akid,
+            Member {
+                id: claims.sub,
+                email: claims.email,
+                roles: claims.roles,
+                session_issued_at: issued,
+            },
+        ))
+    }
+}

@@ -1,0 +1,391 @@
+//! The control plane: integrations, member sessions, identity injection,
+//! require_member, immediate revocation on every instance, the render endpoint.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use serde_json::{Value, json};
+use tengine_tests::{
+    TestApp,
+    mcp::{RawSession, run_id},
+    spawn_app, spawn_app_with,
+    upstream::Upstream,
+};
+use uuid::Uuid;
+
+/// A customer backend's signing key.
+struct Backend {
+    kid: String,
+    private_pem: String,
+    public_pem: String,
+}
+
+impl Backend {
+    fn new(kid: &str) -> Self {
+        let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        Self {
+            kid: kid.into(),
+            private_pem: secret.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string(),
+            public_pem: secret.public_key().to_public_key_pem(LineEnding::LF).expect("pem"),
+        }
+    }
+
+    async fn register(&self, app: &TestApp, project: Uuid) {
+        let (status, body) = app
+            .admin_post(
+                &format!("/v1/projects/{project}/member-keys"),
+                json!({"kid": self.kid, "public_key": self.public_pem}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_ec_pem(self.private_pem.as_bytes()).expect("key"),
+        )
+        .expect("sign")
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn claims(project: Uuid, sub: &str) -> Value {
+    json!({"sub": sub, "email": format!("{sub}@example.com"), "roles": ["admin", "billing"],
+           "iat": now(), "exp": now() + 120, "jti": Uuid::new_v4().to_string(), "aud": project.to_string()})
+}
+
+async fn exchange(app: &TestApp, key: &str, assertion: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}/v1/member-sessions", app.base_url))
+        .bearer_auth(key)
+        .json(&json!({"member_assertion": assertion}))
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn member_sessions_attribute_runs_and_inject_identity() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(json!({
+        "name": "whoami", "input_schema": {"type": "object", "properties": {"note": {"type": "string"}}},
+        "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/who/{member.id}",
+        "body_template": {"roles": "{member.roles}", "email": "{member.email}", "note": "{note}"},
+        "require_member": true, "inject_member_identity": true
+    }))
+    .await;
+    let backend = Backend::new("k1");
+    backend.register(&app, app.project_id).await;
+
+    let (status, minted) = exchange(&app, &app.api_key, &backend.sign(&claims(app.project_id, "user-42"))).await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().expect("token").to_string();
+    assert!(token.starts_with("tng_mst_"));
+    let expires = chrono::DateTime::parse_from_rfc3339(minted["expires_at"].as_str().expect("exp")).expect("time");
+    let ttl = expires.timestamp() - now();
+    assert!((880..=900).contains(&ttl), "15-minute default TTL, got {ttl}");
+
+    // An API-key session neither sees nor calls the member-only tool.
+    let mut keyed = app.session();
+    keyed.initialize().await;
+    let listed = keyed.request("tools/list", json!({})).await;
+    assert_eq!(listed.body["result"]["tools"], json!([]));
+    let refused = keyed
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await;
+    assert_eq!(refused.body["error"]["code"], -32602);
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("member session")
+    );
+
+    let mut member = RawSession::new(app.http.clone(), app.mcp_url.clone(), token.clone());
+    member.initialize().await;
+    let listed = member.request("tools/list", json!({})).await;
+    assert_eq!(listed.body["result"]["tools"][0]["name"], "whoami");
+    let result = member.call("whoami", json!({"note": "hi"})).await;
+    assert_eq!(result["isError"], false, "{result}");
+    let req = &upstream.requests()[0];
+    assert_eq!(req.path, "/who/user-42");
+    assert_eq!(
+        req.json(),
+        json!({"roles": ["admin", "billing"], "email": "user-42@example.com", "note": "hi"})
+    );
+    assert_eq!(req.header("x-tengine-member-id"), Some("user-42"));
+    assert_eq!(req.header("x-tengine-member-email"), Some("user-42@example.com"));
+    assert_eq!(req.header("x-tengine-member-roles"), Some("admin,billing"));
+    let run = app.finished_run(&run_id(&result)).await;
+    assert_eq!(run["member_id"], "user-42");
+
+    // A session opened with the API key is not valid for the member token.
+    let mut mixed = RawSession::new(app.http.clone(), app.mcp_url.clone(), token.clone());
+    mixed.session_id = keyed.session_id.clone();
+    assert_eq!(mixed.request("ping", json!({})).await.status, 404);
+
+    // Revoking the member's sessions ends them at once.
+    let (status, _) = app
+        .admin_post(
+            &format!("/v1/projects/{}/members/user-42/revoke-sessions", app.project_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let after = member.request("ping", json!({})).await;
+    assert_eq!(after.status, 401, "{}", after.body);
+    assert!(after.headers.contains_key("www-authenticate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_assertions_are_refused_with_a_reason() {
+    let app = spawn_app().await;
+    let backend = Backend::new("k1");
+    backend.register(&app, app.project_id).await;
+    let (_, other) = app.admin_post("/v1/projects", json!({"name": "other"})).await;
+    let other_id = Uuid::parse_str(other["id"].as_str().expect("id")).expect("uuid");
+    let foreign = Backend::new("k2");
+    foreign.register(&app, other_id).await;
+    let p = app.project_id;
+
+    let replayed = backend.sign(&claims(p, "u"));
+    assert_eq!(exchange(&app, &app.api_key, &replayed).await.0, 201);
+    let mut cases: Vec<(String, &str)> = vec![(replayed, "already used")];
+    let mut c = claims(p, "u");
+    c["iat"] = json!(now() - 400);
+    c["exp"] = json!(now() - 200);
+    cases.push((backend.sign(&c), "expired"));
+    let mut c = claims(p, "u");
+    c["iat"] = json!(now() + 600);
+    c["exp"] = json!(now() + 700);
+    cases.push((backend.sign(&c), "future"));
+    let mut c = claims(p, "u");
+    c["exp"] = json!(now() + 3600);
+    cases.push((backend.sign(&c), "at most"));
+    let mut c = claims(p, "u");
+    c["aud"] = json!(Uuid::now_v7().to_string());
+    cases.push((backend.sign(&c), "aud"));
+    let unknown = Backend::new("nope");
+    cases.push((unknown.sign(&claims(p, "u")), "kid"));
+    cases.push((foreign.sign(&claims(p, "u")), "kid"));
+    let mut c = claims(p, "u");
+    c.as_object_mut().expect("obj").remove("jti");
+    cases.push((backend.sign(&c), "jti"));
+    // alg none.
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "kid": "k1"})),
+        b64(&claims(p, "u"))
+    );
+    cases.push((none, "header"));
+    // HS256 keyed with the public key (algorithm confusion).
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let confused = jsonwebtoken::encode(
+        &header,
+        &claims(p, "u"),
+        &EncodingKey::from_secret(backend.public_pem.as_bytes()),
+    )
+    .expect("sign");
+    cases.push((confused, "ES256"));
+    cases.push(("not-a-jwt".into(), "header"));
+    // Signed by another key than the one its kid names.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims(p, "u"),
+        &EncodingKey::from_ec_pem(unknown.private_pem.as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    cases.push((forged, "signature"));
+
+    for (assertion, reason) in cases {
+        let (status, body) = exchange(&app, &app.api_key, &assertion).await;
+        assert_eq!(status, 401, "{reason}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_assertion", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(reason), "expected `{reason}` in: {message}");
+    }
+    let (status, _) = exchange(&app, "tengine_wrong", &backend.sign(&claims(p, "u"))).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_every_instance_immediately() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/echo"}),
+    )
+    .await;
+    let second = app.spawn_ingress(None).await;
+    let mut there = RawSession::new(
+        app.http.clone(),
+        format!("{}/mcp", second.base_url),
+        app.api_key.clone(),
+    );
+    there.initialize().await;
+    assert_eq!(there.call("echo", json!({})).await["isError"], json!(false));
+
+    // Revoke through the first instance; the second refuses the very next call.
+    let started = Instant::now();
+    let (status, _) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/projects/{}/api-keys/{}", app.project_id, app.api_key_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let refused = there
+        .request("tools/call", json!({"name": "echo", "arguments": {}}))
+        .await;
+    let delay = started.elapsed();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    println!("revocation: the other instance refused the next call {delay:?} after the revoke began");
+    assert!(delay < Duration::from_millis(1000));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_runs_of_a_revoked_key_are_not_executed() {
+    let app = spawn_app_with(&[("worker.concurrency", "1")]).await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "slow", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "GET", "endpoint_path": "/slow/1000", "timeout_ms": 5000}),
+    )
+    .await;
+    let (key_id, key) = app.create_api_key(app.project_id).await;
+    let mut busy = app.session();
+    busy.initialize().await;
+    let first = tokio::spawn(async move { busy.call("slow", json!({})).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut doomed = RawSession::new(app.http.clone(), app.mcp_url.clone(), key);
+    doomed.initialize().await;
+    let queued = tokio::spawn(async move { doomed.call("slow", json!({})).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/projects/{}/api-keys/{key_id}", app.project_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    first.await.expect("join");
+    let result = queued.await.expect("join");
+    assert_eq!(result["isError"], true, "{result}");
+    let run = app.finished_run(&run_id(&result)).await;
+    assert_eq!(run["status"], "revoked", "{run}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the revoked caller's run never reached the API"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integrations_restrict_tools_and_give_client_config() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    for name in ["a", "b"] {
+        app.create_tool(
+            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                               "http_method": "POST", "endpoint_path": "/x"}),
+        )
+        .await;
+    }
+    let base = format!("/v1/projects/{}/integrations", app.project_id);
+    let (status, integration) = app
+        .admin_post(&base, json!({"name": "Support Agent", "allowed_tools": ["b"]}))
+        .await;
+    assert_eq!(status, 201, "{integration}");
+    let iid = integration["id"].as_str().expect("id").to_string();
+    let config = &integration["client_config"];
+    assert_eq!(
+        config["mcp_json"]["mcpServers"]["tengine-support-agent"]["url"],
+        app.mcp_url
+    );
+    assert_eq!(config["anthropic_mcp_servers"][0]["url"], app.mcp_url);
+    assert!(config["python"].as_str().expect("py").contains(&app.mcp_url));
+
+    let (status, key) = app
+        .admin_post(&format!("{base}/{iid}/api-keys"), json!({"name": "agent"}))
+        .await;
+    assert_eq!(status, 201);
+    let key = key["key"].as_str().expect("key").to_string();
+    let mut session = RawSession::new(app.http.clone(), app.mcp_url.clone(), key.clone());
+    session.initialize().await;
+    let listed = session.request("tools/list", json!({})).await;
+    assert_eq!(listed.body["result"]["tools"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed.body["result"]["tools"][0]["name"], "b");
+    let hidden = session
+        .request("tools/call", json!({"name": "a", "arguments": {}}))
+        .await;
+    assert_eq!(hidden.body["error"]["code"], -32602);
+
+    let (status, _) = app.admin(reqwest::Method::DELETE, &format!("{base}/{iid}"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        session.request("ping", json!({})).await.status,
+        401,
+        "its keys die with it"
+    );
+    let (_, listed) = app.admin_get(&base).await;
+    assert_eq!(
+        listed["integrations"].as_array().map(Vec::len),
+        Some(1),
+        "only the default remains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn render_shows_the_request_without_secrets() {
+    let app = spawn_app().await;
+    app.create_tool(json!({
+        "name": "create", "input_schema": {"type": "object", "properties": {"id": {"type": "string"}, "tags": {"type": "array"}}},
+        "base_url": "http://127.0.0.1:9", "http_method": "POST", "endpoint_path": "/items/{id}",
+        "body_template": {"tags": "{tags}", "by": "{member.id}"}, "inject_member_identity": true,
+        "auth_strategy": "static_bearer", "auth_secret": "very-secret-token"
+    }))
+    .await;
+    let (status, rendered) = app
+        .admin_post(
+            &format!("/v1/projects/{}/tools/create/render", app.project_id),
+            json!({"arguments": {"id": "a b", "tags": [1, 2]}, "member": {"id": "m1", "roles": ["r"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rendered}");
+    assert_eq!(rendered["url"], "http://127.0.0.1:9/items/a%20b");
+    assert_eq!(rendered["body"], json!({"tags": [1, 2], "by": "m1"}));
+    let text = rendered.to_string();
+    assert!(!text.contains("very-secret-token") && text.contains("Bearer <redacted>"));
+    assert!(text.contains("X-Tengine-Member-Id"));
+    let (status, _) = app
+        .admin_post(
+            &format!("/v1/projects/{}/tools/create/render", app.project_id),
+            json!({"arguments": {"id": 5}}),
+        )
+        .await;
+    assert_eq!(status, 422, "arguments are validated");
+}

@@ -1,0 +1,154 @@
+//! The official MCP SDK clients against a real cluster: Python `mcp` 2.x in its
+//! default mode (it probes `server/discover` first and falls back to
+//! `initialize`) and the TypeScript `@modelcontextprotocol/sdk`. Each lists with
+//! pagination, calls a signed tool, follows progress, receives
+//! `tools/list_changed` and cancels a call.
+
+use std::{path::PathBuf, process::Stdio};
+
+use serde_json::{Value, json};
+use tengine_tests::{TestApp, signing_secret, spawn_app_with, upstream::Upstream};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Python,
+    TypeScript,
+}
+
+impl Sdk {
+    fn command(self) -> tokio::process::Command {
+        match self {
+            Sdk::Python => {
+                let python = std::env::var("TENGINE_TEST_PYTHON").expect(
+                    "TENGINE_TEST_PYTHON must point at a Python with tests/python/requirements.txt installed; \
+                     deploy/local/test sets it up",
+                );
+                // Relative paths in the variable are taken from the workspace root.
+                let mut cmd = tokio::process::Command::new(workspace().join(python));
+                cmd.arg(workspace().join("tests/python/mcp_client.py"));
+                cmd
+            }
+            Sdk::TypeScript => {
+                let client = workspace().join("tests/typescript/client.mjs");
+                assert!(
+                    workspace()
+                        .join("tests/typescript/node_modules/@modelcontextprotocol/sdk")
+                        .exists(),
+                    "run `npm ci` in tests/typescript (deploy/local/test does)"
+                );
+                let mut cmd = tokio::process::Command::new("node");
+                cmd.arg(client);
+                cmd
+            }
+        }
+    }
+
+    async fn run(self, app: &TestApp, args: &[&str]) -> Value {
+        let mut cmd = self.command();
+        cmd.args(["--url", &app.mcp_url, "--token", &app.api_key])
+            .args(args)
+            .stdin(Stdio::null());
+        let output = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("the {self:?} client finishes within 60 s"))
+            .unwrap_or_else(|e| panic!("run the {self:?} client: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{self:?} client failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{self:?} client output is JSON ({e}): {stdout}"))
+    }
+}
+
+async fn exercise(sdk: Sdk) {
+    // A page size of 2 makes listing follow nextCursor; one worker slot lets a call queue.
+    let app = spawn_app_with(&[("ingress.tools_page_size", "2"), ("worker.concurrency", "1")]).await;
+    let secret = signing_secret();
+    let upstream = Upstream::spawn(Some(secret.clone())).await;
+    app.create_tool(json!({
+        "name": "greet", "description": "Greets someone",
+        "input_schema": {"type": "object", "properties": {"who": {"type": "string"}}, "required": ["who"]},
+        "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/greet",
+        "auth_strategy": "hmac_signature", "auth_secret": secret
+    }))
+    .await;
+    for name in ["a_one", "a_two", "slow"] {
+        app.create_tool(
+            json!({"name": name, "description": name, "input_schema": {"type": "object"},
+                               "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/1500"}),
+        )
+        .await;
+    }
+
+    let listed = sdk.run(&app, &["list"]).await;
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["a_one", "a_two", "greet", "slow"], "{listed}");
+
+    let called = sdk.run(&app, &["call", "greet", r#"{"who": "Ada"}"#]).await;
+    assert_eq!(called["isError"], false, "{called}");
+    let body: Value = serde_json::from_str(called["content"][0]["text"].as_str().expect("text")).expect("json");
+    assert_eq!(body["body"], json!({"who": "Ada"}));
+    let run_id = called["meta"]["tengine.dev/runId"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    assert_eq!(upstream.requests()[0].signature_valid, Some(true));
+    assert_eq!(app.finished_run(&run_id).await["status"], "succeeded");
+
+    let invalid = sdk.run(&app, &["call", "greet", r#"{"who": 5}"#]).await;
+    assert_eq!(invalid["isError"], true, "{invalid}");
+    let unknown = sdk.run(&app, &["call", "nope", "{}"]).await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+
+    let progress = sdk.run(&app, &["progress", "greet", r#"{"who": "Bo"}"#]).await;
+    assert_eq!(progress["progress"], json!([1, 2, 3]), "{progress}");
+    assert_eq!(progress["isError"], false);
+
+    let admin_url = app.base_url.clone();
+    let project = app.project_id.to_string();
+    let changed = sdk
+        .run(
+            &app,
+            &["list-changed", &admin_url, tengine_tests::ADMIN_TOKEN, &project],
+        )
+        .await;
+    assert_eq!(changed["listChanged"], true, "{changed}");
+
+    // Occupy the single worker slot, then cancel a queued call: it never runs.
+    let mut busy = app.session();
+    busy.initialize().await;
+    let occupied = tokio::spawn(async move { busy.call("slow", json!({})).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = upstream.requests().len();
+    let cancelled = sdk.run(&app, &["cancel", "slow", "{}"]).await;
+    assert_eq!(cancelled["cancelled"], true, "{cancelled}");
+    occupied.await.expect("join");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "the cancelled call never reached the API"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk() {
+    exercise(Sdk::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_sdk() {
+    exercise(Sdk::TypeScript).await;
+}
