@@ -143,6 +143,8 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("master_key", key32()),
         ("session_secret", key32()),
         ("allow_insecure_upstreams", "true".into()),
+        // Test upstreams live on loopback.
+        ("allow_private_upstreams", "true".into()),
         ("ingress.public_url", base_url.clone()),
         ("ingress.listen", addr.to_string()),
         ("worker.health_listen", "127.0.0.1:0".into()),

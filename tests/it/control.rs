@@ -389,3 +389,54 @@ async fn render_shows_the_request_without_secrets() {
         .await;
     assert_eq!(status, 422, "arguments are validated");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_addresses_need_the_projects_allowlist() {
+    let app = spawn_app_with(&[("allow_private_upstreams", "false")]).await;
+    let upstream = Upstream::spawn(None).await;
+    let port = upstream.addr.port();
+    // One by literal IP, one by a name that resolves to loopback (the resolver path).
+    app.create_tool(
+        json!({"name": "literal", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/x"}),
+    )
+    .await;
+    app.create_tool(json!({"name": "named", "input_schema": {"type": "object"},
+                           "base_url": format!("http://localhost:{port}"), "http_method": "POST", "endpoint_path": "/x"}))
+        .await;
+    let mut session = app.session();
+    session.initialize().await;
+    for tool in ["literal", "named"] {
+        let refused = session.call(tool, json!({})).await;
+        assert_eq!(refused["isError"], true, "{refused}");
+        assert!(
+            tengine_tests::mcp::text(&refused).contains("outbound_allowlist"),
+            "{refused}"
+        );
+        let run = app.finished_run(&run_id(&refused)).await;
+        assert_eq!(run["error_class"], "forbidden");
+    }
+    assert!(upstream.requests().is_empty(), "nothing reached the private address");
+
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/projects/{}", app.project_id),
+            Some(json!({"outbound_allowlist": ["127.0.0.0/8", "::1"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outbound_allowlist"], json!(["127.0.0.0/8", "::1/128"]));
+    for tool in ["literal", "named"] {
+        let allowed = session.call(tool, json!({})).await;
+        assert_eq!(allowed["isError"], false, "{allowed}");
+    }
+    let (status, _) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/projects/{}", app.project_id),
+            Some(json!({"outbound_allowlist": ["not-a-network"]})),
+        )
+        .await;
+    assert_eq!(status, 422);
+}

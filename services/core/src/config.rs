@@ -22,6 +22,7 @@ pub struct Config {
     pub master_key: String,
     pub session_secret: String,
     pub allow_insecure_upstreams: bool,
+    pub allow_private_upstreams: bool,
     pub run_migrations: bool,
     pub log_format: LogFormat,
     pub ingress: IngressConfig,

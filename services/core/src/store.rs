@@ -55,6 +55,8 @@ pub struct Project {
     pub name: String,
     pub created_at: DateTime<Utc>,
     pub default_integration_id: Uuid,
+    /// Networks (CIDR) the project's tools may reach although they are private.
+    pub outbound_allowlist: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -68,7 +70,7 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, \
+const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, p.outbound_allowlist, \
      (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
       ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
 
@@ -104,6 +106,26 @@ pub async fn list_projects(pool: &PgPool) -> StoreResult<Vec<Project>> {
     ))
     .fetch_all(pool)
     .await?)
+}
+
+pub async fn set_outbound_allowlist(pool: &PgPool, project_id: Uuid, networks: &[String]) -> StoreResult<Project> {
+    let done = sqlx::query("UPDATE projects SET outbound_allowlist = $2 WHERE id = $1")
+        .bind(project_id)
+        .bind(networks)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    get_project(pool, project_id).await
+}
+
+pub async fn project_outbound_allowlist(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<String>> {
+    let row: Option<(Vec<String>,)> = sqlx::query_as("SELECT outbound_allowlist FROM projects WHERE id = $1")
+        .bind(project_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| r.0).unwrap_or_default())
 }
 
 /// Creates a key in the given integration (the project's default one when `None`).

@@ -36,7 +36,7 @@ const RUNS_PAGE_MAX: i64 = 500;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/projects", get(list_projects).post(create_project))
-        .route("/v1/projects/{project_id}", get(get_project))
+        .route("/v1/projects/{project_id}", get(get_project).patch(patch_project))
         .route(
             "/v1/projects/{project_id}/api-keys",
             get(list_api_keys).post(create_api_key),
@@ -888,4 +888,39 @@ async fn render_tool(
         "headers": out_headers.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "body": body,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectPatch {
+    outbound_allowlist: Vec<String>,
+}
+
+/// Sets the networks a project's tools may reach although they are private.
+async fn patch_project(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    require_admin(&st, &headers)?;
+    let project_id = parse_id("project", &project_id)?;
+    let patch: ProjectPatch = parse_json(&body)?;
+    let mut networks = Vec::with_capacity(patch.outbound_allowlist.len());
+    for raw in &patch.outbound_allowlist {
+        let net = raw
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ApiError::from(tengine_core::domain::FieldError {
+                    field: "outbound_allowlist".into(),
+                    message: format!("`{raw}` is not an IP network (CIDR like 10.1.0.0/16) or address"),
+                })
+            })?;
+        networks.push(net.to_string());
+    }
+    let project = store::set_outbound_allowlist(&st.pool, project_id, &networks)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(Json(json!(project)))
 }

@@ -6,6 +6,7 @@
 //! API again; one redelivered mid-call is called again with the same request id
 //! (`X-Tengine-Request-Id`, `webhook-id`, `Idempotency-Key`) so the API can dedupe.
 
+pub mod addresses;
 pub mod outbound;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -33,7 +34,8 @@ pub struct Worker {
     commands: jetstream::stream::Stream,
     topology: Topology,
     secrets: SecretBox,
-    http: reqwest::Client,
+    /// One pooled client per address policy (most projects share the default one).
+    clients: moka::sync::Cache<addresses::Policy, reqwest::Client>,
     cancelled: jetstream::kv::Store,
 }
 
@@ -48,7 +50,6 @@ impl Worker {
         let js = jetstream::new(nats.clone());
         let topology = Topology::from_config(&config);
         let (commands, events) = topology.ensure_streams(&js, &config.streams).await?;
-        let http = outbound::client(Duration::from_millis(config.worker.connect_timeout_ms))?;
         let cancelled = topology
             .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
             .await?;
@@ -61,7 +62,7 @@ impl Worker {
             commands,
             topology,
             secrets,
-            http,
+            clients: moka::sync::Cache::new(1_000),
             cancelled,
         }))
     }
@@ -318,6 +319,38 @@ impl Worker {
                 );
             }
         };
+        let policy = match store::project_outbound_allowlist(&self.pool, command.caller.project_id).await {
+            Ok(nets) => addresses::Policy {
+                allow_all: self.config.allow_private_upstreams,
+                allowlist: nets.iter().filter_map(|n| n.parse().ok()).collect(),
+            },
+            Err(err) => {
+                tracing::error!(error = %err, "loading the project's outbound allow-list");
+                return fail(
+                    ErrorClass::Internal,
+                    "the project's settings could not be loaded".into(),
+                );
+            }
+        };
+        // A literal IP never goes through the resolver: check it here.
+        let literal = match request.url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && !policy.permits(ip)
+        {
+            return fail(ErrorClass::Forbidden, addresses::Policy::refusal(ip));
+        }
+        let connect_timeout = Duration::from_millis(self.config.worker.connect_timeout_ms);
+        let client = match self
+            .clients
+            .try_get_with(policy.clone(), || outbound::client(connect_timeout, policy.clone()))
+        {
+            Ok(client) => client,
+            Err(err) => return fail(ErrorClass::Internal, format!("building the HTTP client: {err}")),
+        };
         let credentials = outbound::Credentials {
             strategy: tool.auth_strategy,
             secret: secret.as_deref(),
@@ -352,7 +385,7 @@ impl Worker {
         }
 
         let call = outbound::send(
-            &self.http,
+            &client,
             request,
             headers,
             Duration::from_millis(tool.timeout_ms),

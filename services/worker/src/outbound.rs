@@ -15,8 +15,11 @@ use tengine_core::{
 };
 use uuid::Uuid;
 
-pub fn client(connect_timeout: Duration) -> anyhow::Result<Client> {
+pub fn client(connect_timeout: Duration, policy: crate::addresses::Policy) -> anyhow::Result<Client> {
     Ok(Client::builder()
+        .dns_resolver(std::sync::Arc::new(crate::addresses::PolicyResolver {
+            policy: std::sync::Arc::new(policy),
+        }))
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -179,6 +182,13 @@ pub async fn send(
 }
 
 fn classify(err: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<crate::addresses::Refused>() {
+            return (ErrorClass::Forbidden, refused.to_string());
+        }
+        source = current.source();
+    }
     if err.is_timeout() {
         (
             ErrorClass::Timeout,

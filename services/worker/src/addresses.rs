@@ -1,0 +1,137 @@
+//! Which network addresses a tool call may connect to. Private, loopback,
+//! link-local (cloud metadata), shared-address and other special ranges are
+//! refused unless the project allow-lists them. The check runs on the resolved
+//! addresses at connect time (a reqwest resolver), so a name that resolves to a
+//! public address at registration and to a private one later (DNS rebinding)
+//! is still refused; literal IP hosts are checked before the request is sent.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Policy {
+    /// Every address is allowed (development).
+    pub allow_all: bool,
+    /// Special-purpose networks this project may reach anyway.
+    pub allowlist: Vec<IpNet>,
+}
+
+/// Networks no tool reaches by default.
+const BLOCKED: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+fn blocked(ip: IpAddr) -> bool {
+    // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    BLOCKED
+        .iter()
+        .filter_map(|net| net.parse::<IpNet>().ok())
+        .any(|net| net.contains(&ip))
+}
+
+impl Policy {
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn refusal(ip: IpAddr) -> String {
+        format!(
+            "the API's address {ip} is in a private or special-purpose network; \
+             allow-list it in the project's outbound_allowlist if the tool should reach it"
+        )
+    }
+}
+
+/// Resolves with the system resolver and keeps only permitted addresses.
+pub struct PolicyResolver {
+    pub policy: Arc<Policy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let (allowed, refused): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| policy.permits(a.ip()));
+            if allowed.is_empty() {
+                let reason = refused
+                    .first()
+                    .map_or_else(|| format!("`{host}` did not resolve"), |a| Policy::refusal(a.ip()));
+                return Err(Box::new(Refused(reason)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// A connection refused by the address policy.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_ranges_are_refused_unless_allow_listed() {
+        let policy = Policy::default();
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.1",
+        ] {
+            assert!(!policy.permits(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111"] {
+            assert!(policy.permits(ip.parse().expect("ip")), "{ip}");
+        }
+        let allowed = Policy {
+            allow_all: false,
+            allowlist: vec!["10.1.0.0/16".parse().expect("net")],
+        };
+        assert!(allowed.permits("10.1.2.3".parse().expect("ip")));
+        assert!(!allowed.permits("10.2.0.1".parse().expect("ip")));
+    }
+}
