@@ -440,3 +440,81 @@ async fn private_addresses_need_the_projects_allowlist() {
         .await;
     assert_eq!(status, 422);
 }
+
+fn verifies(secret: &str, req: &tengine_tests::upstream::Recorded) -> bool {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &req.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    standardwebhooks::Webhook::new(secret)
+        .expect("secret")
+        .verify(&req.body, &headers)
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hmac_rotation_signs_with_both_secrets_during_the_overlap() {
+    let app = spawn_app().await;
+    let (old, new, newest) = (
+        tengine_tests::signing_secret(),
+        tengine_tests::signing_secret(),
+        tengine_tests::signing_secret(),
+    );
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "signed", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/x", "auth_strategy": "hmac_signature",
+                           "auth_secret": old}),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let path = format!("/v1/projects/{}/tools/signed", app.project_id);
+
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"auth_secret": new, "rotation_overlap_secs": 3600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["previous_secret_expires_at"].is_string(), "{body}");
+    session.call("signed", json!({})).await;
+    let during = upstream.requests().pop().expect("request");
+    assert!(
+        verifies(&old, &during) && verifies(&new, &during),
+        "both secrets verify during the overlap: {:?} old={} new={}",
+        during.header("webhook-signature"),
+        verifies(&old, &during),
+        verifies(&new, &during)
+    );
+    assert_eq!(
+        during.header("x-tengine-signature").expect("tng2").split(' ').count(),
+        2
+    );
+
+    // A rotation without overlap ends the previous secret at once.
+    let (status, _) = app
+        .admin(reqwest::Method::PATCH, &path, Some(json!({"auth_secret": newest})))
+        .await;
+    assert_eq!(status, 200);
+    session.call("signed", json!({})).await;
+    let after = upstream.requests().pop().expect("request");
+    assert!(verifies(&newest, &after));
+    assert!(!verifies(&new, &after) && !verifies(&old, &after));
+
+    let (status, _) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"rotation_overlap_secs": 60})),
+        )
+        .await;
+    assert_eq!(status, 422, "an overlap needs a new secret");
+}

@@ -73,6 +73,27 @@ enum Command {
         #[command(subcommand)]
         command: ToolCommand,
     },
+    /// Integrations: MCP client connections inside a project.
+    Integrations {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: IntegrationCommand,
+    },
+    /// ES256 public keys that sign member assertions.
+    MemberKeys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: MemberKeyCommand,
+    },
+    /// Members (the customer's end users).
+    Members {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Run history.
     Runs {
         #[command(flatten)]
@@ -97,8 +118,84 @@ enum DemoCommand {
 
 #[derive(Subcommand)]
 enum ProjectCommand {
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
+    /// Set the networks (CIDR) the project's tools may reach although they are private.
+    Allowlist {
+        #[arg(long)]
+        project: String,
+        networks: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IntegrationCommand {
+    /// Create one; `--allow-tool` (repeatable) restricts the tools it sees.
+    Create {
+        #[arg(long)]
+        project: String,
+        name: String,
+        #[arg(long = "allow-tool")]
+        allow_tools: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Show one, with ready-to-paste client configuration.
+    Get {
+        #[arg(long)]
+        project: String,
+        integration_id: String,
+    },
+    /// Delete one: its keys and member sessions stop working at once.
+    Delete {
+        #[arg(long)]
+        project: String,
+        integration_id: String,
+    },
+    /// Create an API key in the integration (printed once, with client configuration).
+    Key {
+        #[arg(long)]
+        project: String,
+        integration_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberKeyCommand {
+    /// Register a P-256 public key (SPKI PEM file) under a kid.
+    Add {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        public_key_file: PathBuf,
+    },
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    Delete {
+        #[arg(long)]
+        project: String,
+        kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// End every session of a member now.
+    RevokeSessions {
+        #[arg(long)]
+        project: String,
+        member_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +258,18 @@ enum ToolCommand {
         #[arg(long)]
         project: String,
         name: String,
+    },
+    /// Show the request a call would send (secrets redacted), without sending it.
+    Render {
+        #[arg(long)]
+        project: String,
+        name: String,
+        /// Arguments as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// A member as JSON, e.g. '{"id": "u1", "roles": ["admin"]}'.
+        #[arg(long)]
+        member: Option<String>,
     },
 }
 
@@ -328,6 +437,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 ProjectCommand::Create { name } => print(&c.post("/v1/projects", &json!({"name": name})).await?),
                 ProjectCommand::List => print(&c.get("/v1/projects").await?),
+                ProjectCommand::Allowlist { project, networks } => print(
+                    &c.patch(
+                        &format!("/v1/projects/{project}"),
+                        &json!({"outbound_allowlist": networks}),
+                    )
+                    .await?,
+                ),
             }
             Ok(())
         }
@@ -379,7 +495,110 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.delete(&format!("/v1/projects/{project}/tools/{name}")).await?;
                     println!("deleted {name}");
                 }
+                ToolCommand::Render {
+                    project,
+                    name,
+                    args,
+                    member,
+                } => {
+                    let mut body =
+                        json!({"arguments": serde_json::from_str::<Value>(&args).context("--args is not JSON")?});
+                    if let Some(member) = member {
+                        body["member"] = serde_json::from_str(&member).context("--member is not JSON")?;
+                    }
+                    print(
+                        &c.post(&format!("/v1/projects/{project}/tools/{name}/render"), &body)
+                            .await?,
+                    )
+                }
             }
+            Ok(())
+        }
+        Command::Integrations { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                IntegrationCommand::Create {
+                    project,
+                    name,
+                    allow_tools,
+                } => {
+                    let mut body = json!({"name": name});
+                    if !allow_tools.is_empty() {
+                        body["allowed_tools"] = json!(allow_tools);
+                    }
+                    print(&c.post(&format!("/v1/projects/{project}/integrations"), &body).await?)
+                }
+                IntegrationCommand::List { project } => {
+                    print(&c.get(&format!("/v1/projects/{project}/integrations")).await?)
+                }
+                IntegrationCommand::Get {
+                    project,
+                    integration_id,
+                } => print(
+                    &c.get(&format!("/v1/projects/{project}/integrations/{integration_id}"))
+                        .await?,
+                ),
+                IntegrationCommand::Delete {
+                    project,
+                    integration_id,
+                } => {
+                    c.delete(&format!("/v1/projects/{project}/integrations/{integration_id}"))
+                        .await?;
+                    println!("deleted {integration_id}");
+                }
+                IntegrationCommand::Key {
+                    project,
+                    integration_id,
+                    name,
+                } => print(
+                    &c.post(
+                        &format!("/v1/projects/{project}/integrations/{integration_id}/api-keys"),
+                        &json!({"name": name}),
+                    )
+                    .await?,
+                ),
+            }
+            Ok(())
+        }
+        Command::MemberKeys { admin, command } => {
+            let c = client(&admin)?;
+            match command {
+                MemberKeyCommand::Add {
+                    project,
+                    kid,
+                    public_key_file,
+                } => {
+                    let pem = std::fs::read_to_string(&public_key_file)
+                        .with_context(|| format!("reading {}", public_key_file.display()))?;
+                    print(
+                        &c.post(
+                            &format!("/v1/projects/{project}/member-keys"),
+                            &json!({"kid": kid, "public_key": pem}),
+                        )
+                        .await?,
+                    )
+                }
+                MemberKeyCommand::List { project } => {
+                    print(&c.get(&format!("/v1/projects/{project}/member-keys")).await?)
+                }
+                MemberKeyCommand::Delete { project, kid } => {
+                    c.delete(&format!("/v1/projects/{project}/member-keys/{kid}")).await?;
+                    println!("deleted {kid}");
+                }
+            }
+            Ok(())
+        }
+        Command::Members {
+            admin,
+            command: MemberCommand::RevokeSessions { project, member_id },
+        } => {
+            client(&admin)?
+                .post(
+                    &format!("/v1/projects/{project}/members/{member_id}/revoke-sessions"),
+                    &json!({}),
+                )
+                .await?;
+            println!("revoked every session of member {member_id}");
             Ok(())
         }
         Command::Runs { admin, command } => {

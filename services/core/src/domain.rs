@@ -17,6 +17,8 @@ pub const SCHEMA_MAX_BYTES: usize = 64 * 1024;
 pub const TIMEOUT_MS_MIN: u64 = 100;
 pub const TIMEOUT_MS_MAX: u64 = 120_000;
 pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest HMAC rotation overlap.
+pub const ROTATION_OVERLAP_MAX_SECS: u64 = 7 * 24 * 3600;
 
 /// Headers Tengine sets itself (or that would let a template subvert the request).
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -185,6 +187,10 @@ pub struct ToolSpec {
     pub auth_strategy: AuthStrategy,
     #[serde(default, skip_serializing)]
     pub auth_secret: Option<String>,
+    /// With a new `hmac_signature` secret: how long the previous one keeps signing
+    /// too (both signatures are sent), so receivers can rotate without a gap.
+    #[serde(default, skip_serializing)]
+    pub rotation_overlap_secs: Option<u64>,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
     #[serde(default = "default_true")]
@@ -217,6 +223,8 @@ pub struct ToolDefinition {
     pub body_template: Option<Value>,
     pub auth_strategy: AuthStrategy,
     pub has_auth_secret: bool,
+    /// Until when the previous HMAC secret still signs (rotation overlap).
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub timeout_ms: u64,
     pub enabled: bool,
     pub require_member: bool,
@@ -226,6 +234,8 @@ pub struct ToolDefinition {
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub auth_secret_ciphertext: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub auth_secret_previous_ciphertext: Option<Vec<u8>>,
 }
 
 /// A field that failed validation, with a JSON-pointer-like path and what to fix.
@@ -445,6 +455,20 @@ impl ToolSpec {
             let mut names = BTreeSet::new();
             templates::json_placeholders(body, &mut names);
             check_placeholders("body_template", names, &properties)?;
+        }
+        if let Some(overlap) = self.rotation_overlap_secs {
+            if self.auth_strategy != AuthStrategy::HmacSignature || self.auth_secret.is_none() {
+                return Err(field_err(
+                    "rotation_overlap_secs",
+                    "applies only when a new auth_secret is set for auth_strategy hmac_signature",
+                ));
+            }
+            if overlap > ROTATION_OVERLAP_MAX_SECS {
+                return Err(field_err(
+                    "rotation_overlap_secs",
+                    format!("must be at most {ROTATION_OVERLAP_MAX_SECS} (7 days)"),
+                ));
+            }
         }
         match (self.auth_strategy, self.auth_secret.as_deref()) {
             (AuthStrategy::None, Some(_)) => {

@@ -470,6 +470,8 @@ struct ToolRow {
     body_template: Option<Json<Value>>,
     auth_strategy: String,
     auth_secret_ciphertext: Option<Vec<u8>>,
+    auth_secret_previous_ciphertext: Option<Vec<u8>>,
+    auth_secret_previous_expires_at: Option<DateTime<Utc>>,
     timeout_ms: i32,
     enabled: bool,
     require_member: bool,
@@ -481,7 +483,8 @@ struct ToolRow {
 
 const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_schema, output_schema, \
      annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
-     auth_secret_ciphertext, timeout_ms, enabled, require_member, inject_member_identity, version, \
+     auth_secret_ciphertext, auth_secret_previous_ciphertext, auth_secret_previous_expires_at, \
+     timeout_ms, enabled, require_member, inject_member_identity, version, \
      created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
@@ -509,6 +512,10 @@ impl TryFrom<ToolRow> for ToolDefinition {
             auth_strategy: AuthStrategy::parse(&row.auth_strategy).ok_or_else(|| corrupt("auth_strategy"))?,
             has_auth_secret: row.auth_secret_ciphertext.is_some(),
             auth_secret_ciphertext: row.auth_secret_ciphertext,
+            previous_secret_expires_at: row.auth_secret_previous_expires_at.filter(|at| *at > Utc::now()),
+            auth_secret_previous_ciphertext: row
+                .auth_secret_previous_ciphertext
+                .filter(|_| row.auth_secret_previous_expires_at.is_some_and(|at| at > Utc::now())),
             timeout_ms: u64::try_from(row.timeout_ms).map_err(|_| corrupt("timeout_ms"))?,
             enabled: row.enabled,
             require_member: row.require_member,
@@ -585,6 +592,19 @@ pub async fn replace_tool(
     spec: &ToolSpec,
 ) -> StoreResult<ToolDefinition> {
     let current = get_tool(pool, project_id, name).await?;
+    // A new HMAC secret with an overlap keeps the current one signing for a while;
+    // any other change of secret ends an overlap in progress.
+    let previous: (Option<Vec<u8>>, Option<DateTime<Utc>>) = match (&spec.auth_secret, spec.rotation_overlap_secs) {
+        (Some(_), Some(overlap)) if overlap > 0 && current.auth_strategy == AuthStrategy::HmacSignature => (
+            current.auth_secret_ciphertext.clone(),
+            Some(Utc::now() + chrono::Duration::seconds(i64::try_from(overlap).unwrap_or(0))),
+        ),
+        (Some(_), _) => (None, None),
+        (None, _) => (
+            current.auth_secret_previous_ciphertext.clone(),
+            current.previous_secret_expires_at,
+        ),
+    };
     let ciphertext = match (&spec.auth_secret, spec.auth_strategy) {
         (Some(secret), _) => Some(secrets.seal(current.id, secret)?),
         (None, AuthStrategy::None) => None,
@@ -597,6 +617,7 @@ pub async fn replace_tool(
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
          enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
          require_member = $20, inject_member_identity = $21, \
+         auth_secret_previous_ciphertext = $22, auth_secret_previous_expires_at = $23, \
          version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     ))
@@ -621,6 +642,8 @@ pub async fn replace_tool(
     .bind(spec.response_mode.as_str())
     .bind(spec.require_member)
     .bind(spec.inject_member_identity)
+    .bind(previous.0)
+    .bind(previous.1)
     .fetch_optional(pool)
     .await
     .map_err(|e| {

@@ -351,9 +351,15 @@ impl Worker {
             Ok(client) => client,
             Err(err) => return fail(ErrorClass::Internal, format!("building the HTTP client: {err}")),
         };
+        // An expired previous secret was already dropped when the tool was loaded.
+        let previous = tool
+            .auth_secret_previous_ciphertext
+            .as_deref()
+            .and_then(|c| self.secrets.open(tool.id, c).ok());
         let credentials = outbound::Credentials {
             strategy: tool.auth_strategy,
             secret: secret.as_deref(),
+            previous: previous.as_deref(),
         };
         let headers = match outbound::signed_headers(
             &request,
@@ -366,7 +372,7 @@ impl Worker {
             Ok(h) => h,
             Err(err) => return fail(ErrorClass::InvalidArguments, err),
         };
-        drop(secret);
+        drop((secret, previous));
 
         let started_at = Utc::now();
         let project_id = command.caller.project_id;

@@ -40,6 +40,8 @@ pub struct AttemptResult {
 pub struct Credentials<'a> {
     pub strategy: AuthStrategy,
     pub secret: Option<&'a str>,
+    /// The previous HMAC secret during a rotation overlap: it signs too.
+    pub previous: Option<&'a str>,
 }
 
 /// Adds identity, idempotency, auth and signature headers to a rendered request.
@@ -75,20 +77,20 @@ pub fn signed_headers(
         (AuthStrategy::None, _) => {}
         (AuthStrategy::StaticBearer, Some(token)) => set("authorization", &format!("Bearer {token}"))?,
         (AuthStrategy::HmacSignature, Some(secret)) => {
-            let key = SigningKey::parse(secret)?;
             let body = request.body.as_deref().unwrap_or_default();
             let path_and_query = match request.url.query() {
                 Some(q) => format!("{}?{q}", request.url.path()),
                 None => request.url.path().to_string(),
             };
-            set(
-                signing::HEADER_SIGNATURE,
-                &key.tng2(timestamp, &run, request.method.as_str(), &path_and_query, body),
-            )?;
-            set(
-                signing::HEADER_WEBHOOK_SIGNATURE,
-                &key.standard_webhooks(&run, timestamp, body),
-            )?;
+            // Several signatures are space-separated, as Standard Webhooks specifies.
+            let (mut tng2, mut webhook) = (Vec::new(), Vec::new());
+            for secret in std::iter::once(secret).chain(credentials.previous) {
+                let key = SigningKey::parse(secret)?;
+                tng2.push(key.tng2(timestamp, &run, request.method.as_str(), &path_and_query, body));
+                webhook.push(key.standard_webhooks(&run, timestamp, body));
+            }
+            set(signing::HEADER_SIGNATURE, &tng2.join(" "))?;
+            set(signing::HEADER_WEBHOOK_SIGNATURE, &webhook.join(" "))?;
         }
         (strategy, None) => return Err(format!("auth_strategy {} has no secret stored", strategy.as_str())),
     }

@@ -1,0 +1,147 @@
+//! The `tengine` command against a real cluster: every control-plane subcommand.
+
+use serde_json::{Value, json};
+use tengine_tests::{ADMIN_TOKEN, TestApp, spawn_app, upstream::Upstream};
+
+fn tengine(app: &TestApp, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
+        .args(args)
+        .env("TENGINE_ADMIN_URL", &app.base_url)
+        .env("TENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run tengine");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "tengine {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_through_the_cli() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let project = app.project_id.to_string();
+    let dir = std::env::temp_dir().join(format!("tengine-cli-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    let tool_file = dir.join("tool.json");
+    std::fs::write(
+        &tool_file,
+        json!({"name": "echo", "input_schema": {"type": "object", "properties": {"m": {"type": "string"}}},
+               "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/echo/{m}"})
+        .to_string(),
+    )
+    .expect("write");
+    let app_ref = &app;
+    let run = move |args: &[&str]| tengine(app_ref, args);
+    tokio::task::block_in_place(|| {
+        assert_eq!(
+            json_of(&run(&[
+                "tools",
+                "create",
+                "--project",
+                &project,
+                "--file",
+                tool_file.to_str().expect("path")
+            ]))["version"],
+            1
+        );
+        let rendered = json_of(&run(&[
+            "tools",
+            "render",
+            "--project",
+            &project,
+            "echo",
+            "--args",
+            r#"{"m": "a/b"}"#,
+        ]));
+        assert!(rendered["url"].as_str().expect("url").ends_with("/echo/a%2Fb"));
+        assert_eq!(
+            json_of(&run(&["tools", "disable", "--project", &project, "echo"]))["enabled"],
+            false
+        );
+        assert_eq!(
+            json_of(&run(&["tools", "enable", "--project", &project, "echo"]))["enabled"],
+            true
+        );
+        assert_eq!(
+            json_of(&run(&["tools", "list", "--project", &project]))["tools"][0]["name"],
+            "echo"
+        );
+
+        let integration = json_of(&run(&[
+            "integrations",
+            "create",
+            "--project",
+            &project,
+            "Support",
+            "--allow-tool",
+            "echo",
+        ]));
+        let iid = integration["id"].as_str().expect("id").to_string();
+        let key = json_of(&run(&[
+            "integrations",
+            "key",
+            "--project",
+            &project,
+            &iid,
+            "--name",
+            "agent",
+        ]));
+        assert!(key["key"].as_str().expect("key").starts_with("tengine_"));
+        assert!(key["client_config"]["mcp_json"].is_object());
+        assert_eq!(
+            json_of(&run(&["integrations", "list", "--project", &project]))["integrations"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+
+        let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(&secret.public_key(), p256::pkcs8::LineEnding::LF)
+            .expect("pem");
+        let pem_file = dir.join("member.pem");
+        std::fs::write(&pem_file, pem).expect("write");
+        run(&[
+            "member-keys",
+            "add",
+            "--project",
+            &project,
+            "--kid",
+            "k1",
+            "--public-key-file",
+            pem_file.to_str().expect("path"),
+        ]);
+        assert_eq!(
+            json_of(&run(&["member-keys", "list", "--project", &project]))["member_keys"][0]["kid"],
+            "k1"
+        );
+        assert!(run(&["members", "revoke-sessions", "--project", &project, "user-1"]).contains("user-1"));
+
+        let allow = json_of(&run(&["projects", "allowlist", "--project", &project, "10.0.0.0/8"]));
+        assert_eq!(allow["outbound_allowlist"], json!(["10.0.0.0/8"]));
+        run(&["integrations", "delete", "--project", &project, &iid]);
+        run(&["member-keys", "delete", "--project", &project, "k1"]);
+        run(&["tools", "delete", "--project", &project, "echo"]);
+        assert!(run(&["runs", "list", "--project", &project]).contains("runs"));
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
