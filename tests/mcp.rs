@@ -17,7 +17,9 @@ pub struct RawSession {
     url: String,
     token: String,
     pub session_id: Option<String>,
-    next_id: i64,
+    /// JSON-RPC id of the next request. Within a session an id names one call
+    /// (a repeated id is a retry), so clients sharing a session must not overlap.
+    pub next_id: i64,
 }
 
 impl RawSession {

@@ -226,6 +226,8 @@ async fn one_session_alternates_between_instances_across_a_restart() {
         app.api_key.clone(),
     );
     on_second.session_id = session_id.clone();
+    // One session, one id sequence: the second client continues where ids are unused.
+    on_second.next_id = 1000;
 
     for i in 0..3 {
         let a = on_first.call("echo", json!({"i": i})).await;

@@ -48,6 +48,7 @@ pub struct IngressConfig {
     pub tools_page_size: usize,
     pub session_ttl_secs: u64,
     pub member_session_ttl_secs: u64,
+    pub idempotency_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }

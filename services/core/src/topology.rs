@@ -12,6 +12,7 @@
 //! | cancellations | `{prefix}.control.cancel` | core NATS, any ingress → the one waiting on the call |
 //! | session state | KV `{PREFIX}_SESSIONS` | ended sessions and log levels (by session-id hash), watched by every ingress |
 //! | cancelled runs | KV `{PREFIX}_CANCELLED` | run ids a worker must not execute |
+//! | idempotency keys | KV `{PREFIX}_IDEMPOTENCY` | client retry key → run id and argument fingerprint |
 
 use std::time::Duration;
 
@@ -99,6 +100,10 @@ impl Topology {
 
     pub fn sessions_bucket(&self) -> String {
         format!("{}_SESSIONS", self.prefix.to_uppercase())
+    }
+
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_IDEMPOTENCY", self.prefix.to_uppercase())
     }
 
     pub fn cancelled_bucket(&self) -> String {
@@ -218,6 +223,7 @@ impl Topology {
         let _ = js.delete_stream(self.events_stream()).await;
         let _ = js.delete_key_value(self.sessions_bucket()).await;
         let _ = js.delete_key_value(self.cancelled_bucket()).await;
+        let _ = js.delete_key_value(self.idempotency_bucket()).await;
     }
 }
 

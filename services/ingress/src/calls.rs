@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     dispatch::{CallKey, Following, Signal},
+    idempotency,
     mcp::{META_HTTP_STATUS, META_RUN_ID, META_STATUS, McpError, McpResult, json_rpc_result},
     sessions::{SessionStates, log_level_rank},
     streams::{self, EventId, RESULT_SEQ},
@@ -190,6 +191,7 @@ pub async fn call_tool(
     session: String,
     id: Value,
     params: Option<Value>,
+    idempotency_key: Option<String>,
 ) -> McpResult<Response> {
     let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
         McpError::invalid_params(
@@ -205,6 +207,11 @@ pub async fn call_tool(
         .and_then(|m| serde_json::to_value(m).ok())
         .and_then(|m| m.get("progressToken").cloned())
         .filter(|t| t.is_string() || t.is_number());
+    let meta_key = params
+        .meta
+        .as_ref()
+        .and_then(|m| serde_json::to_value(m).ok())
+        .and_then(|m| m.get(idempotency::META_KEY).and_then(Value::as_str).map(str::to_string));
     let arguments = params.arguments.unwrap_or_default();
     let caller = principal.caller.clone();
 
@@ -255,6 +262,53 @@ pub async fn call_tool(
         return Ok(json_rpc_result(&id, result));
     }
 
+    // One run per idempotency key: a retry follows the run it started.
+    let scope = match idempotency_key.or(meta_key) {
+        Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!("key\n{}\n{key}", caller.integration_id),
+        Some(_) => {
+            return Err(McpError::invalid_params(
+                &id,
+                format!(
+                    "_meta.idempotencyKey must be at most {} characters",
+                    idempotency::MAX_KEY_LEN
+                ),
+            ));
+        }
+        None => format!("request\n{}\n{id}", SessionStates::key(&session)),
+    };
+    let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
+    let fingerprint = idempotency::fingerprint(&tool.name, &arguments);
+    match st.idempotency.claim(&claim_key, run_id, &fingerprint).await {
+        Ok(idempotency::Claimed::New) => {}
+        Ok(idempotency::Claimed::Existing(original)) => {
+            let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
+            let deadline = tokio::time::Instant::now() + wait;
+            let result = match st.dispatcher.poll_outcome(caller.project_id, original, deadline).await {
+                Some(outcome) => outcome_result(&st, &tool, &outcome),
+                None => still_running(original, wait),
+            };
+            return Ok(json_rpc_result(&id, result));
+        }
+        Ok(idempotency::Claimed::Conflict(original)) => {
+            let mut err = McpError::invalid_params(
+                &id,
+                format!(
+                    "this idempotency key was already used for run {original} with other arguments; \
+                     use a new key for a different call"
+                ),
+            );
+            err.data = Some(json!({ META_RUN_ID: original }));
+            return Err(err);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "claiming an idempotency key");
+            return Err(McpError::internal(
+                &id,
+                "the call could not be recorded right now; it was not run: retry",
+            ));
+        }
+    }
+
     let command = ExecuteCommand {
         run_id,
         caller: caller.clone(),
@@ -277,6 +331,7 @@ pub async fn call_tool(
             "the execution queue was unavailable",
         )
         .await;
+        st.idempotency.release(&claim_key).await;
         return Err(McpError::internal(
             &id,
             "the call could not be queued (the execution queue is unavailable or full); it was not run: retry later",

@@ -7,6 +7,7 @@ pub mod arguments;
 pub mod calls;
 pub mod dispatch;
 pub mod error;
+pub mod idempotency;
 pub mod mcp;
 pub mod members;
 pub mod sessions;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
+    pub idempotency: idempotency::Idempotency,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
     /// Cancelled when the server shuts down: ends long-lived GET streams.
@@ -78,6 +80,13 @@ impl AppState {
         let cancelled_kv = topology
             .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
             .await?;
+        let idempotency_kv = topology
+            .ensure_bucket(
+                &js,
+                topology.idempotency_bucket(),
+                Duration::from_secs(config.ingress.idempotency_ttl_secs),
+            )
+            .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, events, cancelled_kv, topology.clone()).await?;
 
         let (tool_changes, _) = broadcast::channel(1024);
@@ -103,6 +112,7 @@ impl AppState {
             session_states: SessionStates::start(session_kv, session_ttl),
             dispatcher,
             validators: Validators::new(10_000),
+            idempotency: idempotency::Idempotency::new(idempotency_kv),
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,

@@ -27,7 +27,7 @@ use rmcp::model::{
 use serde_json::{Value, json};
 use tengine_core::{credentials, domain::ToolDefinition, store, store::Principal};
 
-use crate::{AppState, calls, members, sessions, streams};
+use crate::{AppState, calls, idempotency, members, sessions, streams};
 
 pub const HEADER_SESSION_ID: &str = "mcp-session-id";
 pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
@@ -288,7 +288,28 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
     match method {
         "ping" => Ok(json_rpc_result(&id, json!({}))),
         "tools/list" => list_tools(st, &principal, &id, params).await,
-        "tools/call" => calls::call_tool(st.clone(), principal, session, id, params).await,
+        "tools/call" => {
+            let key = headers
+                .get(idempotency::HEADER)
+                .map(|v| {
+                    v.to_str()
+                        .ok()
+                        .filter(|k| !k.is_empty() && k.len() <= idempotency::MAX_KEY_LEN)
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            McpError::invalid_request(
+                                StatusCode::BAD_REQUEST,
+                                format!(
+                                    "Idempotency-Key must be 1-{} visible ASCII characters",
+                                    idempotency::MAX_KEY_LEN
+                                ),
+                            )
+                            .with_id(&id)
+                        })
+                })
+                .transpose()?;
+            calls::call_tool(st.clone(), principal, session, id, params, key).await
+        }
         "logging/setLevel" => set_log_level(st, &session, &id, params).await,
         // No prompts or resource templates here, so there is never anything to complete.
         "completion/complete" => Ok(json_rpc_result(

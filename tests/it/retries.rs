@@ -1,0 +1,96 @@
+//! Client retries never duplicate a write: one idempotency key, one run, one call
+//! of the API — whether the retry comes after the outcome, while the run is in
+//! flight, or through another ingress instance.
+
+use serde_json::{Value, json};
+use tengine_tests::{
+    TestApp,
+    mcp::{ACCEPT_BOTH, RawSession, run_id},
+    spawn_app,
+    upstream::Upstream,
+};
+
+async fn call_with_key(app: &TestApp, url: &str, session: &str, key: &str, id: u64, args: Value) -> Value {
+    let auth = format!("Bearer {}", app.api_key);
+    let body =
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "write", "arguments": args}});
+    let reply = RawSession::new(app.http.clone(), url.to_string(), app.api_key.clone())
+        .post_raw(
+            &[
+                ("authorization", auth.as_str()),
+                ("accept", ACCEPT_BOTH),
+                ("content-type", "application/json"),
+                ("mcp-session-id", session),
+                ("idempotency-key", key),
+            ],
+            serde_json::to_vec(&body).expect("json"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_call_runs_once() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/slow/600", "timeout_ms": 5000}),
+    )
+    .await;
+    let second = app.spawn_ingress(None).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let (url_a, url_b) = (app.mcp_url.clone(), format!("{}/mcp", second.base_url));
+
+    // Two concurrent attempts with one key, through two instances: one run.
+    let (first, retry) = tokio::join!(
+        call_with_key(&app, &url_a, &sid, "order-1", 1, json!({"amount": 5})),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            call_with_key(&app, &url_b, &sid, "order-1", 2, json!({"amount": 5})).await
+        }
+    );
+    assert_eq!(first["result"]["isError"], false, "{first}");
+    assert_eq!(run_id(&first["result"]), run_id(&retry["result"]), "{retry}");
+    assert_eq!(first["result"]["content"], retry["result"]["content"]);
+    assert_eq!(upstream.requests().len(), 1, "the API was called once");
+
+    // After the outcome: the recorded result comes back, the API is not called.
+    let later = call_with_key(&app, &url_a, &sid, "order-1", 3, json!({"amount": 5})).await;
+    assert_eq!(run_id(&later["result"]), run_id(&first["result"]));
+    assert_eq!(upstream.requests().len(), 1);
+
+    // The same key with other arguments is refused.
+    let conflict = call_with_key(&app, &url_a, &sid, "order-1", 4, json!({"amount": 6})).await;
+    assert_eq!(conflict["error"]["code"], -32602, "{conflict}");
+    assert!(
+        conflict["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("other arguments")
+    );
+
+    // `_meta.idempotencyKey` works like the header; a new key is a new run.
+    let meta = session
+        .request(
+            "tools/call",
+            json!({"name": "write", "arguments": {"amount": 5}, "_meta": {"idempotencyKey": "order-1"}}),
+        )
+        .await;
+    assert_eq!(run_id(&meta.body["result"]), run_id(&first["result"]));
+    let fresh = call_with_key(&app, &url_a, &sid, "order-2", 5, json!({"amount": 5})).await;
+    assert_ne!(run_id(&fresh["result"]), run_id(&first["result"]));
+    assert_eq!(upstream.requests().len(), 2);
+
+    // Without a key, the same JSON-RPC id in the same session is the same call.
+    let repeat =
+        json!({"jsonrpc": "2.0", "id": "same", "method": "tools/call", "params": {"name": "write", "arguments": {}}});
+    let a = session.post(&repeat).await;
+    let b = session.post(&repeat).await;
+    assert_eq!(run_id(&a.body["result"]), run_id(&b.body["result"]));
+    assert_eq!(upstream.requests().len(), 3);
+    second.stop().await;
+}
