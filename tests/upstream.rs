@@ -36,6 +36,8 @@ impl Recorded {
 struct Inner {
     secret: Option<String>,
     requests: std::sync::Mutex<Vec<Recorded>>,
+    /// Failures served so far, per request id (`/flaky`).
+    failures: std::sync::Mutex<BTreeMap<String, u32>>,
 }
 
 #[derive(Clone)]
@@ -49,10 +51,12 @@ impl Upstream {
         let inner = Arc::new(Inner {
             secret,
             requests: Default::default(),
+            failures: Default::default(),
         });
         let app = Router::new()
             .route("/status/{code}", any(status))
             .route("/slow/{ms}", any(slow))
+            .route("/flaky/{n}/{code}", any(flaky))
             .route("/{*rest}", any(echo))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -135,6 +139,41 @@ async fn slow(
     record(&inner, &method, &uri, &headers, &body);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     "finally".into_response()
+}
+
+/// Answers `code` to the first `n` requests of each request id, then 200. A 503
+/// carries `Retry-After: 1`.
+async fn flaky(
+    State(inner): State<Arc<Inner>>,
+    Path((n, code)): Path<(u32, u16)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let id = headers
+        .get("x-tengine-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let served = {
+        let mut failures = inner.failures.lock().expect("lock");
+        let count = failures.entry(id).or_insert(0);
+        *count += 1;
+        *count
+    };
+    if served <= n {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut response = (code, format!("failure {served}")).into_response();
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        return response;
+    }
+    "recovered".into_response()
 }
 
 /// An address on which nothing listens (bound, then released).

@@ -94,3 +94,87 @@ async fn a_retried_call_runs_once() {
     assert_eq!(upstream.requests().len(), 3);
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_retries_only_what_is_safe() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let tool = |name: &str, method: &str, path: &str, retry: Value| {
+        json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
+               "http_method": method, "endpoint_path": path, "timeout_ms": 300, "retry": retry})
+    };
+    let fast = json!({"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 50});
+    app.create_tool(tool("unavailable", "POST", "/flaky/2/503", fast.clone()))
+        .await;
+    app.create_tool(tool("broken", "POST", "/flaky/5/500", fast.clone()))
+        .await;
+    app.create_tool(tool("slow_post", "POST", "/slow/1000", fast.clone()))
+        .await;
+    app.create_tool(tool(
+        "slow_get",
+        "GET",
+        "/slow/1000",
+        json!({"max_attempts": 2, "initial_backoff_ms": 20}),
+    ))
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+
+    // 503 twice (Retry-After: 1), then 200: one run, three attempts, one request id.
+    let started = std::time::Instant::now();
+    let ok = session.call("unavailable", json!({})).await;
+    assert_eq!(ok["isError"], false, "{ok}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "Retry-After was honoured"
+    );
+    let attempts: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/flaky/2"))
+        .collect();
+    assert_eq!(attempts.len(), 3);
+    let ids: std::collections::BTreeSet<_> = attempts
+        .iter()
+        .map(|r| r.header("x-tengine-request-id").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt carries the same request id");
+    let stamps: std::collections::BTreeSet<_> = attempts
+        .iter()
+        .map(|r| r.header("x-tengine-timestamp").unwrap_or_default().to_string())
+        .collect();
+    assert!(stamps.len() >= 2, "each attempt is signed afresh");
+    let run = app.finished_run(&run_id(&ok)).await;
+    assert_eq!(run["attempts"], 3);
+    let details = run["attempt_details"].as_array().expect("attempts");
+    assert_eq!(
+        details
+            .iter()
+            .map(|a| a["http_status"].as_i64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        vec![503, 503, 200]
+    );
+
+    // 500 is not retried.
+    let broken = session.call("broken", json!({})).await;
+    assert_eq!(broken["isError"], true);
+    assert_eq!(app.finished_run(&run_id(&broken)).await["attempts"], 1);
+
+    // A timed-out POST may have written: not retried. A GET is.
+    let post = session.call("slow_post", json!({})).await;
+    assert_eq!(app.finished_run(&run_id(&post)).await["attempts"], 1);
+    let get = session.call("slow_get", json!({})).await;
+    let run = app.finished_run(&run_id(&get)).await;
+    assert_eq!(
+        (run["attempts"].as_i64(), run["error_class"].as_str()),
+        (Some(2), Some("timeout"))
+    );
+
+    let (status, body) = app
+        .admin_post(
+            &format!("/v1/projects/{}/tools", app.project_id),
+            tool("bad", "GET", "/x", json!({"max_attempts": 50})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+}

@@ -151,6 +151,70 @@ pub struct ToolAnnotations {
     pub open_world_hint: Option<bool>,
 }
 
+/// When and how often the worker retries a failed attempt. Only failures that
+/// cannot have applied a write, or that the API asks to retry, are retried:
+/// connections that never opened, HTTP 429/502/503/504, and timeouts of
+/// idempotent methods (GET, PUT, DELETE) or of tools annotated `idempotentHint`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 disables retries).
+    #[serde(default = "RetryPolicy::default_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "RetryPolicy::default_initial")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "RetryPolicy::default_max")]
+    pub max_backoff_ms: u64,
+    /// No attempt starts after this long since the first one.
+    #[serde(default = "RetryPolicy::default_deadline")]
+    pub total_deadline_ms: u64,
+}
+
+impl RetryPolicy {
+    fn default_attempts() -> u32 {
+        3
+    }
+    fn default_initial() -> u64 {
+        200
+    }
+    fn default_max() -> u64 {
+        5_000
+    }
+    fn default_deadline() -> u64 {
+        30_000
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(field_err("retry.max_attempts", "must be between 1 and 10"));
+        }
+        if !(10..=60_000).contains(&self.initial_backoff_ms) || self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(field_err(
+                "retry.initial_backoff_ms",
+                "must be 10-60000 and not above max_backoff_ms",
+            ));
+        }
+        if self.max_backoff_ms > 300_000 || self.total_deadline_ms > 600_000 {
+            return Err(field_err(
+                "retry",
+                "max_backoff_ms may be at most 300000 and total_deadline_ms at most 600000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: Self::default_attempts(),
+            initial_backoff_ms: Self::default_initial(),
+            max_backoff_ms: Self::default_max(),
+            total_deadline_ms: Self::default_deadline(),
+        }
+    }
+}
+
 fn default_timeout() -> u64 {
     TIMEOUT_MS_DEFAULT
 }
@@ -198,6 +262,9 @@ pub struct ToolSpec {
     /// Only member sessions (`tng_mst_…`) may see and call the tool.
     #[serde(default)]
     pub require_member: bool,
+    /// Retries of failed attempts (the defaults when absent).
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
     /// Send `X-Tengine-Member-Id`, `-Email` and `-Roles` upstream.
     #[serde(default)]
     pub inject_member_identity: bool,
@@ -229,6 +296,7 @@ pub struct ToolDefinition {
     pub enabled: bool,
     pub require_member: bool,
     pub inject_member_identity: bool,
+    pub retry: Option<RetryPolicy>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -455,6 +523,9 @@ impl ToolSpec {
             let mut names = BTreeSet::new();
             templates::json_placeholders(body, &mut names);
             check_placeholders("body_template", names, &properties)?;
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate()?;
         }
         if let Some(overlap) = self.rotation_overlap_secs {
             if self.auth_strategy != AuthStrategy::HmacSignature || self.auth_secret.is_none() {

@@ -144,8 +144,10 @@ pub enum ErrorClass {
     UpstreamStatus,
     /// The upstream did not answer within the tool's timeout.
     Timeout,
-    /// No connection could be made (refused, DNS, TLS).
+    /// No connection could be made (refused, DNS, TLS): nothing was sent.
     Connect,
+    /// The connection failed after the request may have been sent.
+    Transport,
     /// The upstream's response body was larger than the configured cap.
     ResponseTooLarge,
     /// The arguments did not fit the tool's schema or templates.
@@ -168,6 +170,7 @@ impl ErrorClass {
             ErrorClass::UpstreamStatus => "upstream_status",
             ErrorClass::Timeout => "timeout",
             ErrorClass::Connect => "connect",
+            ErrorClass::Transport => "transport",
             ErrorClass::ResponseTooLarge => "response_too_large",
             ErrorClass::InvalidArguments => "invalid_arguments",
             ErrorClass::UnknownTool => "unknown_tool",

@@ -476,6 +476,7 @@ struct ToolRow {
     enabled: bool,
     require_member: bool,
     inject_member_identity: bool,
+    retry_policy: Option<Json<crate::domain::RetryPolicy>>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -484,7 +485,7 @@ struct ToolRow {
 const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_schema, output_schema, \
      annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
      auth_secret_ciphertext, auth_secret_previous_ciphertext, auth_secret_previous_expires_at, \
-     timeout_ms, enabled, require_member, inject_member_identity, version, \
+     timeout_ms, enabled, require_member, inject_member_identity, retry_policy, version, \
      created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
@@ -520,6 +521,7 @@ impl TryFrom<ToolRow> for ToolDefinition {
             enabled: row.enabled,
             require_member: row.require_member,
             inject_member_identity: row.inject_member_identity,
+            retry: row.retry_policy.map(|j| j.0),
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -545,8 +547,8 @@ pub async fn create_tool(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
          auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode, \
-         require_member, inject_member_identity) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+         require_member, inject_member_identity, retry_policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
          RETURNING {TOOL_COLUMNS}"
     ))
     .bind(id)
@@ -570,6 +572,7 @@ pub async fn create_tool(
     .bind(spec.response_mode.as_str())
     .bind(spec.require_member)
     .bind(spec.inject_member_identity)
+    .bind(spec.retry.as_ref().map(Json))
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -617,7 +620,7 @@ pub async fn replace_tool(
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
          enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
          require_member = $20, inject_member_identity = $21, \
-         auth_secret_previous_ciphertext = $22, auth_secret_previous_expires_at = $23, \
+         auth_secret_previous_ciphertext = $22, auth_secret_previous_expires_at = $23, retry_policy = $24, \
          version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     ))
@@ -644,6 +647,7 @@ pub async fn replace_tool(
     .bind(spec.inject_member_identity)
     .bind(previous.0)
     .bind(previous.1)
+    .bind(spec.retry.as_ref().map(Json))
     .fetch_optional(pool)
     .await
     .map_err(|e| {

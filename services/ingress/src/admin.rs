@@ -399,6 +399,9 @@ fn spec_document(tool: &ToolDefinition) -> Value {
         "body_template": tool.body_template,
         "auth_strategy": tool.auth_strategy,
         "timeout_ms": tool.timeout_ms,
+        "retry": tool.retry,
+        "require_member": tool.require_member,
+        "inject_member_identity": tool.inject_member_identity,
         "enabled": tool.enabled,
     })
 }

@@ -12,12 +12,13 @@ pub mod outbound;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
+    domain::HttpMethod,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     secrets::SecretBox,
     store::{self, StoreError},
@@ -361,88 +362,130 @@ impl Worker {
             secret: secret.as_deref(),
             previous: previous.as_deref(),
         };
-        let headers = match outbound::signed_headers(
-            &request,
-            &command.caller,
-            command.run_id,
-            &credentials,
-            tool.inject_member_identity,
-            Utc::now().timestamp(),
-        ) {
-            Ok(h) => h,
-            Err(err) => return fail(ErrorClass::InvalidArguments, err),
-        };
-        drop((secret, previous));
-
-        let started_at = Utc::now();
+        let policy = tool.retry.clone().unwrap_or_default();
+        let idempotent = matches!(tool.http_method, HttpMethod::Get | HttpMethod::Put | HttpMethod::Delete)
+            || tool.annotations.as_ref().and_then(|a| a.idempotent_hint) == Some(true);
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(policy.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(policy.max_backoff_ms))
+            .with_jitter()
+            .with_max_times(policy.max_attempts.saturating_sub(1) as usize)
+            .build();
+        let deadline = std::time::Instant::now() + Duration::from_millis(policy.total_deadline_ms);
+        // Attempt numbers stay unique across redeliveries of the command.
+        let first = (attempt - 1).saturating_mul(policy.max_attempts) + 1;
+        let mut number = first;
         let project_id = command.caller.project_id;
-        let started = RunEvent::AttemptStarted {
-            run_id: command.run_id,
-            project_id,
-            attempt,
-            started_at,
-        };
-        let (logged, ()) = tokio::join!(
-            bus::publish_event(&self.js, &self.topology, project_id, started.clone()),
-            self.notify(command, started.clone()),
-        );
-        if let Err(err) = logged {
-            tracing::warn!(error = %err, "could not log AttemptStarted");
-        }
+        loop {
+            // A fresh timestamp and signature each time; the request id stays the run id.
+            let headers = match outbound::signed_headers(
+                &request,
+                &command.caller,
+                command.run_id,
+                &credentials,
+                tool.inject_member_identity,
+                Utc::now().timestamp(),
+            ) {
+                Ok(h) => h,
+                Err(err) => return fail(ErrorClass::InvalidArguments, err),
+            };
+            let started_at = Utc::now();
+            let started = RunEvent::AttemptStarted {
+                run_id: command.run_id,
+                project_id,
+                attempt: number,
+                started_at,
+            };
+            let (logged, ()) = tokio::join!(
+                bus::publish_event(&self.js, &self.topology, project_id, started.clone()),
+                self.notify(command, started.clone()),
+            );
+            if let Err(err) = logged {
+                tracing::warn!(error = %err, "could not log AttemptStarted");
+            }
 
-        let call = outbound::send(
-            &client,
-            request,
-            headers,
-            Duration::from_millis(tool.timeout_ms),
-            self.config.worker.max_response_bytes,
-        );
-        tokio::pin!(call);
-        // Keep the command ours while the API works: progress acks reset ack_wait.
+            let result = self
+                .keeping_claim(
+                    message,
+                    outbound::send(
+                        &client,
+                        request.clone(),
+                        headers,
+                        Duration::from_millis(tool.timeout_ms),
+                        self.config.worker.max_response_bytes,
+                    ),
+                )
+                .await;
+
+            let finished = RunEvent::AttemptFinished {
+                run_id: command.run_id,
+                project_id,
+                attempt: number,
+                started_at,
+                finished_at: Utc::now(),
+                http_status: result.response.as_ref().map(|r| r.http_status),
+                error_class: result.error_class,
+                error: result.error.clone(),
+                bytes_out: result.bytes_out,
+                bytes_in: result.bytes_in,
+            };
+            let (logged, ()) = tokio::join!(
+                bus::publish_event(&self.js, &self.topology, project_id, finished.clone()),
+                self.notify(command, finished.clone()),
+            );
+            if let Err(err) = logged {
+                tracing::warn!(error = %err, "could not log AttemptFinished");
+            }
+            tracing::debug!(
+                attempt = number,
+                elapsed_ms = result.elapsed.as_millis() as u64,
+                "attempt finished"
+            );
+
+            let wait = if outbound::retryable(&result, idempotent) {
+                delays.next().map(|d| d.max(result.retry_after.unwrap_or_default()))
+            } else {
+                None
+            };
+            match wait {
+                Some(wait) if std::time::Instant::now() + wait < deadline => {
+                    tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
+                    self.keeping_claim(message, tokio::time::sleep(wait)).await;
+                    number += 1;
+                }
+                _ => {
+                    let status = if result.error_class.is_none() {
+                        RunStatus::Succeeded
+                    } else {
+                        RunStatus::Failed
+                    };
+                    return self.outcome(
+                        command,
+                        number,
+                        status,
+                        result.error_class,
+                        result.error,
+                        result.response,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while sending progress acks, so the command stays ours (no
+    /// redelivery, no second call) however long the API or a backoff takes.
+    async fn keeping_claim<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
         let mut progress = tokio::time::interval(Duration::from_secs((self.config.worker.ack_wait_secs / 3).max(1)));
         progress.tick().await;
-        let result = loop {
+        loop {
             tokio::select! {
-                result = &mut call => break result,
+                result = &mut work => return result,
                 _ = progress.tick() => {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
             }
-        };
-
-        let finished = RunEvent::AttemptFinished {
-            run_id: command.run_id,
-            project_id,
-            attempt,
-            started_at,
-            finished_at: Utc::now(),
-            http_status: result.response.as_ref().map(|r| r.http_status),
-            error_class: result.error_class,
-            error: result.error.clone(),
-            bytes_out: result.bytes_out,
-            bytes_in: result.bytes_in,
-        };
-        let (logged, ()) = tokio::join!(
-            bus::publish_event(&self.js, &self.topology, project_id, finished.clone()),
-            self.notify(command, finished.clone()),
-        );
-        if let Err(err) = logged {
-            tracing::warn!(error = %err, "could not log AttemptFinished");
         }
-        let status = if result.error_class.is_none() {
-            RunStatus::Succeeded
-        } else {
-            RunStatus::Failed
-        };
-        tracing::debug!(elapsed_ms = result.elapsed.as_millis() as u64, "attempt finished");
-        self.outcome(
-            command,
-            attempt,
-            status,
-            result.error_class,
-            result.error,
-            result.response,
-        )
     }
 
     pub async fn health(&self) -> bool {

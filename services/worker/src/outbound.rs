@@ -29,6 +29,8 @@ pub fn client(connect_timeout: Duration, policy: crate::addresses::Policy) -> an
 
 /// What one attempt produced.
 pub struct AttemptResult {
+    /// `Retry-After` of the response, if it sent one.
+    pub retry_after: Option<Duration>,
     pub response: Option<UpstreamResponse>,
     pub error_class: Option<ErrorClass>,
     pub error: Option<String>,
@@ -112,6 +114,7 @@ pub async fn send(
         builder = builder.body(body);
     }
     let failed = |class: ErrorClass, error: String, started: Instant| AttemptResult {
+        retry_after: None,
         response: None,
         error_class: Some(class),
         error: Some(error),
@@ -127,6 +130,11 @@ pub async fn send(
         }
     };
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
     let content_type = response
         .headers()
         .get(CONTENT_TYPE)
@@ -174,6 +182,7 @@ pub async fn send(
         )
     };
     AttemptResult {
+        retry_after,
         response: Some(upstream),
         error_class,
         error,
@@ -202,7 +211,10 @@ fn classify(err: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
             format!("could not connect to the API: {}", root_cause(err)),
         )
     } else {
-        (ErrorClass::Connect, format!("the request failed: {}", root_cause(err)))
+        (
+            ErrorClass::Transport,
+            format!("the request failed: {}", root_cause(err)),
+        )
     }
 }
 
@@ -212,4 +224,41 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         current = next;
     }
     current.to_string()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Whether a failed attempt may be retried without risking a second write.
+pub fn retryable(result: &AttemptResult, idempotent: bool) -> bool {
+    match result.error_class {
+        Some(ErrorClass::Connect) => true,
+        Some(ErrorClass::UpstreamStatus) => {
+            matches!(
+                result.response.as_ref().map(|r| r.http_status),
+                Some(429 | 502 | 503 | 504)
+            )
+        }
+        Some(ErrorClass::Timeout) => idempotent,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }
