@@ -278,7 +278,12 @@ pub async fn call_tool(
     };
     let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
     let fingerprint = idempotency::fingerprint(&tool.name, &arguments);
-    match st.idempotency.claim(&claim_key, run_id, &fingerprint).await {
+    let caller_project = caller.project_id;
+    let traced = |run: Uuid| {
+        let st = st.clone();
+        async move { st.dispatcher.was_accepted(caller_project, run).await }
+    };
+    match st.idempotency.claim(&claim_key, run_id, &fingerprint, traced).await {
         Ok(idempotency::Claimed::New) => {}
         Ok(idempotency::Claimed::Existing(original)) => {
             let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);

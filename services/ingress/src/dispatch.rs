@@ -222,6 +222,17 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the run left any trace in the event log (accepted or finished).
+    pub async fn was_accepted(&self, project_id: Uuid, run_id: Uuid) -> bool {
+        for kind in ["accepted", RunEvent::FINISHED_KIND] {
+            let subject = self.topology.event_subject(project_id, run_id, kind);
+            if self.events.get_last_raw_message_by_subject(&subject).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
     pub async fn is_cancelled(&self, run_id: Uuid) -> bool {
         matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(_)))
     }

@@ -27,7 +27,14 @@ pub struct Idempotency {
 struct Claim {
     run_id: Uuid,
     fingerprint: String,
+    /// When the claim was made (unix ms): an orphaned claim can be taken over.
+    #[serde(default)]
+    at_ms: i64,
 }
+
+/// How long a claim may show no trace in the event log before a retry may take
+/// it over (its call failed before the command was stored, and the release failed too).
+pub const ORPHAN_AFTER_MS: i64 = 5_000;
 
 pub enum Claimed {
     /// This call owns the key: run it.
@@ -75,10 +82,17 @@ impl Idempotency {
         hex::encode(&digest[..20])
     }
 
-    pub async fn claim(&self, key: &str, run_id: Uuid, fingerprint: &str) -> Result<Claimed, String> {
+    /// Claims `key` for `run_id`. `exists` tells whether a run left a trace in the
+    /// event log; a claim whose run never did for ORPHAN_AFTER_MS is taken over.
+    pub async fn claim<F, Fut>(&self, key: &str, run_id: Uuid, fingerprint: &str, exists: F) -> Result<Claimed, String>
+    where
+        F: Fn(Uuid) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let claim = Claim {
             run_id,
             fingerprint: fingerprint.to_string(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
         };
         let value = serde_json::to_vec(&claim).map_err(|e| e.to_string())?;
         match self.kv.create(key, value.into()).await {
@@ -86,16 +100,24 @@ impl Idempotency {
             Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
                 let entry = self
                     .kv
-                    .get(key)
+                    .entry(key)
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| "the idempotency record vanished; retry".to_string())?;
-                let existing: Claim = serde_json::from_slice(&entry).map_err(|e| e.to_string())?;
-                Ok(if existing.fingerprint == fingerprint {
-                    Claimed::Existing(existing.run_id)
-                } else {
-                    Claimed::Conflict(existing.run_id)
-                })
+                let existing: Claim = serde_json::from_slice(&entry.value).map_err(|e| e.to_string())?;
+                if existing.fingerprint != fingerprint {
+                    return Ok(Claimed::Conflict(existing.run_id));
+                }
+                let age = chrono::Utc::now().timestamp_millis() - existing.at_ms;
+                if age > ORPHAN_AFTER_MS && !exists(existing.run_id).await {
+                    // Compare-and-swap: of several retries, one takes the claim over.
+                    let value = serde_json::to_vec(&claim).map_err(|e| e.to_string())?;
+                    return match self.kv.update(key, value.into(), entry.revision).await {
+                        Ok(_) => Ok(Claimed::New),
+                        Err(_) => Err("another retry of this call is starting; retry".into()),
+                    };
+                }
+                Ok(Claimed::Existing(existing.run_id))
             }
             Err(err) => Err(err.to_string()),
         }

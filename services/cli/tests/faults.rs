@@ -1,0 +1,436 @@
+//! Execution guarantees under real faults, with real processes: two ingress
+//! instances, a worker and a projector (`tengine` binaries) on a private
+//! nats-server, while concurrent clients retry every failed call with its
+//! idempotency key. During the run the test SIGKILLs and restarts the worker
+//! (mid-call), nats-server, the projector and one ingress, and the upstream
+//! answers 503 at random. Afterwards: every call ended in history as succeeded,
+//! no call ran twice, and no request id had its effect applied twice.
+//! Bounded: loopback only, a fixed number of calls, deadlines everywhere.
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::post};
+use serde_json::{Value, json};
+use tengine_tests::{Isolation, mcp::RawSession};
+
+const CALLS: usize = 1000;
+const CLIENTS: usize = 16;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn nats_binary() -> String {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .map_or_else(|| "nats-server".to_string(), str::to_string)
+}
+
+struct Cluster {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    nats_port: u16,
+    ingress_ports: [u16; 2],
+    worker_health: u16,
+    projector_health: u16,
+    nats: Option<Child>,
+    ingress: [Option<Child>; 2],
+    worker: Option<Child>,
+    projector: Option<Child>,
+}
+
+impl Cluster {
+    fn log(&self, name: &str) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null())
+    }
+
+    fn start_nats(&mut self) {
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-js", "-sd"])
+            .arg(self.dir.join("nats"))
+            .stdout(self.log("nats"))
+            .stderr(self.log("nats"))
+            .spawn()
+            .expect("start nats-server");
+        self.nats = Some(child);
+        wait_port(self.nats_port);
+    }
+
+    fn tengine(&self, role: &str, extra: &[(&str, String)], log: &str) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tengine"));
+        // The test's own TENGINE_* settings must not leak into the cluster.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TENGINE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg(role)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(self.log(log))
+            .stderr(self.log(log))
+            .spawn()
+            .expect("start tengine")
+    }
+
+    fn start_ingress(&mut self, i: usize) {
+        let port = self.ingress_ports[i];
+        let child = self.tengine(
+            "ingress",
+            &[
+                ("TENGINE_INGRESS__LISTEN", format!("127.0.0.1:{port}")),
+                ("TENGINE_INGRESS__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+            ],
+            &format!("ingress{i}"),
+        );
+        self.ingress[i] = Some(child);
+        wait_port(port);
+    }
+
+    fn start_worker(&mut self) {
+        let child = self.tengine(
+            "worker",
+            &[(
+                "TENGINE_WORKER__HEALTH_LISTEN",
+                format!("127.0.0.1:{}", self.worker_health),
+            )],
+            "worker",
+        );
+        self.worker = Some(child);
+    }
+
+    fn start_projector(&mut self) {
+        let child = self.tengine(
+            "projector",
+            &[(
+                "TENGINE_PROJECTOR__HEALTH_LISTEN",
+                format!("127.0.0.1:{}", self.projector_health),
+            )],
+            "projector",
+        );
+        self.projector = Some(child);
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill(); // SIGKILL
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        kill(&mut self.worker);
+        kill(&mut self.projector);
+        kill(&mut self.ingress[0]);
+        kill(&mut self.ingress[1]);
+        kill(&mut self.nats);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The customer's API: dedupes on the request id, as Tengine asks of receivers.
+#[derive(Default)]
+struct Ledger {
+    deliveries: BTreeMap<String, u32>,
+    served: u64,
+}
+
+async fn spawn_upstream(ledger: Arc<Mutex<Ledger>>) -> u16 {
+    let app = Router::new().route(
+        "/apply",
+        post(move |headers: HeaderMap| {
+            let ledger = ledger.clone();
+            async move {
+                let id = headers
+                    .get("x-tengine-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let served = {
+                    let mut l = ledger.lock().expect("lock");
+                    l.served += 1;
+                    l.served
+                };
+                // Roughly one answer in eight is a 503 before anything is applied.
+                if served % 8 == 3 {
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+                }
+                tokio::time::sleep(Duration::from_millis(20 + served % 5 * 30)).await;
+                let first = {
+                    let mut l = ledger.lock().expect("lock");
+                    let n = l.deliveries.entry(id).or_insert(0);
+                    *n += 1;
+                    *n == 1
+                };
+                Json(json!({"applied": first})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_lost_or_duplicated_while_processes_die() {
+    let isolation = Isolation::new().await;
+    let dir = std::env::temp_dir().join(format!("tengine-faults-{}", isolation.prefix));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = |b: u8| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([b; 32])
+    };
+    let nats_port = free_port();
+    let mut cluster = Cluster {
+        env: vec![
+            ("TENGINE_DATABASE_URL".into(), isolation.db_url.clone()),
+            ("TENGINE_NATS_URL".into(), format!("nats://127.0.0.1:{nats_port}")),
+            ("TENGINE_NATS_PREFIX".into(), "faults".into()),
+            ("TENGINE_ADMIN_TOKEN".into(), "adm".into()),
+            ("TENGINE_MASTER_KEY".into(), key(7)),
+            ("TENGINE_SESSION_SECRET".into(), key(9)),
+            ("TENGINE_ALLOW_INSECURE_UPSTREAMS".into(), "true".into()),
+            ("TENGINE_ALLOW_PRIVATE_UPSTREAMS".into(), "true".into()),
+            // A killed worker's command comes back after 2 s.
+            ("TENGINE_WORKER__ACK_WAIT_SECS".into(), "2".into()),
+            ("TENGINE_STREAMS__EVENTS_MAX_BYTES".into(), (64u64 << 20).to_string()),
+            ("TENGINE_STREAMS__COMMANDS_MAX_BYTES".into(), (32u64 << 20).to_string()),
+        ],
+        dir,
+        nats_port,
+        ingress_ports: [free_port(), free_port()],
+        worker_health: free_port(),
+        projector_health: free_port(),
+        nats: None,
+        ingress: [None, None],
+        worker: None,
+        projector: None,
+    };
+    cluster.start_nats();
+    cluster.start_ingress(0);
+    cluster.start_ingress(1);
+    cluster.start_worker();
+    cluster.start_projector();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let upstream = spawn_upstream(ledger.clone()).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let base = |i: usize| format!("http://127.0.0.1:{}", cluster.ingress_ports[i]);
+    let admin = |path: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{}{path}", base(0));
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth("adm")
+                .json(&body)
+                .send()
+                .await
+                .expect("admin");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.expect("json");
+            assert!(status < 300, "{status} {body}");
+            body
+        }
+    };
+    let project = admin("/v1/projects".into(), json!({"name": "faults"})).await;
+    let pid = project["id"].as_str().expect("id").to_string();
+    let api_key = admin(format!("/v1/projects/{pid}/api-keys"), json!({})).await["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    admin(
+        format!("/v1/projects/{pid}/tools"),
+        json!({"name": "apply", "input_schema": {"type": "object"}, "base_url": format!("http://127.0.0.1:{upstream}"),
+               "http_method": "POST", "endpoint_path": "/apply", "timeout_ms": 3000,
+               "retry": {"max_attempts": 5, "initial_backoff_ms": 50, "max_backoff_ms": 500}}),
+    )
+    .await;
+
+    // One session id serves both instances (sessions are signed, not stored).
+    let mut session = RawSession::new(http.clone(), format!("{}/mcp", base(0)), api_key.clone());
+    session.initialize().await;
+    let session_id = session.session_id.clone().expect("session");
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let urls = [format!("{}/mcp", base(0)), format!("{}/mcp", base(1))];
+    let mut clients = Vec::new();
+    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for c in 0..CLIENTS {
+        let (http, urls, key, sid, retries) = (
+            http.clone(),
+            urls.clone(),
+            api_key.clone(),
+            session_id.clone(),
+            retries.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in (c..CALLS).step_by(CLIENTS) {
+                let idem = format!("call-{i}");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut attempt = 0usize;
+                let run_id = loop {
+                    let url = &urls[(i + attempt) % 2];
+                    attempt += 1;
+                    let body = json!({"jsonrpc": "2.0", "id": format!("{i}-{attempt}"), "method": "tools/call",
+                                      "params": {"name": "apply", "arguments": {"n": i}}});
+                    let auth = format!("Bearer {key}");
+                    let reply = http
+                        .post(url)
+                        .header("authorization", &auth)
+                        .header("accept", "application/json, text/event-stream")
+                        .header("content-type", "application/json")
+                        .header("mcp-session-id", &sid)
+                        .header("idempotency-key", &idem)
+                        .json(&body)
+                        .send()
+                        .await;
+                    if let Ok(reply) = reply
+                        && reply.status().is_success()
+                        && let Ok(value) = reply.json::<Value>().await
+                        && value["result"]["isError"] == false
+                    {
+                        break value["result"]["_meta"]["tengine.dev/runId"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "call {i} did not succeed within 120 s of retries"
+                    );
+                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                results.push((i, run_id));
+            }
+            results
+        }));
+    }
+
+    // Chaos, until the clients are done (bounded by their own deadlines).
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let chaos_done = done.clone();
+    let mut step = 0u32;
+    while !clients.iter().all(|c| c.is_finished()) && step < 120 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        match step % 5 {
+            0 => {
+                kill(&mut cluster.worker);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                cluster.start_worker();
+                *faults.entry("worker SIGKILL").or_default() += 1;
+            }
+            1 => {
+                kill(&mut cluster.nats);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                cluster.start_nats();
+                *faults.entry("nats-server SIGKILL + restart").or_default() += 1;
+            }
+            2 => {
+                kill(&mut cluster.projector);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                cluster.start_projector();
+                *faults.entry("projector SIGKILL").or_default() += 1;
+            }
+            3 => {
+                kill(&mut cluster.ingress[1]);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                cluster.start_ingress(1);
+                *faults.entry("ingress SIGKILL").or_default() += 1;
+            }
+            _ => {}
+        }
+        step += 1;
+    }
+    chaos_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = Vec::new();
+    for client in clients {
+        calls.extend(client.await.expect("client task"));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(calls.len(), CALLS);
+
+    // Every call's run reaches history as succeeded (the projector catches up).
+    let pool = sqlx::PgPool::connect(&isolation.db_url).await.expect("pool");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (runs, succeeded) = loop {
+        let (runs, succeeded): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM runs")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        if succeeded as usize >= CALLS || Instant::now() > deadline {
+            break (runs, succeeded);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct_runs: std::collections::BTreeSet<_> = calls.iter().map(|(_, r)| r.clone()).collect();
+    let (applied, duplicate_deliveries, served) = {
+        let l = ledger.lock().expect("lock");
+        (
+            l.deliveries.len(),
+            l.deliveries.values().map(|n| u64::from(n - 1)).sum::<u64>(),
+            l.served,
+        )
+    };
+    println!(
+        "faults: {CALLS} calls by {CLIENTS} retrying clients in {elapsed:?}; faults injected: {faults:?}; \
+         client retries: {}; runs in history: {runs} ({succeeded} succeeded); distinct runs: {}; \
+         request ids applied: {applied}; duplicate deliveries deduped by the API: {duplicate_deliveries}; \
+         upstream requests served: {served}",
+        retries.load(std::sync::atomic::Ordering::Relaxed),
+        distinct_runs.len(),
+    );
+    assert!(faults.len() >= 4, "every kind of fault was injected: {faults:?}");
+    assert_eq!(distinct_runs.len(), CALLS, "each call is one run");
+    assert_eq!(
+        runs as usize, CALLS,
+        "no call ran twice and none is missing from history"
+    );
+    assert_eq!(
+        succeeded as usize, CALLS,
+        "every accepted run is terminal and succeeded"
+    );
+    assert_eq!(applied, CALLS, "every call's effect was applied exactly once");
+    drop(cluster);
+}
