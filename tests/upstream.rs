@@ -57,6 +57,7 @@ impl Upstream {
             .route("/status/{code}", any(status))
             .route("/slow/{ms}", any(slow))
             .route("/flaky/{n}/{code}", any(flaky))
+            .route("/ndjson", any(ndjson))
             .route("/{*rest}", any(echo))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -174,6 +175,38 @@ async fn flaky(
         return response;
     }
     "recovered".into_response()
+}
+
+/// Streams three NDJSON progress lines, 50 ms apart, then the result line.
+async fn ndjson(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let lines = futures::stream::unfold(0u32, |i| async move {
+        if i > 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let line = if i < 3 {
+            format!(
+                "{{\"progress\": {}, \"total\": 3, \"message\": \"step {}\"}}\n",
+                i + 1,
+                i + 1
+            )
+        } else {
+            "{\"answer\": 42}\n".to_string()
+        };
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), i + 1))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 /// An address on which nothing listens (bound, then released).

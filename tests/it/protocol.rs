@@ -294,3 +294,45 @@ async fn bad_log_levels_and_completion() {
         .await;
     assert_eq!(completion.body["result"]["completion"]["values"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_progress_is_forwarded() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(tool("long_job", &upstream.url(), "POST", "/ndjson"))
+        .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let reply = session
+        .request(
+            "tools/call",
+            json!({"name": "long_job", "arguments": {}, "_meta": {"progressToken": "job"}}),
+        )
+        .await;
+    let events = parse_sse(reply.body.as_str().expect("SSE"));
+    let notes: Vec<Value> = events
+        .iter()
+        .map(|e| e.json())
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    let values: Vec<f64> = notes
+        .iter()
+        .map(|n| n["params"]["progress"].as_f64().expect("number"))
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "progress only rises: {values:?}"
+    );
+    let from_api: Vec<&str> = notes
+        .iter()
+        .filter_map(|n| n["params"]["message"].as_str())
+        .filter(|m| m.starts_with("step"))
+        .collect();
+    assert_eq!(from_api, vec!["step 1", "step 2", "step 3"], "{notes:?}");
+    let result = events.last().expect("result").json();
+    assert_eq!(
+        text(&result["result"]),
+        r#"{"answer": 42}"#,
+        "the non-progress lines are the result"
+    );
+}

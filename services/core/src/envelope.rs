@@ -236,6 +236,14 @@ pub enum RunEvent {
         project_id: Uuid,
         requested_at: DateTime<Utc>,
     },
+    /// Progress the API reported while answering (NDJSON or SSE lines with a
+    /// `progress` field). Sent only to the waiting ingress, never logged.
+    UpstreamProgress {
+        run_id: Uuid,
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
     /// The run's outcome, on a subject of its own (`….finished`); carries everything needed
     /// to build its history row even if earlier events were lost.
     Finished(RunOutcome),
@@ -268,6 +276,7 @@ impl RunEvent {
             RunEvent::AttemptStarted { .. } => "attempt_started",
             RunEvent::AttemptFinished { .. } => "attempt_finished",
             RunEvent::CancelRequested { .. } => "cancel_requested",
+            RunEvent::UpstreamProgress { .. } => "upstream_progress",
             RunEvent::Finished(_) => Self::FINISHED_KIND,
         }
     }
@@ -278,7 +287,8 @@ impl RunEvent {
             | RunEvent::Rejected { run_id, .. }
             | RunEvent::AttemptStarted { run_id, .. }
             | RunEvent::AttemptFinished { run_id, .. }
-            | RunEvent::CancelRequested { run_id, .. } => *run_id,
+            | RunEvent::CancelRequested { run_id, .. }
+            | RunEvent::UpstreamProgress { run_id, .. } => *run_id,
             RunEvent::Finished(outcome) => outcome.run_id,
         }
     }

@@ -409,7 +409,7 @@ async fn follow_to_end(
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
                 return Ending::Cancelled;
             }
-            Some(Signal::Sent | Signal::Answered) => continue,
+            Some(Signal::Sent | Signal::Answered | Signal::Upstream { .. }) => continue,
             None => {
                 return Ending::Result(
                     match st.dispatcher.recorded(caller.project_id, following.run_id).await {
@@ -453,6 +453,10 @@ impl Notifier {
     }
 
     async fn stage(&mut self, progress: u32, message: &str) -> bool {
+        self.progress(f64::from(progress), message).await
+    }
+
+    async fn progress(&mut self, progress: f64, message: &str) -> bool {
         if let Some(token) = self.progress_token.clone() {
             let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
                 "params": {"progressToken": token, "progress": progress, "total": STAGES, "message": message}});
@@ -490,6 +494,7 @@ async fn stream_call(
     }
     let deadline = tokio::time::Instant::now() + wait;
     let (mut sent, mut answered) = (false, false);
+    let mut upstream_progress = 2.0_f64;
     loop {
         match following.next(deadline).await {
             Some(Signal::Sent) if !sent => {
@@ -504,7 +509,26 @@ async fn stream_call(
                     return;
                 }
             }
-            Some(Signal::Sent | Signal::Answered) => {}
+            Some(Signal::Upstream {
+                progress,
+                total,
+                message,
+            }) if sent && !answered => {
+                // The API's own progress fits between "sent" (2) and "answered" (3).
+                let fraction = match total {
+                    Some(total) if total > 0.0 => (progress / total).clamp(0.0, 1.0),
+                    _ => 1.0 - 1.0 / (1.0 + progress.max(0.0)),
+                };
+                let value = 2.0 + fraction * 0.99;
+                if value > upstream_progress {
+                    upstream_progress = value;
+                    let text = message.unwrap_or_else(|| format!("the API reports {progress}"));
+                    if !notifier.progress(value, &text).await {
+                        return;
+                    }
+                }
+            }
+            Some(Signal::Sent | Signal::Answered | Signal::Upstream { .. }) => {}
             Some(Signal::Finished(outcome)) => {
                 // Progress must rise to the end even if a stage signal was lost.
                 if !sent && !notifier.stage(2, "sent to the API").await {

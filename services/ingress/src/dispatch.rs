@@ -30,6 +30,12 @@ use uuid::Uuid;
 pub enum Signal {
     /// The worker started calling the API.
     Sent,
+    /// The API reported progress while answering.
+    Upstream {
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
     /// The API answered (or the attempt failed); the outcome follows.
     Answered,
     Finished(Box<RunOutcome>),
@@ -120,6 +126,20 @@ impl Dispatcher {
                 match envelope.body {
                     RunEvent::AttemptStarted { run_id, .. } => send(&reply_registry, run_id, Signal::Sent),
                     RunEvent::AttemptFinished { run_id, .. } => send(&reply_registry, run_id, Signal::Answered),
+                    RunEvent::UpstreamProgress {
+                        run_id,
+                        progress,
+                        total,
+                        message,
+                    } => send(
+                        &reply_registry,
+                        run_id,
+                        Signal::Upstream {
+                            progress,
+                            total,
+                            message,
+                        },
+                    ),
                     RunEvent::Finished(outcome) => {
                         send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome)))
                     }
@@ -165,7 +185,7 @@ impl Dispatcher {
     }
 
     pub fn follow(&self, run_id: Uuid, call: Option<CallKey>) -> Following {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(64);
         if let Ok(mut registry) = self.registry.lock() {
             registry.runs.insert(run_id, tx);
             if let Some(call) = &call {

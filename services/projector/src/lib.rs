@@ -265,6 +265,8 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .execute(&mut **tx)
             .await?;
         }
+        // Never logged (reply subject only); nothing to project.
+        RunEvent::UpstreamProgress { .. } => {}
         RunEvent::CancelRequested { run_id, .. } => {
             // Only a run still waiting becomes `cancelled`; the worker's Finished
             // (cancelled, or the real outcome if the API was called) settles it.

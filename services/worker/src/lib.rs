@@ -404,18 +404,36 @@ impl Worker {
                 tracing::warn!(error = %err, "could not log AttemptStarted");
             }
 
-            let result = self
-                .keeping_claim(
-                    message,
-                    outbound::send(
-                        &client,
-                        request.clone(),
-                        headers,
-                        Duration::from_millis(tool.timeout_ms),
-                        self.config.worker.max_response_bytes,
-                    ),
+            // The API's own progress goes to the waiting ingress as it arrives.
+            let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<outbound::Progress>();
+            let forward = async {
+                while let Some(p) = progress_rx.recv().await {
+                    let event = RunEvent::UpstreamProgress {
+                        run_id: command.run_id,
+                        progress: p.progress,
+                        total: p.total,
+                        message: p.message,
+                    };
+                    self.notify(command, event).await;
+                }
+            };
+            let call = async {
+                let mut report = |p: outbound::Progress| {
+                    let _ = progress_tx.send(p);
+                };
+                let result = outbound::send(
+                    &client,
+                    request.clone(),
+                    headers,
+                    Duration::from_millis(tool.timeout_ms),
+                    self.config.worker.max_response_bytes,
+                    &mut report,
                 )
                 .await;
+                drop(progress_tx);
+                result
+            };
+            let (result, ()) = self.keeping_claim(message, async { tokio::join!(call, forward) }).await;
 
             let finished = RunEvent::AttemptFinished {
                 run_id: command.run_id,

@@ -99,12 +99,78 @@ pub fn signed_headers(
     Ok(headers)
 }
 
+/// Progress an API reports while it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Splits a streamed body (NDJSON lines, or SSE `data:` lines) into progress
+/// reports and the rest, which is the result.
+#[derive(Default)]
+struct StreamedBody {
+    sse: bool,
+    pending: Vec<u8>,
+    result: Vec<String>,
+}
+
+impl StreamedBody {
+    fn feed(&mut self, chunk: &[u8], report: &mut dyn FnMut(Progress)) {
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.line(&String::from_utf8_lossy(&line), report);
+        }
+    }
+
+    fn line(&mut self, line: &str, report: &mut dyn FnMut(Progress)) {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let payload = if self.sse {
+            match line.strip_prefix("data:") {
+                Some(data) => data.trim_start(),
+                None => return, // event names, ids, comments, blank separators
+            }
+        } else {
+            line
+        };
+        if payload.trim().is_empty() {
+            return;
+        }
+        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(payload)
+            && let Some(progress) = obj.get("progress").and_then(serde_json::Value::as_f64)
+            && obj
+                .keys()
+                .all(|k| matches!(k.as_str(), "progress" | "total" | "message"))
+        {
+            report(Progress {
+                progress,
+                total: obj.get("total").and_then(serde_json::Value::as_f64),
+                message: obj
+                    .get("message")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string),
+            });
+            return;
+        }
+        self.result.push(payload.to_string());
+    }
+
+    fn finish(mut self, report: &mut dyn FnMut(Progress)) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        self.line(&String::from_utf8_lossy(&rest), report);
+        self.result.join("\n")
+    }
+}
+
 pub async fn send(
     client: &Client,
     request: RenderedRequest,
     headers: HeaderMap,
     timeout: Duration,
     max_response_bytes: usize,
+    report: &mut (dyn FnMut(Progress) + Send),
 ) -> AttemptResult {
     let started = Instant::now();
     let bytes_out = request.body.as_ref().map_or(0, |b| b.len() as u64);
@@ -140,10 +206,27 @@ pub async fn send(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let essence = content_type
+        .as_deref()
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let mut streamed = matches!(
+        essence.as_str(),
+        "application/x-ndjson" | "application/jsonl" | "text/event-stream"
+    )
+    .then(|| StreamedBody {
+        sse: essence == "text/event-stream",
+        ..Default::default()
+    });
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
+                if let Some(streamed) = streamed.as_mut() {
+                    streamed.feed(&chunk, report);
+                }
                 if body.len() + chunk.len() > max_response_bytes {
                     return failed(
                         ErrorClass::ResponseTooLarge,
@@ -161,10 +244,14 @@ pub async fn send(
         }
     }
     let bytes_in = body.len() as u64;
+    let body = match streamed {
+        Some(streamed) => streamed.finish(report),
+        None => String::from_utf8_lossy(&body).into_owned(),
+    };
     let upstream = UpstreamResponse {
         http_status: status,
         content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
     };
     let (error_class, error) = if (200..300).contains(&status) {
         (None, None)
@@ -254,6 +341,31 @@ pub fn retryable(result: &AttemptResult, idempotent: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_bodies_split_progress_from_result() {
+        let mut seen = Vec::new();
+        let mut ndjson = StreamedBody::default();
+        ndjson.feed(b"{\"progress\": 1, \"total\": 2}\n{\"progr", &mut |p| seen.push(p));
+        ndjson.feed(
+            b"ess\": 2, \"total\": 2, \"message\": \"x\"}\n{\"answer\": 42}",
+            &mut |p| seen.push(p),
+        );
+        assert_eq!(ndjson.finish(&mut |p| seen.push(p)), "{\"answer\": 42}");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].message.as_deref(), Some("x"));
+
+        let mut sse = StreamedBody {
+            sse: true,
+            ..Default::default()
+        };
+        let mut count = 0;
+        sse.feed(b"event: p\ndata: {\"progress\": 0.5}\n\ndata: done\n\n", &mut |_| {
+            count += 1
+        });
+        assert_eq!(sse.finish(&mut |_| count += 1), "done");
+        assert_eq!(count, 1);
+    }
 
     #[test]
     fn retry_after_forms() {
