@@ -3,7 +3,8 @@
 //! nats-server, while concurrent clients retry every failed call with its
 //! idempotency key. During the run the test SIGKILLs and restarts the worker
 //! (mid-call), nats-server, the projector and one ingress, and the upstream
-//! answers 503 at random. Afterwards: every call ended in history as succeeded,
+//! answers 503 at random. A second scenario runs two workers on the shared
+//! command consumer. Afterwards: every call ended in history as succeeded,
 //! no call ran twice, and no request id had its effect applied twice.
 //! Bounded: loopback only, a fixed number of calls, deadlines everywhere.
 
@@ -19,9 +20,6 @@ use std::{
 use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::post};
 use serde_json::{Value, json};
 use tengine_tests::{Isolation, mcp::RawSession};
-
-const CALLS: usize = 1000;
-const CLIENTS: usize = 16;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -44,14 +42,43 @@ fn nats_binary() -> String {
 struct Cluster {
     dir: PathBuf,
     env: Vec<(String, String)>,
-    nats_port: u16,
+    /// Client port and config file of each NATS node.
+    nats_nodes: Vec<(u16, PathBuf)>,
     ingress_ports: [u16; 2],
-    worker_health: u16,
+    worker_health: Vec<u16>,
     projector_health: u16,
-    nats: Option<Child>,
+    nats: Vec<Option<Child>>,
     ingress: [Option<Child>; 2],
-    worker: Option<Child>,
+    workers: Vec<Option<Child>>,
     projector: Option<Child>,
+}
+
+/// Writes the configs of `n` NATS nodes (a cluster when n > 1) under `dir`.
+fn nats_configs(dir: &std::path::Path, n: usize) -> Vec<(u16, PathBuf)> {
+    let client: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    (0..n)
+        .map(|i| {
+            let cluster = if n > 1 {
+                let list: Vec<String> = routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
+                format!(
+                    "cluster {{\n  name: faults\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[i],
+                    list.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n{cluster}",
+                client[i],
+                dir.join(format!("nats{i}")).display()
+            );
+            let path = dir.join(format!("nats{i}.conf"));
+            std::fs::write(&path, conf).expect("write nats config");
+            (client[i], path)
+        })
+        .collect()
 }
 
 impl Cluster {
@@ -64,16 +91,17 @@ impl Cluster {
             .unwrap_or_else(|_| Stdio::null())
     }
 
-    fn start_nats(&mut self) {
+    fn start_nats(&mut self, i: usize) {
+        let (port, conf) = self.nats_nodes[i].clone();
         let child = Command::new(nats_binary())
-            .args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-js", "-sd"])
-            .arg(self.dir.join("nats"))
-            .stdout(self.log("nats"))
-            .stderr(self.log("nats"))
+            .arg("-c")
+            .arg(conf)
+            .stdout(self.log(&format!("nats{i}")))
+            .stderr(self.log(&format!("nats{i}")))
             .spawn()
             .expect("start nats-server");
-        self.nats = Some(child);
-        wait_port(self.nats_port);
+        self.nats[i] = Some(child);
+        wait_port(port);
     }
 
     fn tengine(&self, role: &str, extra: &[(&str, String)], log: &str) -> Child {
@@ -108,16 +136,16 @@ impl Cluster {
         wait_port(port);
     }
 
-    fn start_worker(&mut self) {
+    fn start_worker(&mut self, i: usize) {
         let child = self.tengine(
             "worker",
             &[(
                 "TENGINE_WORKER__HEALTH_LISTEN",
-                format!("127.0.0.1:{}", self.worker_health),
+                format!("127.0.0.1:{}", self.worker_health[i]),
             )],
-            "worker",
+            &format!("worker{i}"),
         );
-        self.worker = Some(child);
+        self.workers[i] = Some(child);
     }
 
     fn start_projector(&mut self) {
@@ -142,11 +170,11 @@ fn kill(child: &mut Option<Child>) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        kill(&mut self.worker);
+        self.workers.iter_mut().for_each(kill);
         kill(&mut self.projector);
         kill(&mut self.ingress[0]);
         kill(&mut self.ingress[1]);
-        kill(&mut self.nats);
+        self.nats.iter_mut().for_each(kill);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -205,8 +233,45 @@ async fn spawn_upstream(ledger: Arc<Mutex<Ledger>>) -> u16 {
     port
 }
 
+/// A fault to inject while the clients run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Worker,
+    Nats,
+    Projector,
+    Ingress,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Worker => "worker SIGKILL",
+            Fault::Nats => "nats-server SIGKILL + restart",
+            Fault::Projector => "projector SIGKILL",
+            Fault::Ingress => "ingress SIGKILL",
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_lost_or_duplicated_while_processes_die() {
+    scenario(
+        1,
+        1,
+        1000,
+        16,
+        &[Fault::Worker, Fault::Nats, Fault::Projector, Fault::Ingress],
+    )
+    .await;
+}
+
+/// Two workers share the command consumer while each is killed in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_share_the_queue_while_dying() {
+    scenario(1, 2, 400, 16, &[Fault::Worker, Fault::Nats]).await;
+}
+
+async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, plan: &[Fault]) {
     let isolation = Isolation::new().await;
     let dir = std::env::temp_dir().join(format!("tengine-faults-{}", isolation.prefix));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -214,11 +279,17 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode([b; 32])
     };
-    let nats_port = free_port();
+    let nats_nodes = nats_configs(&dir, nodes);
+    let nats_url = nats_nodes
+        .iter()
+        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cluster = Cluster {
         env: vec![
             ("TENGINE_DATABASE_URL".into(), isolation.db_url.clone()),
-            ("TENGINE_NATS_URL".into(), format!("nats://127.0.0.1:{nats_port}")),
+            ("TENGINE_NATS_URL".into(), nats_url),
+            ("TENGINE_STREAMS__REPLICAS".into(), nodes.to_string()),
             ("TENGINE_NATS_PREFIX".into(), "faults".into()),
             ("TENGINE_ADMIN_TOKEN".into(), "adm".into()),
             ("TENGINE_MASTER_KEY".into(), key(7)),
@@ -231,19 +302,29 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
             ("TENGINE_STREAMS__COMMANDS_MAX_BYTES".into(), (32u64 << 20).to_string()),
         ],
         dir,
-        nats_port,
+        nats_nodes,
         ingress_ports: [free_port(), free_port()],
-        worker_health: free_port(),
+        worker_health: (0..workers).map(|_| free_port()).collect(),
         projector_health: free_port(),
-        nats: None,
+        nats: (0..nodes).map(|_| None).collect(),
         ingress: [None, None],
-        worker: None,
+        workers: (0..workers).map(|_| None).collect(),
         projector: None,
     };
-    cluster.start_nats();
+    for i in 0..nodes {
+        cluster.start_nats(i);
+    }
+    if nodes > 1 {
+        wait_for_jetstream(&cluster).await;
+    }
+    // The first instance creates the streams; the others then find them (a 2.9
+    // cluster answers racing creations of one new replicated stream slowly).
     cluster.start_ingress(0);
+    wait_healthy(&format!("http://127.0.0.1:{}/v1/health", cluster.ingress_ports[0])).await;
     cluster.start_ingress(1);
-    cluster.start_worker();
+    for i in 0..workers {
+        cluster.start_worker(i);
+    }
     cluster.start_projector();
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -292,9 +373,9 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let urls = [format!("{}/mcp", base(0)), format!("{}/mcp", base(1))];
-    let mut clients = Vec::new();
+    let mut handles = Vec::new();
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for c in 0..CLIENTS {
+    for c in 0..clients {
         let (http, urls, key, sid, retries) = (
             http.clone(),
             urls.clone(),
@@ -302,9 +383,9 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
             session_id.clone(),
             retries.clone(),
         );
-        clients.push(tokio::spawn(async move {
+        handles.push(tokio::spawn(async move {
             let mut results = Vec::new();
-            for i in (c..CALLS).step_by(CLIENTS) {
+            for i in (c..calls).step_by(clients) {
                 let idem = format!("call-{i}");
                 let deadline = Instant::now() + Duration::from_secs(120);
                 let mut attempt = 0usize;
@@ -351,44 +432,43 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let chaos_done = done.clone();
     let mut step = 0u32;
-    while !clients.iter().all(|c| c.is_finished()) && step < 120 {
+    while !handles.iter().all(|c| c.is_finished()) && step < 120 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        match step % 5 {
-            0 => {
-                kill(&mut cluster.worker);
+        let fault = plan[step as usize % plan.len()];
+        match fault {
+            Fault::Worker => {
+                let i = step as usize % workers;
+                kill(&mut cluster.workers[i]);
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                cluster.start_worker();
-                *faults.entry("worker SIGKILL").or_default() += 1;
+                cluster.start_worker(i);
             }
-            1 => {
-                kill(&mut cluster.nats);
+            Fault::Nats => {
+                let i = step as usize % nodes;
+                kill(&mut cluster.nats[i]);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                cluster.start_nats();
-                *faults.entry("nats-server SIGKILL + restart").or_default() += 1;
+                cluster.start_nats(i);
             }
-            2 => {
+            Fault::Projector => {
                 kill(&mut cluster.projector);
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 cluster.start_projector();
-                *faults.entry("projector SIGKILL").or_default() += 1;
             }
-            3 => {
+            Fault::Ingress => {
                 kill(&mut cluster.ingress[1]);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 cluster.start_ingress(1);
-                *faults.entry("ingress SIGKILL").or_default() += 1;
             }
-            _ => {}
         }
+        *faults.entry(fault.name()).or_default() += 1;
         step += 1;
     }
     chaos_done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut calls = Vec::new();
-    for client in clients {
-        calls.extend(client.await.expect("client task"));
+    let mut finished = Vec::new();
+    for handle in handles {
+        finished.extend(handle.await.expect("client task"));
     }
     let elapsed = started.elapsed();
-    assert_eq!(calls.len(), CALLS);
+    assert_eq!(finished.len(), calls);
 
     // Every call's run reaches history as succeeded (the projector catches up).
     let pool = sqlx::PgPool::connect(&isolation.db_url).await.expect("pool");
@@ -399,12 +479,12 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
                 .fetch_one(&pool)
                 .await
                 .expect("count");
-        if succeeded as usize >= CALLS || Instant::now() > deadline {
+        if succeeded as usize >= calls || Instant::now() > deadline {
             break (runs, succeeded);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let distinct_runs: std::collections::BTreeSet<_> = calls.iter().map(|(_, r)| r.clone()).collect();
+    let distinct_runs: std::collections::BTreeSet<_> = finished.iter().map(|(_, r)| r.clone()).collect();
     let (applied, duplicate_deliveries, served) = {
         let l = ledger.lock().expect("lock");
         (
@@ -414,23 +494,72 @@ async fn nothing_is_lost_or_duplicated_while_processes_die() {
         )
     };
     println!(
-        "faults: {CALLS} calls by {CLIENTS} retrying clients in {elapsed:?}; faults injected: {faults:?}; \
+        "faults ({nodes} NATS node(s), {workers} worker(s)): {calls} calls by {clients} retrying clients in {elapsed:?}; \
+         faults injected: {faults:?}; \
          client retries: {}; runs in history: {runs} ({succeeded} succeeded); distinct runs: {}; \
          request ids applied: {applied}; duplicate deliveries deduped by the API: {duplicate_deliveries}; \
          upstream requests served: {served}",
         retries.load(std::sync::atomic::Ordering::Relaxed),
         distinct_runs.len(),
     );
-    assert!(faults.len() >= 4, "every kind of fault was injected: {faults:?}");
-    assert_eq!(distinct_runs.len(), CALLS, "each call is one run");
     assert_eq!(
-        runs as usize, CALLS,
+        faults.len(),
+        plan.len(),
+        "every planned kind of fault was injected: {faults:?}"
+    );
+    assert_eq!(distinct_runs.len(), calls, "each call is one run");
+    assert_eq!(
+        runs as usize, calls,
         "no call ran twice and none is missing from history"
     );
     assert_eq!(
-        succeeded as usize, CALLS,
+        succeeded as usize, calls,
         "every accepted run is terminal and succeeded"
     );
-    assert_eq!(applied, CALLS, "every call's effect was applied exactly once");
+    assert_eq!(applied, calls, "every call's effect was applied exactly once");
     drop(cluster);
+}
+
+/// Waits until the cluster has elected a JetStream meta leader.
+async fn wait_for_jetstream(cluster: &Cluster) {
+    let url = format!("nats://127.0.0.1:{}", cluster.nats_nodes[0].0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Creating a replicated stream works only once the cluster has a leader.
+        if let Ok(client) = async_nats::connect(&url).await {
+            let js = async_nats::jetstream::new(client);
+            let probe = async_nats::jetstream::stream::Config {
+                name: "READY_PROBE".into(),
+                subjects: vec!["ready.probe".into()],
+                num_replicas: cluster.nats_nodes.len(),
+                ..Default::default()
+            };
+            if js.create_or_update_stream(probe).await.is_ok() {
+                let _ = js.delete_stream("READY_PROBE").await;
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the NATS cluster formed no JetStream within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_healthy(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} did not become healthy within 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -76,6 +76,8 @@ pub struct StreamsConfig {
     pub events_max_age_secs: u64,
     pub events_max_bytes: i64,
     pub duplicate_window_secs: u64,
+    /// JetStream replicas of every stream and KV bucket (3 on a 3-node cluster).
+    pub replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

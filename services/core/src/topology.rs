@@ -118,6 +118,7 @@ impl Topology {
         js: &jetstream::Context,
         bucket: String,
         ttl: Duration,
+        replicas: usize,
     ) -> anyhow::Result<jetstream::kv::Store> {
         let config = stream::Config {
             name: format!("KV_{bucket}"),
@@ -130,11 +131,10 @@ impl Topology {
             deny_delete: true,
             allow_direct: true,
             duplicate_window: ttl.min(Duration::from_secs(120)),
+            num_replicas: replicas,
             ..Default::default()
         };
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating KV bucket {bucket}: {e}"))?;
+        settle(&bucket, || js.get_or_create_stream(config.clone())).await?;
         js.get_key_value(&bucket)
             .await
             .map_err(|e| anyhow::anyhow!("opening KV bucket {bucket}: {e}"))
@@ -152,6 +152,7 @@ impl Topology {
             max_bytes: limits.commands_max_bytes,
             max_messages: limits.commands_max_msgs,
             duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+            num_replicas: limits.replicas,
             ..Default::default()
         }
     }
@@ -166,6 +167,7 @@ impl Topology {
             max_age: Duration::from_secs(limits.events_max_age_secs),
             max_bytes: limits.events_max_bytes,
             duplicate_window: Duration::from_secs(limits.duplicate_window_secs),
+            num_replicas: limits.replicas,
             ..Default::default()
         }
     }
@@ -180,9 +182,7 @@ impl Topology {
         // Create, or update an existing stream so changed limits take effect.
         for config in [self.commands_config(limits), self.events_config(limits)] {
             let name = config.name.clone();
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|e| anyhow::anyhow!("creating or updating stream {name}: {e}"))?;
+            settle(&name, || js.create_or_update_stream(config.clone())).await?;
         }
         let commands = js
             .get_stream(self.commands_stream())
@@ -227,6 +227,28 @@ impl Topology {
     }
 }
 
+/// Runs a JetStream set-up request until it succeeds, for up to about a minute:
+/// a server that is still starting, or a cluster still electing leaders, times
+/// requests out for a while.
+async fn settle<T, E, F, Fut>(what: &str, request: F) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    use backon::Retryable;
+    request
+        .retry(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(15),
+        )
+        .notify(|err, wait| tracing::warn!(%what, error = %err, ?wait, "JetStream set-up failed; retrying"))
+        .await
+        .map_err(|e| anyhow::anyhow!("setting up {what}: {e}"))
+}
+
 /// Connects to NATS with reconnects forever and a sized subscription buffer.
 pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let client = async_nats::ConnectOptions::new()
@@ -237,7 +259,14 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
         })
-        .connect(url)
+        // A comma-separated list names several servers (a cluster).
+        .connect(
+            url.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
     Ok(client)

@@ -75,16 +75,22 @@ impl AppState {
         let (_, events) = topology.ensure_streams(&js, &config.streams).await?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
-            .ensure_bucket(&js, topology.sessions_bucket(), session_ttl)
+            .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)
             .await?;
         let cancelled_kv = topology
-            .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
+            .ensure_bucket(
+                &js,
+                topology.cancelled_bucket(),
+                Duration::from_secs(86_400),
+                config.streams.replicas,
+            )
             .await?;
         let idempotency_kv = topology
             .ensure_bucket(
                 &js,
                 topology.idempotency_bucket(),
                 Duration::from_secs(config.ingress.idempotency_ttl_secs),
+                config.streams.replicas,
             )
             .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, events, cancelled_kv, topology.clone()).await?;

@@ -52,7 +52,12 @@ impl Worker {
         let topology = Topology::from_config(&config);
         let (commands, events) = topology.ensure_streams(&js, &config.streams).await?;
         let cancelled = topology
-            .ensure_bucket(&js, topology.cancelled_bucket(), Duration::from_secs(86_400))
+            .ensure_bucket(
+                &js,
+                topology.cancelled_bucket(),
+                Duration::from_secs(86_400),
+                config.streams.replicas,
+            )
             .await?;
         Ok(Arc::new(Self {
             config,
