@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod domain;
 pub mod envelope;

@@ -533,6 +533,34 @@ fn unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+type ToolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, ToolRow, sqlx::postgres::PgArguments>;
+
+/// Binds a spec's columns as `$3`…`$22`, in the one order both the INSERT and the
+/// UPDATE of a tool use (`$1` and `$2` are the ids).
+fn bind_spec<'q>(query: ToolQuery<'q>, spec: &'q ToolSpec, ciphertext: Option<Vec<u8>>) -> ToolQuery<'q> {
+    query
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(Json(&spec.input_schema))
+        .bind(&spec.base_url)
+        .bind(spec.http_method.as_str())
+        .bind(&spec.endpoint_path)
+        .bind(Json(&spec.headers_template))
+        .bind(Json(&spec.query_template))
+        .bind(spec.body_template.as_ref().map(Json))
+        .bind(spec.auth_strategy.as_str())
+        .bind(ciphertext)
+        .bind(spec.timeout_ms as i32)
+        .bind(spec.enabled)
+        .bind(&spec.title)
+        .bind(spec.output_schema.as_ref().map(Json))
+        .bind(spec.annotations.as_ref().map(Json))
+        .bind(spec.response_mode.as_str())
+        .bind(spec.require_member)
+        .bind(spec.inject_member_identity)
+        .bind(spec.retry.as_ref().map(Json))
+}
+
 /// Registers a tool; the spec must already be validated.
 pub async fn create_tool(
     pool: &PgPool,
@@ -543,36 +571,19 @@ pub async fn create_tool(
     get_project(pool, project_id).await?;
     let id = Uuid::now_v7();
     let ciphertext = spec.auth_secret.as_deref().map(|s| secrets.seal(id, s)).transpose()?;
-    let row = sqlx::query_as::<_, ToolRow>(&format!(
+    let insert = format!(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
          auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode, \
          require_member, inject_member_identity, retry_policy) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
          RETURNING {TOOL_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(project_id)
-    .bind(&spec.name)
-    .bind(&spec.description)
-    .bind(Json(&spec.input_schema))
-    .bind(&spec.base_url)
-    .bind(spec.http_method.as_str())
-    .bind(&spec.endpoint_path)
-    .bind(Json(&spec.headers_template))
-    .bind(Json(&spec.query_template))
-    .bind(spec.body_template.as_ref().map(Json))
-    .bind(spec.auth_strategy.as_str())
-    .bind(ciphertext)
-    .bind(spec.timeout_ms as i32)
-    .bind(spec.enabled)
-    .bind(&spec.title)
-    .bind(spec.output_schema.as_ref().map(Json))
-    .bind(spec.annotations.as_ref().map(Json))
-    .bind(spec.response_mode.as_str())
-    .bind(spec.require_member)
-    .bind(spec.inject_member_identity)
-    .bind(spec.retry.as_ref().map(Json))
+    );
+    let row = bind_spec(
+        sqlx::query_as::<_, ToolRow>(&insert).bind(id).bind(project_id),
+        spec,
+        ciphertext,
+    )
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -614,40 +625,23 @@ pub async fn replace_tool(
         (None, strategy) if strategy == current.auth_strategy => current.auth_secret_ciphertext.clone(),
         (None, _) => None,
     };
-    let row = sqlx::query_as::<_, ToolRow>(&format!(
+    let update = format!(
         "UPDATE tools SET name = $3, description = $4, input_schema = $5, base_url = $6, \
          http_method = $7, endpoint_path = $8, headers_template = $9, query_template = $10, \
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
          enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
-         require_member = $20, inject_member_identity = $21, \
-         auth_secret_previous_ciphertext = $22, auth_secret_previous_expires_at = $23, retry_policy = $24, \
+         require_member = $20, inject_member_identity = $21, retry_policy = $22, \
+         auth_secret_previous_ciphertext = $23, auth_secret_previous_expires_at = $24, \
          version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
-    ))
-    .bind(project_id)
-    .bind(current.id)
-    .bind(&spec.name)
-    .bind(&spec.description)
-    .bind(Json(&spec.input_schema))
-    .bind(&spec.base_url)
-    .bind(spec.http_method.as_str())
-    .bind(&spec.endpoint_path)
-    .bind(Json(&spec.headers_template))
-    .bind(Json(&spec.query_template))
-    .bind(spec.body_template.as_ref().map(Json))
-    .bind(spec.auth_strategy.as_str())
-    .bind(ciphertext)
-    .bind(spec.timeout_ms as i32)
-    .bind(spec.enabled)
-    .bind(&spec.title)
-    .bind(spec.output_schema.as_ref().map(Json))
-    .bind(spec.annotations.as_ref().map(Json))
-    .bind(spec.response_mode.as_str())
-    .bind(spec.require_member)
-    .bind(spec.inject_member_identity)
+    );
+    let row = bind_spec(
+        sqlx::query_as::<_, ToolRow>(&update).bind(project_id).bind(current.id),
+        spec,
+        ciphertext,
+    )
     .bind(previous.0)
     .bind(previous.1)
-    .bind(spec.retry.as_ref().map(Json))
     .fetch_optional(pool)
     .await
     .map_err(|e| {

@@ -20,7 +20,6 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use async_nats::jetstream;
 use axum::{
     Json, Router,
     extract::{MatchedPath, State},
@@ -30,7 +29,7 @@ use axum::{
 };
 use serde_json::json;
 use sqlx::PgPool;
-use tengine_core::{Config, Topology, secrets::SecretBox, store};
+use tengine_core::{Config, Topology, connections::Connections, secrets::SecretBox};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -65,14 +64,14 @@ impl AppState {
         let sessions = SessionCodec::new(config.session_secret_bytes()?, config.ingress.session_ttl_secs);
         let members =
             members::MemberTokens::new(&config.session_secret_bytes()?, config.ingress.member_session_ttl_secs);
-        let pool = store::connect(&config.database_url, 32).await?;
-        if config.run_migrations {
-            store::migrate(&pool).await?;
-        }
-        let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-ingress").await?;
-        let js = jetstream::new(nats.clone());
-        let topology = Topology::from_config(&config);
-        let (_, events) = topology.ensure_streams(&js, &config.streams).await?;
+        let Connections {
+            pool,
+            nats,
+            js,
+            topology,
+            events,
+            ..
+        } = Connections::open(&config, "tengine-ingress", 32).await?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
             .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)

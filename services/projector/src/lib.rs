@@ -14,8 +14,8 @@ use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use tengine_core::{
     Config, Topology,
+    connections::Connections,
     envelope::{EventEnvelope, RunEvent},
-    store,
 };
 
 pub struct Projector {
@@ -31,14 +31,13 @@ const STATUS_RANK: &str = "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'runnin
 
 impl Projector {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
-        let pool = store::connect(&config.database_url, 8).await?;
-        if config.run_migrations {
-            store::migrate(&pool).await?;
-        }
-        let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-projector").await?;
-        let js = jetstream::new(nats.clone());
-        let topology = Topology::from_config(&config);
-        let (_, events) = topology.ensure_streams(&js, &config.streams).await?;
+        let Connections {
+            pool,
+            nats,
+            topology,
+            events,
+            ..
+        } = Connections::open(&config, "tengine-projector", 8).await?;
         Ok(Arc::new(Self {
             config,
             pool,

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
+    connections::Connections,
     domain::HttpMethod,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     secrets::SecretBox,
@@ -43,14 +44,14 @@ pub struct Worker {
 impl Worker {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
         let secrets = SecretBox::new(&config.master_key_bytes()?);
-        let pool = store::connect(&config.database_url, 16).await?;
-        if config.run_migrations {
-            store::migrate(&pool).await?;
-        }
-        let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-worker").await?;
-        let js = jetstream::new(nats.clone());
-        let topology = Topology::from_config(&config);
-        let (commands, events) = topology.ensure_streams(&js, &config.streams).await?;
+        let Connections {
+            pool,
+            nats,
+            js,
+            topology,
+            commands,
+            events,
+        } = Connections::open(&config, "tengine-worker", 16).await?;
         let cancelled = topology
             .ensure_bucket(
                 &js,
