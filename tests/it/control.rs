@@ -518,3 +518,29 @@ async fn hmac_rotation_signs_with_both_secrets_during_the_overlap() {
         .await;
     assert_eq!(status, 422, "an overlap needs a new secret");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_member_session_gets_401_mid_session() {
+    let app = spawn_app_with(&[("ingress.member_session_ttl_secs", "1")]).await;
+    let backend = Backend::new("k1");
+    backend.register(&app, app.project_id).await;
+    let (status, minted) = exchange(&app, &app.api_key, &backend.sign(&claims(app.project_id, "u"))).await;
+    assert_eq!(status, 201);
+    let mut session = RawSession::new(
+        app.http.clone(),
+        app.mcp_url.clone(),
+        minted["token"].as_str().expect("t").into(),
+    );
+    session.initialize().await;
+    assert_eq!(session.request("ping", json!({})).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = session.request("ping", json!({})).await;
+    assert_eq!(expired.status, 401, "{}", expired.body);
+    assert!(expired.headers.contains_key("www-authenticate"));
+    assert!(
+        expired.body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("expired")
+    );
+}

@@ -42,6 +42,11 @@ enum Command {
     Dev,
     /// Apply database migrations and exit.
     Migrate,
+    /// Tool secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Run the demo upstream API used by the demo project.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:8709")]
@@ -101,6 +106,13 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every tool secret under the current master key (after adding the
+    /// old key to TENGINE_PREVIOUS_MASTER_KEYS and setting the new TENGINE_MASTER_KEY).
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -414,6 +426,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     a.and(b).and(c)
                 }
             }
+        }
+        Command::Secrets {
+            command: SecretsCommand::Reseal,
+        } => {
+            let config = Config::load()?;
+            let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+            let count = tengine_core::store::reseal_secrets(&pool, &config.secret_box()?).await?;
+            println!("re-encrypted the secrets of {count} tool(s) under the current master key");
+            Ok(())
         }
         Command::DemoUpstream { listen } => {
             let config = Config::load()?;

@@ -145,3 +145,37 @@ fn uuid_like() -> String {
             .unwrap_or(0)
     )
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn master_key_rotation_reseals_every_secret() {
+    let app = spawn_app().await;
+    let old_key = app.config.master_key.clone();
+    let new_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+    };
+    let (status, _) = app
+        .admin_post(
+            &format!("/v1/projects/{}/tools", app.project_id),
+            json!({"name": "t", "input_schema": {"type": "object"}, "base_url": "https://api.example.com",
+                   "http_method": "GET", "endpoint_path": "/", "auth_strategy": "static_bearer", "auth_secret": "tok"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
+        .args(["secrets", "reseal"])
+        .env("TENGINE_DATABASE_URL", &app.config.database_url)
+        .env("TENGINE_MASTER_KEY", &new_key)
+        .env("TENGINE_PREVIOUS_MASTER_KEYS", format!("[\"{old_key}\"]"))
+        .env("TENGINE_RUN_MIGRATIONS", "false")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 tool"));
+    let (id, sealed): (uuid::Uuid, Vec<u8>) = sqlx::query_as("SELECT id, auth_secret_ciphertext FROM tools")
+        .fetch_one(&app.pool)
+        .await
+        .expect("row");
+    let only_new = tengine_core::secrets::SecretBox::new(&[42u8; 32]);
+    assert_eq!(only_new.open(id, &sealed).expect("the new key alone opens it"), "tok");
+}

@@ -20,6 +20,7 @@ pub struct Config {
     pub nats_prefix: String,
     pub admin_token: String,
     pub master_key: String,
+    pub previous_master_keys: Vec<String>,
     pub session_secret: String,
     pub allow_insecure_upstreams: bool,
     pub allow_private_upstreams: bool,
@@ -136,6 +137,19 @@ impl Config {
     /// The master key for secrets at rest; required by services that touch secrets.
     pub fn master_key_bytes(&self) -> Result<[u8; 32], ConfigError> {
         decode_key32("master_key", &self.master_key)
+    }
+
+    /// The cipher for tool secrets: the master key, plus previous ones during a rotation.
+    pub fn secret_box(&self) -> Result<crate::secrets::SecretBox, ConfigError> {
+        let previous = self
+            .previous_master_keys
+            .iter()
+            .map(|k| decode_key32("previous_master_keys", k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::secrets::SecretBox::with_previous(
+            &self.master_key_bytes()?,
+            &previous,
+        ))
     }
 
     /// The key that signs MCP session ids; required by the ingress.

@@ -14,9 +14,13 @@ use uuid::Uuid;
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 24;
 
+/// Seals with the current master key; opens with it or any previous one, so a
+/// master key can be rotated: add the old key to `previous_master_keys`, deploy
+/// the new `master_key`, run `tengine secrets reseal`, then drop the old key.
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    previous: Vec<XChaCha20Poly1305>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +33,13 @@ pub enum SecretError {
 
 impl SecretBox {
     pub fn new(master_key: &[u8; 32]) -> Self {
+        Self::with_previous(master_key, &[])
+    }
+
+    pub fn with_previous(master_key: &[u8; 32], previous: &[[u8; 32]]) -> Self {
         Self {
             cipher: XChaCha20Poly1305::new(master_key.into()),
+            previous: previous.iter().map(|k| XChaCha20Poly1305::new(k.into())).collect(),
         }
     }
 
@@ -59,16 +68,14 @@ impl SecretBox {
             return Err(SecretError::Decrypt);
         }
         let (nonce, ciphertext) = sealed[1..].split_at(NONCE_LEN);
-        let plaintext = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: owner.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::Decrypt)?;
+        let payload = || Payload {
+            msg: ciphertext,
+            aad: owner.as_bytes(),
+        };
+        let plaintext = std::iter::once(&self.cipher)
+            .chain(&self.previous)
+            .find_map(|cipher| cipher.decrypt(XNonce::from_slice(nonce), payload()).ok())
+            .ok_or(SecretError::Decrypt)?;
         String::from_utf8(plaintext).map_err(|_| SecretError::Decrypt)
     }
 }
@@ -90,5 +97,17 @@ mod tests {
             "bound to the key"
         );
         assert!(boxed.open(owner, b"\x01short").is_err());
+    }
+
+    #[test]
+    fn previous_keys_open_during_rotation() {
+        let old = SecretBox::new(&[1u8; 32]);
+        let owner = Uuid::now_v7();
+        let sealed = old.seal(owner, "s").expect("seal");
+        let rotated = SecretBox::with_previous(&[2u8; 32], &[[1u8; 32]]);
+        assert_eq!(rotated.open(owner, &sealed).expect("old key still opens"), "s");
+        let resealed = rotated.seal(owner, "s").expect("seal");
+        assert!(SecretBox::new(&[2u8; 32]).open(owner, &resealed).is_ok());
+        assert!(SecretBox::new(&[1u8; 32]).open(owner, &resealed).is_err());
     }
 }

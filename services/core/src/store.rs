@@ -688,6 +688,35 @@ pub async fn get_tool_by_id(pool: &PgPool, tool_id: Uuid) -> StoreResult<ToolDef
         .try_into()
 }
 
+/// Re-encrypts every tool secret (current and previous HMAC secrets) under the
+/// current master key. Returns how many tools were rewritten.
+pub async fn reseal_secrets(pool: &PgPool, secrets: &SecretBox) -> StoreResult<u64> {
+    type Sealed = Option<Vec<u8>>;
+    let rows: Vec<(Uuid, Sealed, Sealed)> = sqlx::query_as(
+        "SELECT id, auth_secret_ciphertext, auth_secret_previous_ciphertext FROM tools \
+         WHERE auth_secret_ciphertext IS NOT NULL OR auth_secret_previous_ciphertext IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut rewritten = 0;
+    for (id, current, previous) in rows {
+        let reseal = |sealed: Option<Vec<u8>>| -> StoreResult<Option<Vec<u8>>> {
+            sealed
+                .map(|s| secrets.open(id, &s).and_then(|plain| secrets.seal(id, &plain)))
+                .transpose()
+                .map_err(StoreError::from)
+        };
+        sqlx::query("UPDATE tools SET auth_secret_ciphertext = $2, auth_secret_previous_ciphertext = $3 WHERE id = $1")
+            .bind(id)
+            .bind(reseal(current)?)
+            .bind(reseal(previous)?)
+            .execute(pool)
+            .await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
+
 /// Tools of a project in name order, after `after` (keyset pagination).
 pub async fn list_tools(
     pool: &PgPool,

@@ -60,7 +60,7 @@ pub struct AppState {
 impl AppState {
     /// Connects to Postgres and NATS and prepares the topology.
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
-        let secrets = SecretBox::new(&config.master_key_bytes()?);
+        let secrets = config.secret_box()?;
         let sessions = SessionCodec::new(config.session_secret_bytes()?, config.ingress.session_ttl_secs);
         let members =
             members::MemberTokens::new(&config.session_secret_bytes()?, config.ingress.member_session_ttl_secs);

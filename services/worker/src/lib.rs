@@ -43,7 +43,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
-        let secrets = SecretBox::new(&config.master_key_bytes()?);
+        let secrets = config.secret_box()?;
         let Connections {
             pool,
             nats,
