@@ -175,7 +175,10 @@ impl Drop for Cluster {
         kill(&mut self.ingress[0]);
         kill(&mut self.ingress[1]);
         self.nats.iter_mut().for_each(kill);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // TENGINE_KEEP_FAULT_LOGS keeps the processes' logs for a post-mortem.
+        if std::env::var_os("TENGINE_KEEP_FAULT_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -472,7 +475,7 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
 
     // Every call's run reaches history as succeeded (the projector catches up).
     let pool = sqlx::PgPool::connect(&isolation.db_url).await.expect("pool");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let (runs, succeeded) = loop {
         let (runs, succeeded): (i64, i64) =
             sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM runs")

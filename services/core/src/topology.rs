@@ -210,7 +210,9 @@ impl Topology {
         consumer::pull::Config {
             durable_name: Some(self.projector_consumer()),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            // Projection is idempotent and a batch takes milliseconds: an event
+            // whose ack was lost (a server restart) comes back soon.
+            ack_wait: Duration::from_secs(10),
             deliver_policy: DeliverPolicy::All,
             max_ack_pending: 10_000,
             ..Default::default()
@@ -230,7 +232,7 @@ impl Topology {
 /// Runs a JetStream set-up request until it succeeds, for up to about a minute:
 /// a server that is still starting, or a cluster still electing leaders, times
 /// requests out for a while.
-async fn settle<T, E, F, Fut>(what: &str, request: F) -> anyhow::Result<T>
+pub async fn settle<T, E, F, Fut>(what: &str, request: F) -> anyhow::Result<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,

@@ -53,14 +53,11 @@ impl Projector {
     }
 
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let consumer = self
-            .events
-            .get_or_create_consumer(
-                &self.topology.projector_consumer(),
-                self.topology.projector_consumer_config(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the projector consumer: {e}"))?;
+        let consumer_name = self.topology.projector_consumer();
+        let consumer = tengine_core::topology::settle(&consumer_name, || {
+            self.events.create_consumer(self.topology.projector_consumer_config())
+        })
+        .await?;
         let batch_size = self.config.projector.batch_size.max(1);
         let mut messages = consumer
             .stream()

@@ -77,15 +77,14 @@ impl Worker {
     /// Consumes commands until `shutdown` resolves, then lets in-flight calls finish.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let wc = &self.config.worker;
-        let consumer = self
-            .commands
-            .get_or_create_consumer(
-                &self.topology.worker_consumer(),
-                self.topology
-                    .worker_consumer_config(Duration::from_secs(wc.ack_wait_secs), wc.max_deliver),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the worker consumer: {e}"))?;
+        let consumer_config = self
+            .topology
+            .worker_consumer_config(Duration::from_secs(wc.ack_wait_secs), wc.max_deliver);
+        let consumer_name = self.topology.worker_consumer();
+        let consumer = tengine_core::topology::settle(&consumer_name, || {
+            self.commands.create_consumer(consumer_config.clone())
+        })
+        .await?;
         // The consumer may predate the configuration: trust what the server enforces.
         let max_deliver = consumer.cached_info().config.max_deliver;
         let permits = Arc::new(Semaphore::new(wc.concurrency));
