@@ -357,6 +357,13 @@ async fn integrations_restrict_tools_and_give_client_config() {
         Some(1),
         "only the default remains"
     );
+    let default_id = listed["integrations"][0]["id"].as_str().expect("id").to_string();
+    let (status, body) = app
+        .admin(reqwest::Method::DELETE, &format!("{base}/{default_id}"), None)
+        .await;
+    assert_eq!(status, 409, "a project keeps one integration: {body}");
+    let (status, _) = app.admin_get(&format!("/v1/projects/{}", app.project_id)).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

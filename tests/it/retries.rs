@@ -85,13 +85,36 @@ async fn a_retried_call_runs_once() {
     assert_ne!(run_id(&fresh["result"]), run_id(&first["result"]));
     assert_eq!(upstream.requests().len(), 2);
 
+    // A key belongs to its credential: another API key's "order-1" is another call.
+    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let mut other = RawSession::new(app.http.clone(), url_a.clone(), other_key.clone());
+    other.initialize().await;
+    let other_sid = other.session_id.clone().expect("session");
+    let auth = format!("Bearer {other_key}");
+    let theirs = other
+        .post_raw(
+            &[
+                ("authorization", auth.as_str()),
+                ("accept", ACCEPT_BOTH),
+                ("content-type", "application/json"),
+                ("mcp-session-id", other_sid.as_str()),
+                ("idempotency-key", "order-1"),
+            ],
+            serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "write", "arguments": {"amount": 5}}}))
+            .expect("json"),
+        )
+        .await;
+    assert_ne!(run_id(&theirs.body["result"]), run_id(&first["result"]));
+    assert_eq!(upstream.requests().len(), 3);
+
     // Without a key, the same JSON-RPC id in the same session is the same call.
     let repeat =
         json!({"jsonrpc": "2.0", "id": "same", "method": "tools/call", "params": {"name": "write", "arguments": {}}});
     let a = session.post(&repeat).await;
     let b = session.post(&repeat).await;
     assert_eq!(run_id(&a.body["result"]), run_id(&b.body["result"]));
-    assert_eq!(upstream.requests().len(), 3);
+    assert_eq!(upstream.requests().len(), 4);
     second.stop().await;
 }
 

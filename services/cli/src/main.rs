@@ -376,6 +376,11 @@ async fn run_projector(config: Config, stop: watch::Receiver<bool>) -> anyhow::R
     projector.run(wait_for(stop)).await
 }
 
+/// A value placed in a URL path segment.
+fn seg(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
@@ -603,7 +608,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print(&c.get(&format!("/v1/projects/{project}/member-keys")).await?)
                 }
                 MemberKeyCommand::Delete { project, kid } => {
-                    c.delete(&format!("/v1/projects/{project}/member-keys/{kid}")).await?;
+                    c.delete(&format!("/v1/projects/{project}/member-keys/{}", seg(&kid)))
+                        .await?;
                     println!("deleted {kid}");
                 }
             }
@@ -615,7 +621,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             client(&admin)?
                 .post(
-                    &format!("/v1/projects/{project}/members/{member_id}/revoke-sessions"),
+                    &format!("/v1/projects/{project}/members/{}/revoke-sessions", seg(&member_id)),
                     &json!({}),
                 )
                 .await?;

@@ -343,8 +343,19 @@ pub async fn get_integration(pool: &PgPool, project_id: Uuid, id: Uuid) -> Store
     .ok_or(StoreError::NotFound)
 }
 
-/// Deletes an integration: its keys, and member sessions minted with them, stop working.
+/// Deletes an integration: its keys, and member sessions minted with them, stop
+/// working. A project keeps at least one integration (its default).
 pub async fn delete_integration(pool: &PgPool, project_id: Uuid, id: Uuid) -> StoreResult<()> {
+    let live: (i64,) = sqlx::query_as("SELECT count(*) FROM integrations WHERE project_id = $1 AND deleted_at IS NULL")
+        .bind(project_id)
+        .fetch_one(pool)
+        .await?;
+    if live.0 <= 1 {
+        get_integration(pool, project_id, id).await?;
+        return Err(StoreError::Conflict(
+            "a project keeps at least one integration; create another before deleting this one".into(),
+        ));
+    }
     let done = sqlx::query(
         "UPDATE integrations SET deleted_at = now() WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL",
     )
@@ -692,11 +703,14 @@ pub async fn get_tool_by_id(pool: &PgPool, tool_id: Uuid) -> StoreResult<ToolDef
 /// current master key. Returns how many tools were rewritten.
 pub async fn reseal_secrets(pool: &PgPool, secrets: &SecretBox) -> StoreResult<u64> {
     type Sealed = Option<Vec<u8>>;
+    // One transaction, rows locked: a concurrent PUT cannot be overwritten, and a
+    // failure leaves every secret as it was.
+    let mut tx = pool.begin().await?;
     let rows: Vec<(Uuid, Sealed, Sealed)> = sqlx::query_as(
         "SELECT id, auth_secret_ciphertext, auth_secret_previous_ciphertext FROM tools \
-         WHERE auth_secret_ciphertext IS NOT NULL OR auth_secret_previous_ciphertext IS NOT NULL",
+         WHERE auth_secret_ciphertext IS NOT NULL OR auth_secret_previous_ciphertext IS NOT NULL FOR UPDATE",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut rewritten = 0;
     for (id, current, previous) in rows {
@@ -710,10 +724,11 @@ pub async fn reseal_secrets(pool: &PgPool, secrets: &SecretBox) -> StoreResult<u
             .bind(id)
             .bind(reseal(current)?)
             .bind(reseal(previous)?)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
         rewritten += 1;
     }
+    tx.commit().await?;
     Ok(rewritten)
 }
 

@@ -217,7 +217,15 @@ pub async fn call_tool(
 
     let tool = match store::get_tool(&st.pool, caller.project_id, &name).await {
         Ok(tool) if tool.enabled && principal.may_use(&tool) => tool,
-        Ok(tool) if tool.enabled && tool.require_member && caller.member.is_none() => {
+        Ok(tool)
+            if tool.enabled
+                && tool.require_member
+                && caller.member.is_none()
+                && principal
+                    .allowed_tools
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&tool.name)) =>
+        {
             let message = format!("Tool `{}` requires a member session (Bearer tng_mst_…)", tool.name);
             reject(&st, &caller, run_id, &name, ErrorClass::UnknownTool, &message).await;
             return Err(McpError::invalid_params(&id, message));
@@ -264,7 +272,12 @@ pub async fn call_tool(
 
     // One run per idempotency key: a retry follows the run it started.
     let scope = match idempotency_key.or(meta_key) {
-        Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!("key\n{}\n{key}", caller.integration_id),
+        // Scoped to the credential (API key, and member): another caller's key never matches.
+        Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!(
+            "key\n{}\n{}\n{key}",
+            caller.api_key_id,
+            caller.member.as_ref().map_or("", |m| m.id.as_str())
+        ),
         Some(_) => {
             return Err(McpError::invalid_params(
                 &id,
@@ -569,6 +582,11 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
     let Some(outcome) = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline).await else {
         return;
     };
+    // Only the credential that made the call may resume it.
+    let member = |c: &Caller| c.member.as_ref().map(|m| m.id.clone());
+    if outcome.caller.api_key_id != caller.api_key_id || member(&outcome.caller) != member(&caller) {
+        return;
+    }
     let result = match store::get_tool(&st.pool, caller.project_id, &outcome.tool_name).await {
         Ok(tool) => outcome_result(&st, &tool, &outcome),
         // The tool is gone: the plain text mapping still tells the model what happened.

@@ -269,12 +269,16 @@ impl Worker {
                 tool
             }
             Ok(_) | Err(StoreError::NotFound) => {
-                return fail(
-                    ErrorClass::UnknownTool,
-                    format!(
+                return self.outcome(
+                    command,
+                    attempt - 1,
+                    RunStatus::Revoked,
+                    Some(ErrorClass::Revoked),
+                    Some(format!(
                         "tool `{}` was disabled or deleted after the call was accepted",
                         command.tool_name
-                    ),
+                    )),
+                    None,
                 );
             }
             Err(err) => {
@@ -471,6 +475,17 @@ impl Worker {
                 None
             };
             match wait {
+                // A cancelled call is not retried.
+                Some(_) if self.is_cancelled(command.run_id).await => {
+                    return self.outcome(
+                        command,
+                        number,
+                        RunStatus::Failed,
+                        result.error_class,
+                        result.error,
+                        result.response,
+                    );
+                }
                 Some(wait) if std::time::Instant::now() + wait < deadline => {
                     tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
                     self.keeping_claim(message, tokio::time::sleep(wait)).await;

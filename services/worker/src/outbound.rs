@@ -20,6 +20,9 @@ pub fn client(connect_timeout: Duration, policy: crate::addresses::Policy) -> an
         .dns_resolver(std::sync::Arc::new(crate::addresses::PolicyResolver {
             policy: std::sync::Arc::new(policy),
         }))
+        // A proxy from the environment would be the address checked by the policy,
+        // not the API's: tool calls connect directly.
+        .no_proxy()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
