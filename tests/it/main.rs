@@ -8,3 +8,4 @@ mod retries;
 mod schemas;
 mod sdk_clients;
 mod transport;
+mod usage;

@@ -408,19 +408,24 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
                         .json(&body)
                         .send()
                         .await;
-                    if let Ok(reply) = reply
-                        && reply.status().is_success()
-                        && let Ok(value) = reply.json::<Value>().await
-                        && value["result"]["isError"] == false
-                    {
-                        break value["result"]["_meta"]["tengine.dev/runId"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                    }
+                    let last_answer = match reply {
+                        Ok(reply) => {
+                            let status = reply.status();
+                            let text = reply.text().await.unwrap_or_default();
+                            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            if status.is_success() && value["result"]["isError"] == false {
+                                break value["result"]["_meta"]["tengine.dev/runId"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string();
+                            }
+                            format!("{status} {}", text.chars().take(300).collect::<String>())
+                        }
+                        Err(err) => err.to_string(),
+                    };
                     assert!(
                         Instant::now() < deadline,
-                        "call {i} did not succeed within 120 s of retries"
+                        "call {i} did not succeed within 120 s of retries; last answer: {last_answer}"
                     );
                     retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -478,12 +483,31 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
     let deadline = Instant::now() + Duration::from_secs(90);
     let (runs, succeeded) = loop {
         let (runs, succeeded): (i64, i64) =
-            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM runs")
+            // A call refused before it was queued (`rejected`) is not an accepted run.
+            sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status <> 'rejected'), count(*) FILTER (WHERE status = 'succeeded') FROM runs",
+            )
                 .fetch_one(&pool)
                 .await
                 .expect("count");
         if succeeded as usize >= calls || Instant::now() > deadline {
             break (runs, succeeded);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Usage is counted once per terminal run, in the projector's transaction.
+    let (usage_calls, all_runs) = loop {
+        let (usage,): (Option<i64>,) = sqlx::query_as("SELECT sum(calls)::bigint FROM usage_hourly")
+            .fetch_one(&pool)
+            .await
+            .expect("usage");
+        let usage = usage.unwrap_or(0);
+        let (all_runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs")
+            .fetch_one(&pool)
+            .await
+            .expect("runs");
+        if usage >= all_runs || Instant::now() > deadline {
+            break (usage, all_runs);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -499,7 +523,7 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
     println!(
         "faults ({nodes} NATS node(s), {workers} worker(s)): {calls} calls by {clients} retrying clients in {elapsed:?}; \
          faults injected: {faults:?}; \
-         client retries: {}; runs in history: {runs} ({succeeded} succeeded); distinct runs: {}; \
+         client retries: {}; runs in history: {runs} ({succeeded} succeeded); usage calls: {usage_calls} of {all_runs} runs; distinct runs: {}; \
          request ids applied: {applied}; duplicate deliveries deduped by the API: {duplicate_deliveries}; \
          upstream requests served: {served}",
         retries.load(std::sync::atomic::Ordering::Relaxed),
@@ -520,6 +544,10 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
         "every accepted run is terminal and succeeded"
     );
     assert_eq!(applied, calls, "every call's effect was applied exactly once");
+    assert_eq!(
+        usage_calls, all_runs,
+        "usage counts equal run counts (refused calls included)"
+    );
     drop(cluster);
 }
 

@@ -36,7 +36,7 @@ pub async fn publish_command(
     let envelope = Envelope::new(command.run_id, command.clone());
     let ack = js
         .send_publish(
-            topology.command_subject(command.caller.project_id),
+            topology.command_subject(command.caller.project_id, command.run_id),
             message(command.run_id, envelope.encode()?),
         )
         .await

@@ -831,3 +831,66 @@ pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec
     .await?;
     Ok((run, attempts))
 }
+
+/// Dimensions usage can be grouped by; `hour` is always available as a column.
+pub const USAGE_GROUPS: &[(&str, &str)] = &[
+    ("tool", "tool_name"),
+    ("member", "member_id"),
+    ("integration", "integration_id::text"),
+    ("hour", "hour::text"),
+];
+
+/// Usage of a project in `[from, to)`, summed over everything not in `group_by`.
+pub async fn usage(
+    pool: &PgPool,
+    project_id: Uuid,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    group_by: &[&str],
+) -> StoreResult<Vec<Value>> {
+    let columns: Vec<(&str, &str)> = USAGE_GROUPS
+        .iter()
+        .copied()
+        .filter(|(name, _)| group_by.contains(name))
+        .collect();
+    let group: Vec<&str> = columns.iter().map(|(_, expr)| *expr).collect();
+    let sql = format!(
+        "SELECT json_build_object({fields} 'calls', sum(calls), 'successes', sum(successes), 'failures', sum(failures), \
+         'latency_ms_sum', sum(latency_ms_sum), 'bytes_in', sum(bytes_in), 'bytes_out', sum(bytes_out)) \
+         FROM usage_hourly WHERE project_id = $1 AND ($2::timestamptz IS NULL OR hour >= $2) \
+         AND ($3::timestamptz IS NULL OR hour < $3) {group_by} {order_by}",
+        fields = columns
+            .iter()
+            .map(|(name, expr)| format!("'{name}', {expr},"))
+            .collect::<String>(),
+        group_by = if group.is_empty() {
+            String::new()
+        } else {
+            format!("GROUP BY {}", group.join(", "))
+        },
+        order_by = if group.is_empty() {
+            String::new()
+        } else {
+            format!("ORDER BY {}", group.join(", "))
+        },
+    );
+    let rows: Vec<(Json<Value>,)> = sqlx::query_as(&sql)
+        .bind(project_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.0.0)
+        .filter(|v| !v["calls"].is_null())
+        .collect())
+}
+
+/// Events in the log not yet projected, given the log's last sequence.
+pub async fn projector_checkpoint(pool: &PgPool) -> StoreResult<i64> {
+    let row: (Option<i64>,) = sqlx::query_as("SELECT max(stream_seq) FROM projector_checkpoints")
+        .fetch_one(pool)
+        .await?;
+    Ok(row.0.unwrap_or(0))
+}

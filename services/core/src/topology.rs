@@ -3,7 +3,7 @@
 //!
 //! | thing | name | notes |
 //! |---|---|---|
-//! | commands stream | `{PREFIX}_COMMANDS` | WorkQueue; subjects `{prefix}.cmd.{project_id}` |
+//! | commands stream | `{PREFIX}_COMMANDS` | WorkQueue; subjects `{prefix}.cmd.{project_id}.{run_id}` |
 //! | events stream | `{PREFIX}_EVENTS` | Limits (the event log); subjects `{prefix}.ev.{project_id}.{run_id}.{kind}` |
 //! | worker consumer | `{prefix}-worker` | durable pull on commands, explicit ack |
 //! | projector consumer | `{prefix}-projector` | durable pull on events, explicit ack |
@@ -64,8 +64,9 @@ impl Topology {
         format!("{}-projector", self.prefix)
     }
 
-    pub fn command_subject(&self, project_id: Uuid) -> String {
-        format!("{}.cmd.{project_id}", self.prefix)
+    /// One subject per run, so "is this run still queued?" is a direct lookup.
+    pub fn command_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
+        format!("{}.cmd.{project_id}.{run_id}", self.prefix)
     }
 
     /// `{prefix}.ev.{project_id}.{run_id}.{kind}`: the outcome has a subject of its
@@ -286,6 +287,6 @@ mod tests {
         let p = Uuid::nil();
         assert!(t.event_subject(p, p, "accepted").starts_with("it_ab12.ev."));
         assert!(t.outcome_subject(p, p).ends_with(".finished"));
-        assert!(t.command_subject(p).starts_with("it_ab12.cmd."));
+        assert!(t.command_subject(p, p).starts_with("it_ab12.cmd."));
     }
 }

@@ -51,6 +51,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(get_tool).put(replace_tool).patch(patch_tool).delete(delete_tool),
         )
         .route("/v1/projects/{project_id}/runs", get(list_runs))
+        .route("/v1/projects/{project_id}/usage", get(usage))
         .route(
             "/v1/projects/{project_id}/integrations",
             get(list_integrations).post(create_integration),
@@ -926,4 +927,45 @@ async fn patch_project(
         .await
         .map_err(not_found_as("project"))?;
     Ok(Json(json!(project)))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    /// Comma-separated: tool, member, integration, hour.
+    group_by: Option<String>,
+}
+
+/// Usage of a project (hourly aggregates), grouped as asked.
+async fn usage(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(project_id): Path<String>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let reader = reader(&st, &headers).await?;
+    let project_id = parse_id("project", &project_id)?;
+    if !reader.may_read(project_id) {
+        return Err(ApiError::not_found("project"));
+    }
+    let Query(query) = query.map_err(bad_query)?;
+    let group_by: Vec<&str> = query
+        .group_by
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .collect();
+    if let Some(bad) = group_by
+        .iter()
+        .find(|g| !store::USAGE_GROUPS.iter().any(|(name, _)| name == *g))
+    {
+        return Err(ApiError::bad_request(format!(
+            "group_by `{bad}` is not one of: tool, member, integration, hour"
+        )));
+    }
+    let rows = store::usage(&st.pool, project_id, query.from, query.to, &group_by).await?;
+    Ok(Json(json!({ "usage": rows })))
 }

@@ -339,6 +339,9 @@ pub async fn call_tool(
     };
     let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
     if let Err(err) = st.dispatcher.enqueue(&command).await {
+        // Publishing was retried under the same Nats-Msg-Id (stored at most once).
+        // Known gap: if the command was stored but every ack was lost, it still runs
+        // although this call reports it was not queued.
         tracing::error!(%run_id, error = %err, "queueing a run");
         reject(
             &st,

@@ -60,6 +60,7 @@ struct Registry {
 pub struct Dispatcher {
     nats: async_nats::Client,
     js: jetstream::Context,
+    commands: jetstream::stream::Stream,
     events: jetstream::stream::Stream,
     cancelled: jetstream::kv::Store,
     topology: Topology,
@@ -105,6 +106,7 @@ impl Dispatcher {
     pub async fn start(
         nats: async_nats::Client,
         js: jetstream::Context,
+        commands: jetstream::stream::Stream,
         events: jetstream::stream::Stream,
         cancelled: jetstream::kv::Store,
         topology: Topology,
@@ -168,6 +170,7 @@ impl Dispatcher {
         Ok(Self {
             nats,
             js,
+            commands,
             events,
             cancelled,
             topology,
@@ -209,8 +212,21 @@ impl Dispatcher {
             tool_name: command.tool_name.clone(),
             accepted_at: command.accepted_at,
         };
+        // The command's Nats-Msg-Id is the run id: publishing it again after an
+        // unconfirmed attempt stores it at most once.
+        let queue = || async {
+            let mut last = None;
+            for wait_ms in [0u64, 100, 300, 800] {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                match bus::publish_command(&self.js, &self.topology, command).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => last = Some(err),
+                }
+            }
+            Err(last.unwrap_or_else(|| bus::BusError::Publish("no attempt made".into())))
+        };
         let (queued, logged) = tokio::join!(
-            bus::publish_command(&self.js, &self.topology, command),
+            queue(),
             bus::publish_event(&self.js, &self.topology, command.caller.project_id, accepted),
         );
         queued?;
@@ -242,8 +258,18 @@ impl Dispatcher {
         }
     }
 
-    /// Whether the run left any trace in the event log (accepted or finished).
+    /// The event log's last sequence number.
+    pub async fn log_tail(&self) -> Option<u64> {
+        let mut events = self.events.clone();
+        events.info().await.ok().map(|info| info.state.last_sequence)
+    }
+
+    /// Whether the run exists: its command is queued, or the event log has it.
     pub async fn was_accepted(&self, project_id: Uuid, run_id: Uuid) -> bool {
+        let queued = self.topology.command_subject(project_id, run_id);
+        if self.commands.get_last_raw_message_by_subject(&queued).await.is_ok() {
+            return true;
+        }
         for kind in ["accepted", RunEvent::FINISHED_KIND] {
             let subject = self.topology.event_subject(project_id, run_id, kind);
             if self.events.get_last_raw_message_by_subject(&subject).await.is_ok() {

@@ -84,6 +84,13 @@ impl Idempotency {
 
     /// Claims `key` for `run_id`. `exists` tells whether a run left a trace in the
     /// event log; a claim whose run never did for ORPHAN_AFTER_MS is taken over.
+    /// Gives the key back when the call it claimed was not queued.
+    pub async fn release(&self, key: &str) {
+        if let Err(err) = self.kv.purge(key).await {
+            tracing::warn!(error = %err, "releasing an idempotency key");
+        }
+    }
+
     pub async fn claim<F, Fut>(&self, key: &str, run_id: Uuid, fingerprint: &str, exists: F) -> Result<Claimed, String>
     where
         F: Fn(Uuid) -> Fut,
@@ -120,13 +127,6 @@ impl Idempotency {
                 Ok(Claimed::Existing(existing.run_id))
             }
             Err(err) => Err(err.to_string()),
-        }
-    }
-
-    /// Gives the key back when the call it claimed was never queued.
-    pub async fn release(&self, key: &str) {
-        if let Err(err) = self.kv.purge(key).await {
-            tracing::warn!(error = %err, "releasing an idempotency key");
         }
     }
 }

@@ -69,8 +69,8 @@ impl AppState {
             nats,
             js,
             topology,
+            commands,
             events,
-            ..
         } = Connections::open(&config, "tengine-ingress", 32).await?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
@@ -92,7 +92,7 @@ impl AppState {
                 config.streams.replicas,
             )
             .await?;
-        let dispatcher = Dispatcher::start(nats.clone(), js, events, cancelled_kv, topology.clone()).await?;
+        let dispatcher = Dispatcher::start(nats.clone(), js, commands, events, cancelled_kv, topology.clone()).await?;
 
         let (tool_changes, _) = broadcast::channel(1024);
         let mut changes = nats
@@ -154,6 +154,14 @@ async fn protected_resource(State(st): State<Arc<AppState>>) -> impl IntoRespons
 
 async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
+    // Events in the log the projector has not applied yet (run history lag).
+    let lag = match (
+        st.dispatcher.log_tail().await,
+        tengine_core::store::projector_checkpoint(&st.pool).await,
+    ) {
+        (Some(tail), Ok(done)) => Some(tail.saturating_sub(u64::try_from(done).unwrap_or(0))),
+        _ => None,
+    };
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
     let status = if database && nats {
         StatusCode::OK
@@ -168,6 +176,7 @@ async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             "version": tengine_core::VERSION,
             "database": if database { "ok" } else { "unreachable" },
             "nats": if nats { "ok" } else { "unreachable" },
+            "projector_lag_events": lag,
         })),
     )
 }

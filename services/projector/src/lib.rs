@@ -17,6 +17,7 @@ use tengine_core::{
     connections::Connections,
     envelope::{EventEnvelope, RunEvent},
 };
+use uuid::Uuid;
 
 pub struct Projector {
     config: Config,
@@ -131,6 +132,7 @@ impl Projector {
 pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnvelope)]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut max_seq = 0u64;
+    let mut settled = Vec::new();
     for (seq, envelope) in events {
         max_seq = max_seq.max(*seq);
         let fresh = sqlx::query("INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -141,8 +143,12 @@ pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnv
             == 1;
         if fresh {
             apply_event(&mut tx, &envelope.body).await?;
+            if matches!(envelope.body, RunEvent::Finished(_) | RunEvent::Rejected { .. }) {
+                settled.push(envelope.body.run_id());
+            }
         }
     }
+    count_usage(&mut tx, &settled).await?;
     if max_seq > 0 {
         sqlx::query(
             "INSERT INTO projector_checkpoints (consumer, stream_seq) VALUES ($1, $2) \
@@ -154,6 +160,100 @@ pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnv
         .await?;
     }
     tx.commit().await
+}
+
+/// Upper bounds (ms) of the usage latency buckets; the last bucket is "more".
+pub const LATENCY_BUCKETS_MS: [i64; 9] = [10, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+type UsageKey = (Uuid, Uuid, String, String, chrono::DateTime<chrono::Utc>);
+
+#[derive(Default)]
+struct UsageDelta {
+    calls: i64,
+    successes: i64,
+    failures: i64,
+    latency_ms_sum: i64,
+    buckets: [i64; 10],
+    bytes_in: i64,
+    bytes_out: i64,
+}
+
+/// Counts each run once, when it first becomes terminal: the flag and the usage
+/// change in the same transaction. The batch is aggregated per hour and key first,
+/// so each usage row is written once per batch.
+async fn count_usage(tx: &mut Transaction<'_, Postgres>, runs: &[Uuid]) -> Result<(), sqlx::Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    type Counted = (
+        Uuid,
+        Uuid,
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        String,
+        i64,
+        i64,
+        i64,
+    );
+    let counted: Vec<Counted> = sqlx::query_as(
+        "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND NOT usage_counted \
+         AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
+         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, date_trunc('hour', accepted_at), \
+         status, COALESCE(latency_ms, 0), \
+         (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id), \
+         (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id)",
+    )
+    .bind(runs)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut deltas: std::collections::BTreeMap<UsageKey, UsageDelta> = std::collections::BTreeMap::new();
+    for (project, integration, member, tool, hour, status, latency, bytes_in, bytes_out) in counted {
+        let d = deltas.entry((project, integration, member, tool, hour)).or_default();
+        d.calls += 1;
+        if status == "succeeded" {
+            d.successes += 1;
+        } else {
+            d.failures += 1;
+        }
+        d.latency_ms_sum += latency;
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| latency <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        d.buckets[bucket] += 1;
+        d.bytes_in += bytes_in;
+        d.bytes_out += bytes_out;
+    }
+    for ((project, integration, member, tool, hour), d) in deltas {
+        sqlx::query(
+            "INSERT INTO usage_hourly (project_id, integration_id, member_id, tool_name, hour, calls, successes, \
+             failures, latency_ms_sum, latency_buckets, bytes_in, bytes_out) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (project_id, integration_id, member_id, tool_name, hour) DO UPDATE SET \
+             calls = usage_hourly.calls + EXCLUDED.calls, successes = usage_hourly.successes + EXCLUDED.successes, \
+             failures = usage_hourly.failures + EXCLUDED.failures, \
+             latency_ms_sum = usage_hourly.latency_ms_sum + EXCLUDED.latency_ms_sum, \
+             latency_buckets = (SELECT array_agg(a + b ORDER BY i) FROM unnest(usage_hourly.latency_buckets, \
+                 EXCLUDED.latency_buckets) WITH ORDINALITY AS t(a, b, i)), \
+             bytes_in = usage_hourly.bytes_in + EXCLUDED.bytes_in, bytes_out = usage_hourly.bytes_out + EXCLUDED.bytes_out",
+        )
+        .bind(project)
+        .bind(integration)
+        .bind(member)
+        .bind(tool)
+        .bind(hour)
+        .bind(d.calls)
+        .bind(d.successes)
+        .bind(d.failures)
+        .bind(d.latency_ms_sum)
+        .bind(d.buckets.to_vec())
+        .bind(d.bytes_in)
+        .bind(d.bytes_out)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Result<(), sqlx::Error> {

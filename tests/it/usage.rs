@@ -1,0 +1,80 @@
+//! Usage metering: each run counted exactly once, by tool, from the event log.
+
+use serde_json::json;
+use tengine_tests::{mcp::run_id, spawn_app, upstream::Upstream};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_counts_equal_run_counts() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    for (name, path) in [("ok", "/echo"), ("boom", "/status/500")] {
+        app.create_tool(
+            json!({"name": name, "input_schema": {"type": "object", "properties": {"n": {"type": "integer"}}},
+                               "base_url": upstream.url(), "http_method": "POST", "endpoint_path": path,
+                               "retry": {"max_attempts": 1}}),
+        )
+        .await;
+    }
+    let mut session = app.session();
+    session.initialize().await;
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        runs.push(run_id(&session.call("ok", json!({"n": n})).await));
+    }
+    runs.push(run_id(&session.call("ok", json!({"n": "not a number"})).await));
+    runs.push(run_id(&session.call("boom", json!({})).await));
+    for run in &runs {
+        app.finished_run(run).await;
+    }
+
+    let path = format!("/v1/projects/{}/usage?group_by=tool", app.project_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let usage = loop {
+        let (status, body) = app.admin_get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        let total: i64 = body["usage"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["calls"].as_i64().unwrap_or(0))
+            .sum();
+        if total == 5 || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let row = |tool: &str| {
+        usage["usage"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["tool"] == tool)
+            .cloned()
+            .unwrap_or_else(|| panic!("a row for {tool}: {usage}"))
+    };
+    let ok = row("ok");
+    assert_eq!(
+        (ok["calls"].as_i64(), ok["successes"].as_i64(), ok["failures"].as_i64()),
+        (Some(4), Some(3), Some(1)),
+        "{ok}"
+    );
+    let boom = row("boom");
+    assert_eq!(
+        (boom["calls"].as_i64(), boom["failures"].as_i64()),
+        (Some(1), Some(1)),
+        "{boom}"
+    );
+
+    let (runs_in_history,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(runs_in_history, 5, "usage counts equal run counts");
+    let (status, _) = app
+        .admin_get(&format!("/v1/projects/{}/usage?group_by=colour", app.project_id))
+        .await;
+    assert_eq!(status, 400);
+
+    let (_, health) = app.admin_get("/v1/health").await;
+    assert!(health["projector_lag_events"].is_u64(), "{health}");
+}
