@@ -272,7 +272,7 @@ async fn queued_runs_of_a_revoked_key_are_not_executed() {
     let upstream = Upstream::spawn(None).await;
     app.create_tool(
         json!({"name": "slow", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "GET", "endpoint_path": "/slow/1000", "timeout_ms": 5000}),
+                           "http_method": "GET", "endpoint_path": "/slow/3000", "timeout_ms": 5000}),
     )
     .await;
     let (key_id, key) = app.create_api_key(app.project_id).await;

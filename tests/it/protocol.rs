@@ -111,7 +111,7 @@ async fn a_cancelled_queued_call_is_never_executed() {
     // One worker slot: the second call waits in the queue behind the first.
     let app = spawn_app_with(&[("worker.concurrency", "1")]).await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/1500"))
+    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/4000"))
         .await;
     let mut first = app.session();
     first.initialize().await;

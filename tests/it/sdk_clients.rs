@@ -79,13 +79,21 @@ async fn exercise(sdk: Sdk) {
         "auth_strategy": "hmac_signature", "auth_secret": secret
     }))
     .await;
-    for name in ["a_one", "a_two", "slow"] {
+    for name in ["a_one", "a_two"] {
         app.create_tool(
             json!({"name": name, "description": name, "input_schema": {"type": "object"},
-                               "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/1500"}),
+                               "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/10"}),
         )
         .await;
     }
+    // Long enough to keep the only worker slot busy while an SDK client starts up,
+    // even on a loaded machine.
+    app.create_tool(
+        json!({"name": "slow", "description": "slow", "input_schema": {"type": "object"},
+                           "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/6000",
+                           "timeout_ms": 10000}),
+    )
+    .await;
 
     let listed = sdk.run(&app, &["list"]).await;
     let names: Vec<&str> = listed["tools"]
