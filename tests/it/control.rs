@@ -135,6 +135,14 @@ async fn member_sessions_attribute_runs_and_inject_identity() {
     assert_eq!(req.header("x-tengine-member-roles"), Some("admin,billing"));
     let run = app.finished_run(&run_id(&result)).await;
     assert_eq!(run["member_id"], "user-42");
+    let (_, theirs) = app
+        .admin_get(&format!("/v1/projects/{}/runs?member=user-42", app.project_id))
+        .await;
+    assert_eq!(
+        theirs["runs"].as_array().map(Vec::len),
+        Some(1),
+        "history filters by member: {theirs}"
+    );
 
     // A session opened with the API key is not valid for the member token.
     let mut mixed = RawSession::new(app.http.clone(), app.mcp_url.clone(), token.clone());

@@ -75,6 +75,35 @@ async fn usage_counts_equal_run_counts() {
         .await;
     assert_eq!(status, 400);
 
+    // History filters: integration, time range, status, tool (newest first).
+    let project = app.project_id;
+    let (_, key) = app.admin_get(&format!("/v1/projects/{project}/api-keys")).await;
+    let integration = key["api_keys"][0]["integration_id"]
+        .as_str()
+        .expect("integration")
+        .to_string();
+    let count = |query: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app.admin_get(&format!("/v1/projects/{project}/runs?{query}")).await;
+            assert_eq!(status, 200, "{body}");
+            body["runs"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(count(format!("integration={integration}")).await, 5);
+    assert_eq!(count(format!("integration={}", uuid::Uuid::now_v7())).await, 0);
+    assert_eq!(
+        count("from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z".into()).await,
+        5
+    );
+    assert_eq!(count("from=2100-01-01T00:00:00Z".into()).await, 0);
+    assert_eq!(count("status=rejected&tool=ok".into()).await, 1);
+    assert_eq!(count("member=nobody".into()).await, 0);
+    let (status, _) = app
+        .admin_get(&format!("/v1/projects/{project}/runs?from=yesterday"))
+        .await;
+    assert_eq!(status, 400, "a bad time is refused with a JSON error");
+
     let (_, health) = app.admin_get("/v1/health").await;
     assert!(health["projector_lag_events"].is_u64(), "{health}");
 }

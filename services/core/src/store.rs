@@ -793,6 +793,12 @@ const RUN_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, membe
 pub struct RunFilter {
     pub tool_name: Option<String>,
     pub status: Option<String>,
+    pub member_id: Option<String>,
+    pub integration_id: Option<Uuid>,
+    /// Accepted at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Accepted before.
+    pub to: Option<DateTime<Utc>>,
     /// Keyset cursor: runs strictly older than this (accepted_at, run_id).
     pub before: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
@@ -804,6 +810,8 @@ pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> S
         "SELECT {RUN_COLUMNS} FROM runs WHERE project_id = $1 \
          AND ($2::text IS NULL OR tool_name = $2) AND ($3::text IS NULL OR status = $3) \
          AND ($4::timestamptz IS NULL OR (accepted_at, run_id) < ($4, $5)) \
+         AND ($7::text IS NULL OR member_id = $7) AND ($8::uuid IS NULL OR integration_id = $8) \
+         AND ($9::timestamptz IS NULL OR accepted_at >= $9) AND ($10::timestamptz IS NULL OR accepted_at < $10) \
          ORDER BY accepted_at DESC, run_id DESC LIMIT $6"
     ))
     .bind(project_id)
@@ -812,6 +820,10 @@ pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> S
     .bind(before_at)
     .bind(before_id)
     .bind(filter.limit)
+    .bind(&filter.member_id)
+    .bind(filter.integration_id)
+    .bind(filter.from)
+    .bind(filter.to)
     .fetch_all(pool)
     .await?)
 }

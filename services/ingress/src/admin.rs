@@ -454,6 +454,10 @@ async fn delete_tool(
 struct RunQuery {
     status: Option<String>,
     tool: Option<String>,
+    member: Option<String>,
+    integration: Option<Uuid>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -491,6 +495,10 @@ async fn list_runs(
     let filter = RunFilter {
         tool_name: query.tool,
         status: query.status,
+        member_id: query.member,
+        integration_id: query.integration,
+        from: query.from,
+        to: query.to,
         before,
         limit: limit + 1,
     };
