@@ -35,10 +35,10 @@ impl Connections {
             events,
         })
     }
+}
 
-    /// Whether NATS and PostgreSQL answer (the `/health` of a service).
-    pub async fn healthy(&self) -> bool {
-        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
-        nats && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
+/// Whether NATS and PostgreSQL answer (the `/health` of the worker and the projector).
+pub async fn healthy(nats: &async_nats::Client, pool: &PgPool) -> bool {
+    nats.connection_state() == async_nats::connection::State::Connected
+        && sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }

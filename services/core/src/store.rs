@@ -33,6 +33,15 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// `NotFound` when a write matched no row.
+fn found(done: sqlx::postgres::PgQueryResult) -> StoreResult<()> {
+    if done.rows_affected() == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -114,9 +123,7 @@ pub async fn set_outbound_allowlist(pool: &PgPool, project_id: Uuid, networks: &
         .bind(networks)
         .execute(pool)
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
+    found(done)?;
     get_project(pool, project_id).await
 }
 
@@ -183,10 +190,7 @@ pub async fn revoke_api_key(pool: &PgPool, project_id: Uuid, key_id: Uuid) -> St
             .bind(project_id)
             .execute(pool)
             .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    found(done)
 }
 
 /// An authenticated caller and what its integration may see.
@@ -363,10 +367,7 @@ pub async fn delete_integration(pool: &PgPool, project_id: Uuid, id: Uuid) -> St
     .bind(id)
     .execute(pool)
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    found(done)
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -416,10 +417,7 @@ pub async fn delete_member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> St
     .bind(kid)
     .execute(pool)
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    found(done)
 }
 
 pub async fn member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> StoreResult<Option<String>> {
@@ -672,10 +670,7 @@ pub async fn delete_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreRe
         .bind(name)
         .execute(pool)
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    found(done)
 }
 
 pub async fn get_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResult<ToolDefinition> {

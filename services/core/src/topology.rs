@@ -111,6 +111,17 @@ impl Topology {
         format!("{}_CANCELLED", self.prefix.to_uppercase())
     }
 
+    /// The bucket of cancelled runs (ingress writes, workers read); an entry only
+    /// matters until the run is executed, so a day is ample.
+    pub async fn ensure_cancelled_bucket(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> anyhow::Result<jetstream::kv::Store> {
+        self.ensure_bucket(js, self.cancelled_bucket(), Duration::from_secs(86_400), replicas)
+            .await
+    }
+
     /// Creates a KV bucket if missing; entries expire after `ttl`. The backing
     /// stream is created directly with the KV conventions (`KV_<bucket>`,
     /// `$KV.<bucket>.>`): async-nats' `create_key_value` cannot parse NATS 2.9's reply.

@@ -76,14 +76,7 @@ impl AppState {
         let session_kv = topology
             .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)
             .await?;
-        let cancelled_kv = topology
-            .ensure_bucket(
-                &js,
-                topology.cancelled_bucket(),
-                Duration::from_secs(86_400),
-                config.streams.replicas,
-            )
-            .await?;
+        let cancelled_kv = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
         let idempotency_kv = topology
             .ensure_bucket(
                 &js,

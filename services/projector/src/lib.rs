@@ -49,8 +49,7 @@ impl Projector {
     }
 
     pub async fn health(&self) -> bool {
-        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
-        nats && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        tengine_core::connections::healthy(&self.nats, &self.pool).await
     }
 
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {

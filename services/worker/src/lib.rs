@@ -52,14 +52,7 @@ impl Worker {
             commands,
             events,
         } = Connections::open(&config, "tengine-worker", 16).await?;
-        let cancelled = topology
-            .ensure_bucket(
-                &js,
-                topology.cancelled_bucket(),
-                Duration::from_secs(86_400),
-                config.streams.replicas,
-            )
-            .await?;
+        let cancelled = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
         Ok(Arc::new(Self {
             config,
             pool,
@@ -527,7 +520,6 @@ impl Worker {
     }
 
     pub async fn health(&self) -> bool {
-        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
-        nats && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        tengine_core::connections::healthy(&self.nats, &self.pool).await
     }
 }
