@@ -299,6 +299,19 @@ pub async fn call_tool(
     match st.idempotency.claim(&claim_key, run_id, &fingerprint, traced).await {
         Ok(idempotency::Claimed::New) => {}
         Ok(idempotency::Claimed::Existing(original)) => {
+            if !st.dispatcher.was_accepted(caller.project_id, original).await {
+                // Its first attempt is still being queued (or failed): answer now
+                // rather than wait on a run that may never exist.
+                let mut err = McpError::internal(
+                    &id,
+                    format!(
+                        "the first attempt of this call (run {original}) is not queued yet; retry in a few \
+                         seconds with the same key: it will run at most once"
+                    ),
+                );
+                err.data = Some(json!({ META_RUN_ID: original }));
+                return Err(err);
+            }
             let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
             let deadline = tokio::time::Instant::now() + wait;
             let result = match st.dispatcher.poll_outcome(caller.project_id, original, deadline).await {

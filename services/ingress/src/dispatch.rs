@@ -179,10 +179,6 @@ impl Dispatcher {
         })
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
-    }
-
     pub fn reply_subject(&self, run_id: Uuid) -> String {
         self.topology.reply_subject(&self.instance, run_id)
     }
@@ -214,16 +210,22 @@ impl Dispatcher {
         };
         // The command's Nats-Msg-Id is the run id: publishing it again after an
         // unconfirmed attempt stores it at most once.
+        // Bounded: the client must get an answer long before its own timeout.
         let queue = || async {
-            let mut last = None;
-            for wait_ms in [0u64, 100, 300, 800] {
-                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                match bus::publish_command(&self.js, &self.topology, command).await {
-                    Ok(()) => return Ok(()),
-                    Err(err) => last = Some(err),
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let attempt =
+                    tokio::time::timeout_at(deadline, bus::publish_command(&self.js, &self.topology, command)).await;
+                match attempt {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(err)) if tokio::time::Instant::now() + Duration::from_millis(200) < deadline => {
+                        tracing::warn!(error = %err, "queueing a run failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => return Err(bus::BusError::Publish("no acknowledgement within 3 s".into())),
                 }
             }
-            Err(last.unwrap_or_else(|| bus::BusError::Publish("no attempt made".into())))
         };
         let (queued, logged) = tokio::join!(
             queue(),
