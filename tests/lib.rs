@@ -33,11 +33,9 @@ fn with_database(url: &str, name: &str) -> String {
     parsed.to_string()
 }
 
+/// Logs (RUST_LOG, default warn) and trace context, as the services install them.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    tengine_core::telemetry::init_for_tests();
 }
 
 /// A database and a JetStream prefix owned by one test; dropped with it.

@@ -3,6 +3,7 @@
 mod admin;
 mod calls;
 mod control;
+mod observability;
 mod protocol;
 mod retries;
 mod schemas;

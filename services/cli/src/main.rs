@@ -410,7 +410,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ingress | Command::Worker | Command::Projector | Command::Dev | Command::Migrate => {
             let config = Config::load()?;
-            telemetry::init(config.log_format);
+            let service = match cli.command {
+                Command::Ingress => "tengine-ingress",
+                Command::Worker => "tengine-worker",
+                Command::Projector => "tengine-projector",
+                _ => "tengine",
+            };
+            // Kept until the end of `run`: flushes exported spans on the way out.
+            let _telemetry = telemetry::init(config.log_format, &config.otlp_endpoint, service);
             let stop = shutdown_channel();
             match cli.command {
                 Command::Ingress => run_ingress(config, stop).await,
@@ -443,7 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DemoUpstream { listen } => {
             let config = Config::load()?;
-            telemetry::init(config.log_format);
+            let _telemetry = telemetry::init(config.log_format, &config.otlp_endpoint, "tengine-demo-upstream");
             demo::serve_upstream(listen, demo::demo_secret(&config.master_key_bytes()?)).await
         }
         Command::Demo {

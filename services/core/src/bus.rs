@@ -32,12 +32,19 @@ pub async fn publish_command(
     js: &jetstream::Context,
     topology: &Topology,
     command: &ExecuteCommand,
+    extra_headers: &async_nats::HeaderMap,
 ) -> Result<(), BusError> {
     let envelope = Envelope::new(command.run_id, command.clone());
+    let mut message = message(command.run_id, envelope.encode()?);
+    for (name, values) in extra_headers.iter() {
+        for value in values {
+            message = message.header(name.clone(), value.clone());
+        }
+    }
     let ack = js
         .send_publish(
             topology.command_subject(command.caller.project_id, command.run_id),
-            message(command.run_id, envelope.encode()?),
+            message,
         )
         .await
         .map_err(|e| BusError::Publish(e.to_string()))?;

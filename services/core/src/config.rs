@@ -26,6 +26,8 @@ pub struct Config {
     pub allow_private_upstreams: bool,
     pub run_migrations: bool,
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector base URL (`http://127.0.0.1:4318`); empty: traces are not exported.
+    pub otlp_endpoint: String,
     pub ingress: IngressConfig,
     pub worker: WorkerConfig,
     pub projector: ProjectorConfig,

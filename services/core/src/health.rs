@@ -1,4 +1,5 @@
-//! `/health` for the worker and the projector: 200 when their dependencies answer.
+//! `/health` for the worker and the projector: 200 when their dependencies answer;
+//! their Prometheus `/metrics` are served on the same listener.
 
 use std::future::Future;
 
@@ -10,7 +11,7 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    Router::new().route(
+    crate::prometheus::router().route(
         "/health",
         get(move || {
             let check = check.clone();

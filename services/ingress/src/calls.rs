@@ -12,10 +12,13 @@ use serde_json::{Map, Value, json};
 use tengine_core::{
     domain::{ResponseMode, ToolDefinition},
     envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
+    prometheus,
     store::{self, Principal, StoreError},
+    telemetry::TraceContext,
     templates,
 };
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -74,6 +77,7 @@ fn excerpt(body: &str) -> String {
 
 /// What the model sees for a finished run, mapped by the tool's `response_mode`.
 pub fn outcome_result(st: &AppState, tool: &ToolDefinition, outcome: &RunOutcome) -> Value {
+    count_call(outcome.status.as_str());
     match (outcome.status, &outcome.response) {
         (RunStatus::Succeeded, Some(response)) => success_result(st, tool, &response.body, outcome_meta(outcome)),
         _ => failure_result(outcome),
@@ -170,6 +174,7 @@ fn truncate_name(name: &str) -> String {
 }
 
 async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, class: ErrorClass, error: &str) {
+    count_call("rejected");
     st.dispatcher
         .log(
             caller.project_id,
@@ -185,6 +190,8 @@ async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, c
         .await;
 }
 
+/// `tools/call`: one span per call carrying the Run ID (a child of the client's
+/// trace when it sent `traceparent`), timed and counted.
 pub async fn call_tool(
     st: Arc<AppState>,
     principal: Principal,
@@ -192,6 +199,49 @@ pub async fn call_tool(
     id: Value,
     params: Option<Value>,
     idempotency_key: Option<String>,
+    trace: TraceContext,
+) -> McpResult<Response> {
+    let run_id = Uuid::now_v7();
+    let span = tracing::info_span!("tools/call", %run_id, tool = tracing::field::Empty);
+    let started = std::time::Instant::now();
+    let _in_flight = InFlight::enter();
+    let answer = execute(st, principal, session, id, params, idempotency_key, trace, run_id)
+        .instrument(span)
+        .await;
+    metrics::histogram!(prometheus::CALL_SECONDS).record(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// Counts calls waiting for their outcome; the gauge goes down however the call ends.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(prometheus::CALLS_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(prometheus::CALLS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+fn count_call(status: &'static str) {
+    metrics::counter!(prometheus::CALLS, "status" => status).increment(1);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    st: Arc<AppState>,
+    principal: Principal,
+    session: String,
+    id: Value,
+    params: Option<Value>,
+    idempotency_key: Option<String>,
+    trace: TraceContext,
+    run_id: Uuid,
 ) -> McpResult<Response> {
     let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
         McpError::invalid_params(
@@ -199,8 +249,8 @@ pub async fn call_tool(
             format!("tools/call params are malformed ({e}); expected {{\"name\": string, \"arguments\": object}}"),
         )
     })?;
-    let run_id = Uuid::now_v7();
     let name = params.name.to_string();
+    tracing::Span::current().record("tool", name.as_str());
     let progress_token = params
         .meta
         .as_ref()
@@ -351,7 +401,7 @@ pub async fn call_tool(
         reply_to: Some(st.dispatcher.reply_subject(run_id)),
     };
     let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
-    if let Err(err) = st.dispatcher.enqueue(&command).await {
+    if let Err(err) = st.dispatcher.enqueue(&command, &trace).await {
         // Publishing was retried under the same Nats-Msg-Id (stored at most once).
         // Known gap: if the command was stored but every ack was lost, it still runs
         // although this call reports it was not queued.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tengine_core::{
     Topology, bus,
     envelope::{Envelope, ExecuteCommand, RunEvent, RunOutcome},
+    telemetry::{self, TraceContext},
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -201,7 +202,10 @@ impl Dispatcher {
 
     /// Stores the command and the `Accepted` event. The call counts as accepted
     /// once this returns `Ok`.
-    pub async fn enqueue(&self, command: &ExecuteCommand) -> Result<(), bus::BusError> {
+    pub async fn enqueue(&self, command: &ExecuteCommand, trace: &TraceContext) -> Result<(), bus::BusError> {
+        // The command carries the caller's trace to the worker in its headers.
+        let mut headers = async_nats::HeaderMap::new();
+        telemetry::inject_nats(&tracing::Span::current(), trace, &mut headers);
         let accepted = RunEvent::Accepted {
             run_id: command.run_id,
             caller: command.caller.clone(),
@@ -214,8 +218,11 @@ impl Dispatcher {
         let queue = || async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
             loop {
-                let attempt =
-                    tokio::time::timeout_at(deadline, bus::publish_command(&self.js, &self.topology, command)).await;
+                let attempt = tokio::time::timeout_at(
+                    deadline,
+                    bus::publish_command(&self.js, &self.topology, command, &headers),
+                )
+                .await;
                 match attempt {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(err)) if tokio::time::Instant::now() + Duration::from_millis(200) < deadline => {

@@ -125,12 +125,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .merge(admin::routes())
+        .merge(tengine_core::prometheus::router())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let path = request
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or("unmatched", MatchedPath::as_str);
-            tracing::info_span!("http", method = %request.method(), path = %path)
+            let span = tracing::info_span!("http", method = %request.method(), path = %path);
+            // A client's `traceparent` makes this request part of its trace.
+            tengine_core::telemetry::adopt(&span, tengine_core::telemetry::extract_http(request.headers()));
+            span
         }))
         .with_state(state)
 }

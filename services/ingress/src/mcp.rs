@@ -200,6 +200,23 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
     Ok(streams::response(rx))
 }
 
+/// The metric label for a JSON-RPC method: known ones by name, anything else as
+/// `other` (a client must not be able to create time series at will).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "logging/setLevel",
+        "completion/complete",
+        "server/discover",
+    ];
+    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
+}
+
 async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> McpResult<Response> {
     check_host_and_origin(st, headers)?;
     let principal = authenticate(st, headers).await?;
@@ -251,6 +268,7 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
         ));
     };
     let params = message.get("params").cloned();
+    metrics::counter!(tengine_core::prometheus::MCP_REQUESTS, "method" => method_label(method)).increment(1);
 
     let Some(id) = id else {
         // A notification: validate the session like any other message, then accept.
@@ -308,7 +326,8 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
                         })
                 })
                 .transpose()?;
-            calls::call_tool(st.clone(), principal, session, id, params, key).await
+            let trace = tengine_core::telemetry::extract_http(headers);
+            calls::call_tool(st.clone(), principal, session, id, params, key, trace).await
         }
         "logging/setLevel" => set_log_level(st, &session, &id, params).await,
         // No prompts or resource templates here, so there is never anything to complete.

@@ -16,6 +16,7 @@ use tengine_core::{
     Config, Topology,
     connections::Connections,
     envelope::{EventEnvelope, RunEvent},
+    prometheus,
 };
 use uuid::Uuid;
 
@@ -107,6 +108,7 @@ impl Projector {
             }
         }
         let consumer = self.topology.projector_consumer();
+        let started = std::time::Instant::now();
         let result = (|| async { apply_batch(&self.pool, &consumer, &decoded).await })
             .retry(
                 ExponentialBuilder::default()
@@ -119,6 +121,12 @@ impl Projector {
         if let Err(err) = result {
             tracing::error!(error = %err, "projecting a batch failed");
             return;
+        }
+        metrics::histogram!(prometheus::PROJECTOR_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(prometheus::PROJECTOR_EVENTS).increment(decoded.len() as u64);
+        // The server tells each delivery how many events are still pending after it.
+        if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
+            metrics::gauge!(prometheus::PROJECTOR_LAG).set(info.pending as f64);
         }
         for message in batch {
             if let Err(err) = message.ack().await {

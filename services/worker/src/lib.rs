@@ -21,11 +21,22 @@ use tengine_core::{
     connections::Connections,
     domain::HttpMethod,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
+    prometheus,
     secrets::SecretBox,
     store::{self, StoreError},
-    templates,
+    telemetry, templates,
 };
 use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// Stops a background task when its owner is done.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 pub struct Worker {
     config: Config,
@@ -80,6 +91,21 @@ impl Worker {
         .await?;
         // The consumer may predate the configuration: trust what the server enforces.
         let max_deliver = consumer.cached_info().config.max_deliver;
+        // Queue depth for /metrics, sampled from the consumer's state on the server.
+        let sampler = {
+            let mut consumer = consumer.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    if let Ok(info) = consumer.info().await {
+                        metrics::gauge!(prometheus::QUEUE_PENDING).set(info.num_pending as f64);
+                        metrics::gauge!(prometheus::QUEUE_ACK_PENDING).set(info.num_ack_pending as f64);
+                    }
+                }
+            })
+        };
+        let _sampler = AbortOnDrop(sampler);
         let permits = Arc::new(Semaphore::new(wc.concurrency));
         // Small batches: prefetched messages burn their ack_wait while they wait.
         let mut messages = consumer
@@ -121,8 +147,27 @@ impl Worker {
         Ok(())
     }
 
+    /// One command, in a span that continues the caller's trace (the command's headers).
     async fn handle(&self, message: Message, max_deliver: i64) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered > 1 {
+            metrics::counter!(prometheus::REDELIVERIES).increment(1);
+        }
+        let span = tracing::info_span!(
+            "run",
+            run_id = tracing::field::Empty,
+            tool = tracing::field::Empty,
+            delivered
+        );
+        telemetry::adopt(&span, telemetry::extract_nats(message.headers.as_ref()));
+        metrics::gauge!(prometheus::RUNS_IN_FLIGHT).increment(1.0);
+        self.handle_in_span(message, max_deliver, delivered)
+            .instrument(span)
+            .await;
+        metrics::gauge!(prometheus::RUNS_IN_FLIGHT).decrement(1.0);
+    }
+
+    async fn handle_in_span(&self, message: Message, max_deliver: i64, delivered: i64) {
         let command = match CommandEnvelope::decode(&message.payload) {
             Ok(envelope) => envelope.body,
             Err(err) => {
@@ -133,8 +178,9 @@ impl Worker {
             }
         };
         let run_id = command.run_id;
-        let span = tracing::info_span!("run", %run_id, tool = %command.tool_name, delivered);
-        let _enter = span.enter();
+        let span = tracing::Span::current();
+        span.record("run_id", tracing::field::display(run_id));
+        span.record("tool", command.tool_name.as_str());
 
         if delivered > 1
             && let Some(outcome) =
@@ -247,6 +293,7 @@ impl Worker {
     }
 
     async fn execute(&self, command: &ExecuteCommand, attempt: u32, message: &Message) -> RunOutcome {
+        let remote = telemetry::extract_nats(message.headers.as_ref());
         let fail = |class: ErrorClass, error: String| {
             self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
         };
@@ -391,6 +438,10 @@ impl Worker {
                 Ok(h) => h,
                 Err(err) => return fail(ErrorClass::InvalidArguments, err),
             };
+            // Each attempt is a span of its own; the upstream sees it as the parent.
+            let attempt_span = tracing::info_span!("attempt", attempt = number);
+            let mut headers = headers;
+            telemetry::inject_http(&attempt_span, &remote, &mut headers);
             let started_at = Utc::now();
             let started = RunEvent::AttemptStarted {
                 run_id: command.run_id,
@@ -434,8 +485,12 @@ impl Worker {
                 .await;
                 drop(progress_tx);
                 result
-            };
+            }
+            .instrument(attempt_span);
             let (result, ()) = self.keeping_claim(message, async { tokio::join!(call, forward) }).await;
+            metrics::counter!(prometheus::ATTEMPTS, "outcome" => result.error_class.map_or("ok", ErrorClass::as_str))
+                .increment(1);
+            metrics::histogram!(prometheus::UPSTREAM_SECONDS).record(result.elapsed.as_secs_f64());
 
             let finished = RunEvent::AttemptFinished {
                 run_id: command.run_id,
