@@ -43,6 +43,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Delete the JetStream streams and KV buckets of a NATS prefix (after a scenario).
+    Teardown {
+        #[arg(long, env = "TENGINE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, env = "TENGINE_NATS_PREFIX")]
+        prefix: String,
+    },
     /// Create a project, an API key and a tool named `load` calling UPSTREAM/call; prints shell exports.
     Setup {
         #[arg(long, env = "TENGINE_ADMIN_URL", default_value = "http://127.0.0.1:8700")]
@@ -128,6 +135,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Sessions(args) => sessions(args).await,
         Command::Upstream { listen, delay_ms } => upstream(listen, delay_ms).await,
+        Command::Teardown { nats_url, prefix } => {
+            let client = async_nats::connect(&nats_url).await?;
+            tengine_core::Topology::new(prefix)
+                .delete_all(&async_nats::jetstream::new(client))
+                .await;
+            Ok(())
+        }
         Command::Setup {
             admin_url,
             admin_token,
