@@ -4,6 +4,7 @@ mod admin;
 mod calls;
 mod control;
 mod protocol;
+mod quotas;
 mod retries;
 mod schemas;
 mod sdk_clients;

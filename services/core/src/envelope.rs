@@ -162,6 +162,8 @@ pub enum ErrorClass {
     Forbidden,
     /// A fault inside Tengine.
     Internal,
+    /// The call exceeded a quota of its project or member (refused before queueing).
+    QuotaExceeded,
 }
 
 impl ErrorClass {
@@ -178,6 +180,7 @@ impl ErrorClass {
             ErrorClass::Revoked => "revoked",
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::Internal => "internal",
+            ErrorClass::QuotaExceeded => "quota_exceeded",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod domain;
 pub mod envelope;
 pub mod health;
+pub mod quotas;
 pub mod secrets;
 pub mod signing;
 pub mod store;

@@ -66,6 +66,19 @@ pub struct Project {
     pub default_integration_id: Uuid,
     /// Networks (CIDR) the project's tools may reach although they are private.
     pub outbound_allowlist: Vec<String>,
+    /// Calls per calendar month (UTC); `None`: unlimited.
+    pub monthly_call_limit: Option<i64>,
+    /// Calls per minute per member (per API key without a member session); `None`: unlimited.
+    pub member_calls_per_minute: Option<i32>,
+}
+
+/// A change of project settings: `None` leaves a setting as it is; for the
+/// nullable limits, `Some(None)` removes the limit.
+#[derive(Debug, Default, Clone)]
+pub struct ProjectSettings {
+    pub outbound_allowlist: Option<Vec<String>>,
+    pub monthly_call_limit: Option<Option<i64>>,
+    pub member_calls_per_minute: Option<Option<i32>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -80,6 +93,7 @@ pub struct ApiKey {
 }
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, p.outbound_allowlist, \
+     p.monthly_call_limit, p.member_calls_per_minute, \
      (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
       ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
 
@@ -117,12 +131,28 @@ pub async fn list_projects(pool: &PgPool) -> StoreResult<Vec<Project>> {
     .await?)
 }
 
-pub async fn set_outbound_allowlist(pool: &PgPool, project_id: Uuid, networks: &[String]) -> StoreResult<Project> {
-    let done = sqlx::query("UPDATE projects SET outbound_allowlist = $2 WHERE id = $1")
-        .bind(project_id)
-        .bind(networks)
-        .execute(pool)
-        .await?;
+/// Applies the settings given, in one statement; the others keep their values.
+pub async fn update_project_settings(
+    pool: &PgPool,
+    project_id: Uuid,
+    settings: &ProjectSettings,
+) -> StoreResult<Project> {
+    let done = sqlx::query(
+        "UPDATE projects SET \
+         outbound_allowlist = CASE WHEN $2 THEN $3 ELSE outbound_allowlist END, \
+         monthly_call_limit = CASE WHEN $4 THEN $5 ELSE monthly_call_limit END, \
+         member_calls_per_minute = CASE WHEN $6 THEN $7 ELSE member_calls_per_minute END \
+         WHERE id = $1",
+    )
+    .bind(project_id)
+    .bind(settings.outbound_allowlist.is_some())
+    .bind(settings.outbound_allowlist.clone().unwrap_or_default())
+    .bind(settings.monthly_call_limit.is_some())
+    .bind(settings.monthly_call_limit.flatten())
+    .bind(settings.member_calls_per_minute.is_some())
+    .bind(settings.member_calls_per_minute.flatten())
+    .execute(pool)
+    .await?;
     found(done)?;
     get_project(pool, project_id).await
 }
