@@ -5,6 +5,7 @@ mod calls;
 mod control;
 mod protocol;
 mod quotas;
+mod rebuild;
 mod retries;
 mod schemas;
 mod sdk_clients;

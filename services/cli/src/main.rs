@@ -36,8 +36,11 @@ enum Command {
     Ingress,
     /// Run a worker (executes tool calls).
     Worker,
-    /// Run the projector (builds run history from the event log).
-    Projector,
+    /// Run the projector (builds run history from the event log), or maintain it.
+    Projector {
+        #[command(subcommand)]
+        command: Option<ProjectorCommand>,
+    },
     /// Run ingress, worker and projector in one process (for laptops).
     Dev,
     /// Apply database migrations and exit.
@@ -109,6 +112,13 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ProjectorCommand {
+    /// Replay the whole event log into fresh tables and replace run history and
+    /// usage with the result (needs the database and NATS; services may keep running).
+    Rebuild,
+}
+
+#[derive(Subcommand)]
 enum SecretsCommand {
     /// Re-encrypt every tool secret under the current master key (after adding the
     /// old key to TENGINE_PREVIOUS_MASTER_KEYS and setting the new TENGINE_MASTER_KEY).
@@ -140,6 +150,27 @@ enum ProjectCommand {
         project: String,
         networks: Vec<String>,
     },
+    /// Set quotas: a number, or `none` to remove the limit; omitted ones stay as they are.
+    Quota {
+        #[arg(long)]
+        project: String,
+        /// Calls per calendar month (UTC).
+        #[arg(long)]
+        monthly_calls: Option<String>,
+        /// Calls per minute per member (per API key without a member session).
+        #[arg(long)]
+        member_calls_per_minute: Option<String>,
+    },
+}
+
+/// A limit given on the command line: a number, or `none`.
+fn limit_arg(flag: &str, raw: &str) -> anyhow::Result<Value> {
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(Value::Null);
+    }
+    raw.parse::<u64>()
+        .map(|n| json!(n))
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a number of calls or `none`, not `{raw}`"))
 }
 
 #[derive(Subcommand)]
@@ -408,14 +439,23 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ingress | Command::Worker | Command::Projector | Command::Dev | Command::Migrate => {
+        Command::Projector {
+            command: Some(ProjectorCommand::Rebuild),
+        } => {
+            let config = Config::load()?;
+            telemetry::init(config.log_format);
+            let rebuilt = tengine_projector::rebuild::rebuild(&config).await?;
+            print(&json!(rebuilt));
+            Ok(())
+        }
+        Command::Ingress | Command::Worker | Command::Projector { .. } | Command::Dev | Command::Migrate => {
             let config = Config::load()?;
             telemetry::init(config.log_format);
             let stop = shutdown_channel();
             match cli.command {
                 Command::Ingress => run_ingress(config, stop).await,
                 Command::Worker => run_worker(config, stop).await,
-                Command::Projector => run_projector(config, stop).await,
+                Command::Projector { .. } => run_projector(config, stop).await,
                 Command::Migrate => {
                     let pool = tengine_core::store::connect(&config.database_url, 2).await?;
                     tengine_core::store::migrate(&pool).await?;
@@ -470,6 +510,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await?,
                 ),
+                ProjectCommand::Quota {
+                    project,
+                    monthly_calls,
+                    member_calls_per_minute,
+                } => {
+                    let mut body = json!({});
+                    if let Some(raw) = monthly_calls {
+                        body["monthly_call_limit"] = limit_arg("monthly-calls", &raw)?;
+                    }
+                    if let Some(raw) = member_calls_per_minute {
+                        body["member_calls_per_minute"] = limit_arg("member-calls-per-minute", &raw)?;
+                    }
+                    print(&c.patch(&format!("/v1/projects/{}", seg(&project)), &body).await?)
+                }
             }
             Ok(())
         }

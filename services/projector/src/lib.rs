@@ -6,6 +6,8 @@
 //! events of one run come from different publishers, so a `Finished` may be
 //! stored before its `Accepted`, and a row never moves back from a terminal status.
 
+pub mod rebuild;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
@@ -50,6 +52,13 @@ impl Projector {
 
     pub async fn health(&self) -> bool {
         tengine_core::connections::healthy(&self.nats, &self.pool).await
+    }
+
+    /// Events in the log not yet applied to run history (`projector_lag_events` in
+    /// the ingress health; cheap enough to sample for a gauge). `None` when NATS or
+    /// PostgreSQL cannot be read.
+    pub async fn lag(&self) -> Option<u64> {
+        tengine_core::connections::projector_lag(&self.events, &self.pool).await
     }
 
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
