@@ -2,6 +2,7 @@
 
 mod admin;
 mod demo;
+mod export;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -102,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// Usage metering: billing export of closed hours (reads PostgreSQL and NATS directly).
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
     /// Run history.
     Runs {
         #[command(flatten)]
@@ -109,6 +115,53 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Export closed hours of usage (or runs) as CSV or JSON lines, or, with
+    /// --schedule, write each closed hour of every project to its own file once.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long, required_unless_present = "schedule")]
+    project: Option<uuid::Uuid>,
+    /// Start (RFC 3339, inclusive; default: the beginning).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End (RFC 3339, exclusive; default and at most: the end of the closed hours).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: export::Format,
+    /// Export runs (accepted in the range) instead of hourly usage.
+    #[arg(long)]
+    runs: bool,
+    /// Continue after the position a previous export printed.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Export at most this many rows (then continue with the printed cursor).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Write to this file (appended to with --cursor) and keep the cursor in FILE.cursor.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Keep exporting every closed hour of every project to DIR/<project>/<hour>.jsonl.
+    #[arg(long, requires = "dir", conflicts_with_all = ["project", "cursor", "output", "runs", "limit"])]
+    schedule: bool,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seconds between passes of --schedule.
+    #[arg(long, default_value_t = 300)]
+    interval_secs: u64,
+    /// With --schedule: one pass, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Pause after each hour file (tests).
+    #[arg(long, hide = true, default_value_t = 0)]
+    throttle_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -429,6 +482,71 @@ fn client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
     AdminClient::new(&admin.admin_url, &admin.admin_token)
 }
 
+async fn usage_export(args: ExportArgs) -> anyhow::Result<()> {
+    let config = Config::load()?;
+    let exporter = export::Exporter::connect(&config).await?;
+    if args.schedule {
+        let dir = args.dir.context("--schedule needs --dir")?;
+        let throttle = std::time::Duration::from_millis(args.throttle_ms);
+        let stop = shutdown_channel();
+        loop {
+            let written = export::export_closed_hours(&exporter, &dir, throttle).await?;
+            eprintln!("exported {written} hour file(s) to {}", dir.display());
+            if args.once {
+                return Ok(());
+            }
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(args.interval_secs.max(1))) => {}
+            }
+        }
+    }
+    let project = args.project.context("--project is required")?;
+    let request = export::Request {
+        project,
+        kind: if args.runs {
+            export::Kind::Runs
+        } else {
+            export::Kind::Usage
+        },
+        format: args.format,
+        from: args.from.unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
+        to: args.to.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        cursor: args.cursor.clone(),
+        limit: args.limit,
+    };
+    let closed = exporter.closed_until().await?;
+    let summary = match &args.output {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.cursor.is_some())
+                .truncate(args.cursor.is_none())
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let cursor_file = PathBuf::from(format!("{}.cursor", path.display()));
+            let summary = export::export(&exporter, &request, closed, &mut out, |cursor| {
+                export::write_atomically(&cursor_file, &format!("{cursor}\n"))
+            })
+            .await?;
+            out.into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error()))?
+                .sync_all()?;
+            summary
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::export(&exporter, &request, closed, &mut out, |_| Ok(())).await?
+        }
+    };
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run(Cli::parse()).await {
@@ -472,6 +590,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Usage {
+            command: UsageCommand::Export(args),
+        } => usage_export(args).await,
         Command::Secrets {
             command: SecretsCommand::Reseal,
         } => {

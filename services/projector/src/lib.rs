@@ -6,6 +6,7 @@
 //! events of one run come from different publishers, so a `Finished` may be
 //! stored before its `Accepted`, and a row never moves back from a terminal status.
 
+pub mod closing;
 pub mod rebuild;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -116,7 +117,8 @@ impl Projector {
             }
         }
         let consumer = self.topology.projector_consumer();
-        let result = (|| async { apply_batch(&self.pool, &consumer, &decoded).await })
+        let close_after = self.config.projector.usage_close_after_secs;
+        let result = (|| async { apply_batch(&self.pool, &consumer, close_after, &decoded).await })
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(100))
@@ -137,7 +139,14 @@ impl Projector {
     }
 }
 
-pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnvelope)]) -> Result<(), sqlx::Error> {
+/// Applies decoded events in one transaction. `close_after_secs` is
+/// `projector.usage_close_after_secs`: the usage hour rule depends on it.
+pub async fn apply_batch(
+    pool: &PgPool,
+    consumer: &str,
+    close_after_secs: u64,
+    events: &[(u64, EventEnvelope)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut max_seq = 0u64;
     let mut settled = Vec::new();
@@ -156,7 +165,7 @@ pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnv
             }
         }
     }
-    count_usage(&mut tx, &settled).await?;
+    count_usage(&mut tx, &settled, close_after_secs).await?;
     if max_seq > 0 {
         sqlx::query(
             "INSERT INTO projector_checkpoints (consumer, stream_seq) VALUES ($1, $2) \
@@ -189,7 +198,16 @@ struct UsageDelta {
 /// Counts each run once, when it first becomes terminal: the flag and the usage
 /// change in the same transaction. The batch is aggregated per hour and key first,
 /// so each usage row is written once per batch.
-async fn count_usage(tx: &mut Transaction<'_, Postgres>, runs: &[Uuid]) -> Result<(), sqlx::Error> {
+///
+/// A run counts in the hour it was accepted, unless it finished more than
+/// `close_after_secs` after that hour ended: that hour may already be closed and
+/// exported, so the run counts in the hour it finished instead. The rule depends
+/// only on the run's own times, so a rebuild yields the same hours.
+async fn count_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    runs: &[Uuid],
+    close_after_secs: u64,
+) -> Result<(), sqlx::Error> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -207,12 +225,16 @@ async fn count_usage(tx: &mut Transaction<'_, Postgres>, runs: &[Uuid]) -> Resul
     let counted: Vec<Counted> = sqlx::query_as(
         "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND NOT usage_counted \
          AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
-         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, date_trunc('hour', accepted_at), \
+         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, \
+         CASE WHEN COALESCE(finished_at, accepted_at) >= date_trunc('hour', accepted_at) + interval '1 hour' \
+              + make_interval(secs => $2) THEN date_trunc('hour', finished_at) \
+              ELSE date_trunc('hour', accepted_at) END, \
          status, COALESCE(latency_ms, 0), \
          (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id), \
          (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id)",
     )
     .bind(runs)
+    .bind(close_after_secs as f64)
     .fetch_all(&mut **tx)
     .await?;
     let mut deltas: std::collections::BTreeMap<UsageKey, UsageDelta> = std::collections::BTreeMap::new();

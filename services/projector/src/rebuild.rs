@@ -109,7 +109,8 @@ async fn rebuild_into(
     let scratch = PgPoolOptions::new().max_connections(2).connect_with(options).await?;
     let batch = config.projector.batch_size.max(1);
 
-    let mut replayed = replay(events, &scratch, consumer, 1, tail, batch).await?;
+    let close_after = config.projector.usage_close_after_secs;
+    let mut replayed = replay(events, &scratch, consumer, close_after, 1, tail, batch).await?;
     tracing::info!(events = replayed, through = tail, "replayed the event log; swapping");
 
     let mut tx = pool.begin().await?;
@@ -128,7 +129,7 @@ async fn rebuild_into(
         .state
         .last_sequence;
     if now_tail > tail {
-        replayed += replay(events, &scratch, consumer, tail + 1, now_tail, batch).await?;
+        replayed += replay(events, &scratch, consumer, close_after, tail + 1, now_tail, batch).await?;
     }
     for table in PROJECTED_TABLES {
         sqlx::query(&format!("DELETE FROM public.{table}"))
@@ -160,6 +161,7 @@ async fn replay(
     events: &jetstream::stream::Stream,
     pool: &PgPool,
     consumer: &str,
+    close_after_secs: u64,
     from: u64,
     to: u64,
     batch_size: usize,
@@ -197,7 +199,7 @@ async fn replay(
             }
         }
         if !batch.is_empty() {
-            apply_batch(pool, consumer, &batch).await?;
+            apply_batch(pool, consumer, close_after_secs, &batch).await?;
             batch.clear();
         }
     }
