@@ -214,6 +214,23 @@ enum ProjectCommand {
         #[arg(long)]
         member_calls_per_minute: Option<String>,
     },
+    /// Keep request and response bodies in run history (off by default).
+    Bodies {
+        #[arg(long)]
+        project: String,
+        /// Store bodies: true or false.
+        #[arg(long)]
+        store: Option<bool>,
+        /// Bytes kept of each body (1 to 1048576).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// A JSON field path replaced by "[REDACTED]" (repeatable; replaces the list).
+        #[arg(long = "redact")]
+        redact: Vec<String>,
+        /// Redact nothing (clears the list).
+        #[arg(long, conflicts_with = "redact")]
+        no_redact: bool,
+    },
 }
 
 /// A limit given on the command line: a number, or `none`.
@@ -642,6 +659,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     if let Some(raw) = member_calls_per_minute {
                         body["member_calls_per_minute"] = limit_arg("member-calls-per-minute", &raw)?;
+                    }
+                    print(&c.patch(&format!("/v1/projects/{}", seg(&project)), &body).await?)
+                }
+                ProjectCommand::Bodies {
+                    project,
+                    store,
+                    max_bytes,
+                    redact,
+                    no_redact,
+                } => {
+                    let mut body = json!({});
+                    if let Some(store) = store {
+                        body["store_bodies"] = json!(store);
+                    }
+                    if let Some(max) = max_bytes {
+                        body["body_max_bytes"] = json!(max);
+                    }
+                    if !redact.is_empty() || no_redact {
+                        body["redact_fields"] = json!(redact);
                     }
                     print(&c.patch(&format!("/v1/projects/{}", seg(&project)), &body).await?)
                 }

@@ -2,6 +2,7 @@
 //! message envelopes, domain types, request templates, signing, secrets and the
 //! PostgreSQL store.
 
+pub mod bodies;
 pub mod bus;
 pub mod config;
 pub mod connections;

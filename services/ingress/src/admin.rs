@@ -526,6 +526,7 @@ async fn get_run(
     }
     let mut out = json!(run);
     out["attempt_details"] = json!(attempts);
+    out["bodies"] = json!(store::run_bodies(&st.pool, run_id).await?);
     Ok(Json(out))
 }
 
@@ -920,7 +921,15 @@ struct ProjectPatch {
     monthly_call_limit: Option<Option<i64>>,
     #[serde(default, deserialize_with = "nullable")]
     member_calls_per_minute: Option<Option<i64>>,
+    #[serde(default)]
+    store_bodies: Option<bool>,
+    #[serde(default)]
+    body_max_bytes: Option<i64>,
+    #[serde(default)]
+    redact_fields: Option<Vec<String>>,
 }
+
+const MAX_REDACT_FIELDS: usize = 64;
 
 fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::from(tengine_core::domain::FieldError {
@@ -978,6 +987,34 @@ async fn patch_project(
             })
             .transpose()?;
         settings.member_calls_per_minute = Some(limit);
+    }
+    settings.store_bodies = patch.store_bodies;
+    if let Some(max) = patch.body_max_bytes {
+        let max = i32::try_from(max)
+            .ok()
+            .filter(|n| (1..=tengine_core::bodies::MAX_BODY_BYTES).contains(&i64::from(*n)))
+            .ok_or_else(|| {
+                invalid_field(
+                    "body_max_bytes",
+                    format!(
+                        "must be 1 to {} (bytes kept of each body)",
+                        tengine_core::bodies::MAX_BODY_BYTES
+                    ),
+                )
+            })?;
+        settings.body_max_bytes = Some(max);
+    }
+    if let Some(fields) = patch.redact_fields {
+        if fields.len() > MAX_REDACT_FIELDS || fields.iter().any(|f| f.len() > 256 || f.split('.').any(str::is_empty)) {
+            return Err(invalid_field(
+                "redact_fields",
+                format!(
+                    "at most {MAX_REDACT_FIELDS} JSON field paths like `password` or `card.number` \
+                     (non-empty keys joined by `.`, each path at most 256 bytes)"
+                ),
+            ));
+        }
+        settings.redact_fields = Some(fields);
     }
     let project = store::update_project_settings(&st.pool, project_id, &settings)
         .await

@@ -406,9 +406,12 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
         RunEvent::Finished(outcome) => {
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
+                 bodies_truncated) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                  ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
+                 request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
+                 bodies_truncated = EXCLUDED.bodies_truncated, \
                  error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
                  attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, updated_at = now()",
             )
@@ -426,6 +429,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(outcome.accepted_at)
             .bind(outcome.finished_at)
             .bind(outcome.caller.member.as_ref().map(|m| m.id.as_str()))
+            .bind(outcome.bodies.as_ref().and_then(|b| b.request.as_deref()))
+            .bind(outcome.bodies.as_ref().and_then(|b| b.response.as_deref()))
+            .bind(outcome.bodies.as_ref().map(|b| b.truncated))
             .execute(&mut **tx)
             .await?;
         }
