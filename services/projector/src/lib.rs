@@ -30,6 +30,15 @@ pub struct Projector {
     topology: Topology,
 }
 
+/// Stops a background task when the projector stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// SQL rank of a status: a row only ever moves to a higher rank.
 const STATUS_RANK: &str = "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)";
 
@@ -76,6 +85,18 @@ impl Projector {
             .await
             .map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
         tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
+        // Housekeeping beside the projection: per-minute quota counters of past windows.
+        let pool = self.pool.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                if let Err(err) = tengine_core::quotas::prune(&pool).await {
+                    tracing::warn!(error = %err, "pruning quota counters failed; retrying in an hour");
+                }
+            }
+        });
+        let _housekeeping = AbortOnDrop(housekeeping);
         tokio::pin!(shutdown);
         loop {
             let first = tokio::select! {
