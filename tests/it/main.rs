@@ -1,10 +1,13 @@
 //! Integration tests: one binary, real NATS, PostgreSQL, upstreams and MCP clients.
 
 mod admin;
+mod bodies;
 mod calls;
 mod control;
 mod observability;
 mod protocol;
+mod quotas;
+mod rebuild;
 mod retries;
 mod schemas;
 mod sdk_clients;

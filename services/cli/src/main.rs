@@ -2,6 +2,7 @@
 
 mod admin;
 mod demo;
+mod export;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -36,8 +37,11 @@ enum Command {
     Ingress,
     /// Run a worker (executes tool calls).
     Worker,
-    /// Run the projector (builds run history from the event log).
-    Projector,
+    /// Run the projector (builds run history from the event log), or maintain it.
+    Projector {
+        #[command(subcommand)]
+        command: Option<ProjectorCommand>,
+    },
     /// Run ingress, worker and projector in one process (for laptops).
     Dev,
     /// Apply database migrations and exit.
@@ -99,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// Usage metering: billing export of closed hours (reads PostgreSQL and NATS directly).
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
     /// Run history.
     Runs {
         #[command(flatten)]
@@ -106,6 +115,60 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Export closed hours of usage (or runs) as CSV or JSON lines, or, with
+    /// --schedule, write each closed hour of every project to its own file once.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long, required_unless_present = "schedule")]
+    project: Option<uuid::Uuid>,
+    /// Start (RFC 3339, inclusive; default: the beginning).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End (RFC 3339, exclusive; default and at most: the end of the closed hours).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: export::Format,
+    /// Export runs (accepted in the range) instead of hourly usage.
+    #[arg(long)]
+    runs: bool,
+    /// Continue after the position a previous export printed.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Export at most this many rows (then continue with the printed cursor).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Write to this file (appended to with --cursor) and keep the cursor in FILE.cursor.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Keep exporting every closed hour of every project to DIR/<project>/<hour>.jsonl.
+    #[arg(long, requires = "dir", conflicts_with_all = ["project", "cursor", "output", "runs", "limit"])]
+    schedule: bool,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seconds between passes of --schedule.
+    #[arg(long, default_value_t = 300)]
+    interval_secs: u64,
+    /// With --schedule: one pass, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Pause after each hour file (tests).
+    #[arg(long, hide = true, default_value_t = 0)]
+    throttle_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum ProjectorCommand {
+    /// Replay the whole event log into fresh tables and replace run history and
+    /// usage with the result (needs the database and NATS; services may keep running).
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +203,44 @@ enum ProjectCommand {
         project: String,
         networks: Vec<String>,
     },
+    /// Set quotas: a number, or `none` to remove the limit; omitted ones stay as they are.
+    Quota {
+        #[arg(long)]
+        project: String,
+        /// Calls per calendar month (UTC).
+        #[arg(long)]
+        monthly_calls: Option<String>,
+        /// Calls per minute per member (per API key without a member session).
+        #[arg(long)]
+        member_calls_per_minute: Option<String>,
+    },
+    /// Keep request and response bodies in run history (off by default).
+    Bodies {
+        #[arg(long)]
+        project: String,
+        /// Store bodies: true or false.
+        #[arg(long)]
+        store: Option<bool>,
+        /// Bytes kept of each body (1 to 1048576).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// A JSON field path replaced by "[REDACTED]" (repeatable; replaces the list).
+        #[arg(long = "redact")]
+        redact: Vec<String>,
+        /// Redact nothing (clears the list).
+        #[arg(long, conflicts_with = "redact")]
+        no_redact: bool,
+    },
+}
+
+/// A limit given on the command line: a number, or `none`.
+fn limit_arg(flag: &str, raw: &str) -> anyhow::Result<Value> {
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(Value::Null);
+    }
+    raw.parse::<u64>()
+        .map(|n| json!(n))
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a number of calls or `none`, not `{raw}`"))
 }
 
 #[derive(Subcommand)]
@@ -398,6 +499,71 @@ fn client(admin: &AdminArgs) -> anyhow::Result<AdminClient> {
     AdminClient::new(&admin.admin_url, &admin.admin_token)
 }
 
+async fn usage_export(args: ExportArgs) -> anyhow::Result<()> {
+    let config = Config::load()?;
+    let exporter = export::Exporter::connect(&config).await?;
+    if args.schedule {
+        let dir = args.dir.context("--schedule needs --dir")?;
+        let throttle = std::time::Duration::from_millis(args.throttle_ms);
+        let stop = shutdown_channel();
+        loop {
+            let written = export::export_closed_hours(&exporter, &dir, throttle).await?;
+            eprintln!("exported {written} hour file(s) to {}", dir.display());
+            if args.once {
+                return Ok(());
+            }
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(args.interval_secs.max(1))) => {}
+            }
+        }
+    }
+    let project = args.project.context("--project is required")?;
+    let request = export::Request {
+        project,
+        kind: if args.runs {
+            export::Kind::Runs
+        } else {
+            export::Kind::Usage
+        },
+        format: args.format,
+        from: args.from.unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
+        to: args.to.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        cursor: args.cursor.clone(),
+        limit: args.limit,
+    };
+    let closed = exporter.closed_until().await?;
+    let summary = match &args.output {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.cursor.is_some())
+                .truncate(args.cursor.is_none())
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let cursor_file = PathBuf::from(format!("{}.cursor", path.display()));
+            let summary = export::export(&exporter, &request, closed, &mut out, |cursor| {
+                export::write_atomically(&cursor_file, &format!("{cursor}\n"))
+            })
+            .await?;
+            out.into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error()))?
+                .sync_all()?;
+            summary
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::export(&exporter, &request, closed, &mut out, |_| Ok(())).await?
+        }
+    };
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run(Cli::parse()).await {
@@ -408,12 +574,21 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ingress | Command::Worker | Command::Projector | Command::Dev | Command::Migrate => {
+        Command::Projector {
+            command: Some(ProjectorCommand::Rebuild),
+        } => {
+            let config = Config::load()?;
+            let _telemetry = telemetry::init(config.log_format, &config.otlp_endpoint, "tengine-rebuild");
+            let rebuilt = tengine_projector::rebuild::rebuild(&config).await?;
+            print(&json!(rebuilt));
+            Ok(())
+        }
+        Command::Ingress | Command::Worker | Command::Projector { .. } | Command::Dev | Command::Migrate => {
             let config = Config::load()?;
             let service = match cli.command {
                 Command::Ingress => "tengine-ingress",
                 Command::Worker => "tengine-worker",
-                Command::Projector => "tengine-projector",
+                Command::Projector { .. } => "tengine-projector",
                 _ => "tengine",
             };
             // Kept until the end of `run`: flushes exported spans on the way out.
@@ -422,7 +597,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.command {
                 Command::Ingress => run_ingress(config, stop).await,
                 Command::Worker => run_worker(config, stop).await,
-                Command::Projector => run_projector(config, stop).await,
+                Command::Projector { .. } => run_projector(config, stop).await,
                 Command::Migrate => {
                     let pool = tengine_core::store::connect(&config.database_url, 2).await?;
                     tengine_core::store::migrate(&pool).await?;
@@ -439,6 +614,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Usage {
+            command: UsageCommand::Export(args),
+        } => usage_export(args).await,
         Command::Secrets {
             command: SecretsCommand::Reseal,
         } => {
@@ -477,6 +655,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await?,
                 ),
+                ProjectCommand::Quota {
+                    project,
+                    monthly_calls,
+                    member_calls_per_minute,
+                } => {
+                    let mut body = json!({});
+                    if let Some(raw) = monthly_calls {
+                        body["monthly_call_limit"] = limit_arg("monthly-calls", &raw)?;
+                    }
+                    if let Some(raw) = member_calls_per_minute {
+                        body["member_calls_per_minute"] = limit_arg("member-calls-per-minute", &raw)?;
+                    }
+                    print(&c.patch(&format!("/v1/projects/{}", seg(&project)), &body).await?)
+                }
+                ProjectCommand::Bodies {
+                    project,
+                    store,
+                    max_bytes,
+                    redact,
+                    no_redact,
+                } => {
+                    let mut body = json!({});
+                    if let Some(store) = store {
+                        body["store_bodies"] = json!(store);
+                    }
+                    if let Some(max) = max_bytes {
+                        body["body_max_bytes"] = json!(max);
+                    }
+                    if !redact.is_empty() || no_redact {
+                        body["redact_fields"] = json!(redact);
+                    }
+                    print(&c.patch(&format!("/v1/projects/{}", seg(&project)), &body).await?)
+                }
             }
             Ok(())
         }

@@ -70,6 +70,10 @@ pub struct WorkerConfig {
 pub struct ProjectorConfig {
     pub health_listen: SocketAddr,
     pub batch_size: usize,
+    /// How long after its end an hour of usage is closed (exportable, never to
+    /// change again); must exceed the longest a run can take. A run finishing later
+    /// than this after its accepted hour is counted in the hour it finished.
+    pub usage_close_after_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

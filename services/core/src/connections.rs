@@ -42,3 +42,12 @@ pub async fn healthy(nats: &async_nats::Client, pool: &PgPool) -> bool {
     nats.connection_state() == async_nats::connection::State::Connected
         && sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
+
+/// Events in the log not yet applied to run history: the log's last sequence minus
+/// the projector's checkpoint. `None` when either side cannot be read.
+pub async fn projector_lag(events: &jetstream::stream::Stream, pool: &PgPool) -> Option<u64> {
+    let mut events = events.clone();
+    let tail = events.info().await.ok()?.state.last_sequence;
+    let done = store::projector_checkpoint(pool).await.ok()?;
+    Some(tail.saturating_sub(u64::try_from(done).unwrap_or(0)))
+}

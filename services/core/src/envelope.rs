@@ -162,6 +162,8 @@ pub enum ErrorClass {
     Forbidden,
     /// A fault inside Tengine.
     Internal,
+    /// The call exceeded a quota of its project or member (refused before queueing).
+    QuotaExceeded,
 }
 
 impl ErrorClass {
@@ -178,6 +180,7 @@ impl ErrorClass {
             ErrorClass::Revoked => "revoked",
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::Internal => "internal",
+            ErrorClass::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -263,6 +266,20 @@ pub struct RunOutcome {
     pub finished_at: DateTime<Utc>,
     /// Time from acceptance to outcome.
     pub latency_ms: u64,
+    /// The last attempt's bodies, redacted and capped; only for projects that store bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<RunBodies>,
+}
+
+/// Bodies kept in run history (projects with `store_bodies`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct RunBodies {
+    /// The rendered request body, if the request had one.
+    pub request: Option<String>,
+    /// The response body, if the API answered.
+    pub response: Option<String>,
+    /// Whether either body was cut to the project's `body_max_bytes`.
+    pub truncated: bool,
 }
 
 impl RunEvent {

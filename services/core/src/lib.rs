@@ -2,6 +2,7 @@
 //! message envelopes, domain types, request templates, signing, secrets and the
 //! PostgreSQL store.
 
+pub mod bodies;
 pub mod bus;
 pub mod config;
 pub mod connections;
@@ -10,6 +11,7 @@ pub mod domain;
 pub mod envelope;
 pub mod health;
 pub mod prometheus;
+pub mod quotas;
 pub mod secrets;
 pub mod signing;
 pub mod store;

@@ -66,6 +66,27 @@ pub struct Project {
     pub default_integration_id: Uuid,
     /// Networks (CIDR) the project's tools may reach although they are private.
     pub outbound_allowlist: Vec<String>,
+    /// Calls per calendar month (UTC); `None`: unlimited.
+    pub monthly_call_limit: Option<i64>,
+    /// Calls per minute per member (per API key without a member session); `None`: unlimited.
+    pub member_calls_per_minute: Option<i32>,
+    /// Whether run history keeps request and response bodies (redacted, capped).
+    pub store_bodies: bool,
+    pub body_max_bytes: i32,
+    /// JSON fields (dotted paths) replaced by "[REDACTED]" in stored bodies.
+    pub redact_fields: Vec<String>,
+}
+
+/// A change of project settings: `None` leaves a setting as it is; for the
+/// nullable limits, `Some(None)` removes the limit.
+#[derive(Debug, Default, Clone)]
+pub struct ProjectSettings {
+    pub outbound_allowlist: Option<Vec<String>>,
+    pub monthly_call_limit: Option<Option<i64>>,
+    pub member_calls_per_minute: Option<Option<i32>>,
+    pub store_bodies: Option<bool>,
+    pub body_max_bytes: Option<i32>,
+    pub redact_fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -80,6 +101,7 @@ pub struct ApiKey {
 }
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, p.outbound_allowlist, \
+     p.monthly_call_limit, p.member_calls_per_minute, p.store_bodies, p.body_max_bytes, p.redact_fields, \
      (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
       ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
 
@@ -117,22 +139,58 @@ pub async fn list_projects(pool: &PgPool) -> StoreResult<Vec<Project>> {
     .await?)
 }
 
-pub async fn set_outbound_allowlist(pool: &PgPool, project_id: Uuid, networks: &[String]) -> StoreResult<Project> {
-    let done = sqlx::query("UPDATE projects SET outbound_allowlist = $2 WHERE id = $1")
-        .bind(project_id)
-        .bind(networks)
-        .execute(pool)
-        .await?;
+/// Applies the settings given, in one statement; the others keep their values.
+pub async fn update_project_settings(
+    pool: &PgPool,
+    project_id: Uuid,
+    settings: &ProjectSettings,
+) -> StoreResult<Project> {
+    let done = sqlx::query(
+        "UPDATE projects SET \
+         outbound_allowlist = CASE WHEN $2 THEN $3 ELSE outbound_allowlist END, \
+         monthly_call_limit = CASE WHEN $4 THEN $5 ELSE monthly_call_limit END, \
+         member_calls_per_minute = CASE WHEN $6 THEN $7 ELSE member_calls_per_minute END, \
+         store_bodies = COALESCE($8, store_bodies), body_max_bytes = COALESCE($9, body_max_bytes), \
+         redact_fields = COALESCE($10, redact_fields) \
+         WHERE id = $1",
+    )
+    .bind(project_id)
+    .bind(settings.outbound_allowlist.is_some())
+    .bind(settings.outbound_allowlist.clone().unwrap_or_default())
+    .bind(settings.monthly_call_limit.is_some())
+    .bind(settings.monthly_call_limit.flatten())
+    .bind(settings.member_calls_per_minute.is_some())
+    .bind(settings.member_calls_per_minute.flatten())
+    .bind(settings.store_bodies)
+    .bind(settings.body_max_bytes)
+    .bind(&settings.redact_fields)
+    .execute(pool)
+    .await?;
     found(done)?;
     get_project(pool, project_id).await
 }
 
-pub async fn project_outbound_allowlist(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<String>> {
-    let row: Option<(Vec<String>,)> = sqlx::query_as("SELECT outbound_allowlist FROM projects WHERE id = $1")
-        .bind(project_id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|r| r.0).unwrap_or_default())
+/// What the worker needs of a project for each call.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectRuntime {
+    pub outbound_allowlist: Vec<String>,
+    /// `Some` when the project stores bodies.
+    pub bodies: Option<crate::bodies::BodyPolicy>,
+}
+
+pub async fn project_runtime(pool: &PgPool, project_id: Uuid) -> StoreResult<ProjectRuntime> {
+    let row: Option<(Vec<String>, bool, i32, Vec<String>)> = sqlx::query_as(
+        "SELECT outbound_allowlist, store_bodies, body_max_bytes, redact_fields FROM projects WHERE id = $1",
+    )
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .map(|(outbound_allowlist, store, max_bytes, redact)| ProjectRuntime {
+            outbound_allowlist,
+            bodies: store.then(|| crate::bodies::BodyPolicy::new(max_bytes, &redact)),
+        })
+        .unwrap_or_default())
 }
 
 /// Creates a key in the given integration (the project's default one when `None`).
@@ -837,6 +895,27 @@ pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec
     .fetch_all(pool)
     .await?;
     Ok((run, attempts))
+}
+
+/// A run's stored bodies (projects with `store_bodies`; `None` when none were kept).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BodiesRecord {
+    #[serde(rename = "request")]
+    pub request_body: Option<String>,
+    #[serde(rename = "response")]
+    pub response_body: Option<String>,
+    #[serde(rename = "truncated")]
+    pub bodies_truncated: Option<bool>,
+}
+
+pub async fn run_bodies(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<BodiesRecord>> {
+    Ok(sqlx::query_as::<_, BodiesRecord>(
+        "SELECT request_body, response_body, bodies_truncated FROM runs WHERE run_id = $1 \
+         AND bodies_truncated IS NOT NULL",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Dimensions usage can be grouped by; `hour` is always available as a column.

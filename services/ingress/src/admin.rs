@@ -526,6 +526,7 @@ async fn get_run(
     }
     let mut out = json!(run);
     out["attempt_details"] = json!(attempts);
+    out["bodies"] = json!(store::run_bodies(&st.pool, run_id).await?);
     Ok(Json(out))
 }
 
@@ -902,13 +903,42 @@ async fn render_tool(
     })))
 }
 
+/// `null` in a PATCH body removes a setting; an absent key leaves it as it is.
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProjectPatch {
-    outbound_allowlist: Vec<String>,
+    #[serde(default)]
+    outbound_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    monthly_call_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    member_calls_per_minute: Option<Option<i64>>,
+    #[serde(default)]
+    store_bodies: Option<bool>,
+    #[serde(default)]
+    body_max_bytes: Option<i64>,
+    #[serde(default)]
+    redact_fields: Option<Vec<String>>,
 }
 
-/// Sets the networks a project's tools may reach although they are private.
+const MAX_REDACT_FIELDS: usize = 64;
+
+fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::from(tengine_core::domain::FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// Changes a project's settings: the outbound allow-list and the quotas.
 async fn patch_project(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -918,20 +948,75 @@ async fn patch_project(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let patch: ProjectPatch = parse_json(&body)?;
-    let mut networks = Vec::with_capacity(patch.outbound_allowlist.len());
-    for raw in &patch.outbound_allowlist {
-        let net = raw
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                ApiError::from(tengine_core::domain::FieldError {
-                    field: "outbound_allowlist".into(),
-                    message: format!("`{raw}` is not an IP network (CIDR like 10.1.0.0/16) or address"),
-                })
-            })?;
-        networks.push(net.to_string());
+    let mut settings = store::ProjectSettings::default();
+    if let Some(allowlist) = &patch.outbound_allowlist {
+        let mut networks = Vec::with_capacity(allowlist.len());
+        for raw in allowlist {
+            let net = raw
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid_field(
+                        "outbound_allowlist",
+                        format!("`{raw}` is not an IP network (CIDR like 10.1.0.0/16) or address"),
+                    )
+                })?;
+            networks.push(net.to_string());
+        }
+        settings.outbound_allowlist = Some(networks);
     }
-    let project = store::set_outbound_allowlist(&st.pool, project_id, &networks)
+    if let Some(limit) = patch.monthly_call_limit {
+        if limit.is_some_and(|n| n < 0) {
+            return Err(invalid_field(
+                "monthly_call_limit",
+                "must be a number of calls (0 or more), or null for no limit",
+            ));
+        }
+        settings.monthly_call_limit = Some(limit);
+    }
+    if let Some(limit) = patch.member_calls_per_minute {
+        let limit = limit
+            .map(|n| i32::try_from(n).ok().filter(|n| *n >= 0))
+            .map(|n| {
+                n.ok_or_else(|| {
+                    invalid_field(
+                        "member_calls_per_minute",
+                        "must be a number of calls per minute (0 to 2147483647), or null for no limit",
+                    )
+                })
+            })
+            .transpose()?;
+        settings.member_calls_per_minute = Some(limit);
+    }
+    settings.store_bodies = patch.store_bodies;
+    if let Some(max) = patch.body_max_bytes {
+        let max = i32::try_from(max)
+            .ok()
+            .filter(|n| (1..=tengine_core::bodies::MAX_BODY_BYTES).contains(&i64::from(*n)))
+            .ok_or_else(|| {
+                invalid_field(
+                    "body_max_bytes",
+                    format!(
+                        "must be 1 to {} (bytes kept of each body)",
+                        tengine_core::bodies::MAX_BODY_BYTES
+                    ),
+                )
+            })?;
+        settings.body_max_bytes = Some(max);
+    }
+    if let Some(fields) = patch.redact_fields {
+        if fields.len() > MAX_REDACT_FIELDS || fields.iter().any(|f| f.len() > 256 || f.split('.').any(str::is_empty)) {
+            return Err(invalid_field(
+                "redact_fields",
+                format!(
+                    "at most {MAX_REDACT_FIELDS} JSON field paths like `password` or `card.number` \
+                     (non-empty keys joined by `.`, each path at most 256 bytes)"
+                ),
+            ));
+        }
+        settings.redact_fields = Some(fields);
+    }
+    let project = store::update_project_settings(&st.pool, project_id, &settings)
         .await
         .map_err(not_found_as("project"))?;
     Ok(Json(json!(project)))

@@ -5,14 +5,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::response::{Response, sse::Event};
+use axum::{
+    http::StatusCode,
+    response::{Response, sse::Event},
+};
 use chrono::Utc;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use serde_json::{Map, Value, json};
 use tengine_core::{
     domain::{ResponseMode, ToolDefinition},
     envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
-    prometheus,
+    prometheus, quotas,
     store::{self, Principal, StoreError},
     telemetry::TraceContext,
     templates,
@@ -35,6 +38,8 @@ const ERROR_EXCERPT_CHARS: usize = 2000;
 const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
 /// Stages reported as progress: queued, sent to the API, answered.
 const STAGES: u32 = 3;
+/// JSON-RPC error code of a call refused by a quota (implementation-defined server error range).
+pub const QUOTA_EXCEEDED: i32 = -32029;
 
 pub fn call_key(session: &str, request_id: &Value) -> CallKey {
     CallKey {
@@ -390,6 +395,34 @@ async fn execute(
         }
     }
 
+    // Counted only once the key is claimed: a retry that follows an existing run
+    // returned above, so it never counts twice.
+    let charge = match quotas::charge(&st.pool, &caller).await {
+        Ok(quotas::Verdict::Allowed(charge)) => charge,
+        Ok(quotas::Verdict::Exceeded(exceeded)) => {
+            let message = exceeded.message();
+            reject(&st, &caller, run_id, &tool.name, ErrorClass::QuotaExceeded, &message).await;
+            // The same key may be used again once the quota resets.
+            st.idempotency.release(&claim_key).await;
+            let mut err = McpError::new(StatusCode::OK, QUOTA_EXCEEDED, message).with_id(&id);
+            err.data = Some(json!({
+                META_RUN_ID: run_id,
+                "limit": exceeded.limit,
+                "value": exceeded.value,
+                "resetsAt": exceeded.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }));
+            return Err(err);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "checking quotas");
+            st.idempotency.release(&claim_key).await;
+            return Err(McpError::internal(
+                &id,
+                "the call's quota could not be checked right now; it was not run: retry",
+            ));
+        }
+    };
+
     let command = ExecuteCommand {
         run_id,
         caller: caller.clone(),
@@ -416,6 +449,7 @@ async fn execute(
         )
         .await;
         st.idempotency.release(&claim_key).await;
+        quotas::refund(&st.pool, caller.project_id, &charge).await;
         return Err(McpError::internal(
             &id,
             "the call could not be queued (the execution queue is unavailable or full); it was not run: retry later",

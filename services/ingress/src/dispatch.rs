@@ -267,10 +267,9 @@ impl Dispatcher {
         }
     }
 
-    /// The event log's last sequence number.
-    pub async fn log_tail(&self) -> Option<u64> {
-        let mut events = self.events.clone();
-        events.info().await.ok().map(|info| info.state.last_sequence)
+    /// Events in the log not yet applied to run history.
+    pub async fn projector_lag(&self, pool: &sqlx::PgPool) -> Option<u64> {
+        tengine_core::connections::projector_lag(&self.events, pool).await
     }
 
     /// Whether the run exists: its command is queued, or the event log has it.

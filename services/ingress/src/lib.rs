@@ -152,13 +152,7 @@ async fn protected_resource(State(st): State<Arc<AppState>>) -> impl IntoRespons
 async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
     // Events in the log the projector has not applied yet (run history lag).
-    let lag = match (
-        st.dispatcher.log_tail().await,
-        tengine_core::store::projector_checkpoint(&st.pool).await,
-    ) {
-        (Some(tail), Ok(done)) => Some(tail.saturating_sub(u64::try_from(done).unwrap_or(0))),
-        _ => None,
-    };
+    let lag = st.dispatcher.projector_lag(&st.pool).await;
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
     let status = if database && nats {
         StatusCode::OK

@@ -6,6 +6,9 @@
 //! events of one run come from different publishers, so a `Finished` may be
 //! stored before its `Accepted`, and a row never moves back from a terminal status.
 
+pub mod closing;
+pub mod rebuild;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
@@ -26,6 +29,15 @@ pub struct Projector {
     nats: async_nats::Client,
     events: jetstream::stream::Stream,
     topology: Topology,
+}
+
+/// Stops a background task when the projector stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// SQL rank of a status: a row only ever moves to a higher rank.
@@ -53,6 +65,13 @@ impl Projector {
         tengine_core::connections::healthy(&self.nats, &self.pool).await
     }
 
+    /// Events in the log not yet applied to run history (`projector_lag_events` in
+    /// the ingress health; cheap enough to sample for a gauge). `None` when NATS or
+    /// PostgreSQL cannot be read.
+    pub async fn lag(&self) -> Option<u64> {
+        tengine_core::connections::projector_lag(&self.events, &self.pool).await
+    }
+
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let consumer_name = self.topology.projector_consumer();
         let consumer = tengine_core::topology::settle(&consumer_name, || {
@@ -67,6 +86,18 @@ impl Projector {
             .await
             .map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
         tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
+        // Housekeeping beside the projection: per-minute quota counters of past windows.
+        let pool = self.pool.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                if let Err(err) = tengine_core::quotas::prune(&pool).await {
+                    tracing::warn!(error = %err, "pruning quota counters failed; retrying in an hour");
+                }
+            }
+        });
+        let _housekeeping = AbortOnDrop(housekeeping);
         tokio::pin!(shutdown);
         loop {
             let first = tokio::select! {
@@ -109,7 +140,8 @@ impl Projector {
         }
         let consumer = self.topology.projector_consumer();
         let started = std::time::Instant::now();
-        let result = (|| async { apply_batch(&self.pool, &consumer, &decoded).await })
+        let close_after = self.config.projector.usage_close_after_secs;
+        let result = (|| async { apply_batch(&self.pool, &consumer, close_after, &decoded).await })
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(100))
@@ -136,7 +168,14 @@ impl Projector {
     }
 }
 
-pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnvelope)]) -> Result<(), sqlx::Error> {
+/// Applies decoded events in one transaction. `close_after_secs` is
+/// `projector.usage_close_after_secs`: the usage hour rule depends on it.
+pub async fn apply_batch(
+    pool: &PgPool,
+    consumer: &str,
+    close_after_secs: u64,
+    events: &[(u64, EventEnvelope)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut max_seq = 0u64;
     let mut settled = Vec::new();
@@ -155,7 +194,7 @@ pub async fn apply_batch(pool: &PgPool, consumer: &str, events: &[(u64, EventEnv
             }
         }
     }
-    count_usage(&mut tx, &settled).await?;
+    count_usage(&mut tx, &settled, close_after_secs).await?;
     if max_seq > 0 {
         sqlx::query(
             "INSERT INTO projector_checkpoints (consumer, stream_seq) VALUES ($1, $2) \
@@ -188,7 +227,16 @@ struct UsageDelta {
 /// Counts each run once, when it first becomes terminal: the flag and the usage
 /// change in the same transaction. The batch is aggregated per hour and key first,
 /// so each usage row is written once per batch.
-async fn count_usage(tx: &mut Transaction<'_, Postgres>, runs: &[Uuid]) -> Result<(), sqlx::Error> {
+///
+/// A run counts in the hour it was accepted, unless it finished more than
+/// `close_after_secs` after that hour ended: that hour may already be closed and
+/// exported, so the run counts in the hour it finished instead. The rule depends
+/// only on the run's own times, so a rebuild yields the same hours.
+async fn count_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    runs: &[Uuid],
+    close_after_secs: u64,
+) -> Result<(), sqlx::Error> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -206,12 +254,16 @@ async fn count_usage(tx: &mut Transaction<'_, Postgres>, runs: &[Uuid]) -> Resul
     let counted: Vec<Counted> = sqlx::query_as(
         "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND NOT usage_counted \
          AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
-         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, date_trunc('hour', accepted_at), \
+         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, \
+         CASE WHEN COALESCE(finished_at, accepted_at) >= date_trunc('hour', accepted_at) + interval '1 hour' \
+              + make_interval(secs => $2) THEN date_trunc('hour', finished_at) \
+              ELSE date_trunc('hour', accepted_at) END, \
          status, COALESCE(latency_ms, 0), \
          (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id), \
          (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id)",
     )
     .bind(runs)
+    .bind(close_after_secs as f64)
     .fetch_all(&mut **tx)
     .await?;
     let mut deltas: std::collections::BTreeMap<UsageKey, UsageDelta> = std::collections::BTreeMap::new();
@@ -383,9 +435,12 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
         RunEvent::Finished(outcome) => {
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
+                 bodies_truncated) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                  ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
+                 request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
+                 bodies_truncated = EXCLUDED.bodies_truncated, \
                  error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
                  attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, updated_at = now()",
             )
@@ -403,6 +458,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(outcome.accepted_at)
             .bind(outcome.finished_at)
             .bind(outcome.caller.member.as_ref().map(|m| m.id.as_str()))
+            .bind(outcome.bodies.as_ref().and_then(|b| b.request.as_deref()))
+            .bind(outcome.bodies.as_ref().and_then(|b| b.response.as_deref()))
+            .bind(outcome.bodies.as_ref().map(|b| b.truncated))
             .execute(&mut **tx)
             .await?;
         }

@@ -289,6 +289,7 @@ impl Worker {
             accepted_at: command.accepted_at,
             finished_at,
             latency_ms: u64::try_from((finished_at - command.accepted_at).num_milliseconds()).unwrap_or(0),
+            bodies: None,
         }
     }
 
@@ -369,11 +370,18 @@ impl Worker {
                 );
             }
         };
-        let policy = match store::project_outbound_allowlist(&self.pool, command.caller.project_id).await {
-            Ok(nets) => addresses::Policy {
-                allow_all: self.config.allow_private_upstreams,
-                allowlist: nets.iter().filter_map(|n| n.parse().ok()).collect(),
-            },
+        let (policy, bodies) = match store::project_runtime(&self.pool, command.caller.project_id).await {
+            Ok(project) => (
+                addresses::Policy {
+                    allow_all: self.config.allow_private_upstreams,
+                    allowlist: project
+                        .outbound_allowlist
+                        .iter()
+                        .filter_map(|n| n.parse().ok())
+                        .collect(),
+                },
+                project.bodies,
+            ),
             Err(err) => {
                 tracing::error!(error = %err, "loading the project's outbound allow-list");
                 return fail(
@@ -425,6 +433,15 @@ impl Worker {
         let first = (attempt - 1).saturating_mul(policy.max_attempts) + 1;
         let mut number = first;
         let project_id = command.caller.project_id;
+        // Redacted and capped here, so run history never sees more (opt-in per project).
+        let keep = |result: &outbound::AttemptResult| {
+            bodies.as_ref().map(|policy| {
+                policy.capture(
+                    request.body.as_deref(),
+                    result.response.as_ref().map(|r| r.body.as_str()),
+                )
+            })
+        };
         loop {
             // A fresh timestamp and signature each time; the request id stays the run id.
             let headers = match outbound::signed_headers(
@@ -525,7 +542,8 @@ impl Worker {
             match wait {
                 // A cancelled call is not retried.
                 Some(_) if self.is_cancelled(command.run_id).await => {
-                    return self.outcome(
+                    let kept = keep(&result);
+                    let mut outcome = self.outcome(
                         command,
                         number,
                         RunStatus::Failed,
@@ -533,6 +551,8 @@ impl Worker {
                         result.error,
                         result.response,
                     );
+                    outcome.bodies = kept;
+                    return outcome;
                 }
                 Some(wait) if std::time::Instant::now() + wait < deadline => {
                     tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
@@ -545,7 +565,8 @@ impl Worker {
                     } else {
                         RunStatus::Failed
                     };
-                    return self.outcome(
+                    let kept = keep(&result);
+                    let mut outcome = self.outcome(
                         command,
                         number,
                         status,
@@ -553,6 +574,8 @@ impl Worker {
                         result.error,
                         result.response,
                     );
+                    outcome.bodies = kept;
+                    return outcome;
                 }
             }
         }
