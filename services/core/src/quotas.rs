@@ -66,16 +66,23 @@ fn rate_scope(caller: &Caller) -> (String, String) {
 
 /// Counts one call against the caller's limits, or says which limit it exceeds
 /// (then nothing is counted).
-pub async fn charge(pool: &PgPool, caller: &Caller) -> StoreResult<Verdict> {
-    /// The limits, and the current month and minute by the database's clock.
-    type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
-    let limits: Option<Limits> = sqlx::query_as(
+/// A project's limits, and the current month and minute by the database's clock
+/// (read separately so the ingress can fetch them alongside the tool).
+pub type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
+
+pub async fn limits(pool: &PgPool, project_id: Uuid) -> StoreResult<Option<Limits>> {
+    Ok(sqlx::query_as(
         "SELECT monthly_call_limit, member_calls_per_minute, date_trunc('month', now(), 'UTC'), \
          date_trunc('minute', now()) FROM projects WHERE id = $1",
     )
-    .bind(caller.project_id)
+    .bind(project_id)
     .fetch_optional(pool)
-    .await?;
+    .await?)
+}
+
+/// Counts one call against `limits` (from [`limits`]); without limits nothing is
+/// counted and no query is made.
+pub async fn charge(pool: &PgPool, caller: &Caller, limits: Option<Limits>) -> StoreResult<Verdict> {
     let Some((monthly, per_minute, month, minute)) = limits else {
         return Ok(Verdict::Allowed(Charge::default()));
     };

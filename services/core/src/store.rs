@@ -325,6 +325,21 @@ pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member
 /// Why a queued run's caller may no longer call `tool`, if it may not: checked
 /// by the worker right before the API is called.
 pub async fn revoked_reason(pool: &PgPool, caller: &Caller, tool: &ToolDefinition) -> StoreResult<Option<String>> {
+    Ok(revocation(current_principal(pool, caller).await?, tool))
+}
+
+/// Why a caller (as it is now, from [`current_principal`]) may not call `tool`, if so.
+pub fn revocation(principal: Option<Principal>, tool: &ToolDefinition) -> Option<String> {
+    match principal {
+        None => Some("the credential that made the call was revoked before the API was called".into()),
+        Some(p) if !p.may_use(tool) => Some(format!("the caller may no longer use tool `{}`", tool.name)),
+        Some(_) => None,
+    }
+}
+
+/// The caller's credential as it stands now: `None` once its key, integration or
+/// member session was revoked.
+pub async fn current_principal(pool: &PgPool, caller: &Caller) -> StoreResult<Option<Principal>> {
     let principal = match &caller.member {
         Some(member) => authenticate_member(pool, caller.api_key_id, member.clone()).await?,
         None => {
@@ -347,11 +362,7 @@ pub async fn revoked_reason(pool: &PgPool, caller: &Caller, tool: &ToolDefinitio
             })
         }
     };
-    Ok(match principal {
-        None => Some("the credential that made the call was revoked before the API was called".into()),
-        Some(p) if !p.may_use(tool) => Some(format!("the caller may no longer use tool `{}`", tool.name)),
-        Some(_) => None,
-    })
+    Ok(principal)
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

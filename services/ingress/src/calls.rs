@@ -270,7 +270,12 @@ async fn execute(
     let arguments = params.arguments.unwrap_or_default();
     let caller = principal.caller.clone();
 
-    let tool = match store::get_tool(&st.pool, caller.project_id, &name).await {
+    // The project's quota limits are read alongside the tool (one round trip, not two).
+    let (tool, limits) = tokio::join!(
+        store::get_tool(&st.pool, caller.project_id, &name),
+        quotas::limits(&st.pool, caller.project_id)
+    );
+    let tool = match tool {
         Ok(tool) if tool.enabled && principal.may_use(&tool) => tool,
         Ok(tool)
             if tool.enabled
@@ -397,7 +402,11 @@ async fn execute(
 
     // Counted only once the key is claimed: a retry that follows an existing run
     // returned above, so it never counts twice.
-    let charge = match quotas::charge(&st.pool, &caller).await {
+    let verdict = match limits {
+        Ok(limits) => quotas::charge(&st.pool, &caller, limits).await,
+        Err(err) => Err(err),
+    };
+    let charge = match verdict {
         Ok(quotas::Verdict::Allowed(charge)) => charge,
         Ok(quotas::Verdict::Exceeded(exceeded)) => {
             let message = exceeded.message();

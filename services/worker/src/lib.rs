@@ -193,6 +193,7 @@ impl Worker {
         }
 
         let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
+        let mut pending = Vec::new();
         let outcome = if max_deliver > 0 && delivered >= max_deliver {
             // Last delivery: record a failure instead of risking another crash loop.
             self.outcome(
@@ -205,17 +206,8 @@ impl Worker {
                 )),
                 None,
             )
-        } else if self.is_cancelled(run_id).await {
-            self.outcome(
-                &command,
-                attempt - 1,
-                RunStatus::Cancelled,
-                None,
-                Some("the client cancelled the call before the API was called".into()),
-                None,
-            )
         } else {
-            self.execute(&command, attempt, &message).await
+            self.execute(&command, attempt, &message, &mut pending).await
         };
 
         let finished = RunEvent::Finished(outcome.clone());
@@ -235,6 +227,8 @@ impl Worker {
             return;
         }
         self.reply(&command, &outcome).await;
+        // Attempt events are in the log before the command leaves the queue.
+        futures::future::join_all(pending).await;
         if let Err(err) = message.double_ack().await {
             tracing::warn!(error = %err, "ack not confirmed; a redelivery will be answered from the log");
         }
@@ -293,12 +287,48 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, command: &ExecuteCommand, attempt: u32, message: &Message) -> RunOutcome {
+    /// Stores an attempt event in the background; the handle is awaited before the ack.
+    fn log_attempt(&self, project_id: uuid::Uuid, event: RunEvent) -> tokio::task::JoinHandle<()> {
+        let (js, topology) = (self.js.clone(), self.topology.clone());
+        tokio::spawn(
+            async move {
+                if let Err(err) = bus::publish_event(&js, &topology, project_id, event).await {
+                    tracing::warn!(error = %err, "could not log an attempt event");
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    async fn execute(
+        &self,
+        command: &ExecuteCommand,
+        attempt: u32,
+        message: &Message,
+        pending: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> RunOutcome {
         let remote = telemetry::extract_nats(message.headers.as_ref());
         let fail = |class: ErrorClass, error: String| {
             self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
         };
-        let tool = match store::get_tool_by_id(&self.pool, command.tool_id).await {
+        // Independent lookups, at once: each is a round trip on the call's critical path.
+        let (tool, principal, project, cancelled) = tokio::join!(
+            store::get_tool_by_id(&self.pool, command.tool_id),
+            store::current_principal(&self.pool, &command.caller),
+            store::project_runtime(&self.pool, command.caller.project_id),
+            self.is_cancelled(command.run_id),
+        );
+        if cancelled {
+            return self.outcome(
+                command,
+                attempt - 1,
+                RunStatus::Cancelled,
+                None,
+                Some("the client cancelled the call before the API was called".into()),
+                None,
+            );
+        }
+        let tool = match tool {
             Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => {
                 if tool.version != command.tool_version {
                     tracing::info!(
@@ -331,7 +361,7 @@ impl Worker {
             arguments: &command.arguments,
             reserved: templates::reserved_variables(&command.caller, command.run_id),
         };
-        match store::revoked_reason(&self.pool, &command.caller, &tool).await {
+        match principal.map(|p| store::revocation(p, &tool)) {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 return self.outcome(
@@ -370,7 +400,7 @@ impl Worker {
                 );
             }
         };
-        let (policy, bodies) = match store::project_runtime(&self.pool, command.caller.project_id).await {
+        let (policy, bodies) = match project {
             Ok(project) => (
                 addresses::Policy {
                     allow_all: self.config.allow_private_upstreams,
@@ -466,13 +496,10 @@ impl Worker {
                 attempt: number,
                 started_at,
             };
-            let (logged, ()) = tokio::join!(
-                bus::publish_event(&self.js, &self.topology, project_id, started.clone()),
-                self.notify(command, started.clone()),
-            );
-            if let Err(err) = logged {
-                tracing::warn!(error = %err, "could not log AttemptStarted");
-            }
+            // Attempt events are stored while the API is called: their acks are
+            // awaited before the command is acked, not before the call.
+            pending.push(self.log_attempt(project_id, started.clone()));
+            self.notify(command, started).await;
 
             // The API's own progress goes to the waiting ingress as it arrives.
             let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<outbound::Progress>();
@@ -521,13 +548,8 @@ impl Worker {
                 bytes_out: result.bytes_out,
                 bytes_in: result.bytes_in,
             };
-            let (logged, ()) = tokio::join!(
-                bus::publish_event(&self.js, &self.topology, project_id, finished.clone()),
-                self.notify(command, finished.clone()),
-            );
-            if let Err(err) = logged {
-                tracing::warn!(error = %err, "could not log AttemptFinished");
-            }
+            pending.push(self.log_attempt(project_id, finished.clone()));
+            self.notify(command, finished).await;
             tracing::debug!(
                 attempt = number,
                 elapsed_ms = result.elapsed.as_millis() as u64,
