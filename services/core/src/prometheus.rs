@@ -24,6 +24,10 @@ pub const CALLS_IN_FLIGHT: &str = "tengine_ingress_calls_in_flight";
 pub const ATTEMPTS: &str = "tengine_worker_attempts_total";
 /// Worker: one upstream HTTP attempt.
 pub const UPSTREAM_SECONDS: &str = "tengine_worker_upstream_duration_seconds";
+/// Worker: the stages of a run (`lookup`, `store_outcome`, `attempt_events`, `ack`).
+pub const WORKER_STAGE_SECONDS: &str = "tengine_worker_stage_duration_seconds";
+/// Ingress: the stages of a call (`auth`, `tool`, `claim`, `quota`, `enqueue`, `wait`).
+pub const INGRESS_STAGE_SECONDS: &str = "tengine_ingress_stage_duration_seconds";
 /// Worker: commands delivered more than once (a worker died or overran `ack_wait`).
 pub const REDELIVERIES: &str = "tengine_worker_redeliveries_total";
 /// Worker: runs being executed right now.
@@ -72,6 +76,11 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Records how long a stage took since `since`.
+pub fn stage(metric: &'static str, stage: &'static str, since: std::time::Instant) {
+    metrics::histogram!(metric, "stage" => stage).record(since.elapsed().as_secs_f64());
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(MCP_REQUESTS, "MCP requests by JSON-RPC method and HTTP status");
@@ -84,6 +93,16 @@ fn describe() {
     describe_gauge!(CALLS_IN_FLIGHT, "tools/call requests waiting for their outcome");
     describe_counter!(ATTEMPTS, "upstream attempts by outcome");
     describe_histogram!(UPSTREAM_SECONDS, metrics::Unit::Seconds, "one upstream HTTP attempt");
+    describe_histogram!(
+        WORKER_STAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "stages of a run in the worker"
+    );
+    describe_histogram!(
+        INGRESS_STAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "stages of a tools/call in the ingress"
+    );
     describe_counter!(REDELIVERIES, "commands delivered more than once");
     describe_gauge!(RUNS_IN_FLIGHT, "runs being executed by this worker");
     describe_gauge!(QUEUE_PENDING, "commands stored and not yet delivered");

@@ -45,6 +45,10 @@ fn found(done: sqlx::postgres::PgQueryResult) -> StoreResult<()> {
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
+        // sqlx pings every connection before handing it out by default: one extra
+        // round trip per query on every call's critical path. A connection that
+        // broke meanwhile fails its query instead (answered "retry") and is dropped.
+        .test_before_acquire(false)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await

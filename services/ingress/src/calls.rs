@@ -271,10 +271,12 @@ async fn execute(
     let caller = principal.caller.clone();
 
     // The project's quota limits are read alongside the tool (one round trip, not two).
+    let loading = std::time::Instant::now();
     let (tool, limits) = tokio::join!(
         store::get_tool(&st.pool, caller.project_id, &name),
         quotas::limits(&st.pool, caller.project_id)
     );
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "tool", loading);
     let tool = match tool {
         Ok(tool) if tool.enabled && principal.may_use(&tool) => tool,
         Ok(tool)
@@ -356,7 +358,10 @@ async fn execute(
         let st = st.clone();
         async move { st.dispatcher.was_accepted(caller_project, run).await }
     };
-    match st.idempotency.claim(&claim_key, run_id, &fingerprint, traced).await {
+    let claiming = std::time::Instant::now();
+    let claimed = st.idempotency.claim(&claim_key, run_id, &fingerprint, traced).await;
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "claim", claiming);
+    match claimed {
         Ok(idempotency::Claimed::New) => {}
         Ok(idempotency::Claimed::Existing(original)) => {
             if !st.dispatcher.was_accepted(caller.project_id, original).await {
@@ -402,10 +407,12 @@ async fn execute(
 
     // Counted only once the key is claimed: a retry that follows an existing run
     // returned above, so it never counts twice.
+    let charging = std::time::Instant::now();
     let verdict = match limits {
         Ok(limits) => quotas::charge(&st.pool, &caller, limits).await,
         Err(err) => Err(err),
     };
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "quota", charging);
     let charge = match verdict {
         Ok(quotas::Verdict::Allowed(charge)) => charge,
         Ok(quotas::Verdict::Exceeded(exceeded)) => {
@@ -443,7 +450,10 @@ async fn execute(
         reply_to: Some(st.dispatcher.reply_subject(run_id)),
     };
     let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
-    if let Err(err) = st.dispatcher.enqueue(&command, &trace).await {
+    let enqueueing = std::time::Instant::now();
+    let enqueued = st.dispatcher.enqueue(&command, &trace).await;
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
+    if let Err(err) = enqueued {
         // Publishing was retried under the same Nats-Msg-Id (stored at most once).
         // Known gap: if the command was stored but every ack was lost, it still runs
         // although this call reports it was not queued.

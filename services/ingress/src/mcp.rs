@@ -25,7 +25,7 @@ use rmcp::model::{
     ServerCapabilities, Tool, ToolsCapability,
 };
 use serde_json::{Value, json};
-use tengine_core::{credentials, domain::ToolDefinition, store, store::Principal};
+use tengine_core::{credentials, domain::ToolDefinition, prometheus, store, store::Principal};
 
 use crate::{AppState, calls, idempotency, members, sessions, streams};
 
@@ -219,7 +219,9 @@ fn method_label(method: &str) -> &'static str {
 
 async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> McpResult<Response> {
     check_host_and_origin(st, headers)?;
+    let authenticating = std::time::Instant::now();
     let principal = authenticate(st, headers).await?;
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "auth", authenticating);
     check_accept(headers)?;
     check_content_type(headers)?;
     let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
@@ -268,7 +270,7 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
         ));
     };
     let params = message.get("params").cloned();
-    metrics::counter!(tengine_core::prometheus::MCP_REQUESTS, "method" => method_label(method)).increment(1);
+    metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(method)).increment(1);
 
     let Some(id) = id else {
         // A notification: validate the session like any other message, then accept.

@@ -212,6 +212,7 @@ impl Worker {
 
         let finished = RunEvent::Finished(outcome.clone());
         let project_id = command.caller.project_id;
+        let storing = std::time::Instant::now();
         let stored = (|| async { bus::publish_event(&self.js, &self.topology, project_id, finished.clone()).await })
             .retry(
                 ExponentialBuilder::default()
@@ -228,8 +229,14 @@ impl Worker {
         }
         self.reply(&command, &outcome).await;
         // Attempt events are in the log before the command leaves the queue.
+        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "store_outcome", storing);
+        let settling = std::time::Instant::now();
         futures::future::join_all(pending).await;
-        if let Err(err) = message.double_ack().await {
+        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "attempt_events", settling);
+        let acking = std::time::Instant::now();
+        let acked = message.double_ack().await;
+        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "ack", acking);
+        if let Err(err) = acked {
             tracing::warn!(error = %err, "ack not confirmed; a redelivery will be answered from the log");
         }
         tracing::info!(
@@ -312,12 +319,14 @@ impl Worker {
             self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
         };
         // Independent lookups, at once: each is a round trip on the call's critical path.
+        let looking_up = std::time::Instant::now();
         let (tool, principal, project, cancelled) = tokio::join!(
             store::get_tool_by_id(&self.pool, command.tool_id),
             store::current_principal(&self.pool, &command.caller),
             store::project_runtime(&self.pool, command.caller.project_id),
             self.is_cancelled(command.run_id),
         );
+        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);
         if cancelled {
             return self.outcome(
                 command,
@@ -607,8 +616,10 @@ impl Worker {
     /// redelivery, no second call) however long the API or a backoff takes.
     async fn keeping_claim<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
-        let mut progress = tokio::time::interval(Duration::from_secs((self.config.worker.ack_wait_secs / 3).max(1)));
-        progress.tick().await;
+        let every = Duration::from_secs((self.config.worker.ack_wait_secs / 3).max(1));
+        // Not `interval()` + a first tick: that tick waits for the timer wheel's next
+        // millisecond, a delay on every call's critical path.
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 result = &mut work => return result,
