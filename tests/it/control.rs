@@ -559,3 +559,75 @@ async fn an_expired_member_session_gets_401_mid_session() {
             .contains("expired")
     );
 }
+
+/// Tool definitions are cached per ingress instance; a change through one instance
+/// reaches the others on the broadcast, well before the cache's time-to-live, and
+/// a call an instance still accepted meanwhile never reaches the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_tool_is_refused_by_every_instance() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/echo"}),
+    )
+    .await;
+    let second = app.spawn_ingress(None).await;
+    let mut there = RawSession::new(
+        app.http.clone(),
+        format!("{}/mcp", second.base_url),
+        app.api_key.clone(),
+    );
+    there.initialize().await;
+    // Both instances have the tool cached now.
+    assert_eq!(there.call("echo", json!({})).await["isError"], json!(false));
+    let mut here = app.session();
+    here.initialize().await;
+    assert_eq!(here.call("echo", json!({})).await["isError"], json!(false));
+    let served = upstream.requests().len();
+
+    let started = Instant::now();
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/projects/{}/tools/echo", app.project_id),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The instance that made the change refuses at once.
+    let refused = here
+        .request("tools/call", json!({"name": "echo", "arguments": {}}))
+        .await;
+    assert_eq!(refused.body["error"]["code"], -32602, "{}", refused.body);
+    // The other one within the broadcast's delay, far below the 5 s time-to-live.
+    loop {
+        let reply = there
+            .request("tools/call", json!({"name": "echo", "arguments": {}}))
+            .await;
+        if reply.body["error"]["code"] == -32602 {
+            break;
+        }
+        // Accepted from a stale entry: the worker re-reads the tool and revokes the run.
+        assert_eq!(
+            reply.body["result"]["_meta"]["tengine.dev/status"], "revoked",
+            "{}",
+            reply.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the change did not reach the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "tool change: the other instance refused {:?} after the change began",
+        started.elapsed()
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        served,
+        "no call reached the API after the tool was disabled"
+    );
+    second.stop().await;
+}

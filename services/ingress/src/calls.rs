@@ -273,7 +273,7 @@ async fn execute(
     // The project's quota limits are read alongside the tool (one round trip, not two).
     let loading = std::time::Instant::now();
     let (tool, limits) = tokio::join!(
-        store::get_tool(&st.pool, caller.project_id, &name),
+        st.catalog.get(&st.pool, caller.project_id, &name),
         quotas::limits(&st.pool, caller.project_id)
     );
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "tool", loading);
@@ -615,7 +615,7 @@ impl Notifier {
 
 async fn stream_call(
     st: Arc<AppState>,
-    tool: ToolDefinition,
+    tool: Arc<ToolDefinition>,
     mut following: Following,
     caller: Caller,
     wait: Duration,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod arguments;
 pub mod calls;
+pub mod catalog;
 pub mod dispatch;
 pub mod error;
 pub mod idempotency;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
+    pub catalog: catalog::ToolCatalog,
     pub idempotency: idempotency::Idempotency,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
@@ -93,9 +95,12 @@ impl AppState {
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to tool changes: {e}"))?;
         let feed = tool_changes.clone();
+        let catalog = catalog::ToolCatalog::default();
+        let forget = catalog.clone();
         tokio::spawn(async move {
             while let Some(message) = changes.next().await {
                 if let Some(project) = message.subject.rsplit('.').next().and_then(|p| Uuid::parse_str(p).ok()) {
+                    forget.forget_project(project);
                     let _ = feed.send(project);
                 }
             }
@@ -110,6 +115,7 @@ impl AppState {
             session_states: SessionStates::start(session_kv, session_ttl),
             dispatcher,
             validators: Validators::new(10_000),
+            catalog,
             idempotency: idempotency::Idempotency::new(idempotency_kv),
             tool_changes,
             shutdown: CancellationToken::new(),
