@@ -243,3 +243,84 @@ async fn expired_days_are_dropped_whole_and_usage_stays() {
     let later = run_id(&session.call("ok", json!({"n": 2})).await);
     assert_eq!(app.finished_run(&later).await["status"], "succeeded");
 }
+
+/// The migration that partitions history keeps every existing row, on its day.
+#[tokio::test(flavor = "multi_thread")]
+async fn existing_history_is_moved_into_day_partitions() {
+    let isolation = tengine_tests::Isolation::new().await;
+    let pool = sqlx::PgPool::connect(&isolation.db_url).await.expect("pool");
+    let partitioning = 20261124000010;
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            tengine_core::store::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < partitioning)
+                .cloned()
+                .collect(),
+        ),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before.run(&pool).await.expect("migrations before partitioning");
+    let now = Utc::now();
+    let (recent, old) = (v7_at(now), v7_at(now - Duration::days(3)));
+    let project = Uuid::now_v7();
+    for (run, status) in [(recent, "succeeded"), (old, "failed")] {
+        sqlx::query(
+            "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, \
+             usage_counted, request_body, bodies_truncated) VALUES ($1, $2, $2, $2, 't', $3, now(), true, '{}', false)",
+        )
+        .bind(run)
+        .bind(project)
+        .bind(status)
+        .execute(&pool)
+        .await
+        .expect("old-form run");
+        sqlx::query("INSERT INTO run_attempts (run_id, attempt, started_at, bytes_in) VALUES ($1, 1, now(), 7)")
+            .bind(run)
+            .execute(&pool)
+            .await
+            .expect("old-form attempt");
+        sqlx::query("INSERT INTO processed_events (event_id) VALUES ($1)")
+            .bind(run)
+            .execute(&pool)
+            .await
+            .expect("old-form event id");
+    }
+    tengine_core::store::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("partitioning migration");
+
+    for (run, status) in [(recent, "succeeded"), (old, "failed")] {
+        let (record, attempts) = tengine_core::store::get_run(&pool, run).await.expect("run kept");
+        assert_eq!(record.status, status);
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].bytes_in, Some(7));
+        let bodies = tengine_core::store::run_bodies(&pool, run).await.expect("bodies");
+        assert_eq!(bodies.and_then(|b| b.request_body).as_deref(), Some("{}"));
+        for table in retention::PARTITIONED_TABLES {
+            let (n,): (i64,) = sqlx::query_as(&format!(
+                "SELECT count(*) FROM {}",
+                partition_name(table, uuid_day(run))
+            ))
+            .fetch_one(&pool)
+            .await
+            .expect("partition");
+            assert_eq!(n, 1, "{table} of {run}");
+        }
+    }
+    let (counted,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE usage_counted")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(counted, 2, "usage flags kept (no run is counted twice)");
+    let (leftovers,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_class WHERE relname LIKE '%unpartitioned%'")
+        .fetch_one(&pool)
+        .await
+        .expect("leftovers");
+    assert_eq!(leftovers, 0, "the old tables and their indexes are gone");
+    pool.close().await;
+}
