@@ -8,6 +8,7 @@ mod observability;
 mod protocol;
 mod quotas;
 mod rebuild;
+mod retention;
 mod retries;
 mod schemas;
 mod sdk_clients;

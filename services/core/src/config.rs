@@ -74,6 +74,10 @@ pub struct ProjectorConfig {
     /// change again); must exceed the longest a run can take. A run finishing later
     /// than this after its accepted hour is counted in the hour it finished.
     pub usage_close_after_secs: u64,
+    /// Days of run history (runs, attempts, applied-event ids) kept; whole days
+    /// are dropped after that. 0 keeps everything. Must exceed the event log's
+    /// age by a day (see `validate`). Usage aggregates are never dropped.
+    pub history_retention_days: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -133,6 +137,26 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "nats_prefix must be non-empty and use only [A-Za-z0-9_-]".into(),
             ));
+        }
+        // The projector forgets which events it applied when their day is dropped:
+        // an event still in the log after that could be applied twice (a
+        // redelivery) or bring a dropped day back (a rebuild). So history must
+        // outlive the log, by a day for the day-granular drop and publish delays.
+        let retention_secs = u64::from(self.projector.history_retention_days) * 86_400;
+        if self.projector.history_retention_days > 0
+            && (self.streams.events_max_age_secs == 0 || retention_secs < self.streams.events_max_age_secs + 86_400)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "projector.history_retention_days ({} days) must exceed streams.events_max_age_secs ({} s{}) by at \
+                 least a day, or be 0 (keep history forever)",
+                self.projector.history_retention_days,
+                self.streams.events_max_age_secs,
+                if self.streams.events_max_age_secs == 0 {
+                    ": unlimited"
+                } else {
+                    ""
+                }
+            )));
         }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::Invalid("worker.concurrency must be at least 1".into()));
@@ -204,6 +228,27 @@ mod tests {
         .expect("valid");
         assert_eq!(config.ingress.listen.port(), 0);
         assert_eq!(config.master_key_bytes().expect("key"), [7u8; 32]);
+    }
+
+    #[test]
+    fn history_must_outlive_the_event_log() {
+        let err = Config::with_overrides(&[("projector.history_retention_days", "7".into())]).unwrap_err();
+        assert!(err.to_string().contains("history_retention_days"), "{err}");
+        let err = Config::with_overrides(&[("streams.events_max_age_secs", "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("unlimited"), "{err}");
+        let config = Config::with_overrides(&[
+            ("projector.history_retention_days", "0".into()),
+            ("streams.events_max_age_secs", "0".into()),
+        ])
+        .expect("keeping everything is valid");
+        assert_eq!(config.projector.history_retention_days, 0);
+        assert_eq!(
+            Config::with_overrides(&[("projector.history_retention_days", "8".into())])
+                .expect("8 days > 7 days + 1 day")
+                .projector
+                .history_retention_days,
+            8
+        );
     }
 
     #[test]

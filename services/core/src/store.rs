@@ -896,16 +896,20 @@ pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> S
     .await?)
 }
 
+/// History tables are partitioned by `day = uuid_v7_day(run_id)`: naming it lets
+/// PostgreSQL read one partition instead of probing every day's index.
+const RUN_KEY: &str = "run_id = $1 AND day = uuid_v7_day($1)";
+
 pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec<AttemptRecord>)> {
-    let run = sqlx::query_as::<_, RunRecord>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
+    let run = sqlx::query_as::<_, RunRecord>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {RUN_KEY}"))
         .bind(run_id)
         .fetch_optional(pool)
         .await?
         .ok_or(StoreError::NotFound)?;
-    let attempts = sqlx::query_as::<_, AttemptRecord>(
+    let attempts = sqlx::query_as::<_, AttemptRecord>(&format!(
         "SELECT attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in \
-         FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
-    )
+         FROM run_attempts WHERE {RUN_KEY} ORDER BY attempt"
+    ))
     .bind(run_id)
     .fetch_all(pool)
     .await?;
@@ -924,10 +928,10 @@ pub struct BodiesRecord {
 }
 
 pub async fn run_bodies(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<BodiesRecord>> {
-    Ok(sqlx::query_as::<_, BodiesRecord>(
-        "SELECT request_body, response_body, bodies_truncated FROM runs WHERE run_id = $1 \
-         AND bodies_truncated IS NOT NULL",
-    )
+    Ok(sqlx::query_as::<_, BodiesRecord>(&format!(
+        "SELECT request_body, response_body, bodies_truncated FROM runs WHERE {RUN_KEY} \
+         AND bodies_truncated IS NOT NULL"
+    ))
     .bind(run_id)
     .fetch_optional(pool)
     .await?)

@@ -8,6 +8,7 @@
 
 pub mod closing;
 pub mod rebuild;
+pub mod retention;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -86,14 +87,26 @@ impl Projector {
             .await
             .map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
         tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
-        // Housekeeping beside the projection: per-minute quota counters of past windows.
+        // Housekeeping beside the projection, at start and hourly: per-minute quota
+        // counters of past windows, and history partitions (next days created ahead,
+        // expired days dropped).
         let pool = self.pool.clone();
+        let retention_days = self.config.projector.history_retention_days;
         let housekeeping = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 every.tick().await;
                 if let Err(err) = tengine_core::quotas::prune(&pool).await {
                     tracing::warn!(error = %err, "pruning quota counters failed; retrying in an hour");
+                }
+                match retention::maintain(&pool, retention_days, chrono::Utc::now()).await {
+                    Ok(done) if !done.dropped.is_empty() => {
+                        tracing::info!(dropped = ?done.dropped, retention_days, "dropped expired run history")
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "maintaining history partitions failed; retrying in an hour")
+                    }
                 }
             }
         });
@@ -177,12 +190,19 @@ pub async fn apply_batch(
     events: &[(u64, EventEnvelope)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // First, before any row is written: the day partitions the batch's rows go to.
+    let days: std::collections::BTreeSet<chrono::NaiveDate> = events
+        .iter()
+        .flat_map(|(_, e)| [retention::uuid_day(e.id), retention::uuid_day(e.body.run_id())])
+        .collect();
+    retention::ensure_partitions(&mut tx, &days).await?;
     let mut max_seq = 0u64;
     let mut settled = Vec::new();
     for (seq, envelope) in events {
         max_seq = max_seq.max(*seq);
-        let fresh = sqlx::query("INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        let fresh = sqlx::query("INSERT INTO processed_events (event_id, day) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(envelope.id)
+            .bind(retention::uuid_day(envelope.id))
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -252,18 +272,20 @@ async fn count_usage(
         i64,
     );
     let counted: Vec<Counted> = sqlx::query_as(
-        "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND NOT usage_counted \
+        "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND day = ANY($3) AND NOT usage_counted \
          AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
          RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, \
          CASE WHEN COALESCE(finished_at, accepted_at) >= date_trunc('hour', accepted_at) + interval '1 hour' \
               + make_interval(secs => $2) THEN date_trunc('hour', finished_at) \
               ELSE date_trunc('hour', accepted_at) END, \
          status, COALESCE(latency_ms, 0), \
-         (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id), \
-         (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id)",
+         (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id AND a.day = runs.day), \
+         (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id AND a.day = runs.day)",
     )
     .bind(runs)
     .bind(close_after_secs as f64)
+    // The runs' days, so only their partitions are searched.
+    .bind(runs.iter().map(|r| retention::uuid_day(*r)).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     let mut deltas: std::collections::BTreeMap<UsageKey, UsageDelta> = std::collections::BTreeMap::new();
@@ -316,6 +338,8 @@ async fn count_usage(
 }
 
 async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Result<(), sqlx::Error> {
+    // The partition key of the run's rows; the last parameter of each statement.
+    let day = retention::uuid_day(event.run_id());
     match event {
         RunEvent::Accepted {
             run_id,
@@ -324,9 +348,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             accepted_at,
         } => {
             sqlx::query(
-                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, member_id) \
-                 VALUES ($1, $2, $3, $4, $5, 'accepted', $6, $7) \
-                 ON CONFLICT (run_id) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), updated_at = now()",
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, member_id, \
+                 day) VALUES ($1, $2, $3, $4, $5, 'accepted', $6, $7, $8) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), updated_at = now()",
             )
             .bind(run_id)
             .bind(caller.project_id)
@@ -335,6 +359,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(tool_name)
             .bind(accepted_at)
             .bind(caller.member.as_ref().map(|m| m.id.as_str()))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }
@@ -348,8 +373,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
         } => {
             sqlx::query(&format!(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 latency_ms, accepted_at, finished_at, member_id) VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8, $9) \
-                 ON CONFLICT (run_id) DO UPDATE SET status = 'rejected', error_class = EXCLUDED.error_class, \
+                 latency_ms, accepted_at, finished_at, member_id, day) \
+                 VALUES ($1, $2, $3, $4, $5, 'rejected', $6, $7, 0, $8, $8, $9, $10) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET status = 'rejected', error_class = EXCLUDED.error_class, \
                  error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, updated_at = now() \
                  WHERE {STATUS_RANK} < 3"
             ))
@@ -362,6 +388,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(error)
             .bind(accepted_at)
             .bind(caller.member.as_ref().map(|m| m.id.as_str()))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }
@@ -372,21 +399,23 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             ..
         } => {
             sqlx::query(
-                "INSERT INTO run_attempts (run_id, attempt, started_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                "INSERT INTO run_attempts (run_id, attempt, started_at, day) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
             .bind(run_id)
             .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
             .bind(started_at)
+            .bind(day)
             .execute(&mut **tx)
             .await?;
             sqlx::query(&format!(
                 "UPDATE runs SET status = CASE WHEN {STATUS_RANK} < 2 THEN 'running' ELSE runs.status END, \
                  started_at = COALESCE(runs.started_at, $2), attempts = GREATEST(runs.attempts, $3), updated_at = now() \
-                 WHERE run_id = $1"
+                 WHERE run_id = $1 AND day = $4"
             ))
             .bind(run_id)
             .bind(started_at)
             .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }
@@ -403,9 +432,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             ..
         } => {
             sqlx::query(
-                "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (run_id, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, http_status = EXCLUDED.http_status, \
+                "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in, \
+                 day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (run_id, day, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, http_status = EXCLUDED.http_status, \
                  error_class = EXCLUDED.error_class, error = EXCLUDED.error, bytes_out = EXCLUDED.bytes_out, bytes_in = EXCLUDED.bytes_in",
             )
             .bind(run_id)
@@ -417,6 +446,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(error)
             .bind(i64::try_from(*bytes_out).unwrap_or(i64::MAX))
             .bind(i64::try_from(*bytes_in).unwrap_or(i64::MAX))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }
@@ -426,9 +456,10 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             // Only a run still waiting becomes `cancelled`; the worker's Finished
             // (cancelled, or the real outcome if the API was called) settles it.
             sqlx::query(&format!(
-                "UPDATE runs SET status = 'cancelled', updated_at = now() WHERE run_id = $1 AND {STATUS_RANK} < 3"
+                "UPDATE runs SET status = 'cancelled', updated_at = now() WHERE run_id = $1 AND day = $2 AND {STATUS_RANK} < 3"
             ))
             .bind(run_id)
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }
@@ -436,9 +467,9 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
                  http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-                 bodies_truncated) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                 ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
+                 bodies_truncated, day) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
                  request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
                  bodies_truncated = EXCLUDED.bodies_truncated, \
                  error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
@@ -461,6 +492,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(outcome.bodies.as_ref().and_then(|b| b.request.as_deref()))
             .bind(outcome.bodies.as_ref().and_then(|b| b.response.as_deref()))
             .bind(outcome.bodies.as_ref().map(|b| b.truncated))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }

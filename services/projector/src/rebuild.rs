@@ -13,7 +13,8 @@
 //! 3. The scratch schema is dropped.
 //!
 //! The live tables are kept (rows are replaced, not the tables), so grants,
-//! partitions and readers' prepared statements stay valid. A log that no longer
+//! partitions and readers' prepared statements stay valid; partitions the
+//! rebuilt rows need are created in the swap transaction. A log that no longer
 //! starts at sequence 1 (events past `streams.events_max_age_secs` were dropped)
 //! is refused: the rebuilt history would silently lose what they built.
 
@@ -29,7 +30,7 @@ use sqlx::{
 };
 use tengine_core::{Config, connections::Connections, envelope::EventEnvelope};
 
-use crate::apply_batch;
+use crate::{apply_batch, retention};
 
 /// Tables the projector writes, in the order they are replaced.
 pub const PROJECTED_TABLES: [&str; 5] = [
@@ -114,6 +115,9 @@ async fn rebuild_into(
     tracing::info!(events = replayed, through = tail, "replayed the event log; swapping");
 
     let mut tx = pool.begin().await?;
+    // Partition DDL below needs this lock; taken before the table locks, in the
+    // order the projector takes them, so the two cannot deadlock.
+    retention::lock_partitions(&mut tx).await?;
     // Blocks the projector's writes (not readers) until the swap commits.
     sqlx::query(&format!(
         "LOCK TABLE {} IN EXCLUSIVE MODE",
@@ -131,6 +135,17 @@ async fn rebuild_into(
     if now_tail > tail {
         replayed += replay(events, &scratch, consumer, close_after, tail + 1, now_tail, batch).await?;
     }
+    // The scratch tables are plain tables (LIKE copies no partitioning); the live
+    // ones need a partition for every day the rebuilt rows fall on.
+    let days: Vec<(chrono::NaiveDate,)> = sqlx::query_as(&format!(
+        "SELECT day FROM {schema}.runs UNION SELECT day FROM {schema}.run_attempts \
+         UNION SELECT day FROM {schema}.processed_events"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    retention::ensure_partitions(&mut tx, &days.into_iter().map(|(d,)| d).collect())
+        .await
+        .context("creating history partitions")?;
     for table in PROJECTED_TABLES {
         sqlx::query(&format!("DELETE FROM public.{table}"))
             .execute(&mut *tx)
