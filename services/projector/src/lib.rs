@@ -10,16 +10,17 @@ pub mod closing;
 pub mod rebuild;
 pub mod retention;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
 use tengine_core::{
     Config, Topology,
     connections::Connections,
-    envelope::{EventEnvelope, RunEvent},
+    envelope::{EventEnvelope, RunEvent, RunOutcome},
     prometheus,
 };
 use uuid::Uuid;
@@ -212,16 +213,18 @@ pub async fn apply_batch(
     .collect();
     let mut max_seq = 0u64;
     let mut settled = Vec::new();
+    let mut grouped = Grouped::default();
     for (seq, envelope) in events {
         max_seq = max_seq.max(*seq);
         // `remove`: an event delivered twice within one batch is applied once.
         if fresh.remove(&envelope.id) {
-            apply_event(&mut tx, &envelope.body).await?;
+            grouped.add(&envelope.body);
             if matches!(envelope.body, RunEvent::Finished(_) | RunEvent::Rejected { .. }) {
                 settled.push(envelope.body.run_id());
             }
         }
     }
+    grouped.apply(&mut tx).await?;
     count_usage(&mut tx, &settled, close_after_secs).await?;
     if max_seq > 0 {
         sqlx::query(
@@ -234,6 +237,300 @@ pub async fn apply_batch(
         .await?;
     }
     tx.commit().await
+}
+
+/// The fresh events of a batch, grouped by kind for one statement per kind
+/// (statements per event were the projector's cost). Within a kind each row is
+/// written once (one statement cannot touch a row twice); the merge rules are the
+/// ones `apply_event` applies event by event, and they do not depend on order.
+#[derive(Default)]
+struct Grouped<'a> {
+    accepted: BTreeMap<Uuid, &'a RunEvent>,
+    /// (run, attempt) → the AttemptStarted event.
+    started: BTreeMap<(Uuid, u32), (DateTime<Utc>, NaiveDate)>,
+    /// run → (earliest start, highest attempt) for the run row.
+    running: BTreeMap<Uuid, (DateTime<Utc>, u32)>,
+    attempt_finished: BTreeMap<(Uuid, u32), &'a RunEvent>,
+    finished: BTreeMap<Uuid, &'a RunOutcome>,
+    /// Rare kinds, applied one by one.
+    others: Vec<&'a RunEvent>,
+}
+
+impl<'a> Grouped<'a> {
+    fn add(&mut self, event: &'a RunEvent) {
+        match event {
+            RunEvent::Accepted { run_id, .. } => {
+                self.accepted.entry(*run_id).or_insert(event);
+            }
+            RunEvent::AttemptStarted {
+                run_id,
+                attempt,
+                started_at,
+                ..
+            } => {
+                self.started
+                    .entry((*run_id, *attempt))
+                    .or_insert((*started_at, retention::uuid_day(*run_id)));
+                let run = self.running.entry(*run_id).or_insert((*started_at, *attempt));
+                run.0 = run.0.min(*started_at);
+                run.1 = run.1.max(*attempt);
+            }
+            RunEvent::AttemptFinished { run_id, attempt, .. } => {
+                self.attempt_finished.insert((*run_id, *attempt), event);
+            }
+            RunEvent::Finished(outcome) => {
+                self.finished.insert(outcome.run_id, outcome);
+            }
+            RunEvent::UpstreamProgress { .. } => {}
+            RunEvent::Rejected { .. } | RunEvent::CancelRequested { .. } => self.others.push(event),
+        }
+    }
+
+    async fn apply(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let attempt_no = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
+        if !self.accepted.is_empty() {
+            let mut rows = AcceptedRows::default();
+            for event in self.accepted.values() {
+                if let RunEvent::Accepted {
+                    run_id,
+                    caller,
+                    tool_name,
+                    accepted_at,
+                } = event
+                {
+                    rows.run.push(*run_id);
+                    rows.project.push(caller.project_id);
+                    rows.integration.push(caller.integration_id);
+                    rows.key.push(caller.api_key_id);
+                    rows.tool.push(tool_name.clone());
+                    rows.at.push(*accepted_at);
+                    rows.member.push(caller.member.as_ref().map(|m| m.id.clone()));
+                    rows.day.push(retention::uuid_day(*run_id));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, \
+                 member_id, day) \
+                 SELECT r, p, i, k, t, 'accepted', a, m, d FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
+                 $5::text[], $6::timestamptz[], $7::text[], $8::date[]) AS x(r, p, i, k, t, a, m, d) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), \
+                 updated_at = now()",
+            )
+            .bind(&rows.run)
+            .bind(&rows.project)
+            .bind(&rows.integration)
+            .bind(&rows.key)
+            .bind(&rows.tool)
+            .bind(&rows.at)
+            .bind(&rows.member)
+            .bind(&rows.day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.started.is_empty() {
+            let (mut run, mut attempt, mut at, mut day) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((r, a), (s, d)) in &self.started {
+                run.push(*r);
+                attempt.push(attempt_no(*a));
+                at.push(*s);
+                day.push(*d);
+            }
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, attempt, started_at, day) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::date[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&run)
+            .bind(&attempt)
+            .bind(&at)
+            .bind(&day)
+            .execute(&mut **tx)
+            .await?;
+            let (mut run, mut at, mut attempt, mut day) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (r, (s, a)) in &self.running {
+                run.push(*r);
+                at.push(*s);
+                attempt.push(attempt_no(*a));
+                day.push(retention::uuid_day(*r));
+            }
+            sqlx::query(&format!(
+                "UPDATE runs SET status = CASE WHEN {STATUS_RANK} < 2 THEN 'running' ELSE runs.status END, \
+                 started_at = COALESCE(runs.started_at, x.s), attempts = GREATEST(runs.attempts, x.a), \
+                 updated_at = now() \
+                 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::date[]) AS x(r, s, a, d) \
+                 WHERE runs.run_id = x.r AND runs.day = x.d"
+            ))
+            .bind(&run)
+            .bind(&at)
+            .bind(&attempt)
+            .bind(&day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !self.attempt_finished.is_empty() {
+            let mut rows = AttemptRows::default();
+            for event in self.attempt_finished.values() {
+                if let RunEvent::AttemptFinished {
+                    run_id,
+                    attempt,
+                    started_at,
+                    finished_at,
+                    http_status,
+                    error_class,
+                    error,
+                    bytes_out,
+                    bytes_in,
+                    ..
+                } = event
+                {
+                    rows.run.push(*run_id);
+                    rows.attempt.push(attempt_no(*attempt));
+                    rows.started.push(*started_at);
+                    rows.finished.push(*finished_at);
+                    rows.http_status.push(http_status.map(i32::from));
+                    rows.error_class.push(error_class.map(|c| c.as_str().to_string()));
+                    rows.error.push(error.clone());
+                    rows.bytes_out.push(i64::try_from(*bytes_out).unwrap_or(i64::MAX));
+                    rows.bytes_in.push(i64::try_from(*bytes_in).unwrap_or(i64::MAX));
+                    rows.day.push(retention::uuid_day(*run_id));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, http_status, error_class, error, \
+                 bytes_out, bytes_in, day) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::timestamptz[], $5::int4[], \
+                 $6::text[], $7::text[], $8::int8[], $9::int8[], $10::date[]) \
+                 ON CONFLICT (run_id, day, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, \
+                 http_status = EXCLUDED.http_status, error_class = EXCLUDED.error_class, error = EXCLUDED.error, \
+                 bytes_out = EXCLUDED.bytes_out, bytes_in = EXCLUDED.bytes_in",
+            )
+            .bind(&rows.run)
+            .bind(&rows.attempt)
+            .bind(&rows.started)
+            .bind(&rows.finished)
+            .bind(&rows.http_status)
+            .bind(&rows.error_class)
+            .bind(&rows.error)
+            .bind(&rows.bytes_out)
+            .bind(&rows.bytes_in)
+            .bind(&rows.day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for event in self.others {
+            apply_event(tx, event).await?;
+        }
+        if !self.finished.is_empty() {
+            let mut rows = FinishedRows::default();
+            for outcome in self.finished.values() {
+                rows.run.push(outcome.run_id);
+                rows.project.push(outcome.caller.project_id);
+                rows.integration.push(outcome.caller.integration_id);
+                rows.key.push(outcome.caller.api_key_id);
+                rows.tool.push(outcome.tool_name.clone());
+                rows.status.push(outcome.status.as_str().to_string());
+                rows.error_class
+                    .push(outcome.error_class.map(|c| c.as_str().to_string()));
+                rows.error.push(outcome.error.clone());
+                rows.http_status
+                    .push(outcome.response.as_ref().map(|r| i32::from(r.http_status)));
+                rows.latency.push(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
+                rows.attempts.push(attempt_no(outcome.attempts));
+                rows.accepted.push(outcome.accepted_at);
+                rows.finished.push(outcome.finished_at);
+                rows.member.push(outcome.caller.member.as_ref().map(|m| m.id.clone()));
+                rows.request_body
+                    .push(outcome.bodies.as_ref().and_then(|b| b.request.clone()));
+                rows.response_body
+                    .push(outcome.bodies.as_ref().and_then(|b| b.response.clone()));
+                rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
+                rows.day.push(retention::uuid_day(outcome.run_id));
+            }
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
+                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
+                 bodies_truncated, day) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
+                 $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[]) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
+                 request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
+                 bodies_truncated = EXCLUDED.bodies_truncated, \
+                 error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
+                 attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, \
+                 updated_at = now()",
+            )
+            .bind(&rows.run)
+            .bind(&rows.project)
+            .bind(&rows.integration)
+            .bind(&rows.key)
+            .bind(&rows.tool)
+            .bind(&rows.status)
+            .bind(&rows.error_class)
+            .bind(&rows.error)
+            .bind(&rows.http_status)
+            .bind(&rows.latency)
+            .bind(&rows.attempts)
+            .bind(&rows.accepted)
+            .bind(&rows.finished)
+            .bind(&rows.member)
+            .bind(&rows.request_body)
+            .bind(&rows.response_body)
+            .bind(&rows.truncated)
+            .bind(&rows.day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Column arrays for `UNNEST`.
+#[derive(Default)]
+struct AcceptedRows {
+    run: Vec<Uuid>,
+    project: Vec<Uuid>,
+    integration: Vec<Uuid>,
+    key: Vec<Uuid>,
+    tool: Vec<String>,
+    at: Vec<DateTime<Utc>>,
+    member: Vec<Option<String>>,
+    day: Vec<NaiveDate>,
+}
+
+#[derive(Default)]
+struct AttemptRows {
+    run: Vec<Uuid>,
+    attempt: Vec<i32>,
+    started: Vec<DateTime<Utc>>,
+    finished: Vec<DateTime<Utc>>,
+    http_status: Vec<Option<i32>>,
+    error_class: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    bytes_out: Vec<i64>,
+    bytes_in: Vec<i64>,
+    day: Vec<NaiveDate>,
+}
+
+#[derive(Default)]
+struct FinishedRows {
+    run: Vec<Uuid>,
+    project: Vec<Uuid>,
+    integration: Vec<Uuid>,
+    key: Vec<Uuid>,
+    tool: Vec<String>,
+    status: Vec<String>,
+    error_class: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    http_status: Vec<Option<i32>>,
+    latency: Vec<i64>,
+    attempts: Vec<i32>,
+    accepted: Vec<DateTime<Utc>>,
+    finished: Vec<DateTime<Utc>>,
+    member: Vec<Option<String>>,
+    request_body: Vec<Option<String>>,
+    response_body: Vec<Option<String>>,
+    truncated: Vec<Option<bool>>,
+    day: Vec<NaiveDate>,
 }
 
 /// Upper bounds (ms) of the usage latency buckets; the last bucket is "more".
