@@ -66,19 +66,10 @@ fn rate_scope(caller: &Caller) -> (String, String) {
 
 /// Counts one call against the caller's limits, or says which limit it exceeds
 /// (then nothing is counted).
-/// A project's limits, and the current month and minute by the database's clock
-/// (read separately so the ingress can fetch them alongside the tool).
+/// A project's limits (monthly calls, calls per minute per member), and the current
+/// month and minute by the database's clock: read with the caller's credential
+/// (`store::Principal::limits`), so checking quotas adds no query when none is set.
 pub type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
-
-pub async fn limits(pool: &PgPool, project_id: Uuid) -> StoreResult<Option<Limits>> {
-    Ok(sqlx::query_as(
-        "SELECT monthly_call_limit, member_calls_per_minute, date_trunc('month', now(), 'UTC'), \
-         date_trunc('minute', now()) FROM projects WHERE id = $1",
-    )
-    .bind(project_id)
-    .fetch_optional(pool)
-    .await?)
-}
 
 /// Counts one call against `limits` (from [`limits`]); without limits nothing is
 /// counted and no query is made.

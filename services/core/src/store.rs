@@ -261,6 +261,8 @@ pub struct Principal {
     pub caller: Caller,
     /// Tool names the integration is restricted to (`None`: all).
     pub allowed_tools: Option<Vec<String>>,
+    /// The project's quota limits as of this request (`crate::quotas::Limits`).
+    pub limits: Option<crate::quotas::Limits>,
 }
 
 impl Principal {
@@ -273,57 +275,64 @@ impl Principal {
     }
 }
 
-type KeyRow = (Uuid, Uuid, Uuid, Option<Vec<String>>);
+type KeyRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    Option<Vec<String>>,
+    Option<i64>,
+    Option<i32>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// The project's quota limits, read with the credential (one query for both).
+const KEY_LIMITS: &str = ", p.monthly_call_limit, p.member_calls_per_minute, date_trunc('month', now(), 'UTC'), \
+     date_trunc('minute', now())";
+
+fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
+    let (project_id, integration_id, api_key_id, allowed_tools, monthly, per_minute, month, minute) = row;
+    Principal {
+        caller: Caller {
+            project_id,
+            integration_id,
+            api_key_id,
+            member,
+        },
+        allowed_tools,
+        limits: Some((monthly, per_minute, month, minute)),
+    }
+}
 
 /// The caller behind an API key, if the key exists and is live.
 pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Option<Principal>> {
-    let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
-         JOIN integrations i ON i.id = k.integration_id \
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL",
-    )
+    let row: Option<KeyRow> = sqlx::query_as(&format!(
+        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
+         JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
+    ))
     .bind(credentials::hash_api_key(key))
     .fetch_optional(pool)
     .await?;
-    Ok(
-        row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
-            caller: Caller {
-                project_id,
-                integration_id,
-                api_key_id,
-                member: None,
-            },
-            allowed_tools,
-        }),
-    )
+    Ok(row.map(|row| principal_of(row, None)))
 }
 
 /// The caller behind a member session, if its API key and integration are live
 /// and the member's sessions were not revoked after it was issued.
 pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member) -> StoreResult<Option<Principal>> {
-    let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
-         JOIN integrations i ON i.id = k.integration_id \
+    let row: Option<KeyRow> = sqlx::query_as(&format!(
+        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
+         JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
          LEFT JOIN member_revocations r ON r.project_id = k.project_id AND r.member_id = $2 \
          WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL \
-         AND (r.revoked_before IS NULL OR r.revoked_before <= $3)",
-    )
+         AND (r.revoked_before IS NULL OR r.revoked_before <= $3)"
+    ))
     .bind(api_key_id)
     .bind(&member.id)
     .bind(member.session_issued_at)
     .fetch_optional(pool)
     .await?;
-    Ok(
-        row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
-            caller: Caller {
-                project_id,
-                integration_id,
-                api_key_id,
-                member: Some(member),
-            },
-            allowed_tools,
-        }),
-    )
+    Ok(row.map(|row| principal_of(row, Some(member))))
 }
 
 /// Why a queued run's caller may no longer call `tool`, if it may not: checked
@@ -347,23 +356,15 @@ pub async fn current_principal(pool: &PgPool, caller: &Caller) -> StoreResult<Op
     let principal = match &caller.member {
         Some(member) => authenticate_member(pool, caller.api_key_id, member.clone()).await?,
         None => {
-            let row: Option<KeyRow> = sqlx::query_as(
-                "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools FROM api_keys k \
-                 JOIN integrations i ON i.id = k.integration_id \
-                 WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL",
-            )
+            let row: Option<KeyRow> = sqlx::query_as(&format!(
+                "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
+                 JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
+                 WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
+            ))
             .bind(caller.api_key_id)
             .fetch_optional(pool)
             .await?;
-            row.map(|(project_id, integration_id, api_key_id, allowed_tools)| Principal {
-                caller: Caller {
-                    project_id,
-                    integration_id,
-                    api_key_id,
-                    member: None,
-                },
-                allowed_tools,
-            })
+            row.map(|row| principal_of(row, None))
         }
     };
     Ok(principal)

@@ -270,12 +270,8 @@ async fn execute(
     let arguments = params.arguments.unwrap_or_default();
     let caller = principal.caller.clone();
 
-    // The project's quota limits are read alongside the tool (one round trip, not two).
     let loading = std::time::Instant::now();
-    let (tool, limits) = tokio::join!(
-        st.catalog.get(&st.pool, caller.project_id, &name),
-        quotas::limits(&st.pool, caller.project_id)
-    );
+    let tool = st.catalog.get(&st.pool, caller.project_id, &name).await;
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "tool", loading);
     let tool = match tool {
         Ok(tool) if tool.enabled && principal.may_use(&tool) => tool,
@@ -408,10 +404,8 @@ async fn execute(
     // Counted only once the key is claimed: a retry that follows an existing run
     // returned above, so it never counts twice.
     let charging = std::time::Instant::now();
-    let verdict = match limits {
-        Ok(limits) => quotas::charge(&st.pool, &caller, limits).await,
-        Err(err) => Err(err),
-    };
+    // The limits came with the credential (one query for both).
+    let verdict = quotas::charge(&st.pool, &caller, principal.limits).await;
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "quota", charging);
     let charge = match verdict {
         Ok(quotas::Verdict::Allowed(charge)) => charge,
