@@ -172,15 +172,23 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
             let shutdown = st.shutdown.clone();
             let project_id = principal.caller.project_id;
             let states = st.session_states.clone();
+            let mut ends = states.ends();
+            let key = sessions::SessionStates::key(&session);
             tokio::spawn(async move {
                 let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-                let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tx.closed() => break,
                         // A DELETE (on any instance) ends the session's stream too.
-                        _ = check.tick() => if states.get(&session).ended { break },
+                        ended = ends.recv() => match ended {
+                            Ok(ended) if ended == key => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                if states.get(&session).ended { break }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
                         change = changes.recv() => {
                             let relevant = match change {
                                 Ok(project) => project == project_id,

@@ -131,6 +131,8 @@ pub struct SessionStates {
     kv: async_nats::jetstream::kv::Store,
     local: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, SessionState)>>>,
     ttl: std::time::Duration,
+    /// Keys of sessions as they end: open GET streams stop without polling.
+    ends: tokio::sync::broadcast::Sender<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -164,6 +166,7 @@ impl SessionStates {
             kv,
             local: Default::default(),
             ttl,
+            ends: tokio::sync::broadcast::channel(1024).0,
         };
         let watcher = states.clone();
         tokio::spawn(async move { watcher.watch().await });
@@ -184,7 +187,16 @@ impl SessionStates {
             .unwrap_or_default()
     }
 
+    /// Keys ([`Self::key`]) of sessions ending from now on, on any instance.
+    pub fn ends(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.ends.subscribe()
+    }
+
     fn remember(&self, key: String, state: SessionState) {
+        if state.ended {
+            // No receiver (no open stream) is fine.
+            let _ = self.ends.send(key.clone());
+        }
         if let Ok(mut map) = self.local.write() {
             let now = std::time::Instant::now();
             if map.len() > 4096 {
