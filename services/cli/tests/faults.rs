@@ -4,7 +4,8 @@
 //! idempotency key. During the run the test SIGKILLs and restarts the worker
 //! (mid-call), nats-server, the projector and one ingress, and the upstream
 //! answers 503 at random. A second scenario runs two workers on the shared
-//! command consumer. Afterwards: every call ended in history as succeeded,
+//! command consumer; a third runs a 3-node NATS cluster with replicated (R3)
+//! streams and SIGKILLs the node leading the command stream. Afterwards: every call ended in history as succeeded,
 //! no call ran twice, and no request id had its effect applied twice.
 //! Bounded: loopback only, a fixed number of calls, deadlines everywhere.
 
@@ -69,9 +70,12 @@ fn nats_configs(dir: &std::path::Path, n: usize) -> Vec<(u16, PathBuf)> {
             } else {
                 String::new()
             };
+            // The monitoring port (`/jsz?streams=true&consumers=true`) is for post-mortems
+            // of kept logs (TENGINE_KEEP_FAULT_LOGS); the test itself asks JetStream.
             let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n{cluster}",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n{cluster}",
                 client[i],
+                free_port(),
                 dir.join(format!("nats{i}")).display()
             );
             let path = dir.join(format!("nats{i}.conf"));
@@ -241,6 +245,9 @@ async fn spawn_upstream(ledger: Arc<Mutex<Ledger>>) -> u16 {
 enum Fault {
     Worker,
     Nats,
+    /// Cluster only: SIGKILL the node leading the command stream, restart it after
+    /// a while, and wait until its replicas have caught up again.
+    NatsLeader,
     Projector,
     Ingress,
 }
@@ -250,6 +257,7 @@ impl Fault {
         match self {
             Fault::Worker => "worker SIGKILL",
             Fault::Nats => "nats-server SIGKILL + restart",
+            Fault::NatsLeader => "stream-leader node SIGKILL + restart",
             Fault::Projector => "projector SIGKILL",
             Fault::Ingress => "ingress SIGKILL",
         }
@@ -274,7 +282,24 @@ async fn two_workers_share_the_queue_while_dying() {
     scenario(1, 2, 400, 16, &[Fault::Worker, Fault::Nats]).await;
 }
 
+/// A 3-node cluster with replicated (R3) streams and KV buckets: while two
+/// workers share the command consumer, the node leading the command stream is
+/// SIGKILLed under load and restarted (twice, so far as the load lasts), and a
+/// worker is killed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_node_dies_under_load() {
+    // The worker fault comes first and the load is long enough for two leader
+    // losses (each takes 6-10 s: 3 s down, then replicas catching up).
+    scenario(3, 2, 600, 12, &[Fault::Worker, Fault::NatsLeader]).await;
+}
+
+/// One scenario at a time: each runs up to eight processes with PostgreSQL pools
+/// (about a hundred connections at most, PostgreSQL's default limit) on a small CI
+/// machine, and the harness runs tests in parallel.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, plan: &[Fault]) {
+    let _serial = SERIAL.lock().await;
     let isolation = Isolation::new().await;
     let dir = std::env::temp_dir().join(format!("tengine-faults-{}", isolation.prefix));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -456,6 +481,26 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 cluster.start_nats(i);
             }
+            // Two leader losses are the point; more would only stretch the test.
+            Fault::NatsLeader if faults.get(fault.name()).is_some_and(|n| *n >= 2) => {
+                step += 1;
+                continue;
+            }
+            Fault::NatsLeader => {
+                let i = stream_leader(&cluster, "FAULTS_COMMANDS")
+                    .await
+                    .unwrap_or(step as usize % nodes);
+                let down = Instant::now();
+                kill(&mut cluster.nats[i]);
+                // Long enough for the other two to elect new leaders and carry load.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.start_nats(i);
+                let caught_up = wait_replicas_current(&cluster).await;
+                println!(
+                    "killed node n{i} (leader of FAULTS_COMMANDS); back and current after {caught_up:?} ({:?} since the kill)",
+                    down.elapsed()
+                );
+            }
             Fault::Projector => {
                 kill(&mut cluster.projector);
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -549,6 +594,70 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
         "usage counts equal run counts (refused calls included)"
     );
     drop(cluster);
+}
+
+/// The live nodes' client URLs.
+fn live_urls(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nats_nodes
+        .iter()
+        .zip(&cluster.nats)
+        .filter(|(_, child)| child.is_some())
+        .map(|((port, _), _)| format!("nats://127.0.0.1:{port}"))
+        .collect()
+}
+
+/// Stream infos of the replicated streams, asked of a live node (bounded).
+async fn stream_infos(cluster: &Cluster, names: &[&str]) -> Option<Vec<async_nats::jetstream::stream::Info>> {
+    let urls = live_urls(cluster);
+    tokio::time::timeout(Duration::from_secs(3), async {
+        let client = async_nats::connect(urls.as_slice()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut infos = Vec::new();
+        for name in names {
+            let mut stream = js.get_stream(*name).await.ok()?;
+            infos.push(stream.info().await.ok()?.clone());
+        }
+        Some(infos)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The index of the node leading `stream` (server names are `n{index}`).
+async fn stream_leader(cluster: &Cluster, stream: &str) -> Option<usize> {
+    let info = stream_infos(cluster, &[stream]).await?.pop()?;
+    info.cluster?.leader?.strip_prefix('n')?.parse().ok()
+}
+
+/// Waits (at most 30 s) until every replicated stream has a leader and all its
+/// replicas are current; returns how long that took.
+async fn wait_replicas_current(cluster: &Cluster) -> Duration {
+    let started = Instant::now();
+    let names = [
+        "FAULTS_COMMANDS",
+        "FAULTS_EVENTS",
+        "KV_FAULTS_IDEMPOTENCY",
+        "KV_FAULTS_CANCELLED",
+        "KV_FAULTS_SESSIONS",
+    ];
+    while started.elapsed() < Duration::from_secs(30) {
+        let current = stream_infos(cluster, &names).await.is_some_and(|infos| {
+            infos.iter().all(|info| {
+                info.cluster.as_ref().is_some_and(|c| {
+                    c.leader.is_some()
+                        && c.replicas.len() + 1 == cluster.nats_nodes.len()
+                        && c.replicas.iter().all(|r| r.current && !r.offline)
+                })
+            })
+        });
+        if current {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    started.elapsed()
 }
 
 /// Waits until the cluster has elected a JetStream meta leader.

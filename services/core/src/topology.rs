@@ -241,6 +241,33 @@ impl Topology {
     }
 }
 
+/// How long one pull request waits on the server before the client renews it.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Idle heartbeat of a pull request: two missed in a row end the pull.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Opens a pull of up to `batch` messages per request, with idle heartbeats.
+///
+/// Without heartbeats a pull request that the server dropped (its consumer's
+/// leader died, or moved to another node of a cluster) goes unnoticed: async-nats
+/// then waits for the request's expiry plus 5 s before pulling again, and with the
+/// default 30 s expiry every consumer stalls for 35 s after a node is lost. With
+/// them, the stream reports a missed heartbeat within 2 × `PULL_HEARTBEAT`, and the
+/// caller opens a fresh pull (see the consumers' loops).
+pub async fn pull_messages(
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    batch: usize,
+) -> anyhow::Result<consumer::pull::Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("pulling from consumer {}: {e}", consumer.cached_info().name))
+}
+
 /// Runs a JetStream set-up request until it succeeds, for up to about a minute:
 /// a server that is still starting, or a cluster still electing leaders, times
 /// requests out for a while.

@@ -234,11 +234,13 @@ impl Dispatcher {
                 }
             }
         };
-        let (queued, logged) = tokio::join!(
-            queue(),
-            bus::publish_event(&self.js, &self.topology, command.caller.project_id, accepted),
-        );
-        queued?;
+        // The Accepted event only after the command is stored: on a cluster the two
+        // streams have their own leaders, so during an election one write can succeed
+        // while the other fails, and an Accepted event of a call that was then refused
+        // (its Rejected event may fail too) would leave the run "accepted" in history
+        // forever. Costs one more ack round trip on the call's path.
+        queue().await?;
+        let logged = bus::publish_event(&self.js, &self.topology, command.caller.project_id, accepted).await;
         if let Err(err) = logged {
             // The worker's Finished event carries everything the history needs.
             tracing::warn!(run_id = %command.run_id, error = %err, "could not log the Accepted event");

@@ -81,12 +81,7 @@ impl Projector {
         })
         .await?;
         let batch_size = self.config.projector.batch_size.max(1);
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(batch_size)
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("pulling events: {e}"))?;
+        let mut messages = tengine_core::topology::pull_messages(&consumer, batch_size).await?;
         tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
         // Housekeeping beside the projection, at start and hourly: per-minute quota
         // counters of past windows, and history partitions (next days created ahead,
@@ -121,8 +116,14 @@ impl Projector {
             let mut batch = match first {
                 Some(Ok(message)) => vec![message],
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pulling events failed; continuing");
+                    // As in the worker: the pull request may be gone with a lost node,
+                    // and the old stream would wait for its expiry; pull afresh.
+                    tracing::warn!(error = %err, "pulling events failed; opening a new pull");
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                    match tengine_core::topology::pull_messages(&consumer, batch_size).await {
+                        Ok(fresh) => messages = fresh,
+                        Err(err) => tracing::warn!(error = %err, "opening a new pull failed; retrying"),
+                    }
                     continue;
                 }
                 None => anyhow::bail!("the event stream ended"),

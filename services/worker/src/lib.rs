@@ -108,12 +108,8 @@ impl Worker {
         let _sampler = AbortOnDrop(sampler);
         let permits = Arc::new(Semaphore::new(wc.concurrency));
         // Small batches: prefetched messages burn their ack_wait while they wait.
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(wc.concurrency.min(64))
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("pulling commands: {e}"))?;
+        let batch = wc.concurrency.min(64);
+        let mut messages = tengine_core::topology::pull_messages(&consumer, batch).await?;
         tracing::info!(consumer = %self.topology.worker_consumer(), concurrency = wc.concurrency, "worker consuming");
         tokio::pin!(shutdown);
         loop {
@@ -134,8 +130,17 @@ impl Worker {
                     });
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pulling commands failed; continuing");
+                    // A missed heartbeat or a failed pull request: the request may be gone
+                    // on the server (a node lost, a consumer leader change), and the old
+                    // stream would not ask again before its expiry. Pull afresh; commands
+                    // the old request had already received come back after ack_wait.
+                    drop(permit);
+                    tracing::warn!(error = %err, "pulling commands failed; opening a new pull");
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                    match tengine_core::topology::pull_messages(&consumer, batch).await {
+                        Ok(fresh) => messages = fresh,
+                        Err(err) => tracing::warn!(error = %err, "opening a new pull failed; retrying"),
+                    }
                 }
                 None => anyhow::bail!("the command stream ended"),
             }
