@@ -238,13 +238,20 @@ impl Dispatcher {
         // streams have their own leaders, so during an election one write can succeed
         // while the other fails, and an Accepted event of a call that was then refused
         // (its Rejected event may fail too) would leave the run "accepted" in history
-        // forever. Costs one more ack round trip on the call's path.
+        // forever. It is stored in the background: the call does not wait for it, and
+        // if it is lost the worker's Finished event carries everything history needs.
         queue().await?;
-        let logged = bus::publish_event(&self.js, &self.topology, command.caller.project_id, accepted).await;
-        if let Err(err) = logged {
-            // The worker's Finished event carries everything the history needs.
-            tracing::warn!(run_id = %command.run_id, error = %err, "could not log the Accepted event");
-        }
+        let (js, topology, project_id, run_id) = (
+            self.js.clone(),
+            self.topology.clone(),
+            command.caller.project_id,
+            command.run_id,
+        );
+        tokio::spawn(async move {
+            if let Err(err) = bus::publish_event(&js, &topology, project_id, accepted).await {
+                tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
+            }
+        });
         Ok(())
     }
 
