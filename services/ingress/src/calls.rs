@@ -449,8 +449,11 @@ async fn execute(
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
     if let Err(err) = enqueued {
         // Publishing was retried under the same Nats-Msg-Id (stored at most once).
-        // Known gap: if the command was stored but every ack was lost, it still runs
-        // although this call reports it was not queued.
+        // The command may still have been stored (every ack lost), so the key stays
+        // claimed by this run: a retry with it follows this run if it exists, and
+        // takes the key over only once the run has left no trace for
+        // `idempotency::ORPHAN_AFTER_MS`. Releasing it here would let a retry start
+        // a second run next to a stored first one.
         tracing::error!(%run_id, error = %err, "queueing a run");
         reject(
             &st,
@@ -461,12 +464,17 @@ async fn execute(
             "the execution queue was unavailable",
         )
         .await;
-        st.idempotency.release(&claim_key).await;
         quotas::refund(&st.pool, caller.project_id, &charge).await;
-        return Err(McpError::internal(
+        let mut err = McpError::internal(
             &id,
-            "the call could not be queued (the execution queue is unavailable or full); it was not run: retry later",
-        ));
+            format!(
+                "the call could not be confirmed as queued (the execution queue is unavailable or full): retry in a \
+                 few seconds with the same idempotency key (or, without one, the same JSON-RPC id in this session): \
+                 it will run at most once (run {run_id})"
+            ),
+        );
+        err.data = Some(json!({ META_RUN_ID: run_id }));
+        return Err(err);
     }
     tracing::info!(%run_id, tool = %tool.name, project_id = %caller.project_id, "run accepted");
 
