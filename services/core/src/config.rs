@@ -44,6 +44,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Deserialize)]
 pub struct IngressConfig {
     pub listen: SocketAddr,
+    /// PostgreSQL connections of one ingress process.
+    pub database_pool_size: u32,
     pub public_url: String,
     pub max_request_bytes: usize,
     pub max_call_wait_ms: u64,
@@ -59,6 +61,8 @@ pub struct IngressConfig {
 #[derive(Clone, Debug, Deserialize)]
 pub struct WorkerConfig {
     pub health_listen: SocketAddr,
+    /// PostgreSQL connections of one worker process.
+    pub database_pool_size: u32,
     pub concurrency: usize,
     pub max_response_bytes: usize,
     pub connect_timeout_ms: u64,
@@ -69,6 +73,8 @@ pub struct WorkerConfig {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ProjectorConfig {
     pub health_listen: SocketAddr,
+    /// PostgreSQL connections of the projector.
+    pub database_pool_size: u32,
     pub batch_size: usize,
     /// How long after its end an hour of usage is closed (exportable, never to
     /// change again); must exceed the longest a run can take. A run finishing later

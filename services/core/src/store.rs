@@ -44,7 +44,7 @@ fn found(done: sqlx::postgres::PgQueryResult) -> StoreResult<()> {
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(max_connections)
+        .max_connections(max_connections.max(1))
         // sqlx pings every connection before handing it out by default: one extra
         // round trip per query on every call's critical path. A connection that
         // broke meanwhile fails its query instead (answered "retry") and is dropped.

@@ -73,7 +73,7 @@ impl AppState {
             topology,
             commands,
             events,
-        } = Connections::open(&config, "tengine-ingress", 32).await?;
+        } = Connections::open(&config, "tengine-ingress", config.ingress.database_pool_size).await?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
             .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)

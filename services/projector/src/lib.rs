@@ -53,7 +53,7 @@ impl Projector {
             topology,
             events,
             ..
-        } = Connections::open(&config, "tengine-projector", 8).await?;
+        } = Connections::open(&config, "tengine-projector", config.projector.database_pool_size).await?;
         Ok(Arc::new(Self {
             config,
             pool,

@@ -62,7 +62,7 @@ impl Worker {
             topology,
             commands,
             events,
-        } = Connections::open(&config, "tengine-worker", 16).await?;
+        } = Connections::open(&config, "tengine-worker", config.worker.database_pool_size).await?;
         let cancelled = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
         Ok(Arc::new(Self {
             config,
