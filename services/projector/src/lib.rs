@@ -243,7 +243,7 @@ pub async fn apply_batch(
 /// The fresh events of a batch, grouped by kind for one statement per kind
 /// (statements per event were the projector's cost). Within a kind each row is
 /// written once (one statement cannot touch a row twice); the merge rules are the
-/// ones `apply_event` applies event by event, and they do not depend on order.
+/// order-independent ones of the event-by-event statements they replaced.
 #[derive(Default)]
 struct Grouped<'a> {
     accepted: BTreeMap<Uuid, &'a RunEvent>,
@@ -647,28 +647,6 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
     // The partition key of the run's rows; the last parameter of each statement.
     let day = retention::uuid_day(event.run_id());
     match event {
-        RunEvent::Accepted {
-            run_id,
-            caller,
-            tool_name,
-            accepted_at,
-        } => {
-            sqlx::query(
-                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, member_id, \
-                 day) VALUES ($1, $2, $3, $4, $5, 'accepted', $6, $7, $8) \
-                 ON CONFLICT (run_id, day) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), updated_at = now()",
-            )
-            .bind(run_id)
-            .bind(caller.project_id)
-            .bind(caller.integration_id)
-            .bind(caller.api_key_id)
-            .bind(tool_name)
-            .bind(accepted_at)
-            .bind(caller.member.as_ref().map(|m| m.id.as_str()))
-            .bind(day)
-            .execute(&mut **tx)
-            .await?;
-        }
         RunEvent::Rejected {
             run_id,
             caller,
@@ -698,66 +676,6 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .execute(&mut **tx)
             .await?;
         }
-        RunEvent::AttemptStarted {
-            run_id,
-            attempt,
-            started_at,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO run_attempts (run_id, attempt, started_at, day) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(run_id)
-            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
-            .bind(started_at)
-            .bind(day)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(&format!(
-                "UPDATE runs SET status = CASE WHEN {STATUS_RANK} < 2 THEN 'running' ELSE runs.status END, \
-                 started_at = COALESCE(runs.started_at, $2), attempts = GREATEST(runs.attempts, $3), updated_at = now() \
-                 WHERE run_id = $1 AND day = $4"
-            ))
-            .bind(run_id)
-            .bind(started_at)
-            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
-            .bind(day)
-            .execute(&mut **tx)
-            .await?;
-        }
-        RunEvent::AttemptFinished {
-            run_id,
-            attempt,
-            started_at,
-            finished_at,
-            http_status,
-            error_class,
-            error,
-            bytes_out,
-            bytes_in,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in, \
-                 day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (run_id, day, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, http_status = EXCLUDED.http_status, \
-                 error_class = EXCLUDED.error_class, error = EXCLUDED.error, bytes_out = EXCLUDED.bytes_out, bytes_in = EXCLUDED.bytes_in",
-            )
-            .bind(run_id)
-            .bind(i32::try_from(*attempt).unwrap_or(i32::MAX))
-            .bind(started_at)
-            .bind(finished_at)
-            .bind(http_status.map(i32::from))
-            .bind(error_class.map(|c| c.as_str()))
-            .bind(error)
-            .bind(i64::try_from(*bytes_out).unwrap_or(i64::MAX))
-            .bind(i64::try_from(*bytes_in).unwrap_or(i64::MAX))
-            .bind(day)
-            .execute(&mut **tx)
-            .await?;
-        }
-        // Never logged (reply subject only); nothing to project.
-        RunEvent::UpstreamProgress { .. } => {}
         RunEvent::CancelRequested { run_id, .. } => {
             // Only a run still waiting becomes `cancelled`; the worker's Finished
             // (cancelled, or the real outcome if the API was called) settles it.
@@ -769,39 +687,12 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .execute(&mut **tx)
             .await?;
         }
-        RunEvent::Finished(outcome) => {
-            sqlx::query(
-                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-                 http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-                 bodies_truncated, day) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                 ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
-                 request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
-                 bodies_truncated = EXCLUDED.bodies_truncated, \
-                 error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
-                 attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, updated_at = now()",
-            )
-            .bind(outcome.run_id)
-            .bind(outcome.caller.project_id)
-            .bind(outcome.caller.integration_id)
-            .bind(outcome.caller.api_key_id)
-            .bind(&outcome.tool_name)
-            .bind(outcome.status.as_str())
-            .bind(outcome.error_class.map(|c| c.as_str()))
-            .bind(&outcome.error)
-            .bind(outcome.response.as_ref().map(|r| i32::from(r.http_status)))
-            .bind(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX))
-            .bind(i32::try_from(outcome.attempts).unwrap_or(i32::MAX))
-            .bind(outcome.accepted_at)
-            .bind(outcome.finished_at)
-            .bind(outcome.caller.member.as_ref().map(|m| m.id.as_str()))
-            .bind(outcome.bodies.as_ref().and_then(|b| b.request.as_deref()))
-            .bind(outcome.bodies.as_ref().and_then(|b| b.response.as_deref()))
-            .bind(outcome.bodies.as_ref().map(|b| b.truncated))
-            .bind(day)
-            .execute(&mut **tx)
-            .await?;
-        }
+        // The frequent kinds go through `Grouped` (one statement per kind and batch).
+        RunEvent::Accepted { .. }
+        | RunEvent::AttemptStarted { .. }
+        | RunEvent::AttemptFinished { .. }
+        | RunEvent::Finished(_)
+        | RunEvent::UpstreamProgress { .. } => {}
     }
     Ok(())
 }
