@@ -3,12 +3,6 @@
 mod admin;
 mod demo;
 mod export;
-
-// mimalloc over glibc's malloc: less memory held per idle connection and
-// cheaper small allocations on the hot path (see loadtest/RESULTS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
