@@ -286,9 +286,19 @@ type KeyRow = (
     DateTime<Utc>,
 );
 
-/// The project's quota limits, read with the credential (one query for both).
-const KEY_LIMITS: &str = ", p.monthly_call_limit, p.member_calls_per_minute, date_trunc('month', now(), 'UTC'), \
-     date_trunc('minute', now())";
+/// A credential query: a live key with its integration and its project's quota
+/// limits (one query for both), then the given joins and conditions. A static
+/// string, so the hot path neither formats nor re-prepares it.
+macro_rules! key_query {
+    ($rest:literal) => {
+        concat!(
+            "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools, p.monthly_call_limit, \
+             p.member_calls_per_minute, date_trunc('month', now(), 'UTC'), date_trunc('minute', now()) \
+             FROM api_keys k JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id ",
+            $rest
+        )
+    };
+}
 
 fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
     let (project_id, integration_id, api_key_id, allowed_tools, monthly, per_minute, month, minute) = row;
@@ -306,10 +316,8 @@ fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
 
 /// The caller behind an API key, if the key exists and is live.
 pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Option<Principal>> {
-    let row: Option<KeyRow> = sqlx::query_as(&format!(
-        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
-         JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
+    let row: Option<KeyRow> = sqlx::query_as(key_query!(
+        "WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
     ))
     .bind(credentials::hash_api_key(key))
     .fetch_optional(pool)
@@ -320,10 +328,8 @@ pub async fn authenticate_api_key(pool: &PgPool, key: &str) -> StoreResult<Optio
 /// The caller behind a member session, if its API key and integration are live
 /// and the member's sessions were not revoked after it was issued.
 pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member) -> StoreResult<Option<Principal>> {
-    let row: Option<KeyRow> = sqlx::query_as(&format!(
-        "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
-         JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
-         LEFT JOIN member_revocations r ON r.project_id = k.project_id AND r.member_id = $2 \
+    let row: Option<KeyRow> = sqlx::query_as(key_query!(
+        "LEFT JOIN member_revocations r ON r.project_id = k.project_id AND r.member_id = $2 \
          WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL \
          AND (r.revoked_before IS NULL OR r.revoked_before <= $3)"
     ))
@@ -356,10 +362,8 @@ pub async fn current_principal(pool: &PgPool, caller: &Caller) -> StoreResult<Op
     let principal = match &caller.member {
         Some(member) => authenticate_member(pool, caller.api_key_id, member.clone()).await?,
         None => {
-            let row: Option<KeyRow> = sqlx::query_as(&format!(
-                "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools{KEY_LIMITS} FROM api_keys k \
-                 JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id \
-                 WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
+            let row: Option<KeyRow> = sqlx::query_as(key_query!(
+                "WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
             ))
             .bind(caller.api_key_id)
             .fetch_optional(pool)
