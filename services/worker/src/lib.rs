@@ -24,7 +24,8 @@ use tengine_core::{
     prometheus,
     secrets::SecretBox,
     store::{self, StoreError},
-    telemetry, templates,
+    telemetry::{self, TraceContext},
+    templates,
 };
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -164,15 +165,18 @@ impl Worker {
             tool = tracing::field::Empty,
             delivered
         );
-        telemetry::adopt(&span, telemetry::extract_nats(message.headers.as_ref()));
+        // Read once: the span continues it, and without a tracing subscriber the
+        // upstream request is still sent it (see `telemetry::inject_http`).
+        let remote = telemetry::extract_nats(message.headers.as_ref());
+        telemetry::adopt(&span, remote.clone());
         metrics::gauge!(prometheus::RUNS_IN_FLIGHT).increment(1.0);
-        self.handle_in_span(message, max_deliver, delivered)
+        self.handle_in_span(message, max_deliver, delivered, &remote)
             .instrument(span)
             .await;
         metrics::gauge!(prometheus::RUNS_IN_FLIGHT).decrement(1.0);
     }
 
-    async fn handle_in_span(&self, message: Message, max_deliver: i64, delivered: i64) {
+    async fn handle_in_span(&self, message: Message, max_deliver: i64, delivered: i64, remote: &TraceContext) {
         let command = match CommandEnvelope::decode(&message.payload) {
             Ok(envelope) => envelope.body,
             Err(err) => {
@@ -212,7 +216,7 @@ impl Worker {
                 None,
             )
         } else {
-            self.execute(&command, attempt, &message, &mut pending).await
+            self.execute(&command, attempt, &message, remote, &mut pending).await
         };
 
         let finished = RunEvent::Finished(outcome.clone());
@@ -317,9 +321,9 @@ impl Worker {
         command: &ExecuteCommand,
         attempt: u32,
         message: &Message,
+        remote: &TraceContext,
         pending: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> RunOutcome {
-        let remote = telemetry::extract_nats(message.headers.as_ref());
         let fail = |class: ErrorClass, error: String| {
             self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
         };
@@ -502,7 +506,7 @@ impl Worker {
             // Each attempt is a span of its own; the upstream sees it as the parent.
             let attempt_span = tracing::info_span!("attempt", attempt = number);
             let mut headers = headers;
-            telemetry::inject_http(&attempt_span, &remote, &mut headers);
+            telemetry::inject_http(&attempt_span, remote, &mut headers);
             let started_at = Utc::now();
             let started = RunEvent::AttemptStarted {
                 run_id: command.run_id,
