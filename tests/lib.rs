@@ -33,6 +33,14 @@ fn with_database(url: &str, name: &str) -> String {
     parsed.to_string()
 }
 
+/// A loopback port nothing listens on right now (for processes a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// Logs (RUST_LOG, default warn) and trace context, as the services install them.
 pub fn init_logging() {
     tengine_core::telemetry::init_for_tests();

@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -20,14 +19,7 @@ use std::{
 
 use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::post};
 use serde_json::{Value, json};
-use tengine_tests::{Isolation, mcp::RawSession};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use tengine_tests::{Isolation, free_port, mcp::RawSession};
 
 fn nats_binary() -> String {
     [

@@ -4,7 +4,6 @@
 //! client sent, which is also the one the upstream API sees.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -12,14 +11,7 @@ use std::{
 
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::json;
-use tengine_tests::{Isolation, mcp::RawSession, upstream::Upstream};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use tengine_tests::{Isolation, free_port, mcp::RawSession, upstream::Upstream};
 
 struct Processes(Vec<Child>);
 
