@@ -36,8 +36,8 @@ async fn call_with(session: &RawSession, app: &TestApp, id: i64, extra: &[(&str,
     reply.body
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_callers_trace_reaches_the_upstream() {
+/// An app with an `echo` tool on a recording upstream, and an initialized session.
+async fn echo_app() -> (TestApp, Upstream, RawSession) {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     app.create_tool(json!({"name": "echo", "input_schema": {"type": "object"},
@@ -45,6 +45,12 @@ async fn the_callers_trace_reaches_the_upstream() {
         .await;
     let mut session = app.session();
     session.initialize().await;
+    (app, upstream, session)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_callers_trace_reaches_the_upstream() {
+    let (app, upstream, session) = echo_app().await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -125,13 +131,7 @@ async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_scrape_and_parse() {
-    let app = spawn_app().await;
-    let upstream = Upstream::spawn(None).await;
-    app.create_tool(json!({"name": "echo", "input_schema": {"type": "object"},
-                           "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/echo"}))
-        .await;
-    let mut session = app.session();
-    session.initialize().await;
+    let (app, _upstream, session) = echo_app().await; // the upstream serves until the test ends
     // The recorder is per process and tests share it: compare before and after.
     let before = scrape(&app).await;
     let run = tengine_tests::mcp::run_id(&call_with(&session, &app, 5, &[]).await["result"]);
