@@ -201,3 +201,67 @@ async fn the_worker_retries_only_what_is_safe() {
         .await;
     assert_eq!(status, 422, "{body}");
 }
+
+/// A call whose command the queue does not confirm keeps its idempotency key: the
+/// command may be stored although every ack was lost, so a quick retry is told to
+/// wait instead of starting a second run, and only once the first run left no
+/// trace for `ORPHAN_AFTER_MS` does a retry take the key over. The API is called once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unconfirmed_call_keeps_its_key_until_it_is_an_orphan() {
+    // A queue of one command: while a slow call holds it, the queue refuses the next.
+    let app = tengine_tests::spawn_app_with(&[("streams.commands_max_msgs", "1")]).await;
+    let upstream = Upstream::spawn(None).await;
+    for (name, path) in [("write", "/echo"), ("slow", "/slow/7000")] {
+        app.create_tool(
+            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                               "http_method": "POST", "endpoint_path": path, "timeout_ms": 10000}),
+        )
+        .await;
+    }
+    let mut busy = app.session();
+    busy.initialize().await;
+    let slow = tokio::spawn(async move { busy.call("slow", json!({})).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let claimed_at = std::time::Instant::now();
+    let refused = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 1, json!({"n": 1})).await;
+    assert_eq!(refused["error"]["code"], -32603, "{refused}");
+    let first = refused["error"]["data"]["tengine.dev/runId"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("same idempotency key"),
+        "{refused}"
+    );
+
+    // At once: the key still belongs to the first run, which may exist after all.
+    let waiting = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 2, json!({"n": 1})).await;
+    assert_eq!(waiting["error"]["code"], -32603, "{waiting}");
+    assert_eq!(
+        waiting["error"]["data"]["tengine.dev/runId"],
+        first.as_str(),
+        "{waiting}"
+    );
+
+    // Once the queue has room and the first run left no trace for 5 s, a retry runs it.
+    slow.await.expect("the slow call");
+    let orphaned = std::time::Duration::from_millis(5_500);
+    if let Some(rest) = orphaned.checked_sub(claimed_at.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let done = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 3, json!({"n": 1})).await;
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    let writes = upstream.requests().iter().filter(|r| r.path == "/echo").count();
+    assert_eq!(writes, 1, "the API was called once");
+    // A further retry follows that run.
+    let again = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 4, json!({"n": 1})).await;
+    assert_eq!(run_id(&again["result"]), run_id(&done["result"]));
+    assert_eq!(upstream.requests().iter().filter(|r| r.path == "/echo").count(), 1);
+}
