@@ -15,6 +15,7 @@ pub mod quotas;
 pub mod secrets;
 pub mod signing;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod templates;
 pub mod topology;

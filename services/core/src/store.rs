@@ -341,12 +341,6 @@ pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member
     Ok(row.map(|row| principal_of(row, Some(member))))
 }
 
-/// Why a queued run's caller may no longer call `tool`, if it may not: checked
-/// by the worker right before the API is called.
-pub async fn revoked_reason(pool: &PgPool, caller: &Caller, tool: &ToolDefinition) -> StoreResult<Option<String>> {
-    Ok(revocation(current_principal(pool, caller).await?, tool))
-}
-
 /// Why a caller (as it is now, from [`current_principal`]) may not call `tool`, if so.
 pub fn revocation(principal: Option<Principal>, tool: &ToolDefinition) -> Option<String> {
     match principal {

@@ -33,15 +33,6 @@ pub struct Projector {
     topology: Topology,
 }
 
-/// Stops a background task when the projector stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// SQL rank of a status: a row only ever moves to a higher rank.
 const STATUS_RANK: &str = "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)";
 
@@ -106,7 +97,19 @@ impl Projector {
                 }
             }
         });
-        let _housekeeping = AbortOnDrop(housekeeping);
+        let _housekeeping = tengine_core::tasks::AbortOnDrop(housekeeping);
+        // The lag gauge: the same figure as `projector_lag_events` in /v1/health.
+        let sampled = self.clone();
+        let lag = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                if let Some(lag) = sampled.lag().await {
+                    metrics::gauge!(prometheus::PROJECTOR_LAG).set(lag as f64);
+                }
+            }
+        });
+        let _lag = tengine_core::tasks::AbortOnDrop(lag);
         tokio::pin!(shutdown);
         loop {
             let first = tokio::select! {
@@ -171,10 +174,6 @@ impl Projector {
         }
         metrics::histogram!(prometheus::PROJECTOR_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(prometheus::PROJECTOR_EVENTS).increment(decoded.len() as u64);
-        // The server tells each delivery how many events are still pending after it.
-        if let Some(info) = batch.last().and_then(|m| m.info().ok()) {
-            metrics::gauge!(prometheus::PROJECTOR_LAG).set(info.pending as f64);
-        }
         for message in batch {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "acking an event failed; it will be redelivered and skipped");

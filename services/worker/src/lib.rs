@@ -30,15 +30,6 @@ use tengine_core::{
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-/// Stops a background task when its owner is done.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub struct Worker {
     config: Config,
     pool: PgPool,
@@ -106,7 +97,7 @@ impl Worker {
                 }
             })
         };
-        let _sampler = AbortOnDrop(sampler);
+        let _sampler = tengine_core::tasks::AbortOnDrop(sampler);
         let permits = Arc::new(Semaphore::new(wc.concurrency));
         // Small batches: prefetched messages burn their ack_wait while they wait.
         let batch = wc.concurrency.min(64);
