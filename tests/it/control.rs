@@ -236,8 +236,9 @@ async fn bad_assertions_are_refused_with_a_reason() {
     assert_eq!(status, 401);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn revocation_reaches_every_instance_immediately() {
+/// An app with an `echo` tool, a second ingress instance, and a session on it that
+/// has called the tool once.
+async fn echo_on_two_instances() -> (TestApp, Upstream, tengine_tests::ExtraIngress, RawSession) {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     app.create_tool(
@@ -253,6 +254,12 @@ async fn revocation_reaches_every_instance_immediately() {
     );
     there.initialize().await;
     assert_eq!(there.call("echo", json!({})).await["isError"], json!(false));
+    (app, upstream, second, there)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_reaches_every_instance_immediately() {
+    let (app, _upstream, second, mut there) = echo_on_two_instances().await;
 
     // Revoke through the first instance; the second refuses the very next call.
     let started = Instant::now();
@@ -565,22 +572,8 @@ async fn an_expired_member_session_gets_401_mid_session() {
 /// a call an instance still accepted meanwhile never reaches the API.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disabled_tool_is_refused_by_every_instance() {
-    let app = spawn_app().await;
-    let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
-    let second = app.spawn_ingress(None).await;
-    let mut there = RawSession::new(
-        app.http.clone(),
-        format!("{}/mcp", second.base_url),
-        app.api_key.clone(),
-    );
-    there.initialize().await;
-    // Both instances have the tool cached now.
-    assert_eq!(there.call("echo", json!({})).await["isError"], json!(false));
+    // Both instances have the tool cached now (the second one called it).
+    let (app, upstream, second, mut there) = echo_on_two_instances().await;
     let mut here = app.session();
     here.initialize().await;
     assert_eq!(here.call("echo", json!({})).await["isError"], json!(false));
