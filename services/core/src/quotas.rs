@@ -64,19 +64,15 @@ fn rate_scope(caller: &Caller) -> (String, String) {
     }
 }
 
-/// Counts one call against the caller's limits, or says which limit it exceeds
-/// (then nothing is counted).
 /// A project's limits (monthly calls, calls per minute per member), and the current
 /// month and minute by the database's clock: read with the caller's credential
 /// (`store::Principal::limits`), so checking quotas adds no query when none is set.
 pub type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
 
-/// Counts one call against `limits` (from [`limits`]); without limits nothing is
-/// counted and no query is made.
-pub async fn charge(pool: &PgPool, caller: &Caller, limits: Option<Limits>) -> StoreResult<Verdict> {
-    let Some((monthly, per_minute, month, minute)) = limits else {
-        return Ok(Verdict::Allowed(Charge::default()));
-    };
+/// Counts one call against the caller's limits, or says which limit it exceeds
+/// (then nothing is counted). Without limits nothing is counted and no query is made.
+pub async fn charge(pool: &PgPool, caller: &Caller, limits: Limits) -> StoreResult<Verdict> {
+    let (monthly, per_minute, month, minute) = limits;
     if monthly.is_none() && per_minute.is_none() {
         return Ok(Verdict::Allowed(Charge::default()));
     }

@@ -262,7 +262,7 @@ pub struct Principal {
     /// Tool names the integration is restricted to (`None`: all).
     pub allowed_tools: Option<Vec<String>>,
     /// The project's quota limits as of this request (`crate::quotas::Limits`).
-    pub limits: Option<crate::quotas::Limits>,
+    pub limits: crate::quotas::Limits,
 }
 
 impl Principal {
@@ -310,7 +310,7 @@ fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
             member,
         },
         allowed_tools,
-        limits: Some((monthly, per_minute, month, minute)),
+        limits: (monthly, per_minute, month, minute),
     }
 }
 
