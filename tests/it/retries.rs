@@ -209,7 +209,11 @@ async fn the_worker_retries_only_what_is_safe() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unconfirmed_call_keeps_its_key_until_it_is_an_orphan() {
     // A queue of one command: while a slow call holds it, the queue refuses the next.
-    let app = tengine_tests::spawn_app_with(&[("streams.commands_max_msgs", "1")]).await;
+    let app = tengine_tests::spawn_app_with(&[
+        ("streams.commands_max_msgs", "1"),
+        ("ingress.idempotency_lease_ms", "2500"),
+    ])
+    .await;
     let upstream = Upstream::spawn(None).await;
     for (name, path) in [("write", "/echo"), ("slow", "/slow/7000")] {
         app.create_tool(
@@ -250,18 +254,157 @@ async fn an_unconfirmed_call_keeps_its_key_until_it_is_an_orphan() {
         "{waiting}"
     );
 
-    // Once the queue has room and the first run left no trace for 5 s, a retry runs it.
+    // Once the queue has room and the first call's lease (2.5 s, + 2 s for clock
+    // skew) lapsed without a trace of the run, a retry queues that same run.
     slow.await.expect("the slow call");
-    let orphaned = std::time::Duration::from_millis(5_500);
+    let orphaned = std::time::Duration::from_millis(5_000);
     if let Some(rest) = orphaned.checked_sub(claimed_at.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     let done = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 3, json!({"n": 1})).await;
     assert_eq!(done["result"]["isError"], false, "{done}");
+    assert_eq!(run_id(&done["result"]), first, "the key keeps its first Run ID: {done}");
     let writes = upstream.requests().iter().filter(|r| r.path == "/echo").count();
     assert_eq!(writes, 1, "the API was called once");
     // A further retry follows that run.
     let again = call_with_key(&app, &app.mcp_url, &sid, "unconfirmed", 4, json!({"n": 1})).await;
     assert_eq!(run_id(&again["result"]), run_id(&done["result"]));
     assert_eq!(upstream.requests().iter().filter(|r| r.path == "/echo").count(), 1);
+}
+
+/// A key's first call held between its claim and its queueing (here: waiting for
+/// a quota counter row another transaction holds) is never overtaken by a retry,
+/// however long it is held: the API is called once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_while_the_first_call_is_held_before_queueing_runs_once() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/echo"}),
+    )
+    .await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/projects/{}", app.project_id),
+            Some(json!({"monthly_call_limit": 1000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    // A first call creates the month's counter row.
+    let warm = call_with_key(&app, &app.mcp_url, &sid, "warm-up", 1, json!({"n": 0})).await;
+    assert_eq!(warm["result"]["isError"], false, "{warm}");
+
+    let mut lock = app.pool.begin().await.expect("tx");
+    sqlx::query("SELECT calls FROM quota_counters WHERE project_id = $1 AND scope = 'month' FOR UPDATE")
+        .bind(app.project_id)
+        .fetch_one(&mut *lock)
+        .await
+        .expect("the month's counter row, locked");
+    let first = tokio::spawn({
+        let (app_http, url, key, sid) = (app.http.clone(), app.mcp_url.clone(), app.api_key.clone(), sid.clone());
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                              "params": {"name": "write", "arguments": {"n": 1}}});
+            RawSession::new(app_http, url, key.clone())
+                .post_raw(
+                    &[
+                        ("authorization", format!("Bearer {key}").as_str()),
+                        ("accept", ACCEPT_BOTH),
+                        ("content-type", "application/json"),
+                        ("mcp-session-id", sid.as_str()),
+                        ("idempotency-key", "held"),
+                    ],
+                    serde_json::to_vec(&body).expect("json"),
+                )
+                .await
+                .body
+        }
+    });
+    // Longer than any "orphaned claim" rule could wait: the first call still holds it.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let retry = tokio::spawn({
+        let app_http = app.http.clone();
+        let (url, key, sid) = (app.mcp_url.clone(), app.api_key.clone(), sid.clone());
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                              "params": {"name": "write", "arguments": {"n": 1}}});
+            RawSession::new(app_http, url, key.clone())
+                .post_raw(
+                    &[
+                        ("authorization", format!("Bearer {key}").as_str()),
+                        ("accept", ACCEPT_BOTH),
+                        ("content-type", "application/json"),
+                        ("mcp-session-id", sid.as_str()),
+                        ("idempotency-key", "held"),
+                    ],
+                    serde_json::to_vec(&body).expect("json"),
+                )
+                .await
+                .body
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    lock.rollback().await.expect("release the row");
+    let first = first.await.expect("first call");
+    let retry = retry.await.expect("retry");
+    assert_eq!(first["result"]["isError"], false, "{first}");
+    let first_run = run_id(&first["result"]);
+    // The retry was told to come back (the first call still held the key), or followed it.
+    match retry.get("result") {
+        Some(result) => assert_eq!(run_id(result), first_run, "{retry}"),
+        None => assert_eq!(
+            retry["error"]["data"]["tengine.dev/runId"],
+            first_run.as_str(),
+            "{retry}"
+        ),
+    }
+    let again = call_with_key(&app, &app.mcp_url, &sid, "held", 4, json!({"n": 1})).await;
+    assert_eq!(run_id(&again["result"]), first_run, "{again}");
+    let writes = upstream.requests().iter().filter(|r| r.json()["n"] == 1).count();
+    assert_eq!(writes, 1, "the API was called once for the key");
+}
+
+/// The event log's limits may drop a run's events long before its key expires:
+/// a retry still gets the recorded outcome (from history) and the API is not
+/// called again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_the_event_log_rolled_past_the_run_gets_its_recorded_outcome() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                           "http_method": "POST", "endpoint_path": "/echo"}),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let first = call_with_key(&app, &app.mcp_url, &sid, "order-9", 1, json!({"amount": 9})).await;
+    assert_eq!(first["result"]["isError"], false, "{first}");
+    let run = run_id(&first["result"]);
+    app.finished_run(&run).await;
+
+    // The log rolls past the run (its limits, or an operator's purge).
+    let js = async_nats::jetstream::new(async_nats::connect(tengine_tests::nats_url()).await.expect("nats"));
+    let topology = tengine_core::Topology::from_config(&app.config);
+    js.get_stream(topology.events_stream())
+        .await
+        .expect("event log")
+        .purge()
+        .await
+        .expect("purge the event log");
+
+    let retry = call_with_key(&app, &app.mcp_url, &sid, "order-9", 2, json!({"amount": 9})).await;
+    assert_eq!(retry["result"]["isError"], false, "{retry}");
+    assert_eq!(run_id(&retry["result"]), run, "{retry}");
+    assert_eq!(
+        retry["result"]["content"], first["result"]["content"],
+        "the recorded outcome"
+    );
+    assert_eq!(upstream.requests().len(), 1, "the API was called once");
 }

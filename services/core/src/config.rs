@@ -54,8 +54,18 @@ pub struct IngressConfig {
     pub session_ttl_secs: u64,
     pub member_session_ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
+    /// How long a call holds its idempotency claim without renewing it (see the
+    /// ingress's `idempotency` module); a retry never takes a claim over before.
+    pub idempotency_lease_ms: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
+}
+
+impl IngressConfig {
+    /// How long an idempotency key maps to its run.
+    pub fn idempotency_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.idempotency_ttl_secs).unwrap_or(i64::MAX))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -164,6 +174,23 @@ impl Config {
                 }
             )));
         }
+        // A retry finds out whether its key's run exists from the queue, the event
+        // log and history; the log must keep a run's events as long as its key lives
+        // (history outlives the log, see above).
+        if self.streams.events_max_age_secs != 0 && self.streams.events_max_age_secs < self.ingress.idempotency_ttl_secs
+        {
+            return Err(ConfigError::Invalid(format!(
+                "streams.events_max_age_secs ({} s) must be at least ingress.idempotency_ttl_secs ({} s), or 0: a \
+                 retry must find its key's run in the event log or in history",
+                self.streams.events_max_age_secs, self.ingress.idempotency_ttl_secs
+            )));
+        }
+        if !(1_000..=600_000).contains(&self.ingress.idempotency_lease_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "ingress.idempotency_lease_ms ({}) must be between 1000 and 600000",
+                self.ingress.idempotency_lease_ms
+            )));
+        }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::Invalid("worker.concurrency must be at least 1".into()));
         }
@@ -255,6 +282,14 @@ mod tests {
                 .history_retention_days,
             8
         );
+    }
+
+    #[test]
+    fn the_event_log_outlives_idempotency_keys() {
+        let err = Config::with_overrides(&[("streams.events_max_age_secs", "3600".into())]).unwrap_err();
+        assert!(err.to_string().contains("idempotency_ttl_secs"), "{err}");
+        let err = Config::with_overrides(&[("ingress.idempotency_lease_ms", "10".into())]).unwrap_err();
+        assert!(err.to_string().contains("idempotency_lease_ms"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub struct ExecuteCommand {
     pub accepted_at: DateTime<Utc>,
     /// Core NATS subject on which the waiting ingress expects the result.
     pub reply_to: Option<String>,
+    /// Set for calls with a client idempotency key: run history keeps the outcome
+    /// until then, so a retry still gets it after the event log rolled past the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_result_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -269,6 +273,9 @@ pub struct RunOutcome {
     /// The last attempt's bodies, redacted and capped; only for projects that store bodies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bodies: Option<RunBodies>,
+    /// Copied from the command: history keeps this outcome until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_result_until: Option<DateTime<Utc>>,
 }
 
 /// Bodies kept in run history (projects with `store_bodies`).
@@ -343,6 +350,7 @@ mod tests {
                 arguments,
                 accepted_at: Utc::now(),
                 reply_to: Some("x.reply.i.r".into()),
+                keep_result_until: Some(Utc::now()),
             },
         );
         let bytes = cmd.encode().expect("encode");

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     credentials,
     domain::{AuthStrategy, HttpMethod, ResponseMode, ToolDefinition, ToolSpec},
-    envelope::{Caller, Member},
+    envelope::{Caller, Member, RunOutcome},
     secrets::{SecretBox, SecretError},
 };
 
@@ -913,6 +913,47 @@ pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec
     .fetch_all(pool)
     .await?;
     Ok((run, attempts))
+}
+
+/// What run history knows of a finished run, for a client's retry once the event
+/// log no longer has its outcome.
+pub enum Recorded {
+    /// The outcome as the worker recorded it (runs of calls with a client idempotency key).
+    Kept(Box<RunOutcome>),
+    /// Only its final status: the response was not kept.
+    StatusOnly(String),
+}
+
+/// Whether run history has the run at all (any status).
+pub async fn run_in_history(pool: &PgPool, run_id: Uuid) -> StoreResult<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i32>(&format!("SELECT 1 FROM runs WHERE {RUN_KEY}"))
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
+}
+
+/// The recorded outcome of a finished run from history (`None` while it is not finished there).
+pub async fn recorded_in_history(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<Recorded>> {
+    let kept: Option<Vec<u8>> = sqlx::query_scalar("SELECT outcome FROM run_results WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(bytes) = kept {
+        match crate::envelope::Envelope::<RunOutcome>::decode(&bytes) {
+            Ok(envelope) => return Ok(Some(Recorded::Kept(Box::new(envelope.body)))),
+            Err(err) => tracing::warn!(%run_id, error = %err, "a kept run result does not decode"),
+        }
+    }
+    let status: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT status FROM runs WHERE {RUN_KEY} AND status NOT IN ('accepted', 'running')"
+    ))
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(status.map(Recorded::StatusOnly))
 }
 
 /// A run's stored bodies (projects with `store_bodies`; `None` when none were kept).

@@ -329,6 +329,7 @@ async fn execute(
     }
 
     // One run per idempotency key: a retry follows the run it started.
+    let client_key = idempotency_key.is_some() || meta_key.is_some();
     let scope = match idempotency_key.or(meta_key) {
         // Scoped to the credential (API key, and member): another caller's key never matches.
         Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!(
@@ -349,37 +350,34 @@ async fn execute(
     };
     let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
     let fingerprint = idempotency::fingerprint(&tool.name, &arguments);
-    let caller_project = caller.project_id;
-    let traced = |run: Uuid| {
-        let st = st.clone();
-        async move { st.dispatcher.was_accepted(caller_project, run).await }
-    };
     let claiming = std::time::Instant::now();
-    let claimed = st.idempotency.claim(&claim_key, run_id, &fingerprint, traced).await;
+    let claimed = st
+        .idempotency
+        .claim(&claim_key, run_id, &fingerprint, |run| {
+            traced(&st, caller.project_id, run)
+        })
+        .await;
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "claim", claiming);
-    match claimed {
-        Ok(idempotency::Claimed::New) => {}
+    let lease = match claimed {
+        Ok(idempotency::Claimed::Owned(lease)) => lease,
         Ok(idempotency::Claimed::Existing(original)) => {
-            if !st.dispatcher.was_accepted(caller.project_id, original).await {
-                // Its first attempt is still being queued (or failed): answer now
-                // rather than wait on a run that may never exist.
-                let mut err = McpError::internal(
-                    &id,
-                    format!(
-                        "the first attempt of this call (run {original}) is not queued yet; retry in a few \
-                         seconds with the same key: it will run at most once"
-                    ),
-                );
-                err.data = Some(json!({ META_RUN_ID: original }));
-                return Err(err);
-            }
-            let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
-            let deadline = tokio::time::Instant::now() + wait;
-            let result = match st.dispatcher.poll_outcome(caller.project_id, original, deadline).await {
-                Some(outcome) => outcome_result(&st, &tool, &outcome),
-                None => still_running(original, wait),
-            };
-            return Ok(json_rpc_result(&id, result));
+            return Ok(json_rpc_result(
+                &id,
+                follow_existing(&st, &tool, caller.project_id, original).await,
+            ));
+        }
+        Ok(idempotency::Claimed::Pending(original)) => {
+            // Its first call holds the key and is still being queued (or gave up a
+            // moment ago): answer now rather than wait on a run that may never exist.
+            let mut err = McpError::internal(
+                &id,
+                format!(
+                    "the first attempt of this call (run {original}) is not queued yet; retry in a few \
+                     seconds with the same key: it will run at most once"
+                ),
+            );
+            err.data = Some(json!({ META_RUN_ID: original }));
+            return Err(err);
         }
         Ok(idempotency::Claimed::Conflict(original)) => {
             let mut err = McpError::invalid_params(
@@ -399,7 +397,10 @@ async fn execute(
                 "the call could not be recorded right now; it was not run: retry",
             ));
         }
-    }
+    };
+    // A claim taken over keeps the Run ID it was first given.
+    let run_id = lease.run_id;
+    tracing::Span::current().record("run_id", tracing::field::display(run_id));
 
     // Counted only once the key is claimed: a retry that follows an existing run
     // returned above, so it never counts twice.
@@ -413,7 +414,7 @@ async fn execute(
             let message = exceeded.message();
             reject(&st, &caller, run_id, &tool.name, ErrorClass::QuotaExceeded, &message).await;
             // The same key may be used again once the quota resets.
-            st.idempotency.release(&claim_key).await;
+            lease.release().await;
             let mut err = McpError::new(StatusCode::OK, QUOTA_EXCEEDED, message).with_id(&id);
             err.data = Some(json!({
                 META_RUN_ID: run_id,
@@ -425,7 +426,7 @@ async fn execute(
         }
         Err(err) => {
             tracing::error!(error = %err, "checking quotas");
-            st.idempotency.release(&claim_key).await;
+            lease.release().await;
             return Err(McpError::internal(
                 &id,
                 "the call's quota could not be checked right now; it was not run: retry",
@@ -433,6 +434,7 @@ async fn execute(
         }
     };
 
+    let accepted_at = Utc::now();
     let command = ExecuteCommand {
         run_id,
         caller: caller.clone(),
@@ -440,30 +442,27 @@ async fn execute(
         tool_name: tool.name.clone(),
         tool_version: tool.version,
         arguments,
-        accepted_at: Utc::now(),
+        accepted_at,
         reply_to: Some(st.dispatcher.reply_subject(run_id)),
+        // A client's own key outlives the event log's guarantee: history keeps the
+        // outcome for as long as the key maps to the run.
+        keep_result_until: client_key.then(|| accepted_at + st.config.ingress.idempotency_ttl()),
     };
     let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
     let enqueueing = std::time::Instant::now();
-    let enqueued = st.dispatcher.enqueue(&command, &trace).await;
+    // Only while the lease holds: after it, a retry may take the key over.
+    let enqueued = st.dispatcher.enqueue(&command, &trace, lease.remaining()).await;
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
+    // Queued or not, this call is done with the key: the run (if stored) is its trace.
+    drop(lease);
     if let Err(err) = enqueued {
         // Publishing was retried under the same Nats-Msg-Id (stored at most once).
         // The command may still have been stored (every ack lost), so the key stays
-        // claimed by this run: a retry with it follows this run if it exists, and
-        // takes the key over only once the run has left no trace for
-        // `idempotency::ORPHAN_AFTER_MS`. Releasing it here would let a retry start
-        // a second run next to a stored first one.
+        // bound to this run: a retry follows the run if it was stored, and once the
+        // lease has lapsed without a trace, queues this same run again (see
+        // `idempotency`). No `Rejected` event: the run may well exist.
         tracing::error!(%run_id, error = %err, "queueing a run");
-        reject(
-            &st,
-            &caller,
-            run_id,
-            &tool.name,
-            ErrorClass::Internal,
-            "the execution queue was unavailable",
-        )
-        .await;
+        count_call("unconfirmed");
         quotas::refund(&st.pool, caller.project_id, &charge).await;
         let mut err = McpError::internal(
             &id,
@@ -506,6 +505,51 @@ async fn execute(
     };
     tokio::spawn(stream_call(st, tool, following, caller, wait, notifier));
     Ok(streams::response(rx))
+}
+
+/// Whether a run left a trace: its command queued, its events in the log, or its
+/// row in history (which outlives the log and every idempotency key).
+async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<bool, String> {
+    if st.dispatcher.in_streams(project_id, run_id).await? {
+        return Ok(true);
+    }
+    store::run_in_history(&st.pool, run_id).await.map_err(|e| e.to_string())
+}
+
+/// A retry of a call that already has a run: that run's outcome, from the event
+/// log, else from history (once the log has rolled past it), else when it comes.
+async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid, run_id: Uuid) -> Value {
+    if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
+        return outcome_result(st, tool, &outcome);
+    }
+    match store::recorded_in_history(&st.pool, run_id).await {
+        Ok(Some(store::Recorded::Kept(outcome))) => return outcome_result(st, tool, &outcome),
+        Ok(Some(store::Recorded::StatusOnly(status))) => return forgotten_result(run_id, &status),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
+    }
+    let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
+    let deadline = tokio::time::Instant::now() + wait;
+    match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
+        Some(outcome) => outcome_result(st, tool, &outcome),
+        None => still_running(run_id, wait),
+    }
+}
+
+/// A finished run whose response is no longer kept (calls without a client
+/// idempotency key, after the event log rolled past them).
+fn forgotten_result(run_id: Uuid, status: &str) -> Value {
+    let mut meta = Map::new();
+    meta.insert(META_RUN_ID.into(), json!(run_id));
+    meta.insert(META_STATUS.into(), json!(status));
+    tool_result(
+        status != RunStatus::Succeeded.as_str(),
+        format!(
+            "Run {run_id} already finished ({status}); its response is no longer kept. It was not run again \
+             (GET /v1/runs/{run_id} shows its record)."
+        ),
+        meta,
+    )
 }
 
 const INFO_RANK: usize = 1;

@@ -201,8 +201,14 @@ impl Dispatcher {
     }
 
     /// Stores the command and the `Accepted` event. The call counts as accepted
-    /// once this returns `Ok`.
-    pub async fn enqueue(&self, command: &ExecuteCommand, trace: &TraceContext) -> Result<(), bus::BusError> {
+    /// once this returns `Ok`. Publishing stops after `within` (the caller's
+    /// idempotency lease): a later publish could race a retry's takeover.
+    pub async fn enqueue(
+        &self,
+        command: &ExecuteCommand,
+        trace: &TraceContext,
+        within: Duration,
+    ) -> Result<(), bus::BusError> {
         // The command carries the caller's trace to the worker in its headers.
         let mut headers = async_nats::HeaderMap::new();
         telemetry::inject_nats(&tracing::Span::current(), trace, &mut headers);
@@ -216,7 +222,12 @@ impl Dispatcher {
         // unconfirmed attempt stores it at most once.
         // Bounded: the client must get an answer long before its own timeout.
         let queue = || async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            if within.is_zero() {
+                return Err(bus::BusError::Publish(
+                    "the idempotency lease lapsed before queueing".into(),
+                ));
+            }
+            let deadline = tokio::time::Instant::now() + within.min(Duration::from_secs(3));
             loop {
                 let attempt = tokio::time::timeout_at(
                     deadline,
@@ -281,19 +292,23 @@ impl Dispatcher {
         tengine_core::connections::projector_lag(&self.events, pool).await
     }
 
-    /// Whether the run exists: its command is queued, or the event log has it.
-    pub async fn was_accepted(&self, project_id: Uuid, run_id: Uuid) -> bool {
+    /// Whether the run left a trace in NATS: its command is queued, or the event
+    /// log has its `Accepted` or `Finished` event. A failed lookup is an error, not
+    /// "no": a retry must not take over a key on a guess.
+    pub async fn in_streams(&self, project_id: Uuid, run_id: Uuid) -> Result<bool, String> {
         let queued = self.topology.command_subject(project_id, run_id);
-        if self.commands.get_last_raw_message_by_subject(&queued).await.is_ok() {
-            return true;
-        }
+        let mut lookups = vec![(&self.commands, queued)];
         for kind in ["accepted", RunEvent::FINISHED_KIND] {
-            let subject = self.topology.event_subject(project_id, run_id, kind);
-            if self.events.get_last_raw_message_by_subject(&subject).await.is_ok() {
-                return true;
+            lookups.push((&self.events, self.topology.event_subject(project_id, run_id, kind)));
+        }
+        for (stream, subject) in lookups {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(_) => return Ok(true),
+                Err(err) if matches!(err.kind(), jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => {}
+                Err(err) => return Err(format!("looking up {subject}: {err}")),
             }
         }
-        false
+        Ok(false)
     }
 
     pub async fn is_cancelled(&self, run_id: Uuid) -> bool {

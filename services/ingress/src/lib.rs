@@ -105,6 +105,10 @@ impl AppState {
                 }
             }
         });
+        let idempotency = idempotency::Idempotency::new(
+            idempotency_kv,
+            Duration::from_millis(config.ingress.idempotency_lease_ms),
+        );
         Ok(Arc::new(Self {
             config,
             pool,
@@ -116,7 +120,7 @@ impl AppState {
             dispatcher,
             validators: Validators::new(10_000),
             catalog,
-            idempotency: idempotency::Idempotency::new(idempotency_kv),
+            idempotency,
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,

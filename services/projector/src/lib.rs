@@ -479,9 +479,48 @@ impl<'a> Grouped<'a> {
             .bind(&rows.day)
             .execute(&mut **tx)
             .await?;
+            keep_results(tx, self.finished.values().copied()).await?;
         }
         Ok(())
     }
+}
+
+/// Keeps the outcomes of runs called with a client idempotency key (until their
+/// `keep_result_until`), so a retry still gets them after the log rolled past.
+async fn keep_results<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    outcomes: impl Iterator<Item = &'a RunOutcome>,
+) -> Result<(), sqlx::Error> {
+    let (mut run, mut project, mut until, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for outcome in outcomes {
+        let Some(keep_until) = outcome.keep_result_until else {
+            continue;
+        };
+        match tengine_core::envelope::Envelope::new(outcome.run_id, outcome.clone()).encode() {
+            Ok(encoded) => {
+                run.push(outcome.run_id);
+                project.push(outcome.caller.project_id);
+                until.push(keep_until);
+                bytes.push(encoded);
+            }
+            Err(err) => tracing::error!(run_id = %outcome.run_id, error = %err, "encoding a kept outcome"),
+        }
+    }
+    if run.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO run_results (run_id, project_id, expires_at, outcome) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bytea[]) \
+         ON CONFLICT (run_id) DO UPDATE SET outcome = EXCLUDED.outcome, expires_at = EXCLUDED.expires_at",
+    )
+    .bind(&run)
+    .bind(&project)
+    .bind(&until)
+    .bind(&bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Column arrays for `UNNEST`.

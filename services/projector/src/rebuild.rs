@@ -33,9 +33,10 @@ use tengine_core::{Config, connections::Connections, envelope::EventEnvelope};
 use crate::{apply_batch, retention};
 
 /// Tables the projector writes, in the order they are replaced.
-pub const PROJECTED_TABLES: [&str; 5] = [
+pub const PROJECTED_TABLES: [&str; 6] = [
     "runs",
     "run_attempts",
+    "run_results",
     "usage_hourly",
     "processed_events",
     "projector_checkpoints",

@@ -151,6 +151,11 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, now: DateTime<Utc>) ->
         .await?;
     ensure_partitions(&mut tx, &ahead).await?;
     tx.commit().await?;
+    // Kept outcomes live as long as their idempotency keys, whatever the retention.
+    sqlx::query("DELETE FROM run_results WHERE expires_at < $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
     let mut out = Maintenance {
         ensured_days: ahead.len(),
         dropped: Vec::new(),

@@ -291,6 +291,7 @@ impl Worker {
             finished_at,
             latency_ms: u64::try_from((finished_at - command.accepted_at).num_milliseconds()).unwrap_or(0),
             bodies: None,
+            keep_result_until: command.keep_result_until,
         }
     }
 
