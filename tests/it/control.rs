@@ -624,3 +624,176 @@ async fn a_disabled_tool_is_refused_by_every_instance() {
     );
     second.stop().await;
 }
+
+/// Run history, bodies and usage answer each credential within its scope: a key
+/// of a tool-limited integration sees only its integration's runs of its tools,
+/// a member session only its member's, a `read` key (and the admin) everything;
+/// a `read`-only key cannot call.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_follow_the_credential_scope() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    for name in ["a", "b"] {
+        app.create_tool(
+            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
+                               "http_method": "POST", "endpoint_path": "/echo"}),
+        )
+        .await;
+    }
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/projects/{}", app.project_id),
+            Some(json!({"store_bodies": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let base = format!("/v1/projects/{}/integrations", app.project_id);
+    let (_, limited) = app
+        .admin_post(&base, json!({"name": "only-a", "allowed_tools": ["a"]}))
+        .await;
+    let limited_id = limited["id"].as_str().expect("id").to_string();
+    let (_, limited_key) = app
+        .admin_post(&format!("{base}/{limited_id}/api-keys"), json!({"name": "agent"}))
+        .await;
+    let limited_key = limited_key["key"].as_str().expect("key").to_string();
+    let (status, reader_key) = app
+        .admin_post(
+            &format!("/v1/projects/{}/api-keys", app.project_id),
+            json!({"name": "dashboard", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reader_key}");
+    assert_eq!(reader_key["scopes"], json!(["read"]));
+    let reader_key = reader_key["key"].as_str().expect("key").to_string();
+    let (status, body) = app
+        .admin_post(
+            &format!("/v1/projects/{}/api-keys", app.project_id),
+            json!({"scopes": ["write"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let backend = Backend::new("k1");
+    backend.register(&app, app.project_id).await;
+    let mut member_tokens = Vec::new();
+    for sub in ["ann", "bob"] {
+        let (status, minted) = exchange(&app, &app.api_key, &backend.sign(&claims(app.project_id, sub))).await;
+        assert_eq!(status, 201, "{minted}");
+        member_tokens.push(minted["token"].as_str().expect("token").to_string());
+    }
+
+    // Runs: the default key calls a and b, the limited key a, each member a.
+    let mut default = app.session();
+    default.initialize().await;
+    let default_a = run_id(&default.call("a", json!({"secret": "default-a"})).await);
+    let default_b = run_id(&default.call("b", json!({"secret": "default-b"})).await);
+    let mut limited_session = RawSession::new(app.http.clone(), app.mcp_url.clone(), limited_key.clone());
+    limited_session.initialize().await;
+    let limited_a = run_id(&limited_session.call("a", json!({"secret": "limited-a"})).await);
+    let mut member_runs = Vec::new();
+    for token in &member_tokens {
+        let mut session = RawSession::new(app.http.clone(), app.mcp_url.clone(), token.clone());
+        session.initialize().await;
+        member_runs.push(run_id(&session.call("a", json!({"secret": "member"})).await));
+    }
+    for run in [&default_a, &default_b, &limited_a, &member_runs[0], &member_runs[1]] {
+        app.finished_run(run).await;
+    }
+
+    let get = |token: String, path: String| {
+        let http = app.http.clone();
+        let url = format!("{}{path}", app.base_url);
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.expect("GET");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let listed = |token: String| {
+        let path = format!("/v1/projects/{}/runs", app.project_id);
+        let get = &get;
+        async move {
+            let (status, body) = get(token, path).await;
+            assert_eq!(status, 200, "{body}");
+            let mut ids: Vec<String> = body["runs"]
+                .as_array()
+                .expect("runs")
+                .iter()
+                .map(|r| r["run_id"].as_str().expect("id").to_string())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+
+    // The tool-limited integration's key: its own run of `a`, nothing else.
+    assert_eq!(listed(limited_key.clone()).await, vec![limited_a.clone()]);
+    let (status, _) = get(limited_key.clone(), format!("/v1/runs/{default_b}")).await;
+    assert_eq!(status, 404, "another integration's run (and its bodies) is not found");
+    let (status, _) = get(limited_key.clone(), format!("/v1/runs/{default_a}")).await;
+    assert_eq!(
+        status, 404,
+        "the same tool through another integration is not found either"
+    );
+    let (status, own) = get(limited_key.clone(), format!("/v1/runs/{limited_a}")).await;
+    assert_eq!(status, 200, "{own}");
+    assert!(
+        own["bodies"]["request"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("limited-a"),
+        "{own}"
+    );
+    let (status, usage) = get(
+        limited_key.clone(),
+        format!("/v1/projects/{}/usage?group_by=tool,integration", app.project_id),
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["usage"].as_array().map(Vec::len), Some(1), "{usage}");
+    assert_eq!(usage["usage"][0]["tool"], "a", "{usage}");
+    assert_eq!(usage["usage"][0]["integration"], limited_id.as_str(), "{usage}");
+
+    // The default integration's `call` key: its integration's runs (members' included), not the limited one's.
+    assert_eq!(
+        listed(app.api_key.clone()).await,
+        sorted(vec![
+            default_a.clone(),
+            default_b.clone(),
+            member_runs[0].clone(),
+            member_runs[1].clone()
+        ])
+    );
+    // A member session: only its member's runs.
+    assert_eq!(listed(member_tokens[0].clone()).await, vec![member_runs[0].clone()]);
+    let (status, _) = get(member_tokens[0].clone(), format!("/v1/runs/{}", member_runs[1])).await;
+    assert_eq!(status, 404, "another member's run");
+    let (status, _) = get(member_tokens[0].clone(), format!("/v1/runs/{default_a}")).await;
+    assert_eq!(status, 404, "the key's own (non-member) run");
+    // The `read` key and the admin: everything.
+    let everything = sorted(vec![
+        default_a.clone(),
+        default_b.clone(),
+        limited_a.clone(),
+        member_runs[0].clone(),
+        member_runs[1].clone(),
+    ]);
+    assert_eq!(listed(reader_key.clone()).await, everything);
+    assert_eq!(listed(tengine_tests::ADMIN_TOKEN.to_string()).await, everything);
+    let (status, _) = get(reader_key.clone(), format!("/v1/runs/{limited_a}")).await;
+    assert_eq!(status, 200);
+
+    // A read-only key may not call.
+    let refused = RawSession::new(app.http.clone(), app.mcp_url.clone(), reader_key)
+        .post(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.to_string().contains("`call` scope"), "{}", refused.body);
+}

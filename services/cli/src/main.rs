@@ -318,6 +318,9 @@ enum KeyCommand {
         project: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// `call` (MCP) and/or `read` (the project's run history and usage); repeatable.
+        #[arg(long = "scope", default_values_t = ["call".to_string()])]
+        scopes: Vec<String>,
     },
     List {
         #[arg(long)]
@@ -693,9 +696,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { admin, command } => {
             let c = client(&admin)?;
             match command {
-                KeyCommand::Create { project, name } => print(
-                    &c.post(&format!("/v1/projects/{project}/api-keys"), &json!({"name": name}))
-                        .await?,
+                KeyCommand::Create { project, name, scopes } => print(
+                    &c.post(
+                        &format!("/v1/projects/{project}/api-keys"),
+                        &json!({"name": name, "scopes": scopes}),
+                    )
+                    .await?,
                 ),
                 KeyCommand::List { project } => print(&c.get(&format!("/v1/projects/{project}/api-keys")).await?),
                 KeyCommand::Revoke { project, key_id } => {

@@ -99,6 +99,9 @@ pub struct ApiKey {
     pub project_id: Uuid,
     pub integration_id: Uuid,
     pub name: String,
+    /// What the key may do: `call` (MCP, and reading its own integration's runs),
+    /// `read` (the whole project's run history and usage).
+    pub scopes: Vec<String>,
     pub display_prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -204,6 +207,7 @@ pub async fn create_api_key(
     project_id: Uuid,
     integration_id: Option<Uuid>,
     name: &str,
+    scopes: &[String],
 ) -> StoreResult<(ApiKey, String)> {
     let project = get_project(pool, project_id).await?;
     let integration_id = integration_id.unwrap_or(project.default_integration_id);
@@ -218,9 +222,9 @@ pub async fn create_api_key(
     }
     let key = credentials::generate_api_key();
     let record = sqlx::query_as::<_, ApiKey>(
-        "INSERT INTO api_keys (id, project_id, integration_id, name, key_hash, display_prefix) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING id, project_id, integration_id, name, display_prefix, created_at, revoked_at",
+        "INSERT INTO api_keys (id, project_id, integration_id, name, key_hash, display_prefix, scopes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         RETURNING id, project_id, integration_id, name, scopes, display_prefix, created_at, revoked_at",
     )
     .bind(Uuid::now_v7())
     .bind(project_id)
@@ -228,6 +232,7 @@ pub async fn create_api_key(
     .bind(name)
     .bind(&key.hash)
     .bind(&key.display_prefix)
+    .bind(scopes)
     .fetch_one(pool)
     .await?;
     Ok((record, key.plaintext))
@@ -236,7 +241,7 @@ pub async fn create_api_key(
 pub async fn list_api_keys(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
     get_project(pool, project_id).await?;
     Ok(sqlx::query_as::<_, ApiKey>(
-        "SELECT id, project_id, integration_id, name, display_prefix, created_at, revoked_at \
+        "SELECT id, project_id, integration_id, name, scopes, display_prefix, created_at, revoked_at \
          FROM api_keys WHERE project_id = $1 ORDER BY created_at, id",
     )
     .bind(project_id)
@@ -261,11 +266,64 @@ pub struct Principal {
     pub caller: Caller,
     /// Tool names the integration is restricted to (`None`: all).
     pub allowed_tools: Option<Vec<String>>,
+    /// The API key's scopes ([`SCOPE_CALL`], [`SCOPE_READ`]).
+    pub scopes: Vec<String>,
     /// The project's quota limits as of this request (`crate::quotas::Limits`).
     pub limits: crate::quotas::Limits,
 }
 
+/// An API key scope: MCP calls (and reading the runs the key itself may call).
+pub const SCOPE_CALL: &str = "call";
+/// An API key scope: the whole project's run history, bodies and usage.
+pub const SCOPE_READ: &str = "read";
+pub const SCOPES: [&str; 2] = [SCOPE_CALL, SCOPE_READ];
+
+/// What a reader of run history and usage may see within its project.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadScope {
+    /// Only this integration's runs.
+    pub integration_id: Option<Uuid>,
+    /// Only these tools' runs (an integration limited by `allowed_tools`).
+    pub tools: Option<Vec<String>>,
+    /// Only this member's runs (member session tokens).
+    pub member_id: Option<String>,
+}
+
+impl ReadScope {
+    /// The admin token and `read` keys.
+    pub fn everything() -> Self {
+        Self::default()
+    }
+
+    pub fn admits(&self, run: &RunRecord) -> bool {
+        self.integration_id.is_none_or(|i| i == run.integration_id)
+            && self.tools.as_ref().is_none_or(|tools| tools.contains(&run.tool_name))
+            && self
+                .member_id
+                .as_ref()
+                .is_none_or(|m| run.member_id.as_ref() == Some(m))
+    }
+}
+
 impl Principal {
+    pub fn may_call(&self) -> bool {
+        self.scopes.iter().any(|s| s == SCOPE_CALL)
+    }
+
+    /// What this credential may read: everything with the `read` scope; else only
+    /// its own integration's runs of the tools it may call (and, in a member
+    /// session, only that member's).
+    pub fn read_scope(&self) -> ReadScope {
+        if self.caller.member.is_none() && self.scopes.iter().any(|s| s == SCOPE_READ) {
+            return ReadScope::everything();
+        }
+        ReadScope {
+            integration_id: Some(self.caller.integration_id),
+            tools: self.allowed_tools.clone(),
+            member_id: self.caller.member.as_ref().map(|m| m.id.clone()),
+        }
+    }
+
     pub fn may_use(&self, tool: &ToolDefinition) -> bool {
         let allowed = self
             .allowed_tools
@@ -280,6 +338,7 @@ type KeyRow = (
     Uuid,
     Uuid,
     Option<Vec<String>>,
+    Vec<String>,
     Option<i64>,
     Option<i32>,
     DateTime<Utc>,
@@ -292,7 +351,7 @@ type KeyRow = (
 macro_rules! key_query {
     ($rest:literal) => {
         concat!(
-            "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools, p.monthly_call_limit, \
+            "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools, k.scopes, p.monthly_call_limit, \
              p.member_calls_per_minute, date_trunc('month', now(), 'UTC'), date_trunc('minute', now()) \
              FROM api_keys k JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id ",
             $rest
@@ -301,7 +360,7 @@ macro_rules! key_query {
 }
 
 fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
-    let (project_id, integration_id, api_key_id, allowed_tools, monthly, per_minute, month, minute) = row;
+    let (project_id, integration_id, api_key_id, allowed_tools, scopes, monthly, per_minute, month, minute) = row;
     Principal {
         caller: Caller {
             project_id,
@@ -310,6 +369,7 @@ fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
             member,
         },
         allowed_tools,
+        scopes,
         limits: (monthly, per_minute, month, minute),
     }
 }
@@ -871,7 +931,12 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+pub async fn list_runs(
+    pool: &PgPool,
+    project_id: Uuid,
+    scope: &ReadScope,
+    filter: &RunFilter,
+) -> StoreResult<Vec<RunRecord>> {
     let (before_at, before_id) = filter.before.unzip();
     Ok(sqlx::query_as::<_, RunRecord>(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE project_id = $1 \
@@ -879,6 +944,8 @@ pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> S
          AND ($4::timestamptz IS NULL OR (accepted_at, run_id) < ($4, $5)) \
          AND ($7::text IS NULL OR member_id = $7) AND ($8::uuid IS NULL OR integration_id = $8) \
          AND ($9::timestamptz IS NULL OR accepted_at >= $9) AND ($10::timestamptz IS NULL OR accepted_at < $10) \
+         AND ($11::uuid IS NULL OR integration_id = $11) AND ($12::text[] IS NULL OR tool_name = ANY($12)) \
+         AND ($13::text IS NULL OR member_id = $13) \
          ORDER BY accepted_at DESC, run_id DESC LIMIT $6"
     ))
     .bind(project_id)
@@ -891,6 +958,9 @@ pub async fn list_runs(pool: &PgPool, project_id: Uuid, filter: &RunFilter) -> S
     .bind(filter.integration_id)
     .bind(filter.from)
     .bind(filter.to)
+    .bind(scope.integration_id)
+    .bind(&scope.tools)
+    .bind(&scope.member_id)
     .fetch_all(pool)
     .await?)
 }
@@ -989,6 +1059,7 @@ pub const USAGE_GROUPS: &[(&str, &str)] = &[
 pub async fn usage(
     pool: &PgPool,
     project_id: Uuid,
+    scope: &ReadScope,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     group_by: &[&str],
@@ -1003,7 +1074,9 @@ pub async fn usage(
         "SELECT json_build_object({fields} 'calls', sum(calls), 'successes', sum(successes), 'failures', sum(failures), \
          'latency_ms_sum', sum(latency_ms_sum), 'bytes_in', sum(bytes_in), 'bytes_out', sum(bytes_out)) \
          FROM usage_hourly WHERE project_id = $1 AND ($2::timestamptz IS NULL OR hour >= $2) \
-         AND ($3::timestamptz IS NULL OR hour < $3) {group_by} {order_by}",
+         AND ($3::timestamptz IS NULL OR hour < $3) AND ($4::uuid IS NULL OR integration_id = $4) \
+         AND ($5::text[] IS NULL OR tool_name = ANY($5)) AND ($6::text IS NULL OR member_id = $6) \
+         {group_by} {order_by}",
         fields = columns
             .iter()
             .map(|(name, expr)| format!("'{name}', {expr},"))
@@ -1023,6 +1096,9 @@ pub async fn usage(
         .bind(project_id)
         .bind(from)
         .bind(to)
+        .bind(scope.integration_id)
+        .bind(&scope.tools)
+        .bind(&scope.member_id)
         .fetch_all(pool)
         .await?;
     Ok(rows

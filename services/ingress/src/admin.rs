@@ -97,31 +97,38 @@ fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-/// Who may read runs: the admin, or a project API key (its own project only).
+/// Who may read runs and usage: the admin (everything), or a credential of the
+/// project, within its read scope (`Principal::read_scope`).
 enum Reader {
     Admin,
-    Project(Caller),
+    Project { project_id: Uuid, scope: store::ReadScope },
 }
 
 async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
     if require_admin(st, headers).is_ok() {
         return Ok(Reader::Admin);
     }
-    let token = bearer(headers).filter(|t| credentials::looks_like_api_key(t));
-    match token {
-        Some(token) => store::authenticate_api_key(&st.pool, token)
-            .await?
-            .map(|p| Reader::Project(p.caller))
-            .ok_or_else(ApiError::unauthorized),
-        None => Err(ApiError::unauthorized()),
-    }
+    let found = match bearer(headers) {
+        Some(token) if token.starts_with(crate::members::TOKEN_PREFIX) => {
+            let (api_key_id, member) = st.members.verify(token).map_err(|_| ApiError::unauthorized())?;
+            store::authenticate_member(&st.pool, api_key_id, member).await?
+        }
+        Some(token) if credentials::looks_like_api_key(token) => store::authenticate_api_key(&st.pool, token).await?,
+        _ => None,
+    };
+    let principal = found.ok_or_else(ApiError::unauthorized)?;
+    Ok(Reader::Project {
+        project_id: principal.caller.project_id,
+        scope: principal.read_scope(),
+    })
 }
 
 impl Reader {
-    fn may_read(&self, project_id: Uuid) -> bool {
+    /// The reader's scope within `project_id`, or `None` when it may not read it at all.
+    fn scope_in(&self, project_id: Uuid) -> Option<store::ReadScope> {
         match self {
-            Reader::Admin => true,
-            Reader::Project(caller) => caller.project_id == project_id,
+            Reader::Admin => Some(store::ReadScope::everything()),
+            Reader::Project { project_id: own, scope } => (*own == project_id).then(|| scope.clone()),
         }
     }
 }
@@ -196,6 +203,33 @@ struct NewApiKey {
     name: String,
     #[serde(default)]
     integration_id: Option<Uuid>,
+    /// `["call"]` when absent.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+impl NewApiKey {
+    fn scopes(&self) -> ApiResult<Vec<String>> {
+        let scopes = self
+            .scopes
+            .clone()
+            .unwrap_or_else(|| vec![store::SCOPE_CALL.to_string()]);
+        if scopes.is_empty() {
+            return Err(invalid_field("scopes", "give at least one scope: `call` and/or `read`"));
+        }
+        if let Some(bad) = scopes.iter().find(|s| !store::SCOPES.contains(&s.as_str())) {
+            return Err(invalid_field(
+                "scopes",
+                format!(
+                    "unknown scope `{bad}`: use `call` (MCP calls) and/or `read` (the project's run history and usage)"
+                ),
+            ));
+        }
+        let mut scopes = scopes;
+        scopes.sort();
+        scopes.dedup();
+        Ok(scopes)
+    }
 }
 
 async fn create_api_key(
@@ -212,7 +246,8 @@ async fn create_api_key(
         parse_json(&body)?
     };
     project_exists(&st, project_id).await?;
-    let (record, key) = store::create_api_key(&st.pool, project_id, input.integration_id, &input.name)
+    let scopes = input.scopes()?;
+    let (record, key) = store::create_api_key(&st.pool, project_id, input.integration_id, &input.name, &scopes)
         .await
         .map_err(|e| match e {
             store::StoreError::NotFound => ApiError::not_found("integration"),
@@ -486,9 +521,9 @@ async fn list_runs(
     let Query(query) = query.map_err(bad_query)?;
     let reader = reader(&st, &headers).await?;
     let project_id = parse_id("project", &project_id)?;
-    if !reader.may_read(project_id) {
-        return Err(ApiError::not_found("project"));
-    }
+    let scope = reader
+        .scope_in(project_id)
+        .ok_or_else(|| ApiError::not_found("project"))?;
     let before = match query.cursor.as_deref() {
         Some(c) => Some(decode_run_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
         None => None,
@@ -504,7 +539,7 @@ async fn list_runs(
         before,
         limit: limit + 1,
     };
-    let mut runs = store::list_runs(&st.pool, project_id, &filter).await?;
+    let mut runs = store::list_runs(&st.pool, project_id, &scope, &filter).await?;
     let next = (runs.len() as i64 > limit).then(|| {
         runs.truncate(limit as usize);
         runs.last().map(|r| encode_run_cursor(r.accepted_at, r.run_id))
@@ -523,7 +558,8 @@ async fn get_run(
         store::StoreError::NotFound => ApiError::not_found("run"),
         other => other.into(),
     })?;
-    if !reader.may_read(run.project_id) {
+    // Out of scope looks like absent: a reader learns nothing of others' runs.
+    if !reader.scope_in(run.project_id).is_some_and(|scope| scope.admits(&run)) {
         return Err(ApiError::not_found("run"));
     }
     let mut out = json!(run);
@@ -670,7 +706,8 @@ async fn create_integration_key(
     let integration = store::get_integration(&st.pool, project_id, integration_id)
         .await
         .map_err(not_found_as("integration"))?;
-    let (record, key) = store::create_api_key(&st.pool, project_id, Some(integration_id), &input.name)
+    let scopes = input.scopes()?;
+    let (record, key) = store::create_api_key(&st.pool, project_id, Some(integration_id), &input.name, &scopes)
         .await
         .map_err(not_found_as("integration"))?;
     let mut out = json!(record);
@@ -1041,9 +1078,9 @@ async fn usage(
 ) -> ApiResult<Json<Value>> {
     let reader = reader(&st, &headers).await?;
     let project_id = parse_id("project", &project_id)?;
-    if !reader.may_read(project_id) {
-        return Err(ApiError::not_found("project"));
-    }
+    let scope = reader
+        .scope_in(project_id)
+        .ok_or_else(|| ApiError::not_found("project"))?;
     let Query(query) = query.map_err(bad_query)?;
     let group_by: Vec<&str> = query
         .group_by
@@ -1061,6 +1098,6 @@ async fn usage(
             "group_by `{bad}` is not one of: tool, member, integration, hour"
         )));
     }
-    let rows = store::usage(&st.pool, project_id, query.from, query.to, &group_by).await?;
+    let rows = store::usage(&st.pool, project_id, &scope, query.from, query.to, &group_by).await?;
     Ok(Json(json!({ "usage": rows })))
 }

@@ -486,6 +486,12 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> McpResult<Principal
         ));
     };
     match found {
+        Ok(Some(principal)) if !principal.may_call() => Err(McpError::new(
+            StatusCode::FORBIDDEN,
+            CODE_UNAUTHORIZED,
+            "this API key has no `call` scope (it may only read run history and usage): use a key created with \
+             \"scopes\": [\"call\"] for MCP",
+        )),
         Ok(Some(principal)) => Ok(principal),
         Ok(None) => Err(unauthorized(
             st,
