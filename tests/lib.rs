@@ -5,6 +5,7 @@
 //! off-the-shelf `standardwebhooks` library.
 
 pub mod mcp;
+pub mod poison;
 pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc};

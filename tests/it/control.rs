@@ -797,3 +797,61 @@ async fn reads_follow_the_credential_scope() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(refused.body.to_string().contains("`call` scope"), "{}", refused.body);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assertions_with_control_characters_or_hostile_times_are_refused() {
+    let app = spawn_app().await;
+    let backend = Backend::new("k1");
+    backend.register(&app, app.project_id).await;
+    let p = app.project_id;
+    let with = |claim: &str, value: Value| {
+        let mut c = claims(p, "u");
+        c[claim] = value;
+        backend.sign(&c)
+    };
+    let mut cases: Vec<(String, &str)> = vec![
+        (with("sub", json!("u\u{0}1")), "`sub`"),
+        (with("sub", json!("u\n1")), "`sub`"),
+        (with("sub", json!("x".repeat(257))), "`sub`"),
+        (with("jti", json!("j\u{7f}")), "`jti`"),
+        (with("email", json!("a\u{0}@example.com")), "`email`"),
+        (
+            with("email", json!(format!("{}@example.com", "a".repeat(320)))),
+            "`email`",
+        ),
+        (with("roles", json!(["ok", "ad\u{1b}min"])), "`roles`"),
+        // Arithmetic on these must not overflow: refused like any other bad lifetime.
+        (with("iat", json!(i64::MIN)), "at most"),
+    ];
+    let mut c = claims(p, "u");
+    c["iat"] = json!(i64::MIN);
+    c["exp"] = json!(i64::MAX);
+    cases.push((backend.sign(&c), "at most"));
+    let mut c = claims(p, "u");
+    c["iat"] = json!(i64::MAX);
+    c["exp"] = json!(i64::MAX);
+    cases.push((backend.sign(&c), "future"));
+    let mut c = claims(p, "u");
+    c["exp"] = json!(i64::MAX);
+    cases.push((backend.sign(&c), "at most"));
+    // A `kid` naming no key is refused before any lookup goes wrong.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k\u{0}1".into());
+    let odd_kid = jsonwebtoken::encode(
+        &header,
+        &claims(p, "u"),
+        &EncodingKey::from_ec_pem(backend.private_pem.as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    cases.push((odd_kid, "`kid`"));
+    for (assertion, reason) in cases {
+        let (status, body) = exchange(&app, &app.api_key, &assertion).await;
+        assert_eq!(status, 401, "{reason}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_assertion", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(reason), "expected `{reason}` in: {message}");
+    }
+    // A member id with a character that is not a control character is fine.
+    let (status, body) = exchange(&app, &app.api_key, &backend.sign(&claims(p, "ü␀"))).await;
+    assert_eq!(status, 201, "{body}");
+}

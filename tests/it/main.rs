@@ -4,6 +4,7 @@ mod admin;
 mod bodies;
 mod calls;
 mod control;
+mod edges_storage;
 mod observability;
 mod protocol;
 mod quotas;

@@ -148,7 +148,11 @@ async fn metrics_scrape_and_parse() {
     grew("tengine_ingress_call_duration_seconds", None);
     grew("tengine_worker_upstream_duration_seconds", None);
     grew("tengine_projector_events_total", None);
-    for name in ["tengine_projector_lag_events", "tengine_ingress_calls_in_flight"] {
+    for name in [
+        "tengine_projector_lag_events",
+        "tengine_projector_dead_letters",
+        "tengine_ingress_calls_in_flight",
+    ] {
         assert!(after.samples.iter().any(|s| s.metric == name), "{name} is exported");
     }
     assert!(

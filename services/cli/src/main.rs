@@ -168,6 +168,13 @@ enum ProjectorCommand {
     /// Replay the whole event log into fresh tables and replace run history and
     /// usage with the result (needs the database and NATS; services may keep running).
     Rebuild,
+    /// List the events the projector could not apply (dead letters), or re-apply
+    /// one after its cause was fixed (needs the database only).
+    DeadLetters {
+        /// Apply dead letter ID through the projector's code and mark it re-applied.
+        #[arg(long, value_name = "ID")]
+        reapply: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -566,6 +573,67 @@ async fn usage_export(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tengine projector dead-letters [--reapply ID]`.
+async fn dead_letters(config: &Config, reapply: Option<i64>) -> anyhow::Result<()> {
+    use tengine_projector::dead_letters;
+    let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+    if config.run_migrations {
+        tengine_core::store::migrate(&pool).await?;
+    }
+    if let Some(id) = reapply {
+        let letter = dead_letters::reapply(&pool, config.projector.usage_close_after_secs, id).await?;
+        println!(
+            "re-applied dead letter #{} (event log #{}, run {})",
+            letter.id,
+            letter.stream_seq,
+            letter.run_id.map_or_else(|| "-".to_string(), |r| r.to_string())
+        );
+        return Ok(());
+    }
+    let letters = dead_letters::list(&pool).await?;
+    if letters.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    let id = |value: Option<uuid::Uuid>| value.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let time = |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let rows: Vec<[String; 7]> = letters
+        .iter()
+        .map(|l| {
+            [
+                l.id.to_string(),
+                l.stream_seq.to_string(),
+                id(l.run_id),
+                id(l.project_id),
+                time(l.created_at),
+                l.reapplied_at.map_or_else(|| "-".to_string(), time),
+                // One line per letter, whatever the error says.
+                l.error.chars().map(|c| if c.is_control() { ' ' } else { c }).collect(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "SEQ", "RUN", "PROJECT", "CREATED", "REAPPLIED", "ERROR"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run(Cli::parse()).await {
@@ -584,6 +652,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rebuilt = tengine_projector::rebuild::rebuild(&config).await?;
             print(&json!(rebuilt));
             Ok(())
+        }
+        Command::Projector {
+            command: Some(ProjectorCommand::DeadLetters { reapply }),
+        } => {
+            let config = Config::load()?;
+            let _telemetry = telemetry::init(config.log_format, &config.otlp_endpoint, "tengine-dead-letters");
+            dead_letters(&config, reapply).await
         }
         Command::Ingress | Command::Worker | Command::Projector { .. } | Command::Dev | Command::Migrate => {
             let config = Config::load()?;

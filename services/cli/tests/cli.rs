@@ -179,3 +179,63 @@ async fn master_key_rotation_reseals_every_secret() {
     let only_new = tengine_core::secrets::SecretBox::new(&[42u8; 32]);
     assert_eq!(only_new.open(id, &sealed).expect("the new key alone opens it"), "tok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_and_reapplied() {
+    let app = spawn_app().await;
+    let poison = tengine_tests::poison::publish(&app).await;
+    tengine_tests::poison::wait_for_dead_letters(&app, 2).await;
+    let dead_letters = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
+            .args(["projector", "dead-letters"])
+            .args(args)
+            .env("TENGINE_DATABASE_URL", &app.config.database_url)
+            .env("TENGINE_RUN_MIGRATIONS", "false")
+            .output()
+            .expect("run");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let listed = tokio::task::block_in_place(|| dead_letters(&[]));
+    assert!(listed.0, "{}", listed.2);
+    let lines: Vec<&str> = listed.1.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two letters: {}", listed.1);
+    for column in ["ID", "SEQ", "RUN", "PROJECT", "CREATED", "REAPPLIED", "ERROR"] {
+        assert!(lines[0].contains(column), "{}", lines[0]);
+    }
+    let fixable = lines
+        .iter()
+        .find(|l| l.contains(&poison.fixable.to_string()))
+        .unwrap_or_else(|| panic!("the fixable run is listed: {}", listed.1));
+    assert!(fixable.contains(tengine_tests::poison::CONSTRAINT), "{fixable}");
+    assert!(fixable.contains(&app.project_id.to_string()), "{fixable}");
+    assert!(listed.1.contains(&poison.garbage.to_string()), "{}", listed.1);
+    let id = fixable.split_whitespace().next().expect("id").to_string();
+
+    let refused = tokio::task::block_in_place(|| dead_letters(&["--reapply", &id]));
+    assert!(!refused.0, "the cause is not fixed yet: {}", refused.1);
+    assert!(refused.2.contains("still cannot be applied"), "{}", refused.2);
+    tengine_tests::poison::fix(&app).await;
+    let reapplied = tokio::task::block_in_place(|| dead_letters(&["--reapply", &id]));
+    assert!(reapplied.0, "{}", reapplied.2);
+    assert!(
+        reapplied.1.contains(&format!("re-applied dead letter #{id}")),
+        "{}",
+        reapplied.1
+    );
+    let run = app.finished_run(&poison.fixable.to_string()).await;
+    assert_eq!(run["error"], "poison", "{run}");
+    let listed = tokio::task::block_in_place(|| dead_letters(&[])).1;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .expect("still listed");
+    assert_eq!(
+        line.split_whitespace().nth(5).map(|r| r != "-"),
+        Some(true),
+        "marked re-applied: {line}"
+    );
+}

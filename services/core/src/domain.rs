@@ -321,6 +321,38 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError
     }
 }
 
+/// Longest project, integration and API key name, in characters.
+pub const NAME_MAX_CHARS: usize = 200;
+/// Longest member id (an assertion's `sub`) and assertion id (`jti`), in bytes.
+pub const MEMBER_ID_MAX_BYTES: usize = 256;
+
+/// A display name: at most `NAME_MAX_CHARS` characters (1 or more unless
+/// `may_be_empty`), no control characters (they would hide or forge what an
+/// operator reads in listings and logs).
+pub fn validate_name(field: &str, name: &str, may_be_empty: bool) -> Result<(), FieldError> {
+    let count = name.chars().count();
+    if (count == 0 && !may_be_empty) || count > NAME_MAX_CHARS || name.chars().any(char::is_control) {
+        let least = if may_be_empty { 0 } else { 1 };
+        return Err(field_err(
+            field,
+            format!("must be {least}-{NAME_MAX_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// An identifier chosen by a tenant or its backend (a member id, a key id):
+/// 1 to `max_bytes` bytes, no control characters.
+pub fn validate_identifier(field: &str, value: &str, max_bytes: usize) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > max_bytes || value.chars().any(char::is_control) {
+        return Err(field_err(
+            field,
+            format!("must be 1-{max_bytes} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_tool_name(name: &str) -> Result<(), FieldError> {
     if name.is_empty()
         || name.len() > TOOL_NAME_MAX
@@ -569,6 +601,25 @@ impl ToolSpec {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn names_and_identifiers_refuse_control_characters() {
+        assert!(validate_name("name", "Support agent ✓", false).is_ok());
+        assert!(validate_name("name", "", true).is_ok());
+        assert!(validate_name("name", "", false).is_err());
+        assert!(validate_name("name", &"é".repeat(NAME_MAX_CHARS), false).is_ok());
+        assert!(validate_name("name", &"é".repeat(NAME_MAX_CHARS + 1), false).is_err());
+        for bad in ["a\0b", "line\nbreak", "esc\u{1b}[31m", "del\u{7f}", "c1\u{85}"] {
+            assert_eq!(
+                validate_name("name", bad, true).map_err(|e| e.field),
+                Err("name".into())
+            );
+            assert!(validate_identifier("member_id", bad, MEMBER_ID_MAX_BYTES).is_err());
+        }
+        assert!(validate_identifier("member_id", "user-1@example.com", MEMBER_ID_MAX_BYTES).is_ok());
+        assert!(validate_identifier("member_id", "", MEMBER_ID_MAX_BYTES).is_err());
+        assert!(validate_identifier("member_id", &"x".repeat(MEMBER_ID_MAX_BYTES + 1), MEMBER_ID_MAX_BYTES).is_err());
+    }
 
     fn spec() -> ToolSpec {
         serde_json::from_value(json!({

@@ -14,6 +14,7 @@ pub mod prometheus;
 pub mod quotas;
 pub mod secrets;
 pub mod signing;
+pub mod storable;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

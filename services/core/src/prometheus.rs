@@ -42,6 +42,8 @@ pub const PROJECTOR_LAG: &str = "tengine_projector_lag_events";
 pub const PROJECTOR_EVENTS: &str = "tengine_projector_events_total";
 /// Projector: one batch's database transaction.
 pub const PROJECTOR_BATCH_SECONDS: &str = "tengine_projector_batch_duration_seconds";
+/// Projector: dead letters (events it could not apply) not re-applied yet.
+pub const PROJECTOR_DEAD_LETTERS: &str = "tengine_projector_dead_letters";
 
 /// Latency buckets (seconds) for every `*_seconds` histogram: 0.5 ms … 60 s.
 const BUCKETS: &[f64] = &[
@@ -109,6 +111,10 @@ fn describe() {
     describe_gauge!(QUEUE_ACK_PENDING, "commands delivered and not yet acknowledged");
     describe_gauge!(PROJECTOR_LAG, "event-log tail minus the projector's checkpoint");
     describe_counter!(PROJECTOR_EVENTS, "events applied by the projector");
+    describe_gauge!(
+        PROJECTOR_DEAD_LETTERS,
+        "events the projector could not apply, not re-applied yet"
+    );
     describe_histogram!(
         PROJECTOR_BATCH_SECONDS,
         metrics::Unit::Seconds,

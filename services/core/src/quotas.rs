@@ -53,8 +53,9 @@ pub enum Verdict {
 
 fn rate_scope(caller: &Caller) -> (String, String) {
     match &caller.member {
+        // The member id is the caller's text: storable, like every other.
         Some(member) => (
-            format!("minute:member:{}", member.id),
+            format!("minute:member:{}", crate::storable::text(&member.id)),
             format!("member `{}`", member.id),
         ),
         None => (

@@ -15,6 +15,7 @@ use crate::{
     domain::{AuthStrategy, HttpMethod, ResponseMode, ToolDefinition, ToolSpec},
     envelope::{Caller, Member, RunOutcome},
     secrets::{SecretBox, SecretError},
+    storable,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -118,7 +119,7 @@ pub async fn create_project(pool: &PgPool, name: &str) -> StoreResult<Project> {
     let integration_id = Uuid::now_v7();
     sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $2)")
         .bind(id)
-        .bind(name)
+        .bind(storable::text(name))
         .execute(&mut *tx)
         .await?;
     sqlx::query("INSERT INTO integrations (id, project_id, name) VALUES ($1, $2, 'default')")
@@ -163,14 +164,16 @@ pub async fn update_project_settings(
     )
     .bind(project_id)
     .bind(settings.outbound_allowlist.is_some())
-    .bind(settings.outbound_allowlist.clone().unwrap_or_default())
+    .bind(storable::owned_all(
+        settings.outbound_allowlist.as_deref().unwrap_or_default(),
+    ))
     .bind(settings.monthly_call_limit.is_some())
     .bind(settings.monthly_call_limit.flatten())
     .bind(settings.member_calls_per_minute.is_some())
     .bind(settings.member_calls_per_minute.flatten())
     .bind(settings.store_bodies)
     .bind(settings.body_max_bytes)
-    .bind(&settings.redact_fields)
+    .bind(settings.redact_fields.as_deref().map(storable::owned_all))
     .execute(pool)
     .await?;
     found(done)?;
@@ -229,7 +232,7 @@ pub async fn create_api_key(
     .bind(Uuid::now_v7())
     .bind(project_id)
     .bind(integration_id)
-    .bind(name)
+    .bind(storable::text(name))
     .bind(&key.hash)
     .bind(&key.display_prefix)
     .bind(scopes)
@@ -394,7 +397,7 @@ pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member
          AND (r.revoked_before IS NULL OR r.revoked_before <= $3)"
     ))
     .bind(api_key_id)
-    .bind(&member.id)
+    .bind(storable::text(&member.id))
     .bind(member.session_issued_at)
     .fetch_optional(pool)
     .await?;
@@ -450,8 +453,8 @@ pub async fn create_integration(
     )
     .bind(Uuid::now_v7())
     .bind(project_id)
-    .bind(name)
-    .bind(allowed_tools)
+    .bind(storable::text(name))
+    .bind(allowed_tools.map(storable::owned_all))
     .fetch_one(pool)
     .await?)
 }
@@ -517,8 +520,8 @@ pub async fn create_member_key(pool: &PgPool, project_id: Uuid, kid: &str, publi
          RETURNING project_id, kid, public_key, created_at",
     )
     .bind(project_id)
-    .bind(kid)
-    .bind(public_key)
+    .bind(storable::text(kid))
+    .bind(storable::text(public_key))
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -546,7 +549,7 @@ pub async fn delete_member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> St
         "UPDATE member_keys SET revoked_at = now() WHERE project_id = $1 AND kid = $2 AND revoked_at IS NULL",
     )
     .bind(project_id)
-    .bind(kid)
+    .bind(storable::text(kid))
     .execute(pool)
     .await?;
     found(done)
@@ -556,7 +559,7 @@ pub async fn member_key(pool: &PgPool, project_id: Uuid, kid: &str) -> StoreResu
     let row: Option<(String,)> =
         sqlx::query_as("SELECT public_key FROM member_keys WHERE project_id = $1 AND kid = $2 AND revoked_at IS NULL")
             .bind(project_id)
-            .bind(kid)
+            .bind(storable::text(kid))
             .fetch_optional(pool)
             .await?;
     Ok(row.map(|r| r.0))
@@ -571,7 +574,7 @@ pub async fn use_assertion(pool: &PgPool, project_id: Uuid, jti: &str, expires_a
         "INSERT INTO member_assertions_used (project_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(project_id)
-    .bind(jti)
+    .bind(storable::text(jti))
     .bind(expires_at)
     .execute(pool)
     .await?;
@@ -586,7 +589,7 @@ pub async fn revoke_member_sessions(pool: &PgPool, project_id: Uuid, member_id: 
          ON CONFLICT (project_id, member_id) DO UPDATE SET revoked_before = now()",
     )
     .bind(project_id)
-    .bind(member_id)
+    .bind(storable::text(member_id))
     .execute(pool)
     .await?;
     Ok(())
@@ -679,22 +682,32 @@ type ToolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, ToolRow, sqlx::pos
 /// Binds a spec's columns as `$3`…`$22`, in the one order both the INSERT and the
 /// UPDATE of a tool use (`$1` and `$2` are the ids).
 fn bind_spec<'q>(query: ToolQuery<'q>, spec: &'q ToolSpec, ciphertext: Option<Vec<u8>>) -> ToolQuery<'q> {
+    // Tenant text, made storable like every other (the admin API already refuses
+    // NUL; this keeps the rule in one place for every writer).
+    let json = |value: &'q Value| Json(storable::json(value));
+    let templates = |map: &'q BTreeMap<String, String>| -> Json<BTreeMap<String, String>> {
+        Json(
+            map.iter()
+                .map(|(k, v)| (storable::owned(k), storable::owned(v)))
+                .collect(),
+        )
+    };
     query
-        .bind(&spec.name)
-        .bind(&spec.description)
-        .bind(Json(&spec.input_schema))
-        .bind(&spec.base_url)
+        .bind(storable::text(&spec.name))
+        .bind(storable::text(&spec.description))
+        .bind(json(&spec.input_schema))
+        .bind(storable::text(&spec.base_url))
         .bind(spec.http_method.as_str())
-        .bind(&spec.endpoint_path)
-        .bind(Json(&spec.headers_template))
-        .bind(Json(&spec.query_template))
-        .bind(spec.body_template.as_ref().map(Json))
+        .bind(storable::text(&spec.endpoint_path))
+        .bind(templates(&spec.headers_template))
+        .bind(templates(&spec.query_template))
+        .bind(spec.body_template.as_ref().map(json))
         .bind(spec.auth_strategy.as_str())
         .bind(ciphertext)
         .bind(spec.timeout_ms as i32)
         .bind(spec.enabled)
-        .bind(&spec.title)
-        .bind(spec.output_schema.as_ref().map(Json))
+        .bind(spec.title.as_deref().map(storable::text))
+        .bind(spec.output_schema.as_ref().map(json))
         .bind(spec.annotations.as_ref().map(Json))
         .bind(spec.response_mode.as_str())
         .bind(spec.require_member)
@@ -799,7 +812,7 @@ pub async fn replace_tool(
 pub async fn delete_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResult<()> {
     let done = sqlx::query("DELETE FROM tools WHERE project_id = $1 AND name = $2")
         .bind(project_id)
-        .bind(name)
+        .bind(storable::text(name))
         .execute(pool)
         .await?;
     found(done)
@@ -810,7 +823,7 @@ pub async fn get_tool(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResul
         "SELECT {TOOL_COLUMNS} FROM tools WHERE project_id = $1 AND name = $2"
     ))
     .bind(project_id)
-    .bind(name)
+    .bind(storable::text(name))
     .fetch_optional(pool)
     .await?
     .ok_or(StoreError::NotFound)?
@@ -873,7 +886,7 @@ pub async fn list_tools(
     ))
     .bind(project_id)
     .bind(enabled_only)
-    .bind(after)
+    .bind(after.map(storable::text))
     .bind(limit)
     .fetch_all(pool)
     .await?
@@ -899,6 +912,9 @@ pub struct RunRecord {
     pub accepted_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why this history may be incomplete: an event of the run was dead-lettered
+    /// by the projector (and not re-applied since). `None` normally.
+    pub history_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -913,8 +929,22 @@ pub struct AttemptRecord {
     pub bytes_in: Option<i64>,
 }
 
-const RUN_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
-     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at";
+/// A run's history error, over a row source named `runs` with a `run_id`: its
+/// first dead letter not re-applied (one fact, kept in the dead-letter table, so
+/// re-applying the event clears it).
+macro_rules! history_error_sql {
+    () => {
+        "(SELECT 'an event of this run could not be recorded: ' || d.error FROM projector_dead_letters d \
+         WHERE d.run_id = runs.run_id AND d.reapplied_at IS NULL ORDER BY d.id LIMIT 1)"
+    };
+}
+
+const RUN_COLUMNS: &str = concat!(
+    "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
+     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, ",
+    history_error_sql!(),
+    " AS history_error"
+);
 
 #[derive(Debug, Default, Clone)]
 pub struct RunFilter {
@@ -1024,6 +1054,31 @@ pub async fn recorded_in_history(pool: &PgPool, run_id: Uuid) -> StoreResult<Opt
     .fetch_optional(pool)
     .await?;
     Ok(status.map(Recorded::StatusOnly))
+}
+
+/// A run history has no row for although the projector met its events: they
+/// were all dead-lettered. Returns its project (from the event or its subject,
+/// if known) and the history error.
+pub async fn unrecorded_run(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<(Option<Uuid>, String)>> {
+    let row: (Option<Uuid>, Option<String>) = sqlx::query_as(concat!(
+        "SELECT (SELECT d.project_id FROM projector_dead_letters d WHERE d.run_id = runs.run_id \
+         AND d.reapplied_at IS NULL AND d.project_id IS NOT NULL LIMIT 1), ",
+        history_error_sql!(),
+        " FROM (SELECT $1::uuid AS run_id) runs"
+    ))
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.1.map(|error| (row.0, error)))
+}
+
+/// Dead letters not re-applied yet (`dead_letters` in `/v1/health`, and a gauge).
+pub async fn unresolved_dead_letters(pool: &PgPool) -> StoreResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM projector_dead_letters WHERE reapplied_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// A run's stored bodies (projects with `store_bodies`; `None` when none were kept).

@@ -75,6 +75,19 @@ impl Topology {
         format!("{}.ev.{project_id}.{run_id}.{kind}", self.prefix)
     }
 
+    /// The project and run an event subject names (the inverse of
+    /// [`Self::event_subject`]), for a message that cannot be decoded.
+    pub fn event_subject_ids(subject: &str) -> Option<(Uuid, Uuid)> {
+        // The prefix has no dots (`nats_prefix` is `[A-Za-z0-9_-]`).
+        let mut tokens = subject.split('.').skip(1);
+        if tokens.next() != Some("ev") {
+            return None;
+        }
+        let project = Uuid::parse_str(tokens.next()?).ok()?;
+        let run = Uuid::parse_str(tokens.next()?).ok()?;
+        Some((project, run))
+    }
+
     pub fn outcome_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
         self.event_subject(project_id, run_id, crate::envelope::RunEvent::FINISHED_KIND)
     }
@@ -324,6 +337,13 @@ mod tests {
         assert_eq!(t.events_stream(), "IT_AB12_EVENTS");
         let p = Uuid::nil();
         assert!(t.event_subject(p, p, "accepted").starts_with("it_ab12.ev."));
+        let r = Uuid::now_v7();
+        assert_eq!(
+            Topology::event_subject_ids(&t.event_subject(p, r, "finished")),
+            Some((p, r))
+        );
+        assert_eq!(Topology::event_subject_ids("it_ab12.cmd.x.y"), None);
+        assert_eq!(Topology::event_subject_ids("it_ab12.ev.not-a-uuid.y.accepted"), None);
         assert!(t.outcome_subject(p, p).ends_with(".finished"));
         assert!(t.command_subject(p, p).starts_with("it_ab12.cmd."));
     }

@@ -17,8 +17,12 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tengine_core::{
     credentials,
-    domain::{AuthStrategy, ToolDefinition, ToolSpec, validate_tool_name},
+    domain::{
+        AuthStrategy, MEMBER_ID_MAX_BYTES, ToolDefinition, ToolSpec, validate_identifier, validate_name,
+        validate_tool_name,
+    },
     envelope::Caller,
+    storable,
     store::{self, RunFilter},
 };
 use uuid::Uuid;
@@ -29,7 +33,6 @@ use crate::{
     mcp::bearer,
 };
 
-const MAX_PROJECT_NAME: usize = 200;
 const RUNS_PAGE_DEFAULT: i64 = 50;
 const RUNS_PAGE_MAX: i64 = 500;
 
@@ -138,7 +141,29 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    refuse_nul(body)?;
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A NUL (`\u0000`) cannot be stored in PostgreSQL text or JSON, and no setting
+/// needs one: a request carrying one anywhere, in a value or a key, is refused
+/// with the field's path.
+fn refuse_nul(body: &[u8]) -> ApiResult<()> {
+    // JSON can only spell a NUL `\u0000`; most bodies have none, and are not parsed twice.
+    if !body.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    // Malformed JSON is reported by the parse that follows.
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Ok(());
+    };
+    match storable::nul_path(&value) {
+        Some(path) => Err(invalid_field(
+            if path.is_empty() { "body" } else { &path },
+            "contains a NUL character (\\u0000), which cannot be stored; remove it",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn parse_id(kind: &str, raw: &str) -> ApiResult<Uuid> {
@@ -159,12 +184,7 @@ async fn create_project(State(st): State<Arc<AppState>>, headers: HeaderMap, bod
     require_admin(&st, &headers)?;
     let input: NewProject = parse_json(&body)?;
     let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_PROJECT_NAME {
-        return Err(ApiError::from(tengine_core::domain::FieldError {
-            field: "name".into(),
-            message: format!("must be 1-{MAX_PROJECT_NAME} characters"),
-        }));
-    }
+    validate_name("name", name, false)?;
     Ok(created(store::create_project(&st.pool, name).await?))
 }
 
@@ -245,6 +265,7 @@ async fn create_api_key(
     } else {
         parse_json(&body)?
     };
+    validate_name("name", &input.name, true)?;
     project_exists(&st, project_id).await?;
     let scopes = input.scopes()?;
     let (record, key) = store::create_api_key(&st.pool, project_id, input.integration_id, &input.name, &scopes)
@@ -554,10 +575,11 @@ async fn get_run(
 ) -> ApiResult<Json<Value>> {
     let reader = reader(&st, &headers).await?;
     let run_id = parse_id("run", &run_id)?;
-    let (run, attempts) = store::get_run(&st.pool, run_id).await.map_err(|e| match e {
-        store::StoreError::NotFound => ApiError::not_found("run"),
-        other => other.into(),
-    })?;
+    let (run, attempts) = match store::get_run(&st.pool, run_id).await {
+        Ok(found) => found,
+        Err(store::StoreError::NotFound) => return unrecorded_run(&st, &reader, run_id).await,
+        Err(other) => return Err(other.into()),
+    };
     // Out of scope looks like absent: a reader learns nothing of others' runs.
     if !reader.scope_in(run.project_id).is_some_and(|scope| scope.admits(&run)) {
         return Err(ApiError::not_found("run"));
@@ -566,6 +588,30 @@ async fn get_run(
     out["attempt_details"] = json!(attempts);
     out["bodies"] = json!(store::run_bodies(&st.pool, run_id).await?);
     Ok(Json(out))
+}
+
+/// A run with no history row whose events the projector had to set aside (dead
+/// letters): shown as `unrecorded`, with why.
+async fn unrecorded_run(st: &AppState, reader: &Reader, run_id: Uuid) -> ApiResult<Json<Value>> {
+    let Some((project_id, history_error)) = store::unrecorded_run(&st.pool, run_id).await? else {
+        return Err(ApiError::not_found("run"));
+    };
+    // Its integration, tool and member are unknown: only whole-project readers see it.
+    let readable = match project_id {
+        Some(project_id) => reader.scope_in(project_id) == Some(store::ReadScope::everything()),
+        None => matches!(reader, Reader::Admin),
+    };
+    if !readable {
+        return Err(ApiError::not_found("run"));
+    }
+    Ok(Json(json!({
+        "run_id": run_id,
+        "project_id": project_id,
+        "status": "unrecorded",
+        "history_error": history_error,
+        "attempt_details": [],
+        "bodies": null,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -628,12 +674,7 @@ async fn create_integration(
     let project_id = parse_id("project", &project_id)?;
     let input: NewIntegration = parse_json(&body)?;
     let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_PROJECT_NAME {
-        return Err(ApiError::from(tengine_core::domain::FieldError {
-            field: "name".into(),
-            message: format!("must be 1-{MAX_PROJECT_NAME} characters"),
-        }));
-    }
+    validate_name("name", name, false)?;
     if let Some(tools) = &input.allowed_tools {
         for tool in tools {
             validate_tool_name(tool).map_err(|e| tengine_core::domain::FieldError {
@@ -703,6 +744,7 @@ async fn create_integration_key(
     } else {
         parse_json(&body)?
     };
+    validate_name("name", &input.name, true)?;
     let integration = store::get_integration(&st.pool, project_id, integration_id)
         .await
         .map_err(not_found_as("integration"))?;
@@ -740,9 +782,7 @@ async fn create_member_key(
             message: message.into(),
         })
     };
-    if input.kid.is_empty() || input.kid.len() > 128 || input.kid.chars().any(|c| c.is_control()) {
-        return Err(field("kid", "must be 1-128 printable characters"));
-    }
+    validate_identifier("kid", &input.kid, crate::members::MAX_KID_LEN)?;
     if !input.public_key.contains("BEGIN PUBLIC KEY")
         || jsonwebtoken::DecodingKey::from_ec_pem(input.public_key.as_bytes()).is_err()
     {
@@ -790,6 +830,8 @@ async fn revoke_member_sessions(
 ) -> ApiResult<StatusCode> {
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
+    // Member ids come from assertions' `sub`, which refuses these too.
+    validate_identifier("member_id", &member_id, MEMBER_ID_MAX_BYTES)?;
     store::revoke_member_sessions(&st.pool, project_id, &member_id)
         .await
         .map_err(not_found_as("project"))?;

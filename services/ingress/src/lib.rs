@@ -163,6 +163,8 @@ async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
     // Events in the log the projector has not applied yet (run history lag).
     let lag = st.dispatcher.projector_lag(&st.pool).await;
+    // Events the projector set aside, not re-applied yet (`tengine projector dead-letters`).
+    let dead_letters = tengine_core::store::unresolved_dead_letters(&st.pool).await.ok();
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
     let status = if database && nats {
         StatusCode::OK
@@ -178,6 +180,7 @@ async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             "database": if database { "ok" } else { "unreachable" },
             "nats": if nats { "ok" } else { "unreachable" },
             "projector_lag_events": lag,
+            "dead_letters": dead_letters,
         })),
     )
 }

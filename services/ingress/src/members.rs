@@ -12,7 +12,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, deco
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgPool;
-use tengine_core::{envelope::Member, store};
+use tengine_core::{
+    domain::{MEMBER_ID_MAX_BYTES, validate_identifier},
+    envelope::Member,
+    store,
+};
 use uuid::Uuid;
 
 pub const TOKEN_PREFIX: &str = "tng_mst_";
@@ -21,8 +25,13 @@ pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
 /// Clock skew tolerated on `iat` and `exp`.
 const LEEWAY_SECS: i64 = 30;
 const ISSUER: &str = "tengine";
-const MAX_CLAIM_LEN: usize = 256;
+/// Longest role name and most roles per assertion.
+const MAX_ROLE_LEN: usize = 256;
 const MAX_ROLES: usize = 64;
+/// Longest `email` (the local part and domain limits of RFC 5321 together).
+const MAX_EMAIL_LEN: usize = 320;
+/// Longest `kid` (also the admin API's limit when a key is registered).
+pub const MAX_KID_LEN: usize = 128;
 
 #[derive(Debug, Deserialize)]
 struct AssertionClaims {
@@ -110,6 +119,9 @@ impl MemberTokens {
         let kid = header
             .kid
             .ok_or_else(|| invalid("member_assertion header has no `kid` naming a registered member key"))?;
+        // A registered kid never has these; refused before it is looked up or quoted.
+        validate_identifier("kid", &kid, MAX_KID_LEN)
+            .map_err(|e| invalid(format!("member_assertion header `kid` {}", e.message)))?;
         let pem = store::member_key(pool, caller.project_id, &kid)
             .await?
             .ok_or_else(|| invalid(format!("no member key with kid `{kid}` is registered in this project")))?;
@@ -138,38 +150,44 @@ impl MemberTokens {
                 })
             })?
             .claims;
+        // `iat` and `exp` are the caller's numbers: no arithmetic on them may overflow.
         let now = Utc::now().timestamp();
-        if claims.iat > now + LEEWAY_SECS {
+        if claims.iat > now.saturating_add(LEEWAY_SECS) {
             return Err(invalid("member_assertion `iat` is in the future"));
         }
-        if claims.exp - claims.iat > MAX_ASSERTION_LIFETIME_SECS {
+        let lifetime = claims.exp.checked_sub(claims.iat);
+        if !lifetime.is_some_and(|l| (0..=MAX_ASSERTION_LIFETIME_SECS).contains(&l)) {
             return Err(invalid(format!(
-                "member_assertion may live at most {MAX_ASSERTION_LIFETIME_SECS} s (`exp` - `iat`)"
+                "member_assertion may live at most {MAX_ASSERTION_LIFETIME_SECS} s (`exp` - `iat`, not negative)"
             )));
         }
-        if claims.sub.is_empty() || claims.sub.len() > MAX_CLAIM_LEN {
-            return Err(invalid(format!("`sub` must be 1-{MAX_CLAIM_LEN} bytes")));
-        }
-        if claims.jti.is_empty() || claims.jti.len() > MAX_CLAIM_LEN {
-            return Err(invalid(format!("`jti` must be 1-{MAX_CLAIM_LEN} bytes")));
+        // The member id and assertion id are stored and shown: no control characters.
+        for (claim, value) in [("sub", &claims.sub), ("jti", &claims.jti)] {
+            validate_identifier(claim, value, MEMBER_ID_MAX_BYTES)
+                .map_err(|e| invalid(format!("`{claim}` {}", e.message)))?;
         }
         if claims.roles.len() > MAX_ROLES
             || claims
                 .roles
                 .iter()
-                .any(|r| r.is_empty() || r.len() > MAX_CLAIM_LEN || r.contains(','))
+                .any(|r| r.is_empty() || r.len() > MAX_ROLE_LEN || r.contains(',') || r.chars().any(char::is_control))
         {
-            return Err(invalid("`roles` must be at most 64 non-empty names without commas"));
+            return Err(invalid(format!(
+                "`roles` must be at most {MAX_ROLES} non-empty names of at most {MAX_ROLE_LEN} bytes, \
+                 without commas or control characters"
+            )));
         }
         if claims
             .email
             .as_ref()
-            .is_some_and(|e| e.len() > MAX_CLAIM_LEN || e.chars().any(char::is_control))
+            .is_some_and(|e| e.len() > MAX_EMAIL_LEN || e.chars().any(char::is_control))
         {
-            return Err(invalid("`email` is too long or contains control characters"));
+            return Err(invalid(format!(
+                "`email` must be at most {MAX_EMAIL_LEN} bytes without control characters"
+            )));
         }
         let expires = Utc
-            .timestamp_opt(claims.exp + LEEWAY_SECS, 0)
+            .timestamp_opt(claims.exp.saturating_add(LEEWAY_SECS), 0)
             .single()
             .unwrap_or_else(Utc::now);
         if !store::use_assertion(pool, caller.project_id, &claims.jti, expires).await? {

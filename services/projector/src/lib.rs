@@ -5,15 +5,20 @@
 //! messages are acked only after it commits. The merge is order-independent:
 //! events of one run come from different publishers, so a `Finished` may be
 //! stored before its `Accepted`, and a row never moves back from a terminal status.
+//!
+//! Text from callers, upstream APIs and tenants is written through
+//! [`tengine_core::storable`], so no value can make a statement fail; an event
+//! that still cannot be applied (or is no event at all) is set aside by
+//! [`dead_letters`] and the projector goes on.
 
 pub mod closing;
+pub mod dead_letters;
 pub mod rebuild;
 pub mod retention;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, Message};
-use backon::{ExponentialBuilder, Retryable};
+use async_nats::jetstream::{self, Message};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -21,7 +26,7 @@ use tengine_core::{
     Config, Topology,
     connections::Connections,
     envelope::{EventEnvelope, RunEvent, RunOutcome},
-    prometheus,
+    prometheus, storable, store,
 };
 use uuid::Uuid;
 
@@ -98,7 +103,8 @@ impl Projector {
             }
         });
         let _housekeeping = tengine_core::tasks::AbortOnDrop(housekeeping);
-        // The lag gauge: the same figure as `projector_lag_events` in /v1/health.
+        // The lag and dead-letter gauges: the same figures as `projector_lag_events`
+        // and `dead_letters` in /v1/health.
         let sampled = self.clone();
         let lag = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -106,6 +112,9 @@ impl Projector {
                 every.tick().await;
                 if let Some(lag) = sampled.lag().await {
                     metrics::gauge!(prometheus::PROJECTOR_LAG).set(lag as f64);
+                }
+                if let Ok(dead) = store::unresolved_dead_letters(&sampled.pool).await {
+                    metrics::gauge!(prometheus::PROJECTOR_DEAD_LETTERS).set(dead as f64);
                 }
             }
         });
@@ -143,37 +152,38 @@ impl Projector {
         Ok(())
     }
 
-    /// Applies a batch (retrying the transaction until it commits), then acks it.
+    /// Applies a batch (retrying transient failures until it commits; setting
+    /// poison events aside), then acks it.
     async fn apply(&self, batch: &[Message]) {
-        let mut decoded = Vec::with_capacity(batch.len());
-        for message in batch {
-            let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match EventEnvelope::decode(&message.payload) {
-                Ok(envelope) => decoded.push((seq, envelope)),
-                Err(err) => {
-                    tracing::error!(error = %err, seq, subject = %message.subject, "skipping an undecodable event");
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
-            }
-        }
+        let raw: Vec<dead_letters::Raw<'_>> = batch
+            .iter()
+            .map(|message| dead_letters::Raw {
+                seq: message.info().map(|i| i.stream_sequence).unwrap_or(0),
+                subject: message.subject.as_str(),
+                payload: &message.payload,
+            })
+            .collect();
         let consumer = self.topology.projector_consumer();
         let started = std::time::Instant::now();
         let close_after = self.config.projector.usage_close_after_secs;
-        let result = (|| async { apply_batch(&self.pool, &consumer, close_after, &decoded).await })
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(10))
-                    .without_max_times(),
-            )
-            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "projecting a batch failed; retrying"))
-            .await;
-        if let Err(err) = result {
-            tracing::error!(error = %err, "projecting a batch failed");
-            return;
-        }
+        let projected = dead_letters::project(
+            &self.pool,
+            &consumer,
+            close_after,
+            &raw,
+            dead_letters::OnTransient::RetryForever,
+        )
+        .await;
+        let dead = match projected {
+            Ok(dead) => dead,
+            // Not with `RetryForever`; kept unacked, the batch is redelivered.
+            Err(err) => {
+                tracing::error!(error = %err, "projecting a batch failed");
+                return;
+            }
+        };
         metrics::histogram!(prometheus::PROJECTOR_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(prometheus::PROJECTOR_EVENTS).increment(decoded.len() as u64);
+        metrics::counter!(prometheus::PROJECTOR_EVENTS).increment(batch.len().saturating_sub(dead) as u64);
         for message in batch {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "acking an event failed; it will be redelivered and skipped");
@@ -191,12 +201,23 @@ pub async fn apply_batch(
     events: &[(u64, EventEnvelope)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    apply_events(&mut tx, consumer, close_after_secs, events).await?;
+    tx.commit().await
+}
+
+/// [`apply_batch`] inside a transaction of the caller's.
+pub(crate) async fn apply_events(
+    tx: &mut Transaction<'_, Postgres>,
+    consumer: &str,
+    close_after_secs: u64,
+    events: &[(u64, EventEnvelope)],
+) -> Result<(), sqlx::Error> {
     // First, before any row is written: the day partitions the batch's rows go to.
     let days: std::collections::BTreeSet<chrono::NaiveDate> = events
         .iter()
         .flat_map(|(_, e)| [retention::uuid_day(e.id), retention::uuid_day(e.body.run_id())])
         .collect();
-    retention::ensure_partitions(&mut tx, &days).await?;
+    retention::ensure_partitions(tx, &days).await?;
     // One statement marks the whole batch processed and says which events are new
     // (a statement per event was most of the projector's database time).
     let ids: Vec<Uuid> = events.iter().map(|(_, e)| e.id).collect();
@@ -207,7 +228,7 @@ pub async fn apply_batch(
     )
     .bind(&ids)
     .bind(&id_days)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?
     .into_iter()
     .collect();
@@ -224,19 +245,28 @@ pub async fn apply_batch(
             }
         }
     }
-    grouped.apply(&mut tx).await?;
-    count_usage(&mut tx, &settled, close_after_secs).await?;
-    if max_seq > 0 {
+    grouped.apply(tx).await?;
+    count_usage(tx, &settled, close_after_secs).await?;
+    checkpoint(tx, consumer, max_seq).await
+}
+
+/// Moves the consumer's checkpoint to `seq` (never back; 0 leaves it).
+pub(crate) async fn checkpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    consumer: &str,
+    seq: u64,
+) -> Result<(), sqlx::Error> {
+    if seq > 0 {
         sqlx::query(
             "INSERT INTO projector_checkpoints (consumer, stream_seq) VALUES ($1, $2) \
              ON CONFLICT (consumer) DO UPDATE SET stream_seq = GREATEST(projector_checkpoints.stream_seq, EXCLUDED.stream_seq), updated_at = now()",
         )
         .bind(consumer)
-        .bind(i64::try_from(max_seq).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// The fresh events of a batch, grouped by kind for one statement per kind
@@ -302,9 +332,9 @@ impl<'a> Grouped<'a> {
                     rows.project.push(caller.project_id);
                     rows.integration.push(caller.integration_id);
                     rows.key.push(caller.api_key_id);
-                    rows.tool.push(tool_name.clone());
+                    rows.tool.push(storable::owned(tool_name));
                     rows.at.push(*accepted_at);
-                    rows.member.push(caller.member.as_ref().map(|m| m.id.clone()));
+                    rows.member.push(caller.member.as_ref().map(|m| storable::owned(&m.id)));
                     rows.day.push(retention::uuid_day(*run_id));
                 }
             }
@@ -388,7 +418,7 @@ impl<'a> Grouped<'a> {
                     rows.finished.push(*finished_at);
                     rows.http_status.push(http_status.map(i32::from));
                     rows.error_class.push(error_class.map(|c| c.as_str().to_string()));
-                    rows.error.push(error.clone());
+                    rows.error.push(error.as_deref().map(storable::owned));
                     rows.bytes_out.push(i64::try_from(*bytes_out).unwrap_or(i64::MAX));
                     rows.bytes_in.push(i64::try_from(*bytes_in).unwrap_or(i64::MAX));
                     rows.day.push(retention::uuid_day(*run_id));
@@ -426,22 +456,24 @@ impl<'a> Grouped<'a> {
                 rows.project.push(outcome.caller.project_id);
                 rows.integration.push(outcome.caller.integration_id);
                 rows.key.push(outcome.caller.api_key_id);
-                rows.tool.push(outcome.tool_name.clone());
+                rows.tool.push(storable::owned(&outcome.tool_name));
                 rows.status.push(outcome.status.as_str().to_string());
                 rows.error_class
                     .push(outcome.error_class.map(|c| c.as_str().to_string()));
-                rows.error.push(outcome.error.clone());
+                rows.error.push(outcome.error.as_deref().map(storable::owned));
                 rows.http_status
                     .push(outcome.response.as_ref().map(|r| i32::from(r.http_status)));
                 rows.latency.push(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
                 rows.attempts.push(attempt_no(outcome.attempts));
                 rows.accepted.push(outcome.accepted_at);
                 rows.finished.push(outcome.finished_at);
-                rows.member.push(outcome.caller.member.as_ref().map(|m| m.id.clone()));
+                rows.member
+                    .push(outcome.caller.member.as_ref().map(|m| storable::owned(&m.id)));
+                let bodies = outcome.bodies.as_ref();
                 rows.request_body
-                    .push(outcome.bodies.as_ref().and_then(|b| b.request.clone()));
+                    .push(bodies.and_then(|b| b.request.as_deref()).map(storable::owned));
                 rows.response_body
-                    .push(outcome.bodies.as_ref().and_then(|b| b.response.clone()));
+                    .push(bodies.and_then(|b| b.response.as_deref()).map(storable::owned));
                 rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
                 rows.day.push(retention::uuid_day(outcome.run_id));
             }
@@ -705,11 +737,11 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(caller.project_id)
             .bind(caller.integration_id)
             .bind(caller.api_key_id)
-            .bind(tool_name)
+            .bind(storable::text(tool_name))
             .bind(error_class.as_str())
-            .bind(error)
+            .bind(storable::text(error))
             .bind(accepted_at)
-            .bind(caller.member.as_ref().map(|m| m.id.as_str()))
+            .bind(caller.member.as_ref().map(|m| storable::text(&m.id)))
             .bind(day)
             .execute(&mut **tx)
             .await?;

@@ -12,6 +12,9 @@
 //!    A projector batch blocked by the lock then finds its events already applied.
 //! 3. The scratch schema is dropped.
 //!
+//! Events the projector set aside as dead letters are set aside again (recorded
+//! once: the live dead-letter table is shared), so a rebuild never stops on them.
+//!
 //! The live tables are kept (rows are replaced, not the tables), so grants,
 //! partitions and readers' prepared statements stay valid; partitions the
 //! rebuilt rows need are created in the swap transaction. A log that no longer
@@ -28,9 +31,12 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tengine_core::{Config, connections::Connections, envelope::EventEnvelope};
+use tengine_core::{Config, connections::Connections};
 
-use crate::{apply_batch, retention};
+use crate::{
+    dead_letters::{self, OnTransient, Raw},
+    retention,
+};
 
 /// Tables the projector writes, in the order they are replaced.
 pub const PROJECTED_TABLES: [&str; 6] = [
@@ -104,10 +110,11 @@ async fn rebuild_into(
         .with_context(|| format!("creating {schema}.{table}"))?;
     }
     // The projector's statements name tables without a schema: on these
-    // connections they resolve to the scratch tables.
+    // connections they resolve to the scratch tables, and the one table that is
+    // not copied (dead letters, shared with the live projector) to the live one.
     let options = PgConnectOptions::from_str(&config.database_url)
         .context("database_url")?
-        .options([("search_path", schema)]);
+        .options([("search_path", format!("{schema},public"))]);
     let scratch = PgPoolOptions::new().max_connections(2).connect_with(options).await?;
     let batch = config.projector.batch_size.max(1);
 
@@ -197,7 +204,7 @@ async fn replay(
         .await
         .map_err(|e| anyhow::anyhow!("reading the event log: {e}"))?;
     let mut read = 0u64;
-    let mut batch: Vec<(u64, EventEnvelope)> = Vec::with_capacity(batch_size);
+    let mut batch: Vec<jetstream::Message> = Vec::with_capacity(batch_size);
     let mut done = false;
     while !done {
         let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
@@ -215,7 +222,15 @@ async fn replay(
             }
         }
         if !batch.is_empty() {
-            apply_batch(pool, consumer, close_after_secs, &batch).await?;
+            let raw: Vec<Raw<'_>> = batch
+                .iter()
+                .map(|message| Raw {
+                    seq: message.info().map(|i| i.stream_sequence).unwrap_or(0),
+                    subject: message.subject.as_str(),
+                    payload: &message.payload,
+                })
+                .collect();
+            dead_letters::project(pool, consumer, close_after_secs, &raw, OnTransient::Fail).await?;
             batch.clear();
         }
     }
@@ -226,16 +241,12 @@ async fn replay(
 fn take(
     message: Option<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>,
     to: u64,
-    batch: &mut Vec<(u64, EventEnvelope)>,
+    batch: &mut Vec<jetstream::Message>,
 ) -> anyhow::Result<bool> {
     let message = message
         .ok_or_else(|| anyhow::anyhow!("the event log ended before sequence {to}"))?
         .map_err(|e| anyhow::anyhow!("reading the event log: {e}"))?;
     let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-    match EventEnvelope::decode(&message.payload) {
-        Ok(envelope) => batch.push((seq, envelope)),
-        // The projector skips these too.
-        Err(err) => tracing::error!(error = %err, seq, "skipping an undecodable event"),
-    }
+    batch.push(message);
     Ok(seq >= to)
 }
