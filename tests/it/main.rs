@@ -5,6 +5,7 @@ mod bodies;
 mod calls;
 mod control;
 mod observability;
+mod outcomes;
 mod protocol;
 mod quotas;
 mod rebuild;
