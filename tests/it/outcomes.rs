@@ -49,7 +49,7 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
         "/binary/200000",
         json!({"type": "image/png"}),
     ))
-        .await;
+    .await;
     let mut session = app.session();
     session.initialize().await;
 
@@ -65,7 +65,11 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["response_truncated"], true, "{run}");
     assert_eq!(run["response_size"], 400000, "{run}");
-    assert_eq!(calls_to(&upstream, "/binary/400000").await, 1, "the API was called once");
+    assert_eq!(
+        calls_to(&upstream, "/binary/400000").await,
+        1,
+        "the API was called once"
+    );
 
     // An image under the limit reaches the model intact, as an image block.
     let result = session.call("picture", json!({})).await;
@@ -92,7 +96,7 @@ async fn a_binary_response_under_the_default_limit_runs_once() {
         "/binary/400000",
         json!({"type": "image/png"}),
     ))
-        .await;
+    .await;
     let mut session = app.session();
     session.initialize().await;
 
@@ -116,15 +120,18 @@ async fn a_near_one_mib_response_with_stored_bodies_runs_once() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    app.create_tool(post_tool("export", &upstream, "/json/1000000"))
-        .await;
+    app.create_tool(post_tool("export", &upstream, "/json/1000000")).await;
     let mut session = app.session();
     session.initialize().await;
 
     let result = session.call("export", json!({"all": true})).await;
     assert_eq!(result["isError"], false, "{result}");
     let answer = text(&result);
-    assert!(answer.starts_with(r#"{"data":"aaa"#), "{}", &answer[..answer.len().min(200)]);
+    assert!(
+        answer.starts_with(r#"{"data":"aaa"#),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
     assert!(answer.contains("1000000 bytes"), "the model is told the body was cut");
     let run = app.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "succeeded", "{}", run["status"]);
