@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::{Path, Query, RawQuery, State},
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::any,
@@ -58,6 +58,9 @@ impl Upstream {
             .route("/slow/{ms}", any(slow))
             .route("/flaky/{n}/{code}", any(flaky))
             .route("/ndjson", any(ndjson))
+            .route("/binary/{bytes}", any(binary))
+            .route("/json/{bytes}", any(big_json))
+            .route("/retry-after", any(retry_after))
             .route("/{*rest}", any(echo))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -207,6 +210,66 @@ async fn ndjson(
         axum::body::Body::from_stream(lines),
     )
         .into_response()
+}
+
+/// `bytes` bytes none of which is UTF-8 (0x80..=0xFF in turn), of content
+/// type `?type=` (default `application/octet-stream`).
+async fn binary(
+    State(inner): State<Arc<Inner>>,
+    Path(bytes): Path<usize>,
+    Query(query): Query<BTreeMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let content_type = query
+        .get("type")
+        .cloned()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    ([("content-type", content_type)], binary_body(bytes)).into_response()
+}
+
+/// The body `/binary/{bytes}` answers. As text each byte would become U+FFFD
+/// (3 bytes): the worst case of a lossy conversion.
+pub fn binary_body(bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| 0x80 | (i % 128) as u8).collect()
+}
+
+/// A JSON object of exactly `bytes` bytes (`{"data":"aaa…"}`).
+async fn big_json(
+    State(inner): State<Arc<Inner>>,
+    Path(bytes): Path<usize>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let filler = "a".repeat(bytes.saturating_sub(r#"{"data":""}"#.len()));
+    (
+        [("content-type", "application/json")],
+        format!(r#"{{"data":"{filler}"}}"#),
+    )
+        .into_response()
+}
+
+/// HTTP 503 with `Retry-After: {?value=}`, verbatim.
+async fn retry_after(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+    if let Some(Ok(value)) = query.get("value").map(|v| axum::http::HeaderValue::from_str(v)) {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
 }
 
 /// An address on which nothing listens (bound, then released).

@@ -6,6 +6,7 @@ mod calls;
 mod control;
 mod edges_storage;
 mod observability;
+mod outcomes;
 mod protocol;
 mod quotas;
 mod rebuild;

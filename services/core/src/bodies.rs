@@ -10,10 +10,15 @@
 //! redacts `number` inside any object held by a `card` key. The value becomes
 //! `"[REDACTED]"`. A body that is not JSON cannot be redacted field by field, so
 //! when any field is configured it is replaced by a note instead of being stored.
+//! A binary response body is never stored (a note gives its type and size).
+//!
+//! Both bodies travel in the `Finished` event, so together they get at most what
+//! the event has left (`payload::bodies_budget`): each gets up to half of it,
+//! and one may use what the other leaves.
 
 use serde_json::Value;
 
-use crate::envelope::RunBodies;
+use crate::envelope::{BodyEncoding, RunBodies, UpstreamResponse};
 
 pub const REDACTED: &str = "[REDACTED]";
 pub const NOT_JSON: &str = "[NOT STORED: the body is not JSON, and the project redacts fields]";
@@ -38,16 +43,28 @@ impl BodyPolicy {
         }
     }
 
-    /// The bodies to keep: redacted, then capped to `max_bytes` each.
-    pub fn capture(&self, request: Option<&[u8]>, response: Option<&str>) -> RunBodies {
-        let mut truncated = false;
-        let mut keep = |bytes: &[u8]| {
-            let (text, cut) = self.cap(self.redact(bytes));
+    /// The bodies to keep: redacted, then capped to `max_bytes` each and to
+    /// `budget` bytes together. A response the API sent in part only (larger than
+    /// `worker.max_response_bytes`) is flagged `truncated` too.
+    pub fn capture(&self, request: Option<&[u8]>, response: Option<&UpstreamResponse>, budget: usize) -> RunBodies {
+        let request = request.map(|bytes| self.redact(bytes));
+        let cut_upstream = response.is_some_and(|r| r.truncated);
+        let response = response.map(|r| match r.encoding {
+            BodyEncoding::Text => self.redact(r.body.as_bytes()),
+            BodyEncoding::Base64 => binary_note(r),
+        });
+        let wants = |body: &Option<String>| body.as_ref().map_or(0, |b| b.len().min(self.max_bytes));
+        let (request_wants, response_wants) = (wants(&request), wants(&response));
+        let request_cap = request_wants.min(budget.saturating_sub(response_wants.min(budget / 2)));
+        let response_cap = response_wants.min(budget.saturating_sub(request_cap));
+        let mut truncated = cut_upstream;
+        let mut keep = |body: String, cap: usize| {
+            let (text, cut) = cap_at(body, cap);
             truncated |= cut;
             text
         };
-        let request = request.map(&mut keep);
-        let response = response.map(|r| keep(r.as_bytes()));
+        let request = request.map(|b| keep(b, request_cap));
+        let response = response.map(|b| keep(b, response_cap));
         RunBodies {
             request,
             response,
@@ -67,17 +84,29 @@ impl BodyPolicy {
             Err(_) => NOT_JSON.to_string(),
         }
     }
+}
 
-    fn cap(&self, text: String) -> (String, bool) {
-        if text.len() <= self.max_bytes {
-            return (text, false);
-        }
-        let mut end = self.max_bytes;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        (text[..end].to_string(), true)
+/// What is stored instead of a binary body.
+fn binary_note(response: &UpstreamResponse) -> String {
+    format!(
+        "[NOT STORED: a binary body ({}, {} bytes)]",
+        response.content_type.as_deref().unwrap_or("no content type"),
+        response.size.unwrap_or(0)
+    )
+}
+
+/// `text` cut to at most `max` bytes at a character boundary; whether it was cut.
+fn cap_at(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
     }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        // 0 is always a boundary, so this stops.
+        end = end.saturating_sub(1);
+    }
+    text.truncate(end);
+    (text, true)
 }
 
 /// Replaces every member whose key path ends with one of `paths`.
@@ -113,7 +142,7 @@ mod tests {
         let policy = BodyPolicy::new(4096, &["password".into(), "card.number".into()]);
         let body = json!({"password": "p", "user": {"password": "q", "card": {"number": "4111", "cvc": "1"}},
                           "cards": [{"card": {"number": "5500"}}], "number": "keep", "items": [{"password": "r"}]});
-        let kept = policy.capture(Some(body.to_string().as_bytes()), None);
+        let kept = policy.capture(Some(body.to_string().as_bytes()), None, usize::MAX);
         let value: Value = serde_json::from_str(kept.request.as_deref().unwrap_or_default()).expect("json");
         assert_eq!(value["password"], REDACTED);
         assert_eq!(value["user"]["password"], REDACTED);
@@ -128,14 +157,58 @@ mod tests {
     #[test]
     fn caps_at_a_character_boundary_and_withholds_non_json() {
         let policy = BodyPolicy::new(5, &[]);
-        let kept = policy.capture(Some("ééééé".as_bytes()), Some("abc"));
+        let kept = policy.capture(Some("ééééé".as_bytes()), Some(&text("abc")), usize::MAX);
         assert_eq!(kept.request.as_deref(), Some("éé"));
         assert_eq!(kept.response.as_deref(), Some("abc"));
         assert!(kept.truncated);
         let policy = BodyPolicy::new(100, &["password".into()]);
         assert_eq!(
-            policy.capture(None, Some("password=x")).response.as_deref(),
+            policy
+                .capture(None, Some(&text("password=x")), usize::MAX)
+                .response
+                .as_deref(),
             Some(NOT_JSON)
         );
+    }
+
+    fn text(body: &str) -> UpstreamResponse {
+        UpstreamResponse::from_bytes(200, None, body.as_bytes().to_vec(), body.len() as u64, false)
+    }
+
+    #[test]
+    fn both_bodies_share_the_budget() {
+        let policy = BodyPolicy::new(1000, &[]);
+        let (big, small) = ("q".repeat(800), "s".repeat(10));
+        // Each gets half, then what the other leaves.
+        let kept = policy.capture(Some(big.as_bytes()), Some(&text(&big)), 600);
+        assert_eq!(kept.request.as_ref().map(String::len), Some(300));
+        assert_eq!(kept.response.as_ref().map(String::len), Some(300));
+        assert!(kept.truncated);
+        let kept = policy.capture(Some(big.as_bytes()), Some(&text(&small)), 600);
+        assert_eq!(kept.request.as_ref().map(String::len), Some(590));
+        assert_eq!(kept.response.as_deref(), Some(small.as_str()));
+        let kept = policy.capture(Some(small.as_bytes()), Some(&text(&big)), 600);
+        assert_eq!(kept.response.as_ref().map(String::len), Some(590));
+        let kept = policy.capture(Some(big.as_bytes()), Some(&text(&big)), 0);
+        assert_eq!(
+            (kept.request.as_deref(), kept.response.as_deref()),
+            (Some(""), Some(""))
+        );
+        // Within budget and max_bytes: untouched.
+        let kept = policy.capture(Some(small.as_bytes()), Some(&text(&small)), 600);
+        assert!(!kept.truncated);
+    }
+
+    #[test]
+    fn binary_and_upstream_truncated_responses() {
+        let policy = BodyPolicy::new(1000, &[]);
+        let binary = UpstreamResponse::from_bytes(200, Some("image/png".into()), vec![0xff; 10], 10, false);
+        let kept = policy.capture(None, Some(&binary), 1000);
+        assert_eq!(
+            kept.response.as_deref(),
+            Some("[NOT STORED: a binary body (image/png, 10 bytes)]")
+        );
+        let cut = UpstreamResponse::from_bytes(200, None, b"abc".to_vec(), 100, true);
+        assert!(policy.capture(None, Some(&cut), 1000).truncated);
     }
 }

@@ -15,8 +15,26 @@ use crate::{
 pub enum BusError {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// The message exceeds the server's `max_payload`: publishing it again cannot help.
+    #[error("the message is too large for NATS: {0}")]
+    TooLarge(String),
     #[error("publishing to JetStream failed: {0}")]
     Publish(String),
+}
+
+impl BusError {
+    /// Whether publishing the same message again may succeed (NATS down, no ack, a
+    /// leader election) rather than fail the same way (too large, not encodable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BusError::Publish(_))
+    }
+}
+
+fn publish_error(err: jetstream::context::PublishError) -> BusError {
+    match err.kind() {
+        jetstream::context::PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge(err.to_string()),
+        _ => BusError::Publish(err.to_string()),
+    }
 }
 
 fn message(id: Uuid, payload: Vec<u8>) -> PublishMessage {
@@ -47,9 +65,9 @@ pub async fn publish_command(
             message,
         )
         .await
-        .map_err(|e| BusError::Publish(e.to_string()))?;
+        .map_err(publish_error)?;
     // A duplicate ack means the command is already stored: success.
-    ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+    ack.await.map_err(publish_error)?;
     Ok(())
 }
 
@@ -68,8 +86,8 @@ pub async fn publish_event(
             message(envelope.id, bytes.clone()),
         )
         .await
-        .map_err(|e| BusError::Publish(e.to_string()))?;
-    ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+        .map_err(publish_error)?;
+    ack.await.map_err(publish_error)?;
     Ok(bytes)
 }
 

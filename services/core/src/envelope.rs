@@ -115,7 +115,8 @@ pub enum RunStatus {
     Rejected,
     /// The client cancelled the call before the API was called.
     Cancelled,
-    /// The credential was revoked, or the tool disabled, before the API was called.
+    /// The credential was revoked, or the tool disabled, before the API was
+    /// called or before a retry (checked before every attempt).
     Revoked,
 }
 
@@ -152,7 +153,8 @@ pub enum ErrorClass {
     Connect,
     /// The connection failed after the request may have been sent.
     Transport,
-    /// The upstream's response body was larger than the configured cap.
+    /// The upstream's response body was larger than the configured cap (older
+    /// workers; a larger body is now kept in part, with `truncated` and `size`).
     ResponseTooLarge,
     /// The arguments did not fit the tool's schema or templates.
     InvalidArguments,
@@ -194,8 +196,110 @@ impl ErrorClass {
 pub struct UpstreamResponse {
     pub http_status: u16,
     pub content_type: Option<String>,
-    /// The body as text (invalid UTF-8 replaced), capped by `worker.max_response_bytes`.
+    /// The body's first `worker.max_response_bytes` bytes (of a streamed body, the
+    /// result lines among them): as text when they are UTF-8, else in base64 (see
+    /// `encoding`); never converted lossily.
     pub body: String,
+    /// How `body` holds the bytes; absent: `text`.
+    #[serde(default, skip_serializing_if = "BodyEncoding::is_text")]
+    pub encoding: BodyEncoding,
+    /// Whether the API sent more than `body` holds (more than `worker.max_response_bytes`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The body's full size in bytes as the API sent it, counted before any
+    /// conversion. Absent in messages of workers older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// How an `UpstreamResponse` body holds the API's bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    /// The bytes are UTF-8 and `body` is them.
+    #[default]
+    Text,
+    /// The bytes are not UTF-8: `body` is their standard base64 (with padding).
+    Base64,
+}
+
+impl BodyEncoding {
+    pub fn is_text(&self) -> bool {
+        *self == BodyEncoding::Text
+    }
+}
+
+impl UpstreamResponse {
+    /// The response for `kept`, the first bytes of a body of `size` bytes in all:
+    /// text if they are UTF-8 (a character cut at the end of a truncated body is
+    /// dropped), else base64. `truncated`: the API sent more than `kept` holds.
+    /// The content type is bounded for the event.
+    pub fn from_bytes(
+        http_status: u16,
+        content_type: Option<String>,
+        kept: Vec<u8>,
+        size: u64,
+        truncated: bool,
+    ) -> Self {
+        use base64::Engine;
+        let content_type = content_type.map(|c| crate::payload::bounded(c, crate::payload::CONTENT_TYPE_MAX_BYTES));
+        let (body, encoding) = match String::from_utf8(kept) {
+            Ok(text) => (text, BodyEncoding::Text),
+            Err(err) => {
+                let valid = err.utf8_error().valid_up_to();
+                // Only an incomplete last character (`error_len` None) of a cut body is text.
+                if truncated && err.utf8_error().error_len().is_none() {
+                    let mut bytes = err.into_bytes();
+                    bytes.truncate(valid);
+                    (String::from_utf8(bytes).unwrap_or_default(), BodyEncoding::Text)
+                } else {
+                    (
+                        base64::engine::general_purpose::STANDARD.encode(err.as_bytes()),
+                        BodyEncoding::Base64,
+                    )
+                }
+            }
+        };
+        Self {
+            http_status,
+            content_type,
+            body,
+            encoding,
+            truncated,
+            size: Some(size),
+        }
+    }
+
+    /// The body's kept bytes (`None` if a base64 body does not decode).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match self.encoding {
+            BodyEncoding::Text => Some(self.body.as_bytes().to_vec()),
+            BodyEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(&self.body).ok(),
+        }
+    }
+
+    /// How many of the API's bytes `body` holds.
+    pub fn kept_bytes(&self) -> usize {
+        match self.encoding {
+            BodyEncoding::Text => self.body.len(),
+            // Padding aside, 4 characters hold 3 bytes.
+            BodyEncoding::Base64 => {
+                let padding = self.body.bytes().rev().take_while(|b| *b == b'=').count();
+                (self.body.len() / 4).saturating_mul(3).saturating_sub(padding)
+            }
+        }
+    }
+
+    /// The content type's essence (`image/png` of `image/png; q=1`), lower case.
+    pub fn essence(&self) -> String {
+        self.content_type
+            .as_deref()
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    }
 }
 
 /// Entries of the event log, on `{prefix}.ev.{project_id}.{run_id}`.
@@ -363,6 +467,49 @@ mod tests {
         let bytes = Envelope::new(id, 1u8).encode().expect("encode");
         let needle = id.to_string();
         assert!(bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    }
+
+    #[test]
+    fn response_bodies_keep_their_bytes() {
+        let text = UpstreamResponse::from_bytes(200, None, b"hello".to_vec(), 5, false);
+        assert_eq!(
+            (text.body.as_str(), text.encoding, text.truncated),
+            ("hello", BodyEncoding::Text, false)
+        );
+        let binary = UpstreamResponse::from_bytes(200, None, vec![0x89, b'P', 0xff, 0], 10, true);
+        assert_eq!(binary.encoding, BodyEncoding::Base64);
+        assert!(binary.truncated);
+        assert_eq!(binary.bytes(), Some(vec![0x89, b'P', 0xff, 0]));
+        assert_eq!(binary.kept_bytes(), 4);
+        assert_eq!(binary.size, Some(10));
+        // A body cut inside a character is still text, without the partial character.
+        let cut = UpstreamResponse::from_bytes(200, None, "aé".as_bytes()[..2].to_vec(), 3, true);
+        assert_eq!((cut.body.as_str(), cut.encoding), ("a", BodyEncoding::Text));
+        // An incomplete character at the end of a whole body is not text.
+        let whole = UpstreamResponse::from_bytes(200, None, "aé".as_bytes()[..2].to_vec(), 2, false);
+        assert_eq!(whole.encoding, BodyEncoding::Base64);
+    }
+
+    #[test]
+    fn responses_of_older_workers_still_decode() {
+        #[derive(Serialize, Deserialize)]
+        struct Before {
+            http_status: u16,
+            content_type: Option<String>,
+            body: String,
+        }
+        let old = Envelope::new(
+            Uuid::now_v7(),
+            Before {
+                http_status: 200,
+                content_type: None,
+                body: "ok".into(),
+            },
+        );
+        let decoded = Envelope::<UpstreamResponse>::decode(&old.encode().expect("encode")).expect("decode");
+        assert_eq!(decoded.body.encoding, BodyEncoding::Text);
+        assert!(!decoded.body.truncated);
+        assert_eq!(decoded.body.size, None);
     }
 
     #[test]

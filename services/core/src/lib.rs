@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod domain;
 pub mod envelope;
 pub mod health;
+pub mod payload;
 pub mod prometheus;
 pub mod quotas;
 pub mod secrets;

@@ -407,7 +407,7 @@ pub async fn authenticate_member(pool: &PgPool, api_key_id: Uuid, member: Member
 /// Why a caller (as it is now, from [`current_principal`]) may not call `tool`, if so.
 pub fn revocation(principal: Option<Principal>, tool: &ToolDefinition) -> Option<String> {
     match principal {
-        None => Some("the credential that made the call was revoked before the API was called".into()),
+        None => Some("the credential that made the call was revoked".into()),
         Some(p) if !p.may_use(tool) => Some(format!("the caller may no longer use tool `{}`", tool.name)),
         Some(_) => None,
     }
@@ -915,6 +915,10 @@ pub struct RunRecord {
     /// Why this history may be incomplete: an event of the run was dead-lettered
     /// by the projector (and not re-applied since). `None` normally.
     pub history_error: Option<String>,
+    /// The response body's full size in bytes, as the API sent it.
+    pub response_size: Option<i64>,
+    /// Whether the body was larger than `worker.max_response_bytes` (only its beginning was kept).
+    pub response_truncated: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -941,7 +945,8 @@ macro_rules! history_error_sql {
 
 const RUN_COLUMNS: &str = concat!(
     "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
-     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, ",
+     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, response_size, \
+     response_truncated, ",
     history_error_sql!(),
     " AS history_error"
 );

@@ -14,8 +14,8 @@ use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use serde_json::{Map, Value, json};
 use tengine_core::{
     domain::{ResponseMode, ToolDefinition},
-    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
-    prometheus, quotas,
+    envelope::{BodyEncoding, Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus, UpstreamResponse},
+    payload, prometheus, quotas,
     store::{self, Principal, StoreError},
     telemetry::TraceContext,
     templates,
@@ -49,10 +49,14 @@ pub fn call_key(session: &str, request_id: &Value) -> CallKey {
 }
 
 pub(crate) fn tool_result(is_error: bool, text: String, meta: Map<String, Value>) -> Value {
+    block_result(is_error, ContentBlock::text(text), meta)
+}
+
+fn block_result(is_error: bool, block: ContentBlock, meta: Map<String, Value>) -> Value {
     let mut result = if is_error {
-        CallToolResult::error(vec![ContentBlock::text(text)])
+        CallToolResult::error(vec![block])
     } else {
-        CallToolResult::success(vec![ContentBlock::text(text)])
+        CallToolResult::success(vec![block])
     };
     // The 2026 `resultType` discriminator means nothing to 2025-11-25 clients.
     result.result_type = None;
@@ -84,7 +88,16 @@ fn excerpt(body: &str) -> String {
 pub fn outcome_result(st: &AppState, tool: &ToolDefinition, outcome: &RunOutcome) -> Value {
     count_call(outcome.status.as_str());
     match (outcome.status, &outcome.response) {
-        (RunStatus::Succeeded, Some(response)) => success_result(st, tool, &response.body, outcome_meta(outcome)),
+        (RunStatus::Succeeded, Some(response)) => {
+            let meta = outcome_meta(outcome);
+            let whole_text = response.encoding == BodyEncoding::Text && !response.truncated;
+            if whole_text {
+                return success_result(st, tool, &response.body, meta);
+            }
+            // A partial or binary body cannot meet an output schema.
+            let is_error = tool.output_schema.is_some() && !is_media(response);
+            body_result(&tool.name, response, is_error, meta)
+        }
         _ => failure_result(outcome),
     }
 }
@@ -92,9 +105,71 @@ pub fn outcome_result(st: &AppState, tool: &ToolDefinition, outcome: &RunOutcome
 /// The mapping when the tool's definition is no longer available.
 fn text_outcome_result(outcome: &RunOutcome) -> Value {
     match (outcome.status, &outcome.response) {
-        (RunStatus::Succeeded, Some(response)) => tool_result(false, response.body.clone(), outcome_meta(outcome)),
+        (RunStatus::Succeeded, Some(response)) => {
+            body_result(&outcome.tool_name, response, false, outcome_meta(outcome))
+        }
         _ => failure_result(outcome),
     }
+}
+
+/// Whether a body reaches the model as an image or audio block: a whole binary
+/// body of an `image/*` or `audio/*` type.
+fn is_media(response: &UpstreamResponse) -> bool {
+    let essence = response.essence();
+    response.encoding == BodyEncoding::Base64
+        && !response.truncated
+        && (essence.starts_with("image/") || essence.starts_with("audio/"))
+}
+
+/// A body as it is: text (with a note when the API sent more than it holds), an
+/// image or audio block, or, for other binary bodies, a note of what it was.
+fn body_result(tool: &str, response: &UpstreamResponse, is_error: bool, meta: Map<String, Value>) -> Value {
+    let essence = response.essence();
+    let block = if is_media(response) {
+        if essence.starts_with("image/") {
+            ContentBlock::image(response.body.clone(), essence)
+        } else {
+            ContentBlock::audio(response.body.clone(), essence)
+        }
+    } else {
+        ContentBlock::text(match response.encoding {
+            BodyEncoding::Text if response.truncated => format!("{}\n\n{}", response.body, truncation_note(response)),
+            BodyEncoding::Text => response.body.clone(),
+            BodyEncoding::Base64 => binary_note(tool, response),
+        })
+    };
+    block_result(is_error, block, meta)
+}
+
+/// The full size of a body, in bytes as the API sent it.
+fn full_size(response: &UpstreamResponse) -> String {
+    response
+        .size
+        .map_or_else(|| "an unknown number of".into(), |size| size.to_string())
+}
+
+fn truncation_note(response: &UpstreamResponse) -> String {
+    format!(
+        "[Tengine: the response has {} bytes; only its first {} bytes are shown (worker.max_response_bytes).]",
+        full_size(response),
+        response.kept_bytes()
+    )
+}
+
+fn binary_note(tool: &str, response: &UpstreamResponse) -> String {
+    let kind = response.content_type.as_deref().unwrap_or("no content type");
+    let cut = if response.truncated {
+        format!(
+            ", more than the {} bytes kept (worker.max_response_bytes)",
+            response.kept_bytes()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "Tool `{tool}` answered a binary body ({kind}, {} bytes{cut}); it cannot be shown as text.",
+        full_size(response)
+    )
 }
 
 fn outcome_meta(outcome: &RunOutcome) -> Map<String, Value> {
@@ -115,7 +190,10 @@ fn failure_result(outcome: &RunOutcome) -> Value {
             "The API behind tool `{}` answered HTTP {}: {}",
             outcome.tool_name,
             response.http_status,
-            excerpt(&response.body)
+            match response.encoding {
+                BodyEncoding::Text => excerpt(&response.body),
+                BodyEncoding::Base64 => binary_note(&outcome.tool_name, response),
+            }
         ),
         _ => format!("Tool `{}` failed: {detail}", outcome.tool_name),
     };
@@ -189,7 +267,7 @@ async fn reject(st: &AppState, caller: &Caller, run_id: Uuid, tool_name: &str, c
                 tool_name: truncate_name(tool_name),
                 accepted_at: Utc::now(),
                 error_class: class,
-                error: error.to_string(),
+                error: payload::bounded_error(error.to_string()),
             },
         )
         .await;
@@ -327,9 +405,29 @@ async fn execute(
         let result = tool_result(true, message, run_meta(run_id, RunStatus::Rejected, None));
         return Ok(json_rpc_result(&id, result));
     }
+    let client_key = idempotency_key.is_some() || meta_key.is_some();
+    let accepted_at = Utc::now();
+    let mut command = ExecuteCommand {
+        run_id,
+        caller: caller.clone(),
+        tool_id: tool.id,
+        tool_name: tool.name.clone(),
+        tool_version: tool.version,
+        arguments,
+        accepted_at,
+        reply_to: Some(st.dispatcher.reply_subject(run_id)),
+        // A client's own key outlives the event log's guarantee: history keeps the
+        // outcome for as long as the key maps to the run.
+        keep_result_until: client_key.then(|| accepted_at + st.config.ingress.idempotency_ttl()),
+    };
+    // A command larger than a NATS message could never be queued. (A Run ID taken
+    // over below has the same encoded length.)
+    if let Err(message) = payload::check_command(&command, payload::server_max_payload(&st.nats)) {
+        reject(&st, &caller, run_id, &tool.name, ErrorClass::InvalidArguments, &message).await;
+        return Err(McpError::invalid_params(&id, message));
+    }
 
     // One run per idempotency key: a retry follows the run it started.
-    let client_key = idempotency_key.is_some() || meta_key.is_some();
     let scope = match idempotency_key.or(meta_key) {
         // Scoped to the credential (API key, and member): another caller's key never matches.
         Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!(
@@ -349,7 +447,7 @@ async fn execute(
         None => format!("request\n{}\n{id}", SessionStates::key(&session)),
     };
     let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
-    let fingerprint = idempotency::fingerprint(&tool.name, &arguments);
+    let fingerprint = idempotency::fingerprint(&tool.name, &command.arguments);
     let claiming = std::time::Instant::now();
     let claimed = st
         .idempotency
@@ -434,20 +532,8 @@ async fn execute(
         }
     };
 
-    let accepted_at = Utc::now();
-    let command = ExecuteCommand {
-        run_id,
-        caller: caller.clone(),
-        tool_id: tool.id,
-        tool_name: tool.name.clone(),
-        tool_version: tool.version,
-        arguments,
-        accepted_at,
-        reply_to: Some(st.dispatcher.reply_subject(run_id)),
-        // A client's own key outlives the event log's guarantee: history keeps the
-        // outcome for as long as the key maps to the run.
-        keep_result_until: client_key.then(|| accepted_at + st.config.ingress.idempotency_ttl()),
-    };
+    command.run_id = run_id;
+    command.reply_to = Some(st.dispatcher.reply_subject(run_id));
     let following = st.dispatcher.follow(run_id, Some(call_key(&session, &id)));
     let enqueueing = std::time::Instant::now();
     // Only while the lease holds: after it, a retry may take the key over.

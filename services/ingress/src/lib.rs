@@ -74,6 +74,12 @@ impl AppState {
             commands,
             events,
         } = Connections::open(&config, "tengine-ingress", config.ingress.database_pool_size).await?;
+        // The outcomes the ingress waits for must fit the server's messages.
+        tengine_core::payload::check_response_limit(
+            config.worker.max_response_bytes,
+            tengine_core::payload::server_max_payload(&nats),
+        )
+        .map_err(anyhow::Error::msg)?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
             .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)

@@ -475,18 +475,28 @@ impl<'a> Grouped<'a> {
                 rows.response_body
                     .push(bodies.and_then(|b| b.response.as_deref()).map(storable::owned));
                 rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
+                rows.response_size.push(
+                    outcome
+                        .response
+                        .as_ref()
+                        .and_then(|r| r.size)
+                        .map(|size| i64::try_from(size).unwrap_or(i64::MAX)),
+                );
+                rows.response_truncated
+                    .push(outcome.response.as_ref().map(|r| r.truncated));
                 rows.day.push(retention::uuid_day(outcome.run_id));
             }
             sqlx::query(
                 "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
                  http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-                 bodies_truncated, day) \
+                 bodies_truncated, day, response_size, response_truncated) \
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
                  $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
-                 $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[]) \
+                 $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[]) \
                  ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
                  request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
-                 bodies_truncated = EXCLUDED.bodies_truncated, \
+                 bodies_truncated = EXCLUDED.bodies_truncated, response_size = EXCLUDED.response_size, \
+                 response_truncated = EXCLUDED.response_truncated, \
                  error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
                  attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, \
                  updated_at = now()",
@@ -509,6 +519,8 @@ impl<'a> Grouped<'a> {
             .bind(&rows.response_body)
             .bind(&rows.truncated)
             .bind(&rows.day)
+            .bind(&rows.response_size)
+            .bind(&rows.response_truncated)
             .execute(&mut **tx)
             .await?;
             keep_results(tx, self.finished.values().copied()).await?;
@@ -602,6 +614,8 @@ struct FinishedRows {
     response_body: Vec<Option<String>>,
     truncated: Vec<Option<bool>>,
     day: Vec<NaiveDate>,
+    response_size: Vec<Option<i64>>,
+    response_truncated: Vec<Option<bool>>,
 }
 
 /// Upper bounds (ms) of the usage latency buckets; the last bucket is "more".

@@ -5,25 +5,33 @@
 //! its `Finished` event was stored is answered from the log without calling the
 //! API again; one redelivered mid-call is called again with the same request id
 //! (`X-Tengine-Request-Id`, `webhook-id`, `Idempotency-Key`) so the API can dedupe.
+//!
+//! Nothing an API, a tool's configuration or a delivery count holds may make the
+//! worker panic (a panic would leave its command for redelivery, and the API be
+//! called again): arithmetic is checked or saturating, which the lint below
+//! enforces, and a panic that still happens ends its run as `failed`.
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod addresses;
 pub mod outbound;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
+    bus::BusError,
     connections::Connections,
     domain::HttpMethod,
+    domain::ToolDefinition,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
-    prometheus,
+    payload, prometheus,
     secrets::SecretBox,
-    store::{self, StoreError},
+    store::{self, Principal, StoreError, StoreResult},
     telemetry::{self, TraceContext},
     templates,
 };
@@ -55,6 +63,10 @@ impl Worker {
             commands,
             events,
         } = Connections::open(&config, "tengine-worker", config.worker.database_pool_size).await?;
+        // An outcome that cannot fit a message could never be stored (and its API
+        // would be called again on every redelivery): refuse such a configuration.
+        payload::check_response_limit(config.worker.max_response_bytes, payload::server_max_payload(&nats))
+            .map_err(anyhow::Error::msg)?;
         let cancelled = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
         Ok(Arc::new(Self {
             config,
@@ -177,19 +189,57 @@ impl Worker {
                 return;
             }
         };
-        let run_id = command.run_id;
         let span = tracing::Span::current();
-        span.record("run_id", tracing::field::display(run_id));
+        span.record("run_id", tracing::field::display(command.run_id));
         span.record("tool", command.tool_name.as_str());
 
+        // A panic must not leave the command for redelivery: the API would be
+        // called again, and the same input would likely panic again.
+        let handled = AssertUnwindSafe(self.run_command(&command, &message, max_deliver, delivered, remote))
+            .catch_unwind()
+            .await;
+        let (outcome, pending) = match handled {
+            Ok(Some(finished)) => finished,
+            Ok(None) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a fault while running the command; recording the run as failed");
+                let outcome = self.outcome(
+                    &command,
+                    0,
+                    RunStatus::Failed,
+                    Some(ErrorClass::Internal),
+                    Some("a fault in the worker ended the run; it is not retried (see the worker's log)".into()),
+                    None,
+                );
+                (outcome, Vec::new())
+            }
+        };
+        self.finish(&command, &message, outcome, pending).await;
+    }
+
+    /// The run's outcome and the attempt events still being stored; `None` when the
+    /// command was settled already (a redelivery answered from the event log).
+    async fn run_command(
+        &self,
+        command: &ExecuteCommand,
+        message: &Message,
+        max_deliver: i64,
+        delivered: i64,
+        remote: &TraceContext,
+    ) -> Option<(RunOutcome, Vec<tokio::task::JoinHandle<()>>)> {
         if delivered > 1
             && let Some(outcome) =
-                bus::recorded_outcome(&self.events, &self.topology, command.caller.project_id, run_id).await
+                bus::recorded_outcome(&self.events, &self.topology, command.caller.project_id, command.run_id).await
         {
             tracing::info!("redelivered run already finished; answering from the event log");
-            self.reply(&command, &outcome).await;
+            self.reply(command, &outcome).await;
             let _ = message.double_ack().await;
-            return;
+            return None;
         }
 
         let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
@@ -197,7 +247,7 @@ impl Worker {
         let outcome = if max_deliver > 0 && delivered >= max_deliver {
             // Last delivery: record a failure instead of risking another crash loop.
             self.outcome(
-                &command,
+                command,
                 attempt,
                 RunStatus::Failed,
                 Some(ErrorClass::DeliveryExhausted),
@@ -207,27 +257,27 @@ impl Worker {
                 None,
             )
         } else {
-            self.execute(&command, attempt, &message, remote, &mut pending).await
+            self.execute(command, attempt, message, remote, &mut pending).await
         };
+        Some((outcome, pending))
+    }
 
-        let finished = RunEvent::Finished(outcome.clone());
-        let project_id = command.caller.project_id;
+    /// Stores the outcome, replies, waits for the attempt events, then acks.
+    async fn finish(
+        &self,
+        command: &ExecuteCommand,
+        message: &Message,
+        outcome: RunOutcome,
+        pending: Vec<tokio::task::JoinHandle<()>>,
+    ) {
         let storing = std::time::Instant::now();
-        let stored = (|| async { bus::publish_event(&self.js, &self.topology, project_id, finished.clone()).await })
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(20),
-            )
-            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "storing the outcome failed; retrying"))
-            .await;
-        if let Err(err) = stored {
+        // Storing may take a while (retries): the command stays ours meanwhile.
+        let Some(outcome) = self.keeping_claim(message, self.store_outcome(outcome)).await else {
             // Not acked: the command is redelivered and the run completes later.
-            tracing::error!(error = %err, "could not store the outcome; leaving the command for redelivery");
+            tracing::error!("could not store the outcome; leaving the command for redelivery");
             return;
-        }
-        self.reply(&command, &outcome).await;
+        };
+        self.reply(command, &outcome).await;
         // Attempt events are in the log before the command leaves the queue.
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "store_outcome", storing);
         let settling = std::time::Instant::now();
@@ -244,6 +294,63 @@ impl Worker {
             latency_ms = outcome.latency_ms,
             "run finished"
         );
+    }
+
+    /// Stores the `Finished` event and returns the outcome stored. One that can
+    /// never be stored (too large, not encodable) is replaced by a small failed
+    /// outcome saying so: leaving its command for redelivery would call the API
+    /// again, to the same end. `None` when NATS kept failing.
+    async fn store_outcome(&self, outcome: RunOutcome) -> Option<RunOutcome> {
+        let err = match self.publish_outcome(&outcome).await {
+            Ok(()) => return Some(outcome),
+            Err(err) if err.is_transient() => return None,
+            Err(err) => err,
+        };
+        let size =
+            tengine_core::envelope::EventEnvelope::new(uuid::Uuid::now_v7(), RunEvent::Finished(outcome.clone()))
+                .encode()
+                .map_or(0, |bytes| bytes.len());
+        tracing::error!(error = %err, size, "the outcome can never be stored; storing a failed outcome instead");
+        let small = RunOutcome {
+            status: RunStatus::Failed,
+            error_class: Some(ErrorClass::Internal),
+            error: Some(payload::bounded_error(format!(
+                "the run's outcome ({} after {} attempt(s)) could not be recorded: its event takes {size} bytes \
+                 ({err})",
+                outcome.status.as_str(),
+                outcome.attempts
+            ))),
+            response: None,
+            bodies: None,
+            ..outcome
+        };
+        match self.publish_outcome(&small).await {
+            Ok(()) => Some(small),
+            Err(err) => {
+                tracing::error!(error = %err, "storing the failed outcome failed too");
+                None
+            }
+        }
+    }
+
+    /// Publishes a `Finished` event, retrying what may succeed on a second try.
+    async fn publish_outcome(&self, outcome: &RunOutcome) -> Result<(), BusError> {
+        let project_id = outcome.caller.project_id;
+        let finished = RunEvent::Finished(outcome.clone());
+        (|| async {
+            bus::publish_event(&self.js, &self.topology, project_id, finished.clone())
+                .await
+                .map(drop)
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(20),
+        )
+        .when(BusError::is_transient)
+        .notify(|err, wait| tracing::warn!(error = %err, ?wait, "storing the outcome failed; retrying"))
+        .await
     }
 
     async fn reply(&self, command: &ExecuteCommand, outcome: &RunOutcome) {
@@ -284,12 +391,17 @@ impl Worker {
             tool_name: command.tool_name.clone(),
             status,
             error_class,
-            error,
+            error: error.map(payload::bounded_error),
             response,
             attempts,
             accepted_at: command.accepted_at,
             finished_at,
-            latency_ms: u64::try_from((finished_at - command.accepted_at).num_milliseconds()).unwrap_or(0),
+            latency_ms: u64::try_from(
+                finished_at
+                    .signed_duration_since(command.accepted_at)
+                    .num_milliseconds(),
+            )
+            .unwrap_or(0),
             bodies: None,
             keep_result_until: command.keep_result_until,
         }
@@ -328,18 +440,20 @@ impl Worker {
             self.is_cancelled(command.run_id),
         );
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);
+        // The `attempts` of a run that ends before this delivery calls the API.
+        let before = attempt.saturating_sub(1);
         if cancelled {
             return self.outcome(
                 command,
-                attempt - 1,
+                before,
                 RunStatus::Cancelled,
                 None,
                 Some("the client cancelled the call before the API was called".into()),
                 None,
             );
         }
-        let tool = match tool {
-            Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => {
+        let tool = match access(command, tool, principal) {
+            Access::Allowed(tool) => {
                 if tool.version != command.tool_version {
                     tracing::info!(
                         accepted = command.tool_version,
@@ -347,50 +461,24 @@ impl Worker {
                         "the tool changed since the call was accepted; using its current definition"
                     );
                 }
-                tool
+                *tool
             }
-            Ok(_) | Err(StoreError::NotFound) => {
+            Access::Revoked(reason) => {
                 return self.outcome(
                     command,
-                    attempt - 1,
+                    before,
                     RunStatus::Revoked,
                     Some(ErrorClass::Revoked),
-                    Some(format!(
-                        "tool `{}` was disabled or deleted after the call was accepted",
-                        command.tool_name
-                    )),
+                    Some(format!("{reason} since the call was accepted; the API was not called")),
                     None,
                 );
             }
-            Err(err) => {
-                tracing::error!(error = %err, "loading the tool");
-                return fail(ErrorClass::Internal, "the tool definition could not be loaded".into());
-            }
+            Access::Unknown(why) => return fail(ErrorClass::Internal, why),
         };
         let ctx = templates::Context {
             arguments: &command.arguments,
             reserved: templates::reserved_variables(&command.caller, command.run_id),
         };
-        match principal.map(|p| store::revocation(p, &tool)) {
-            Ok(None) => {}
-            Ok(Some(reason)) => {
-                return self.outcome(
-                    command,
-                    attempt - 1,
-                    RunStatus::Revoked,
-                    Some(ErrorClass::Revoked),
-                    Some(reason),
-                    None,
-                );
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "checking the caller's credential");
-                return fail(
-                    ErrorClass::Internal,
-                    "the caller's credential could not be checked".into(),
-                );
-            }
-        }
         let request = match templates::render_request(&tool, &ctx) {
             Ok(r) => r,
             Err(err) => return fail(ErrorClass::InvalidArguments, err.to_string()),
@@ -462,27 +550,67 @@ impl Worker {
         let policy = tool.retry.clone().unwrap_or_default();
         let idempotent = matches!(tool.http_method, HttpMethod::Get | HttpMethod::Put | HttpMethod::Delete)
             || tool.annotations.as_ref().and_then(|a| a.idempotent_hint) == Some(true);
+        // Registration validates these; a stored row is held to the same ranges anyway.
+        let max_backoff = policy.max_backoff_ms.min(300_000);
         let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(policy.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(policy.max_backoff_ms))
+            .with_min_delay(Duration::from_millis(policy.initial_backoff_ms.min(max_backoff)))
+            .with_max_delay(Duration::from_millis(max_backoff))
             .with_jitter()
-            .with_max_times(policy.max_attempts.saturating_sub(1) as usize)
+            .with_max_times(usize::try_from(policy.max_attempts.saturating_sub(1)).unwrap_or(0))
             .build();
-        let deadline = std::time::Instant::now() + Duration::from_millis(policy.total_deadline_ms);
+        // Measured, never added to an Instant: nothing here can overflow.
+        let deadline = Duration::from_millis(policy.total_deadline_ms);
+        let began = std::time::Instant::now();
         // Attempt numbers stay unique across redeliveries of the command.
-        let first = (attempt - 1).saturating_mul(policy.max_attempts) + 1;
+        let first = before.saturating_mul(policy.max_attempts).saturating_add(1);
         let mut number = first;
         let project_id = command.caller.project_id;
-        // Redacted and capped here, so run history never sees more (opt-in per project).
+        // Redacted and capped here, so run history never sees more (opt-in per
+        // project), and within what the outcome's message has left.
         let keep = |result: &outbound::AttemptResult| {
             bodies.as_ref().map(|policy| {
-                policy.capture(
-                    request.body.as_deref(),
-                    result.response.as_ref().map(|r| r.body.as_str()),
-                )
+                let response_bytes = result.response.as_ref().map_or(0, |r| r.body.len());
+                let budget = payload::bodies_budget(payload::server_max_payload(&self.nats), response_bytes);
+                policy.capture(request.body.as_deref(), result.response.as_ref(), budget)
             })
         };
         loop {
+            // Access may have changed during the last attempt or the wait: the
+            // credential, its integration or member, allowed_tools, the tool.
+            if number > first {
+                let (tool, principal) = tokio::join!(
+                    store::get_tool_by_id(&self.pool, command.tool_id),
+                    store::current_principal(&self.pool, &command.caller),
+                );
+                let made = number.saturating_sub(1);
+                match access(command, tool, principal) {
+                    Access::Allowed(_) => {}
+                    Access::Revoked(reason) => {
+                        tracing::info!(attempt = number, %reason, "access revoked between attempts");
+                        return self.outcome(
+                            command,
+                            made,
+                            RunStatus::Revoked,
+                            Some(ErrorClass::Revoked),
+                            Some(format!(
+                                "{reason} during the run; attempt {number} was not made (the API was called for \
+                                 attempts {first} to {made})"
+                            )),
+                            None,
+                        );
+                    }
+                    Access::Unknown(why) => {
+                        return self.outcome(
+                            command,
+                            made,
+                            RunStatus::Failed,
+                            Some(ErrorClass::Internal),
+                            Some(format!("{why} before attempt {number}")),
+                            None,
+                        );
+                    }
+                }
+            }
             // A fresh timestamp and signature each time; the request id stays the run id.
             let headers = match outbound::signed_headers(
                 &request,
@@ -554,7 +682,7 @@ impl Worker {
                 finished_at: Utc::now(),
                 http_status: result.response.as_ref().map(|r| r.http_status),
                 error_class: result.error_class,
-                error: result.error.clone(),
+                error: result.error.clone().map(payload::bounded_error),
                 bytes_out: result.bytes_out,
                 bytes_in: result.bytes_in,
             };
@@ -567,7 +695,11 @@ impl Worker {
             );
 
             let wait = if outbound::retryable(&result, idempotent) {
-                delays.next().map(|d| d.max(result.retry_after.unwrap_or_default()))
+                outbound::next_wait(
+                    delays.next(),
+                    result.retry_after,
+                    deadline.saturating_sub(began.elapsed()),
+                )
             } else {
                 None
             };
@@ -586,10 +718,10 @@ impl Worker {
                     outcome.bodies = kept;
                     return outcome;
                 }
-                Some(wait) if std::time::Instant::now() + wait < deadline => {
+                Some(wait) => {
                     tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
                     self.keeping_claim(message, tokio::time::sleep(wait)).await;
-                    number += 1;
+                    number = number.saturating_add(1);
                 }
                 _ => {
                     let status = if result.error_class.is_none() {
@@ -617,10 +749,11 @@ impl Worker {
     /// redelivery, no second call) however long the API or a backoff takes.
     async fn keeping_claim<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
-        let every = Duration::from_secs((self.config.worker.ack_wait_secs / 3).max(1));
+        let every = Duration::from_secs(self.config.worker.ack_wait_secs.checked_div(3).unwrap_or(0).max(1));
         // Not `interval()` + a first tick: that tick waits for the timer wheel's next
         // millisecond, a delay on every call's critical path.
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let now = tokio::time::Instant::now();
+        let mut progress = tokio::time::interval_at(now.checked_add(every).unwrap_or(now), every);
         loop {
             tokio::select! {
                 result = &mut work => return result,
@@ -633,5 +766,41 @@ impl Worker {
 
     pub async fn health(&self) -> bool {
         tengine_core::connections::healthy(&self.nats, &self.pool).await
+    }
+}
+
+/// Whether a run may (still) call the API, from the tool and the caller's
+/// credential as PostgreSQL holds them now (nothing is cached, so a revocation
+/// counts from the next check, which comes before every attempt).
+enum Access {
+    Allowed(Box<ToolDefinition>),
+    /// Why not: the tool was disabled or deleted, or the caller lost access.
+    Revoked(String),
+    /// It could not be checked (the database failed); the message says what.
+    Unknown(String),
+}
+
+fn access(
+    command: &ExecuteCommand,
+    tool: StoreResult<ToolDefinition>,
+    principal: StoreResult<Option<Principal>>,
+) -> Access {
+    let tool = match tool {
+        Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => tool,
+        Ok(_) | Err(StoreError::NotFound) => {
+            return Access::Revoked(format!("tool `{}` was disabled or deleted", command.tool_name));
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "loading the tool");
+            return Access::Unknown("the tool definition could not be loaded".into());
+        }
+    };
+    match principal.map(|p| store::revocation(p, &tool)) {
+        Ok(None) => Access::Allowed(Box::new(tool)),
+        Ok(Some(reason)) => Access::Revoked(reason),
+        Err(err) => {
+            tracing::error!(error = %err, "checking the caller's credential");
+            Access::Unknown("the caller's credential could not be checked".into())
+        }
     }
 }

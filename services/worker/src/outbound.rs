@@ -111,12 +111,13 @@ pub struct Progress {
 }
 
 /// Splits a streamed body (NDJSON lines, or SSE `data:` lines) into progress
-/// reports and the rest, which is the result.
+/// reports and the rest, which is the result. Lines are kept as bytes: the
+/// result is converted (text or base64) once, like any body.
 #[derive(Default)]
 struct StreamedBody {
     sse: bool,
     pending: Vec<u8>,
-    result: Vec<String>,
+    result: Vec<u8>,
 }
 
 impl StreamedBody {
@@ -124,24 +125,26 @@ impl StreamedBody {
         self.pending.extend_from_slice(chunk);
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=end).collect();
-            self.line(&String::from_utf8_lossy(&line), report);
+            self.line(&line, report);
         }
     }
 
-    fn line(&mut self, line: &str, report: &mut dyn FnMut(Progress)) {
-        let line = line.trim_end_matches(['\r', '\n']);
+    fn line(&mut self, mut line: &[u8], report: &mut dyn FnMut(Progress)) {
+        while let [rest @ .., b'\r' | b'\n'] = line {
+            line = rest;
+        }
         let payload = if self.sse {
-            match line.strip_prefix("data:") {
-                Some(data) => data.trim_start(),
+            match line.strip_prefix(b"data:") {
+                Some(data) => data.trim_ascii_start(),
                 None => return, // event names, ids, comments, blank separators
             }
         } else {
             line
         };
-        if payload.trim().is_empty() {
+        if payload.trim_ascii().is_empty() {
             return;
         }
-        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(payload)
+        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(payload)
             && let Some(progress) = obj.get("progress").and_then(serde_json::Value::as_f64)
             && obj
                 .keys()
@@ -157,16 +160,23 @@ impl StreamedBody {
             });
             return;
         }
-        self.result.push(payload.to_string());
+        if !self.result.is_empty() {
+            self.result.push(b'\n');
+        }
+        self.result.extend_from_slice(payload);
     }
 
-    fn finish(mut self, report: &mut dyn FnMut(Progress)) -> String {
+    fn finish(mut self, report: &mut dyn FnMut(Progress)) -> Vec<u8> {
         let rest = std::mem::take(&mut self.pending);
-        self.line(&String::from_utf8_lossy(&rest), report);
-        self.result.join("\n")
+        self.line(&rest, report);
+        self.result
     }
 }
 
+/// Sends the request and reads the response. Only the body's first
+/// `max_response_bytes` are kept (and, for a streamed body, read as lines); the
+/// rest is read and counted, so `size` is the body's full size, unless the tool's
+/// timeout ends the reading first (then it is what arrived until then).
 pub async fn send(
     client: &Client,
     request: RenderedRequest,
@@ -176,26 +186,26 @@ pub async fn send(
     report: &mut (dyn FnMut(Progress) + Send),
 ) -> AttemptResult {
     let started = Instant::now();
-    let bytes_out = request.body.as_ref().map_or(0, |b| b.len() as u64);
+    let bytes_out = request.body.as_ref().map_or(0, |b| byte_count(b.len()));
     let method = reqwest::Method::from_bytes(request.method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut builder = client.request(method, request.url).headers(headers).timeout(timeout);
     if let Some(body) = request.body {
         builder = builder.body(body);
     }
-    let failed = |class: ErrorClass, error: String, started: Instant| AttemptResult {
+    let failed = |class: ErrorClass, error: String, bytes_in: u64| AttemptResult {
         retry_after: None,
         response: None,
         error_class: Some(class),
         error: Some(error),
         bytes_out,
-        bytes_in: 0,
+        bytes_in,
         elapsed: started.elapsed(),
     };
     let mut response = match builder.send().await {
         Ok(r) => r,
         Err(e) => {
             let (class, text) = classify(&e, timeout);
-            return failed(class, text, started);
+            return failed(class, text, 0);
         }
     };
     let status = response.status().as_u16();
@@ -203,7 +213,7 @@ pub async fn send(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
     let content_type = response
         .headers()
         .get(CONTENT_TYPE)
@@ -223,39 +233,39 @@ pub async fn send(
         sse: essence == "text/event-stream",
         ..Default::default()
     });
-    let mut body = Vec::new();
+    let mut kept = Vec::new();
+    // Bytes read (`taken` of them kept); u64: a body may outgrow usize on 32 bits.
+    let (mut size, mut taken) = (0u64, 0usize);
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                if let Some(streamed) = streamed.as_mut() {
-                    streamed.feed(&chunk, report);
+                size = size.saturating_add(byte_count(chunk.len()));
+                let room = max_response_bytes.saturating_sub(taken);
+                let part = chunk.get(..room.min(chunk.len())).unwrap_or_default();
+                taken = taken.saturating_add(part.len());
+                match streamed.as_mut() {
+                    Some(streamed) => streamed.feed(part, report),
+                    None => kept.extend_from_slice(part),
                 }
-                if body.len() + chunk.len() > max_response_bytes {
-                    return failed(
-                        ErrorClass::ResponseTooLarge,
-                        format!("the response body exceeds {max_response_bytes} bytes (worker.max_response_bytes)"),
-                        started,
-                    );
-                }
-                body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
+            // The part kept is complete: the rest, which only counted, stopped coming.
+            Err(e) if byte_count(taken) < size => {
+                tracing::info!(error = %e, read = size, "the rest of a truncated body did not arrive; its size is what was read");
+                break;
+            }
             Err(e) => {
                 let (class, text) = classify(&e, timeout);
-                return failed(class, format!("reading the response: {text}"), started);
+                return failed(class, format!("reading the response: {text}"), size);
             }
         }
     }
-    let bytes_in = body.len() as u64;
+    let truncated = byte_count(taken) < size;
     let body = match streamed {
         Some(streamed) => streamed.finish(report),
-        None => String::from_utf8_lossy(&body).into_owned(),
+        None => kept,
     };
-    let upstream = UpstreamResponse {
-        http_status: status,
-        content_type,
-        body,
-    };
+    let upstream = UpstreamResponse::from_bytes(status, content_type, body, size, truncated);
     let (error_class, error) = if (200..300).contains(&status) {
         (None, None)
     } else if (300..400).contains(&status) {
@@ -277,9 +287,14 @@ pub async fn send(
         error_class,
         error,
         bytes_out,
-        bytes_in,
+        bytes_in: size,
         elapsed: started.elapsed(),
     }
+}
+
+/// A length as a byte count (saturating where `usize` is wider than 64 bits).
+fn byte_count(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
 }
 
 fn classify(err: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
@@ -316,14 +331,24 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
+/// `Retry-After` as seconds or an HTTP date, as the API sent it (it may be
+/// absurdly long: [`next_wait`] caps it).
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    // A date in the past asks for no wait; `to_std` refuses negative deltas.
+    Some(at.signed_duration_since(now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The wait before the next attempt: the backoff, lengthened (never shortened) by
+/// the API's `Retry-After`. `None` when there is no next attempt: the backoff
+/// is spent, or the wait would not end before the run's deadline (`remaining`).
+/// No arithmetic: an absurd `Retry-After` is just longer than `remaining`.
+pub fn next_wait(backoff: Option<Duration>, retry_after: Option<Duration>, remaining: Duration) -> Option<Duration> {
+    let wait = backoff?.max(retry_after.unwrap_or_default());
+    (wait < remaining).then_some(wait)
 }
 
 /// Whether a failed attempt may be retried without risking a second write.
@@ -354,7 +379,7 @@ mod tests {
             b"ess\": 2, \"total\": 2, \"message\": \"x\"}\n{\"answer\": 42}",
             &mut |p| seen.push(p),
         );
-        assert_eq!(ndjson.finish(&mut |p| seen.push(p)), "{\"answer\": 42}");
+        assert_eq!(ndjson.finish(&mut |p| seen.push(p)), b"{\"answer\": 42}");
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[1].message.as_deref(), Some("x"));
 
@@ -366,14 +391,46 @@ mod tests {
         sse.feed(b"event: p\ndata: {\"progress\": 0.5}\n\ndata: done\n\n", &mut |_| {
             count += 1
         });
-        assert_eq!(sse.finish(&mut |_| count += 1), "done");
+        assert_eq!(sse.finish(&mut |_| count += 1), b"done");
         assert_eq!(count, 1);
     }
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon"), None);
+        let now = chrono::Utc::now();
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).expect("a date");
+        assert!(far > Duration::from_secs(7_900 * 365 * 86_400));
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_the_deadline() {
+        let (ms, remaining) = (Duration::from_millis, Duration::from_secs(30));
+        assert_eq!(next_wait(Some(ms(200)), None, remaining), Some(ms(200)));
+        // Retry-After lengthens the backoff, never shortens it.
+        assert_eq!(next_wait(Some(ms(200)), Some(ms(1000)), remaining), Some(ms(1000)));
+        assert_eq!(next_wait(Some(ms(2000)), Some(ms(1000)), remaining), Some(ms(2000)));
+        // Past the deadline, or spent: no next attempt, and nothing overflows.
+        let endless = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(next_wait(Some(ms(200)), endless, remaining), None);
+        assert_eq!(next_wait(Some(Duration::MAX), None, remaining), None);
+        assert_eq!(next_wait(Some(ms(200)), None, Duration::ZERO), None);
+        assert_eq!(next_wait(None, Some(ms(1)), remaining), None);
+    }
+
+    #[test]
+    fn streamed_results_stay_bytes() {
+        let mut body = StreamedBody::default();
+        body.feed(b"{\"progress\": 1}\n\xff\xfe\n", &mut |_| {});
+        assert_eq!(body.finish(&mut |_| {}), b"\xff\xfe");
     }
 }
