@@ -51,6 +51,7 @@ cluster_env() {
     export TENGINE_STREAMS__COMMANDS_MAX_BYTES=$((256 << 20)) TENGINE_STREAMS__EVENTS_MAX_BYTES=$((2048 << 20))
     export TENGINE_INGRESS__LISTEN="127.0.0.1:$L_INGRESS_PORT"
     export TENGINE_INGRESS__PUBLIC_URL="http://127.0.0.1:$L_INGRESS_PORT"
+    export TENGINE_INGRESS__METRICS_LISTEN="127.0.0.1:0"
     export TENGINE_PROJECTOR__HEALTH_LISTEN="127.0.0.1:$L_PROJECTOR_PORT"
     export RUST_LOG="${RUST_LOG:-warn}"
     export TENGINE_ADMIN_URL="http://127.0.0.1:$L_INGRESS_PORT"
@@ -125,7 +126,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # projector_lag: events the projector has not applied yet (from /v1/health).
 projector_lag() {
-    curl -sS --max-time 5 "http://127.0.0.1:$L_INGRESS_PORT/v1/health" |
+    curl -sS --max-time 5 -H "Authorization: Bearer $TENGINE_ADMIN_TOKEN" "http://127.0.0.1:$L_INGRESS_PORT/v1/health" |
         python3 -c "import json,sys; print(json.load(sys.stdin).get('projector_lag_events'))"
 }
 

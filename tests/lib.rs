@@ -101,6 +101,8 @@ impl Drop for Isolation {
 
 pub struct TestApp {
     pub base_url: String,
+    /// The ingress's operator listener (`/metrics`, `/health`).
+    pub metrics_url: String,
     pub mcp_url: String,
     pub project_id: Uuid,
     pub api_key: String,
@@ -154,12 +156,16 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("allow_private_upstreams", "true".into()),
         ("ingress.public_url", base_url.clone()),
         ("ingress.listen", addr.to_string()),
+        ("ingress.metrics_listen", "127.0.0.1:0".into()),
         ("worker.health_listen", "127.0.0.1:0".into()),
         ("projector.health_listen", "127.0.0.1:0".into()),
         ("worker.ack_wait_secs", "5".into()),
         // JetStream reserves max_bytes up front; parallel tests need small streams.
         ("streams.events_max_bytes", (64 << 20).to_string()),
         ("streams.commands_max_bytes", (32 << 20).to_string()),
+        ("streams.sessions_max_bytes", (8 << 20).to_string()),
+        ("streams.idempotency_max_bytes", (16 << 20).to_string()),
+        ("streams.cancelled_max_bytes", (4 << 20).to_string()),
     ];
     settings.extend(overrides.iter().map(|(k, v)| (*k, v.to_string())));
     let config = Config::with_overrides(&settings).expect("test configuration is valid");
@@ -168,6 +174,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let state = tengine_ingress::AppState::connect(config.clone())
         .await
         .expect("ingress connects");
+    let metrics_addr = tengine_ingress::spawn_operator_listener(&state)
+        .await
+        .expect("operator listener");
     let worker = tengine_worker::Worker::connect(config.clone())
         .await
         .expect("worker connects");
@@ -198,6 +207,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let http = reqwest::Client::new();
     let mut app = TestApp {
         mcp_url: format!("{base_url}/mcp"),
+        metrics_url: format!("http://{metrics_addr}"),
         base_url,
         project_id: Uuid::nil(),
         api_key: String::new(),

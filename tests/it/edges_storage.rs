@@ -188,15 +188,25 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
             .is_some_and(|e| e.contains("not a valid envelope")),
         "{run}"
     );
-    // A project key reads it like its other runs; another project's key does not.
-    let unrecorded = app
-        .http
-        .get(format!("{}/v1/runs/{garbage}", app.base_url))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(unrecorded.status().as_u16(), 200);
+    // Its integration, tool and member are unknown: a whole-project reader (a `read`
+    // key) sees it, a `call` key (scoped to its integration and tools) does not.
+    let (status, reader) = app
+        .admin_post(
+            &format!("/v1/projects/{}/api-keys", app.project_id),
+            json!({"name": "reader", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reader}");
+    for (key, expected) in [(reader["key"].as_str().expect("key"), 200), (app.api_key.as_str(), 404)] {
+        let unrecorded = app
+            .http
+            .get(format!("{}/v1/runs/{garbage}", app.base_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(unrecorded.status().as_u16(), expected);
+    }
 
     // A rebuild meets the same events and goes through them too.
     tengine_projector::rebuild::rebuild(&app.config).await.expect("rebuild");

@@ -111,7 +111,7 @@ fn sample_sum(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str
 async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
     let response = app
         .http
-        .get(format!("{}/metrics", app.base_url))
+        .get(format!("{}/metrics", app.metrics_url))
         .send()
         .await
         .expect("GET /metrics");
@@ -160,4 +160,48 @@ async fn metrics_scrape_and_parse() {
         "metrics carry HELP text: {:?}",
         after.docs.keys().collect::<Vec<_>>()
     );
+}
+
+/// Operator endpoints stay apart from where clients connect: `/metrics` only on
+/// the operator listener, `/v1/health` details only for the admin token.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_endpoints_are_apart_from_clients() {
+    let app = tengine_tests::spawn_app().await;
+    let on_mcp = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(on_mcp.status(), 404, "no /metrics where clients connect");
+    let operator = app
+        .http
+        .get(format!("{}/metrics", app.metrics_url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(operator.status(), 200);
+    let health = app
+        .http
+        .get(format!("{}/health", app.metrics_url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(health.status(), 200);
+
+    let anonymous: serde_json::Value = app
+        .http
+        .get(format!("{}/v1/health", app.base_url))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(anonymous, serde_json::json!({"status": "ok", "service": "ingress"}));
+    let (status, detailed) = app.admin_get("/v1/health").await;
+    assert_eq!(status, 200);
+    for field in ["database", "nats", "projector_lag_events", "dead_letters", "version"] {
+        assert!(detailed.get(field).is_some(), "{field} in {detailed}");
+    }
 }

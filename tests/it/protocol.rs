@@ -336,3 +336,53 @@ async fn upstream_progress_is_forwarded() {
         "the non-progress lines are the result"
     );
 }
+
+/// One key holds at most `ingress.max_streams_per_key` open GET streams on an
+/// instance; a closed stream frees its slot, and other keys are not affected.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_are_limited_per_key() {
+    let app = tengine_tests::spawn_app_with(&[("ingress.max_streams_per_key", "2")]).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let open = |key: String, sid: String| {
+        let request = app
+            .http
+            .get(&app.mcp_url)
+            .bearer_auth(key)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", sid);
+        async move { request.send().await.expect("GET") }
+    };
+    let first = open(app.api_key.clone(), sid.clone()).await;
+    let second = open(app.api_key.clone(), sid.clone()).await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = open(app.api_key.clone(), sid.clone()).await;
+    assert_eq!(third.status().as_u16(), 429);
+    let body: serde_json::Value = third.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_streams_per_key"),
+        "{body}"
+    );
+    // Another key of the project has its own slots.
+    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let mut other = tengine_tests::mcp::RawSession::new(app.http.clone(), app.mcp_url.clone(), other_key.clone());
+    other.initialize().await;
+    let other_sid = other.session_id.clone().expect("session");
+    assert_eq!(open(other_key, other_sid).await.status().as_u16(), 200);
+    // The client hangs up: its slot is freed once the server notices.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = open(app.api_key.clone(), sid.clone()).await;
+        if again.status().as_u16() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was not freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(second);
+}

@@ -453,6 +453,7 @@ async fn run_ingress(config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
         .await
         .with_context(|| format!("binding the ingress on {}", config.ingress.listen))?;
     let state = tengine_ingress::AppState::connect(config).await?;
+    tengine_ingress::spawn_operator_listener(&state).await?;
     tengine_ingress::serve(listener, state, wait_for(stop)).await
 }
 

@@ -125,6 +125,8 @@ impl Cluster {
             &[
                 ("TENGINE_INGRESS__LISTEN", format!("127.0.0.1:{port}")),
                 ("TENGINE_INGRESS__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+                // Two ingress processes: each its own operator port.
+                ("TENGINE_INGRESS__METRICS_LISTEN", "127.0.0.1:0".into()),
             ],
             &format!("ingress{i}"),
         );
@@ -320,6 +322,12 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
             ("TENGINE_WORKER__ACK_WAIT_SECS".into(), "2".into()),
             ("TENGINE_STREAMS__EVENTS_MAX_BYTES".into(), (64u64 << 20).to_string()),
             ("TENGINE_STREAMS__COMMANDS_MAX_BYTES".into(), (32u64 << 20).to_string()),
+            ("TENGINE_STREAMS__SESSIONS_MAX_BYTES".into(), (8u64 << 20).to_string()),
+            (
+                "TENGINE_STREAMS__IDEMPOTENCY_MAX_BYTES".into(),
+                (16u64 << 20).to_string(),
+            ),
+            ("TENGINE_STREAMS__CANCELLED_MAX_BYTES".into(), (4u64 << 20).to_string()),
         ],
         dir,
         nats_nodes,

@@ -84,6 +84,7 @@ async fn every_service_exports_metrics_and_traces() {
     let upstream = Upstream::spawn(None).await;
     let (collector, received) = spawn_collector().await;
     let (ingress_port, worker_port, projector_port) = (free_port(), free_port(), free_port());
+    let ingress_metrics_port = free_port();
     let key = |b: u8| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode([b; 32])
@@ -102,6 +103,10 @@ async fn every_service_exports_metrics_and_traces() {
         (
             "TENGINE_INGRESS__PUBLIC_URL",
             format!("http://127.0.0.1:{ingress_port}"),
+        ),
+        (
+            "TENGINE_INGRESS__METRICS_LISTEN",
+            format!("127.0.0.1:{ingress_metrics_port}"),
         ),
         ("TENGINE_WORKER__HEALTH_LISTEN", format!("127.0.0.1:{worker_port}")),
         (
@@ -215,7 +220,15 @@ async fn every_service_exports_metrics_and_traces() {
     .await;
 
     // Each service's own /metrics.
-    let ingress = parse_metrics(&get_ok(&http, &format!("{base}/metrics"), Duration::from_secs(10)).await);
+    // The ingress's on its operator listener, apart from the MCP one.
+    let ingress_url = format!("http://127.0.0.1:{ingress_metrics_port}/metrics");
+    let ingress = parse_metrics(&get_ok(&http, &ingress_url, Duration::from_secs(10)).await);
+    let on_mcp_listener = http.get(format!("{base}/metrics")).send().await.expect("GET");
+    assert_eq!(
+        on_mcp_listener.status(),
+        404,
+        "/metrics is not served where clients connect"
+    );
     assert!(has_sample(&ingress, "tengine_ingress_calls_total"), "ingress metrics");
     assert!(has_sample(&ingress, "tengine_ingress_call_duration_seconds"));
     let worker_url = format!("http://127.0.0.1:{worker_port}/metrics");

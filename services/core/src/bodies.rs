@@ -115,9 +115,11 @@ fn redact_value(value: &mut Value, paths: &[Vec<String>], keys: &mut Vec<String>
         Value::Object(map) => {
             for (key, member) in map.iter_mut() {
                 keys.push(key.clone());
-                let hit = paths
-                    .iter()
-                    .any(|p| keys.len() >= p.len() && keys[keys.len() - p.len()..] == p[..]);
+                let hit = paths.iter().any(|p| {
+                    keys.len()
+                        .checked_sub(p.len())
+                        .is_some_and(|from| keys[from..] == p[..])
+                });
                 if hit {
                     *member = Value::String(REDACTED.into());
                 } else {

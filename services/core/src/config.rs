@@ -44,6 +44,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Deserialize)]
 pub struct IngressConfig {
     pub listen: SocketAddr,
+    /// Operators' listener: `/metrics` and `/health` (loopback by default).
+    pub metrics_listen: SocketAddr,
     /// PostgreSQL connections of one ingress process.
     pub database_pool_size: u32,
     pub public_url: String,
@@ -57,6 +59,12 @@ pub struct IngressConfig {
     /// How long a call holds its idempotency claim without renewing it (see the
     /// ingress's `idempotency` module); a retry never takes a claim over before.
     pub idempotency_lease_ms: u64,
+    /// Per-session states (ended sessions, log levels) one ingress holds at most.
+    pub max_session_states: usize,
+    /// Session writes (DELETE, logging/setLevel) one API key may make per second (burst: twice that).
+    pub session_writes_per_second: u32,
+    /// Open GET streams (and resumed call streams) per API key on one ingress.
+    pub max_streams_per_key: usize,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }
@@ -98,6 +106,10 @@ pub struct ProjectorConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct StreamsConfig {
+    /// Size limits of the KV buckets (JetStream reserves them at creation).
+    pub sessions_max_bytes: i64,
+    pub idempotency_max_bytes: i64,
+    pub cancelled_max_bytes: i64,
     pub commands_max_bytes: i64,
     pub commands_max_msgs: i64,
     pub events_max_age_secs: u64,
@@ -160,7 +172,8 @@ impl Config {
         // outlive the log, by a day for the day-granular drop and publish delays.
         let retention_secs = u64::from(self.projector.history_retention_days) * 86_400;
         if self.projector.history_retention_days > 0
-            && (self.streams.events_max_age_secs == 0 || retention_secs < self.streams.events_max_age_secs + 86_400)
+            && (self.streams.events_max_age_secs == 0
+                || retention_secs < self.streams.events_max_age_secs.saturating_add(86_400))
         {
             return Err(ConfigError::Invalid(format!(
                 "projector.history_retention_days ({} days) must exceed streams.events_max_age_secs ({} s{}) by at \
@@ -190,6 +203,11 @@ impl Config {
                 "ingress.idempotency_lease_ms ({}) must be between 1000 and 600000",
                 self.ingress.idempotency_lease_ms
             )));
+        }
+        if self.ingress.session_writes_per_second == 0 || self.ingress.max_streams_per_key == 0 {
+            return Err(ConfigError::Invalid(
+                "ingress.session_writes_per_second and ingress.max_streams_per_key must be at least 1".into(),
+            ));
         }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::Invalid("worker.concurrency must be at least 1".into()));

@@ -2,6 +2,9 @@
 //! message envelopes, domain types, request templates, signing, secrets and the
 //! PostgreSQL store.
 
+// Shared by every service's call path: no arithmetic on input may panic.
+#![deny(clippy::arithmetic_side_effects)]
+
 pub mod bodies;
 pub mod bus;
 pub mod config;

@@ -45,6 +45,13 @@ pub const PROJECTOR_BATCH_SECONDS: &str = "tengine_projector_batch_duration_seco
 /// Projector: dead letters (events it could not apply) not re-applied yet.
 pub const PROJECTOR_DEAD_LETTERS: &str = "tengine_projector_dead_letters";
 
+/// Ingress: per-session states (ended sessions, log levels) held in memory.
+pub const SESSION_STATES: &str = "tengine_ingress_session_states";
+/// Ingress: session states dropped before their session expired (the cap was reached).
+pub const SESSION_STATES_EVICTED: &str = "tengine_ingress_session_states_evicted_total";
+/// Ingress: requests refused by a per-key limit (`limit`: session_writes, streams).
+pub const KEY_LIMITED: &str = "tengine_ingress_key_limited_total";
+
 /// Latency buckets (seconds) for every `*_seconds` histogram: 0.5 ms … 60 s.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -86,6 +93,15 @@ pub fn stage(metric: &'static str, stage: &'static str, since: std::time::Instan
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(MCP_REQUESTS, "MCP requests by JSON-RPC method and HTTP status");
+    describe_gauge!(
+        SESSION_STATES,
+        "Per-session states (ended sessions, log levels) held in memory"
+    );
+    describe_counter!(
+        SESSION_STATES_EVICTED,
+        "Session states dropped before their session expired because the cap was reached"
+    );
+    describe_counter!(KEY_LIMITED, "Requests refused by a per-key limit, by limit");
     describe_counter!(CALLS, "tools/call answers by run status");
     describe_histogram!(
         CALL_SECONDS,

@@ -84,7 +84,7 @@ pub async fn charge(pool: &PgPool, caller: &Caller, limits: Limits) -> StoreResu
             monthly,
             "month".to_string(),
             month,
-            month + chrono::Months::new(1),
+            month.checked_add_months(chrono::Months::new(1)).unwrap_or(month),
             "project".to_string(),
         ),
         (
@@ -92,7 +92,9 @@ pub async fn charge(pool: &PgPool, caller: &Caller, limits: Limits) -> StoreResu
             per_minute.map(i64::from),
             rate_scope,
             minute,
-            minute + chrono::Duration::minutes(1),
+            minute
+                .checked_add_signed(chrono::Duration::minutes(1))
+                .unwrap_or(minute),
             rate_subject,
         ),
     ];

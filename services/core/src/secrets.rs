@@ -56,7 +56,7 @@ impl SecretBox {
                 },
             )
             .map_err(|_| SecretError::Encrypt)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        let mut out = Vec::with_capacity(NONCE_LEN.saturating_add(ciphertext.len()).saturating_add(1));
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);

@@ -765,7 +765,7 @@ pub async fn replace_tool(
     let previous: (Option<Vec<u8>>, Option<DateTime<Utc>>) = match (&spec.auth_secret, spec.rotation_overlap_secs) {
         (Some(_), Some(overlap)) if overlap > 0 && current.auth_strategy == AuthStrategy::HmacSignature => (
             current.auth_secret_ciphertext.clone(),
-            Some(Utc::now() + chrono::Duration::seconds(i64::try_from(overlap).unwrap_or(0))),
+            Utc::now().checked_add_signed(chrono::Duration::seconds(i64::try_from(overlap).unwrap_or(0))),
         ),
         (Some(_), _) => (None, None),
         (None, _) => (
@@ -852,7 +852,7 @@ pub async fn reseal_secrets(pool: &PgPool, secrets: &SecretBox) -> StoreResult<u
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut rewritten = 0;
+    let mut rewritten: u64 = 0;
     for (id, current, previous) in rows {
         let reseal = |sealed: Option<Vec<u8>>| -> StoreResult<Option<Vec<u8>>> {
             sealed
@@ -866,7 +866,7 @@ pub async fn reseal_secrets(pool: &PgPool, secrets: &SecretBox) -> StoreResult<u
             .bind(reseal(previous)?)
             .execute(&mut *tx)
             .await?;
-        rewritten += 1;
+        rewritten = rewritten.saturating_add(1);
     }
     tx.commit().await?;
     Ok(rewritten)

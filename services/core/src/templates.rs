@@ -100,21 +100,22 @@ pub fn placeholders(template: &str) -> Vec<Placeholder<'_>> {
     let mut found = Vec::new();
     let bytes = template.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'{'
-            && let Some(len) = template[i + 1..].find('}')
+    while let Some(&byte) = bytes.get(i) {
+        // `{` is one byte, so `i + 1` is a character boundary within the string.
+        let inner = i.saturating_add(1);
+        if byte == b'{'
+            && let Some(rest) = template.get(inner..)
+            && let Some(len) = rest.find('}')
             && len > 0
-            && template[i + 1..i + 1 + len].chars().all(is_name_char)
+            && let Some(name) = rest.get(..len)
+            && name.chars().all(is_name_char)
         {
-            found.push(Placeholder {
-                start: i,
-                end: i + len + 2,
-                name: &template[i + 1..i + 1 + len],
-            });
-            i += len + 2;
+            let end = inner.saturating_add(len).saturating_add(1);
+            found.push(Placeholder { start: i, end, name });
+            i = end;
             continue;
         }
-        i += 1;
+        i = inner;
     }
     found
 }

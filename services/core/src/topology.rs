@@ -129,13 +129,20 @@ impl Topology {
     pub async fn ensure_cancelled_bucket(
         &self,
         js: &jetstream::Context,
-        replicas: usize,
+        limits: &StreamsConfig,
     ) -> anyhow::Result<jetstream::kv::Store> {
-        self.ensure_bucket(js, self.cancelled_bucket(), Duration::from_secs(86_400), replicas)
-            .await
+        self.ensure_bucket(
+            js,
+            self.cancelled_bucket(),
+            Duration::from_secs(86_400),
+            limits.cancelled_max_bytes,
+            limits.replicas,
+        )
+        .await
     }
 
-    /// Creates a KV bucket if missing; entries expire after `ttl`. The backing
+    /// Creates a KV bucket if missing; entries expire after `ttl`, and a full bucket
+    /// (`max_bytes`) refuses new entries rather than dropping old ones. The backing
     /// stream is created directly with the KV conventions (`KV_<bucket>`,
     /// `$KV.<bucket>.>`): async-nats' `create_key_value` cannot parse NATS 2.9's reply.
     pub async fn ensure_bucket(
@@ -143,6 +150,7 @@ impl Topology {
         js: &jetstream::Context,
         bucket: String,
         ttl: Duration,
+        max_bytes: i64,
         replicas: usize,
     ) -> anyhow::Result<jetstream::kv::Store> {
         let config = stream::Config {
@@ -150,6 +158,7 @@ impl Topology {
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
             max_age: ttl,
+            max_bytes,
             storage: StorageType::File,
             discard: DiscardPolicy::New,
             allow_rollup: true,

@@ -87,6 +87,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/runs/{run_id}", get(get_run))
 }
 
+/// Whether the request carries the admin token.
+pub fn is_admin(st: &AppState, headers: &HeaderMap) -> bool {
+    require_admin(st, headers).is_ok()
+}
+
 fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let expected = &st.config.admin_token;
     match bearer(headers) {
@@ -398,7 +403,14 @@ async fn list_tools(
     let project_id = parse_id("project", &project_id)?;
     project_exists(&st, project_id).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let mut tools = store::list_tools(&st.pool, project_id, false, query.cursor.as_deref(), limit + 1).await?;
+    let mut tools = store::list_tools(
+        &st.pool,
+        project_id,
+        false,
+        query.cursor.as_deref(),
+        limit.saturating_add(1),
+    )
+    .await?;
     let next = (tools.len() as i64 > limit).then(|| {
         tools.truncate(limit as usize);
         tools.last().map(|t| t.name.clone())
@@ -558,7 +570,7 @@ async fn list_runs(
         from: query.from,
         to: query.to,
         before,
-        limit: limit + 1,
+        limit: limit.saturating_add(1),
     };
     let mut runs = store::list_runs(&st.pool, project_id, &scope, &filter).await?;
     let next = (runs.len() as i64 > limit).then(|| {

@@ -418,7 +418,9 @@ async fn execute(
         reply_to: Some(st.dispatcher.reply_subject(run_id)),
         // A client's own key outlives the event log's guarantee: history keeps the
         // outcome for as long as the key maps to the run.
-        keep_result_until: client_key.then(|| accepted_at + st.config.ingress.idempotency_ttl()),
+        keep_result_until: client_key
+            .then(|| accepted_at.checked_add_signed(st.config.ingress.idempotency_ttl()))
+            .flatten(),
     };
     // A command larger than a NATS message could never be queued. (A Run ID taken
     // over below has the same encoded length.)
@@ -564,7 +566,7 @@ async fn execute(
     tracing::info!(%run_id, tool = %tool.name, project_id = %caller.project_id, "run accepted");
 
     let wait = Duration::from_millis(
-        (tool.timeout_ms + st.config.ingress.call_wait_slack_ms).min(st.config.ingress.max_call_wait_ms),
+        (tool.timeout_ms.saturating_add(st.config.ingress.call_wait_slack_ms)).min(st.config.ingress.max_call_wait_ms),
     );
     let log = st
         .session_states
@@ -615,7 +617,7 @@ async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid,
         Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
     }
     let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tengine_core::tasks::deadline_after(wait);
     match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
         Some(outcome) => outcome_result(st, tool, &outcome),
         None => still_running(run_id, wait),
@@ -665,7 +667,7 @@ async fn follow_to_end(
     caller: &Caller,
     wait: Duration,
 ) -> Ending {
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tengine_core::tasks::deadline_after(wait);
     loop {
         match following.next(deadline).await {
             Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome)),
@@ -698,7 +700,7 @@ struct Notifier {
 
 impl Notifier {
     fn id(&mut self, n: Option<u32>) -> EventId {
-        self.seq += 1;
+        self.seq = self.seq.saturating_add(1);
         EventId {
             r: self.run_id,
             i: self.request_id.clone(),
@@ -756,7 +758,7 @@ async fn stream_call(
     if !notifier.prime().await || !notifier.stage(1, "queued").await {
         return;
     }
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tengine_core::tasks::deadline_after(wait);
     let (mut sent, mut answered) = (false, false);
     let mut upstream_progress = 2.0_f64;
     loop {
@@ -829,8 +831,13 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
         // The client cancelled this call: there is nothing to deliver.
         return;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(st.config.ingress.max_call_wait_ms);
-    let Some(outcome) = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline).await else {
+    let deadline = tengine_core::tasks::deadline_after(Duration::from_millis(st.config.ingress.max_call_wait_ms));
+    // The poll ends when the client hangs up, not minutes later.
+    let outcome = tokio::select! {
+        outcome = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline) => outcome,
+        () = tx.closed() => return,
+    };
+    let Some(outcome) = outcome else {
         return;
     };
     // Only the credential that made the call may resume it.

@@ -227,7 +227,7 @@ impl Dispatcher {
                     "the idempotency lease lapsed before queueing".into(),
                 ));
             }
-            let deadline = tokio::time::Instant::now() + within.min(Duration::from_secs(3));
+            let deadline = tengine_core::tasks::deadline_after(within.min(Duration::from_secs(3)));
             loop {
                 let attempt = tokio::time::timeout_at(
                     deadline,
@@ -236,7 +236,7 @@ impl Dispatcher {
                 .await;
                 match attempt {
                     Ok(Ok(())) => return Ok(()),
-                    Ok(Err(err)) if tokio::time::Instant::now() + Duration::from_millis(200) < deadline => {
+                    Ok(Err(err)) if tengine_core::tasks::deadline_after(Duration::from_millis(200)) < deadline => {
                         tracing::warn!(error = %err, "queueing a run failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -343,7 +343,7 @@ impl Dispatcher {
             if let Some(outcome) = self.recorded(project_id, run_id).await {
                 return Some(outcome);
             }
-            if tokio::time::Instant::now() + Duration::from_millis(200) > deadline {
+            if tengine_core::tasks::deadline_after(Duration::from_millis(200)) > deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

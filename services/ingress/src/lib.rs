@@ -2,6 +2,10 @@
 //! It authenticates callers, validates arguments, queues runs on JetStream and
 //! waits for their outcome on a reply subject.
 
+// Nothing a client, an upstream or a tenant sends may make arithmetic panic:
+// checked or saturating operations only (`tengine_core::tasks::deadline_after`).
+#![deny(clippy::arithmetic_side_effects)]
+
 pub mod admin;
 pub mod arguments;
 pub mod calls;
@@ -9,6 +13,7 @@ pub mod catalog;
 pub mod dispatch;
 pub mod error;
 pub mod idempotency;
+pub mod key_limits;
 pub mod mcp;
 pub mod members;
 pub mod sessions;
@@ -52,6 +57,7 @@ pub struct AppState {
     pub validators: Validators,
     pub catalog: catalog::ToolCatalog,
     pub idempotency: idempotency::Idempotency,
+    pub key_limits: key_limits::KeyLimits,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
     /// Cancelled when the server shuts down: ends long-lived GET streams.
@@ -82,14 +88,21 @@ impl AppState {
         .map_err(anyhow::Error::msg)?;
         let session_ttl = Duration::from_secs(config.ingress.session_ttl_secs);
         let session_kv = topology
-            .ensure_bucket(&js, topology.sessions_bucket(), session_ttl, config.streams.replicas)
+            .ensure_bucket(
+                &js,
+                topology.sessions_bucket(),
+                session_ttl,
+                config.streams.sessions_max_bytes,
+                config.streams.replicas,
+            )
             .await?;
-        let cancelled_kv = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
+        let cancelled_kv = topology.ensure_cancelled_bucket(&js, &config.streams).await?;
         let idempotency_kv = topology
             .ensure_bucket(
                 &js,
                 topology.idempotency_bucket(),
                 Duration::from_secs(config.ingress.idempotency_ttl_secs),
+                config.streams.idempotency_max_bytes,
                 config.streams.replicas,
             )
             .await?;
@@ -115,6 +128,11 @@ impl AppState {
             idempotency_kv,
             Duration::from_millis(config.ingress.idempotency_lease_ms),
         );
+        let session_states = SessionStates::start(session_kv, config.ingress.max_session_states);
+        let key_limits = key_limits::KeyLimits::new(
+            config.ingress.session_writes_per_second,
+            config.ingress.max_streams_per_key,
+        );
         Ok(Arc::new(Self {
             config,
             pool,
@@ -122,11 +140,12 @@ impl AppState {
             secrets,
             sessions,
             members,
-            session_states: SessionStates::start(session_kv, session_ttl),
+            session_states,
             dispatcher,
             validators: Validators::new(10_000),
             catalog,
             idempotency,
+            key_limits,
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,
@@ -141,7 +160,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .merge(admin::routes())
-        .merge(tengine_core::prometheus::router())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let path = request
                 .extensions()
@@ -165,7 +183,12 @@ async fn protected_resource(State(st): State<Arc<AppState>>) -> impl IntoRespons
     }))
 }
 
-async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+/// `GET /v1/health`: liveness for anyone (load balancers, clients); the details
+/// (dependencies, projector lag, dead letters) only for the admin token.
+async fn health(State(st): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    if !admin::is_admin(&st, &headers) {
+        return (StatusCode::OK, Json(json!({"status": "ok", "service": "ingress"})));
+    }
     let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
     // Events in the log the projector has not applied yet (run history lag).
     let lag = st.dispatcher.projector_lag(&st.pool).await;
@@ -189,6 +212,20 @@ async fn health(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             "dead_letters": dead_letters,
         })),
     )
+}
+
+/// The operator listener (`ingress.metrics_listen`, loopback by default): `/metrics`
+/// and `/health`, apart from the MCP listener that faces clients.
+pub async fn spawn_operator_listener(state: &Arc<AppState>) -> anyhow::Result<std::net::SocketAddr> {
+    let probe = state.clone();
+    tengine_core::health::spawn(
+        state.config.ingress.metrics_listen,
+        tengine_core::health::router("ingress", move || {
+            let probe = probe.clone();
+            async move { tengine_core::connections::healthy(&probe.nats, &probe.pool).await }
+        }),
+    )
+    .await
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.

@@ -49,7 +49,8 @@ pub struct McpError {
     code: i32,
     message: String,
     pub(crate) data: Option<Value>,
-    www_authenticate: Option<String>,
+    /// Response headers of this error (`WWW-Authenticate` on 401s, `Retry-After` on 429s).
+    headers: Vec<(header::HeaderName, String)>,
 }
 
 impl McpError {
@@ -60,7 +61,7 @@ impl McpError {
             code,
             message: message.into(),
             data: None,
-            www_authenticate: None,
+            headers: Vec::new(),
         }
     }
 
@@ -93,8 +94,10 @@ impl IntoResponse for McpError {
             Json(json!({"jsonrpc": "2.0", "id": self.id, "error": error})),
         )
             .into_response();
-        if let Some(value) = self.www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
         }
         response
     }
@@ -129,7 +132,11 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         check_host_and_origin(&st, &headers)?;
         let principal = authenticate(&st, &headers).await?;
         let session = check_session(&st, &headers, &principal, &Value::Null)?;
-        st.session_states.end(&session).await.map_err(|e| {
+        if !st.key_limits.session_write(principal.caller.api_key_id) {
+            return Err(too_many_session_writes(&st, &Value::Null));
+        }
+        let expires_at = st.sessions.expires_at(&session);
+        st.session_states.end(&session, expires_at).await.map_err(|e| {
             tracing::error!(error = %e, "ending a session");
             McpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -162,10 +169,25 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(streams::EventId::decode);
+    // One slot per open stream, held by its task until the stream ends.
+    let Some(slot) = st.key_limits.open_stream(principal.caller.api_key_id) else {
+        return Err(McpError::invalid_request(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this API key already holds {} open streams on this server (ingress.max_streams_per_key): close \
+                 one first",
+                st.config.ingress.max_streams_per_key
+            ),
+        ));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     match resume {
         Some(event_id) => {
-            tokio::spawn(calls::resume(st.clone(), principal.caller, event_id, tx));
+            let st = st.clone();
+            tokio::spawn(async move {
+                calls::resume(st, principal.caller, event_id, tx).await;
+                drop(slot);
+            });
         }
         None => {
             let mut changes = st.tool_changes.subscribe();
@@ -175,6 +197,7 @@ async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> McpResult<Respon
             let mut ends = states.ends();
             let key = sessions::SessionStates::key(&session);
             tokio::spawn(async move {
+                let _slot = slot;
                 let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
                 loop {
                     tokio::select! {
@@ -339,7 +362,12 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Mcp
             let trace = tengine_core::telemetry::extract_http(headers);
             calls::call_tool(st.clone(), principal, session, id, params, key, trace).await
         }
-        "logging/setLevel" => set_log_level(st, &session, &id, params).await,
+        "logging/setLevel" => {
+            if !st.key_limits.session_write(principal.caller.api_key_id) {
+                return Err(too_many_session_writes(st, &id));
+            }
+            set_log_level(st, &session, &id, params).await
+        }
         // No prompts or resource templates here, so there is never anything to complete.
         "completion/complete" => Ok(json_rpc_result(
             &id,
@@ -366,11 +394,30 @@ async fn set_log_level(st: &AppState, session: &str, id: &Value, params: Option<
                 format!("params.level must be one of: {}", sessions::LOG_LEVELS.join(", ")),
             )
         })?;
-    st.session_states.set_log_level(session, level).await.map_err(|e| {
-        tracing::error!(error = %e, "storing a log level");
-        McpError::internal(id, "the log level could not be stored right now; retry")
-    })?;
+    let expires_at = st.sessions.expires_at(session);
+    st.session_states
+        .set_log_level(session, level, expires_at)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing a log level");
+            McpError::internal(id, "the log level could not be stored right now; retry")
+        })?;
     Ok(json_rpc_result(id, json!({})))
+}
+
+/// 429: a key's session writes (DELETE, logging/setLevel) over its per-second limit.
+fn too_many_session_writes(st: &AppState, id: &Value) -> McpError {
+    let mut err = McpError::invalid_request(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many session writes (DELETE, logging/setLevel) for this API key: at most {} per second \
+             (ingress.session_writes_per_second); retry in a second",
+            st.config.ingress.session_writes_per_second
+        ),
+    )
+    .with_id(id);
+    err.headers.push((header::RETRY_AFTER, "1".into()));
+    err
 }
 
 /// True for names that only ever reach this machine.
@@ -447,11 +494,12 @@ fn unauthorized(st: &AppState, message: &str, token_given: bool) -> McpError {
         "{}/.well-known/oauth-protected-resource",
         st.config.ingress.public_url.trim_end_matches('/')
     );
-    err.www_authenticate = Some(if token_given {
+    let challenge = if token_given {
         format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\"")
     } else {
         format!("Bearer resource_metadata=\"{metadata}\"")
-    });
+    };
+    err.headers.push((header::WWW_AUTHENTICATE, challenge));
     err
 }
 
@@ -695,7 +743,7 @@ async fn list_tools(st: &AppState, principal: &Principal, id: &Value, params: Op
     };
     let page = st.config.ingress.tools_page_size.max(1);
     // Tools the caller may not use are hidden; keep reading until a page is full.
-    let mut tools = Vec::with_capacity(page + 1);
+    let mut tools = Vec::with_capacity(page.saturating_add(1));
     let mut after = after;
     loop {
         let batch = store::list_tools(
@@ -703,7 +751,7 @@ async fn list_tools(st: &AppState, principal: &Principal, id: &Value, params: Op
             principal.caller.project_id,
             true,
             after.as_deref(),
-            page as i64 + 1,
+            i64::try_from(page).unwrap_or(i64::MAX).saturating_add(1),
         )
         .await
         .map_err(|e| {
@@ -719,7 +767,7 @@ async fn list_tools(st: &AppState, principal: &Principal, id: &Value, params: Op
     }
     let next_cursor = (tools.len() > page).then(|| {
         tools.truncate(page);
-        encode_cursor(&tools[page - 1].name)
+        tools.last().map(|t| encode_cursor(&t.name)).unwrap_or_default()
     });
     let mut result = json!({"tools": tools.iter().map(mcp_tool).collect::<Vec<_>>()});
     if let Some(cursor) = next_cursor {

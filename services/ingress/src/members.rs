@@ -195,7 +195,9 @@ impl MemberTokens {
         }
 
         let issued = Utc::now();
-        let expires_at = issued + chrono::Duration::seconds(self.ttl_secs);
+        let expires_at = issued
+            .checked_add_signed(chrono::Duration::seconds(self.ttl_secs))
+            .unwrap_or(issued);
         let token_claims = TokenClaims {
             iss: ISSUER.into(),
             sub: claims.sub.clone(),

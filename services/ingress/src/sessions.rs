@@ -64,6 +64,19 @@ impl SessionCodec {
         format!("{signed}.{sig}")
     }
 
+    /// When a session id (already verified) stops being valid, unix seconds.
+    pub fn expires_at(&self, id: &str) -> i64 {
+        let claims = id
+            .rsplit_once('.')
+            .and_then(|(signed, _)| signed.strip_prefix(VERSION_TAG)?.strip_prefix('.'))
+            .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+            .and_then(|json| serde_json::from_slice::<SessionClaims>(&json).ok());
+        let now = chrono::Utc::now().timestamp();
+        claims.map_or(now.saturating_add(self.ttl_secs), |c| {
+            c.iat.saturating_add(self.ttl_secs)
+        })
+    }
+
     /// The claims of a valid, unexpired session opened by `api_key_id` (and `member`).
     pub fn verify(&self, id: &str, api_key_id: Uuid, member: Option<&str>) -> Option<SessionClaims> {
         if id.len() > MAX_LEN {
@@ -76,7 +89,7 @@ impl SessionCodec {
         mac.update(signed.as_bytes());
         mac.verify_slice(&sig).ok()?;
         let claims: SessionClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        let age = chrono::Utc::now().timestamp() - claims.iat;
+        let age = chrono::Utc::now().timestamp().saturating_sub(claims.iat);
         let same_member = claims.m.as_deref() == member;
         (claims.k == api_key_id && same_member && age <= self.ttl_secs && age >= -60).then_some(claims)
     }
@@ -124,13 +137,17 @@ mod tests {
 
 /// Per-session state that must hold on every instance: ended (DELETE) and the
 /// log level set with `logging/setLevel`. Every instance watches one KV bucket and
-/// keeps a local map, so a change is seen everywhere within milliseconds without a
-/// lookup per request. Entries expire with the session TTL.
+/// keeps a local copy, so a change is seen everywhere within milliseconds without a
+/// lookup per request.
+///
+/// Bounded: an entry lives until its session's own expiry (after which the session
+/// id is refused anyway), found in O(log n) through a heap ordered by expiry, and
+/// at most `capacity` entries are kept (then the one expiring first goes; writes
+/// are rate-limited per key, so only very many keys reach the cap).
 #[derive(Clone)]
 pub struct SessionStates {
     kv: async_nats::jetstream::kv::Store,
-    local: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (std::time::Instant, SessionState)>>>,
-    ttl: std::time::Duration,
+    local: std::sync::Arc<std::sync::Mutex<Expiring>>,
     /// Keys of sessions as they end: open GET streams stop without polling.
     ends: tokio::sync::broadcast::Sender<String>,
 }
@@ -142,6 +159,10 @@ pub struct SessionState {
     /// RFC 5424 level name as sent by the client.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// When the session expires (unix seconds); entries written before this field
+    /// existed are kept for a day.
+    #[serde(default)]
+    pub expires_at: i64,
 }
 
 /// RFC 5424 severities in MCP's spelling, least severe first.
@@ -160,12 +181,60 @@ pub fn log_level_rank(level: &str) -> Option<usize> {
     LOG_LEVELS.iter().position(|l| *l == level)
 }
 
+/// Session states by key, and a min-heap of (expiry, key) to drop them in order.
+struct Expiring {
+    entries: std::collections::HashMap<String, SessionState>,
+    by_expiry: std::collections::BinaryHeap<std::cmp::Reverse<(i64, String)>>,
+    capacity: usize,
+}
+
+impl Expiring {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: Default::default(),
+            by_expiry: Default::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn insert(&mut self, key: String, mut state: SessionState, now: i64) {
+        if state.expires_at == 0 {
+            state.expires_at = now.saturating_add(86_400);
+        }
+        // Expired first, then (only if still full) the soonest to expire.
+        while let Some(std::cmp::Reverse((at, _))) = self.by_expiry.peek() {
+            let full = self.entries.len() >= self.capacity && !self.entries.contains_key(&key);
+            if *at > now && !full {
+                break;
+            }
+            if let Some(std::cmp::Reverse((at, old))) = self.by_expiry.pop() {
+                // A key re-inserted with another expiry has a newer heap entry.
+                if self.entries.get(&old).is_some_and(|s| s.expires_at == at) {
+                    self.entries.remove(&old);
+                    if at > now {
+                        metrics::counter!(tengine_core::prometheus::SESSION_STATES_EVICTED).increment(1);
+                    }
+                }
+            }
+        }
+        let expires_at = state.expires_at;
+        match self.entries.insert(key.clone(), state) {
+            Some(previous) if previous.expires_at == expires_at => {}
+            _ => self.by_expiry.push(std::cmp::Reverse((expires_at, key))),
+        }
+        metrics::gauge!(tengine_core::prometheus::SESSION_STATES).set(self.entries.len() as f64);
+    }
+
+    fn get(&self, key: &str, now: i64) -> Option<&SessionState> {
+        self.entries.get(key).filter(|s| s.expires_at > now)
+    }
+}
+
 impl SessionStates {
-    pub fn start(kv: async_nats::jetstream::kv::Store, ttl: std::time::Duration) -> Self {
+    pub fn start(kv: async_nats::jetstream::kv::Store, capacity: usize) -> Self {
         let states = Self {
             kv,
-            local: Default::default(),
-            ttl,
+            local: std::sync::Arc::new(std::sync::Mutex::new(Expiring::new(capacity))),
             ends: tokio::sync::broadcast::channel(1024).0,
         };
         let watcher = states.clone();
@@ -180,11 +249,21 @@ impl SessionStates {
     }
 
     pub fn get(&self, session_id: &str) -> SessionState {
+        let now = chrono::Utc::now().timestamp();
         self.local
-            .read()
+            .lock()
             .ok()
-            .and_then(|map| map.get(&Self::key(session_id)).map(|(_, s)| s.clone()))
+            .and_then(|local| local.get(&Self::key(session_id), now).cloned())
             .unwrap_or_default()
+    }
+
+    /// Entries held now (for tests and the gauge).
+    pub fn len(&self) -> usize {
+        self.local.lock().map_or(0, |l| l.entries.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Keys ([`Self::key`]) of sessions ending from now on, on any instance.
@@ -197,12 +276,8 @@ impl SessionStates {
             // No receiver (no open stream) is fine.
             let _ = self.ends.send(key.clone());
         }
-        if let Ok(mut map) = self.local.write() {
-            let now = std::time::Instant::now();
-            if map.len() > 4096 {
-                map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
-            }
-            map.insert(key, (now, state));
+        if let Ok(mut local) = self.local.lock() {
+            local.insert(key, state, chrono::Utc::now().timestamp());
         }
     }
 
@@ -217,15 +292,18 @@ impl SessionStates {
         Ok(())
     }
 
-    pub async fn end(&self, session_id: &str) -> anyhow::Result<()> {
+    /// Ends a session that expires at `expires_at` (unix seconds) on every instance.
+    pub async fn end(&self, session_id: &str, expires_at: i64) -> anyhow::Result<()> {
         let mut state = self.get(session_id);
         state.ended = true;
+        state.expires_at = expires_at;
         self.store(session_id, state).await
     }
 
-    pub async fn set_log_level(&self, session_id: &str, level: &str) -> anyhow::Result<()> {
+    pub async fn set_log_level(&self, session_id: &str, level: &str, expires_at: i64) -> anyhow::Result<()> {
         let mut state = self.get(session_id);
         state.log_level = Some(level.to_string());
+        state.expires_at = expires_at;
         self.store(session_id, state).await
     }
 
@@ -248,7 +326,48 @@ impl SessionStates {
                 Err(err) => tracing::warn!(error = %err, "watching session state failed; retrying"),
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            delay = delay.saturating_mul(2).min(std::time::Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    fn state(expires_at: i64) -> SessionState {
+        SessionState {
+            ended: true,
+            log_level: None,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn entries_live_until_their_sessions_expire_and_no_longer() {
+        let mut local = Expiring::new(100);
+        local.insert("a".into(), state(110), 100);
+        local.insert("b".into(), state(200), 100);
+        assert!(local.get("a", 105).is_some());
+        assert!(local.get("a", 110).is_none(), "expired entries are not answered");
+        local.insert("c".into(), state(300), 150);
+        assert_eq!(local.entries.len(), 2, "the expired one was dropped on the next insert");
+        assert!(local.get("b", 150).is_some());
+    }
+
+    #[test]
+    fn a_full_map_drops_the_entry_expiring_first() {
+        let mut local = Expiring::new(2);
+        local.insert("late".into(), state(900), 100);
+        local.insert("soon".into(), state(200), 100);
+        local.insert("new".into(), state(500), 100);
+        assert_eq!(local.entries.len(), 2);
+        assert!(local.get("soon", 100).is_none());
+        assert!(local.get("late", 100).is_some() && local.get("new", 100).is_some());
+        // Updating an entry does not grow the heap.
+        for _ in 0..100 {
+            local.insert("new".into(), state(500), 100);
+        }
+        assert!(local.by_expiry.len() <= 3, "{}", local.by_expiry.len());
     }
 }

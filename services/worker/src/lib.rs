@@ -67,7 +67,7 @@ impl Worker {
         // would be called again on every redelivery): refuse such a configuration.
         payload::check_response_limit(config.worker.max_response_bytes, payload::server_max_payload(&nats))
             .map_err(anyhow::Error::msg)?;
-        let cancelled = topology.ensure_cancelled_bucket(&js, config.streams.replicas).await?;
+        let cancelled = topology.ensure_cancelled_bucket(&js, &config.streams).await?;
         Ok(Arc::new(Self {
             config,
             pool,
