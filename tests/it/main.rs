@@ -4,6 +4,7 @@ mod admin;
 mod bodies;
 mod calls;
 mod control;
+mod docs;
 mod edges_storage;
 mod observability;
 mod outcomes;

@@ -1,0 +1,259 @@
+//! The documentation's relative links resolve: every `[text](path#anchor)` in `README.md`, `docs/` and the
+//! other Markdown pages of the repository names a file that exists and, with an anchor, a heading of that
+//! file (GitHub's slugs). Also: the README stays short and links every page of `docs/`.
+//! Needs neither NATS nor PostgreSQL.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The issue's limit: the README is an entry page, the manual is in `docs/`.
+const README_MAX_BYTES: usize = 12 * 1024;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `README.md`, and every `.md` under the folders whose pages link to each other (not `node_modules`,
+/// `target` or hidden folders, which hold other people's Markdown or generated files).
+fn pages() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.expect("directory entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if !(name.starts_with('.') || name == "node_modules" || name == "target") {
+                    walk(&path, out);
+                }
+            } else if name.ends_with(".md") {
+                out.push(path);
+            }
+        }
+    }
+    let root = root();
+    let mut out = vec![root.join("README.md")];
+    for dir in ["docs", "deploy", "loadtest", "schemas", "tests"] {
+        walk(&root.join(dir), &mut out);
+    }
+    out
+}
+
+/// Lines outside fenced code blocks (fences may be indented, e.g. inside list items), with their numbers.
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fence: Option<&str> = None;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        let marker = if t.starts_with("```") {
+            Some("```")
+        } else if t.starts_with("~~~") {
+            Some("~~~")
+        } else {
+            None
+        };
+        match (fence, marker) {
+            (None, Some(m)) => fence = Some(m),
+            (Some(open), Some(m)) if open == m => fence = None,
+            (None, None) => out.push((i + 1, line)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The line without its inline code spans (`` `[a](b)` `` is not a link).
+fn without_code(line: &str) -> String {
+    line.split('`').step_by(2).collect::<Vec<_>>().join(" ")
+}
+
+/// GitHub's heading anchor: the heading's text lowercased, spaces to `-`, punctuation dropped except `-`
+/// and `_`; a repeated heading gets `-1`, `-2`, ….
+fn slug(heading: &str) -> String {
+    // A link in a heading contributes its text only.
+    let mut text = String::new();
+    let mut rest = heading;
+    while let Some(open) = rest.find('[') {
+        let Some(mid) = rest[open..].find("](").map(|m| open + m) else {
+            break;
+        };
+        let Some(close) = rest[mid..].find(')').map(|c| mid + c) else {
+            break;
+        };
+        text.push_str(&rest[..open]);
+        text.push_str(&rest[open + 1..mid]);
+        rest = &rest[close + 1..];
+    }
+    text.push_str(rest);
+    text.trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            '-' | '_' => Some(c),
+            c if c.is_alphanumeric() => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = BTreeSet::new();
+    for (_, line) in prose(text) {
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if !(1..=6).contains(&hashes) || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let heading = line[hashes..].trim().trim_end_matches('#').trim_end();
+        let base = slug(heading);
+        let n = seen.entry(base.clone()).or_insert(0);
+        out.insert(if *n == 0 { base.clone() } else { format!("{base}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// Link targets of one line: inline links `[text](target "title")` and reference definitions
+/// `[label]: target`.
+fn targets(line: &str) -> Vec<String> {
+    let line = without_code(line);
+    let mut out = Vec::new();
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('[')
+        && let Some(end) = trimmed.find("]:")
+    {
+        if let Some(target) = trimmed[end + 2..].split_whitespace().next() {
+            out.push(target.to_string());
+        }
+        return out;
+    }
+    let mut rest = line.as_str();
+    while let Some(start) = rest.find("](") {
+        let after = &rest[start + 2..];
+        let end = after.find(')').unwrap_or(after.len());
+        let target = after[..end].split_whitespace().next().unwrap_or("");
+        out.push(target.trim_start_matches('<').trim_end_matches('>').to_string());
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Absolute (`https:`, `mailto:`, …) rather than relative.
+fn has_scheme(target: &str) -> bool {
+    target.split_once(':').is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
+}
+
+/// Every broken relative link of one page, as `page:line: target: why`.
+fn broken_links(page: &Path, checked: &mut usize) -> Vec<String> {
+    let root = root();
+    let text = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("read {}: {e}", page.display()));
+    let shown = page.strip_prefix(&root).unwrap_or(page).display().to_string();
+    let mut broken = Vec::new();
+    for (number, line) in prose(&text) {
+        for target in targets(line) {
+            if target.is_empty() || has_scheme(&target) {
+                continue;
+            }
+            *checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                page.to_path_buf()
+            } else {
+                page.parent().expect("a page is in a folder").join(path)
+            };
+            if !file.exists() {
+                broken.push(format!("{shown}:{number}: {target}: no such file"));
+                continue;
+            }
+            let Some(anchor) = anchor else { continue };
+            if file.extension().and_then(|e| e.to_str()) != Some("md") {
+                broken.push(format!(
+                    "{shown}:{number}: {target}: an anchor into a file that is not Markdown"
+                ));
+                continue;
+            }
+            let other = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+            if !anchors(&other).contains(anchor) {
+                broken.push(format!("{shown}:{number}: {target}: no heading with this anchor"));
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn slugs_follow_github() {
+    assert_eq!(slug("Guarantees and their limits"), "guarantees-and-their-limits");
+    assert_eq!(slug("Local scripts (`deploy/local/`)"), "local-scripts-deploylocal");
+    assert_eq!(slug("MCP behaviour"), "mcp-behaviour");
+    assert_eq!(slug("A `snake_case` name, twice!"), "a-snake_case-name-twice");
+    assert_eq!(slug("See [the docs](docs/a.md) now"), "see-the-docs-now");
+    let repeated = anchors("# Title\n## Errors\n```\n# not a heading\n```\n## Errors\n");
+    assert!(repeated.contains("errors") && repeated.contains("errors-1") && !repeated.contains("not-a-heading"));
+    assert_eq!(
+        targets("[a](x.md#b) `[c](not-a-link.md)` [d](<y.md> \"title\") [e](https://e.example)"),
+        ["x.md#b", "y.md", "https://e.example"]
+    );
+    assert!(has_scheme("https://e.example") && has_scheme("mailto:a@b") && !has_scheme("docs/a.md#b"));
+}
+
+#[test]
+fn every_relative_link_resolves() {
+    let pages = pages();
+    let docs = pages
+        .iter()
+        .filter(|p| p.parent() == Some(&root().join("docs")))
+        .count();
+    assert!(docs >= 10, "expected the manual in docs/, found {docs} pages");
+    let mut checked = 0;
+    let broken: Vec<String> = pages.iter().flat_map(|p| broken_links(p, &mut checked)).collect();
+    assert!(
+        broken.is_empty(),
+        "{} broken links:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+    // Guards against a parser that finds nothing and so passes.
+    assert!(
+        checked >= 50,
+        "only {checked} relative links found: is the link parser broken?"
+    );
+}
+
+#[test]
+fn the_readme_is_short_and_links_every_docs_page() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    assert!(
+        readme.len() <= README_MAX_BYTES,
+        "README.md has {} bytes, more than {README_MAX_BYTES}: move the detail into docs/",
+        readme.len()
+    );
+    let linked: BTreeSet<String> = prose(&readme).into_iter().flat_map(|(_, line)| targets(line)).collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root().join("docs")).expect("docs/") {
+        let name = entry
+            .expect("directory entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".md")
+            && !linked
+                .iter()
+                .any(|t| t.split('#').next() == Some(&format!("docs/{name}")))
+        {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "README.md does not link docs/{missing:?}");
+}
