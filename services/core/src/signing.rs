@@ -104,6 +104,15 @@ pub fn request_block<'a>(method: &str, target: &str, header: impl Fn(&str) -> Op
     block
 }
 
+/// The request target as sent and signed: the percent-encoded path, then `?` and
+/// the query only if there is one.
+pub fn request_target(url: &url::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    }
+}
+
 /// `{request id}.{base64url, unpadded, of sha256(request block)}`.
 pub fn webhook_id(request_id: &str, block: &[u8]) -> String {
     format!("{request_id}.{}", URL_SAFE_NO_PAD.encode(Sha256::digest(block)))

@@ -949,10 +949,7 @@ async fn render_tool(
     };
     let request = tengine_core::templates::render_request(&tool, &ctx)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", e.to_string()))?;
-    let target = match request.url.query() {
-        Some(q) => format!("{}?{q}", request.url.path()),
-        None => request.url.path().to_string(),
-    };
+    let target = tengine_core::signing::request_target(&request.url);
     let signed = tengine_core::signing::Target {
         method: request.method.as_str(),
         target: &target,

@@ -86,10 +86,7 @@ pub fn signed_headers(
             .collect::<Result<Vec<_>, _>>()?,
         (strategy, None) => return Err(format!("auth_strategy {} has no secret stored", strategy.as_str())),
     };
-    let target = match request.url.query() {
-        Some(q) => format!("{}?{q}", request.url.path()),
-        None => request.url.path().to_string(),
-    };
+    let target = signing::request_target(&request.url);
     let signed = signing::Target {
         method: request.method.as_str(),
         target: &target,
