@@ -1,5 +1,7 @@
 //! A real HTTP API on 127.0.0.1:0 standing in for a customer's service. It records
-//! every request and verifies `webhook-signature` with the `standardwebhooks` crate.
+//! every request and verifies both signature forms as the README tells a receiver
+//! to: `webhook-signature` with the `standardwebhooks` crate plus the `webhook-id`
+//! binding, and `tng3`.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,7 +13,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::any,
 };
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -20,8 +28,11 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
-    /// `Some(true)` when a webhook-signature was present and verified.
+    /// For a request with a `webhook-signature`: `Some(true)` when every check of
+    /// [`check_signatures`] passed with the upstream's secret, else `Some(false)`
+    /// and `signature_error` says why. `None` for an unsigned request.
     pub signature_valid: Option<bool>,
+    pub signature_error: Option<String>,
 }
 
 impl Recorded {
@@ -31,6 +42,100 @@ impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
+    /// The request target as received: path, then `?query` if there was one.
+    pub fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+    pub fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in &self.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+    /// [`check_signatures`] on this request.
+    pub fn check_signatures(&self, secret: &str) -> Result<(), String> {
+        check_signatures(secret, &self.method, &self.target(), &self.header_map(), &self.body)
+    }
+}
+
+/// The headers `tng3` and the `webhook-id` binding cover, in order, as the README
+/// lists them (written out as a receiver would, not taken from tengine_core).
+pub const SIGNED_HEADERS: [&str; 7] = [
+    "x-tengine-project-id",
+    "x-tengine-integration-id",
+    "x-tengine-request-id",
+    "idempotency-key",
+    "x-tengine-member-id",
+    "x-tengine-member-email",
+    "x-tengine-member-roles",
+];
+
+/// `{METHOD}\n{path?query}\n` then `{name}:{value}\n` per signed header, values as
+/// received (absent: empty).
+pub fn request_block(method: &str, target: &str, headers: &HeaderMap) -> Vec<u8> {
+    let mut block = format!("{method}\n{target}\n").into_bytes();
+    for name in SIGNED_HEADERS {
+        block.extend_from_slice(name.as_bytes());
+        block.push(b':');
+        if let Some(value) = headers.get(name) {
+            block.extend_from_slice(value.as_bytes());
+        }
+        block.push(b'\n');
+    }
+    block
+}
+
+/// Both signature forms, as the README tells a receiver to check them:
+/// `webhook-signature` (the `standardwebhooks` crate) with the `webhook-id`
+/// binding, and `tng3`. Any one of several space-separated signatures may match.
+pub fn check_signatures(
+    secret: &str,
+    method: &str,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("secret: {e}"))?;
+    webhook
+        .verify(body, headers)
+        .map_err(|e| format!("standardwebhooks: {e}"))?;
+    let block = request_block(method, target, headers);
+    let binding = URL_SAFE_NO_PAD.encode(Sha256::digest(&block));
+    if get("webhook-id").rsplit_once('.').map(|(_, b)| b) != Some(binding.as_str()) {
+        return Err(format!(
+            "webhook-id binding: {:?} does not end in .{binding}",
+            get("webhook-id")
+        ));
+    }
+    if get("x-tengine-timestamp") != get("webhook-timestamp") {
+        return Err("x-tengine-timestamp differs from webhook-timestamp".into());
+    }
+    let key = STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .map_err(|e| format!("secret: {e}"))?;
+    let line = format!(
+        "tng3 {} {} {}",
+        get("x-tengine-timestamp"),
+        hex::encode(Sha256::digest(&block)),
+        hex::encode(Sha256::digest(body))
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| format!("key: {e}"))?;
+    mac.update(line.as_bytes());
+    let expected = format!("tng3={}", hex::encode(mac.finalize().into_bytes()));
+    if !get("x-tengine-signature").split(' ').any(|s| s == expected) {
+        return Err(format!("no tng3 signature matches: {:?}", get("x-tengine-signature")));
+    }
+    Ok(())
 }
 
 struct Inner {
@@ -83,15 +188,16 @@ impl Upstream {
 }
 
 fn record(inner: &Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) {
-    let signature_valid = match (&inner.secret, headers.contains_key("webhook-signature")) {
-        (Some(secret), true) => Some(
-            standardwebhooks::Webhook::new(secret)
-                .expect("valid test secret")
-                .verify(body, headers)
-                .is_ok(),
-        ),
-        (_, true) => Some(false),
-        _ => None,
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string());
+    let (signature_valid, signature_error) = match (&inner.secret, headers.contains_key("webhook-signature")) {
+        (Some(secret), true) => match check_signatures(secret, method.as_str(), &target, headers, body) {
+            Ok(()) => (Some(true), None),
+            Err(e) => (Some(false), Some(e)),
+        },
+        (None, true) => (Some(false), Some("no secret to verify with".into())),
+        (_, false) => (None, None),
     };
     inner.requests.lock().expect("lock").push(Recorded {
         method: method.to_string(),
@@ -99,10 +205,17 @@ fn record(inner: &Inner, method: &Method, uri: &Uri, headers: &HeaderMap, body: 
         query: uri.query().map(str::to_string),
         headers: headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            // Tengine sends non-ASCII values (a member's name) as UTF-8 bytes.
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: body.to_vec(),
         signature_valid,
+        signature_error,
     });
 }
 

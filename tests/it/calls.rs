@@ -58,18 +58,28 @@ async fn signed_call_reaches_upstream_with_identity_and_typed_body() {
     assert_eq!(
         req.signature_valid,
         Some(true),
-        "standardwebhooks verifies the signature"
+        "standardwebhooks, the webhook-id binding and tng3 verify: {:?}",
+        req.signature_error
     );
     assert_eq!(req.header("x-tengine-request-id"), Some(run.as_str()));
-    assert_eq!(req.header("webhook-id"), Some(run.as_str()));
+    let webhook_id = req.header("webhook-id").expect("webhook-id");
+    assert!(webhook_id.starts_with(&format!("{run}.")), "{webhook_id}");
     assert_eq!(req.header("idempotency-key"), Some(run.as_str()));
     assert_eq!(
         req.header("x-tengine-project-id"),
         Some(app.project_id.to_string().as_str())
     );
     assert!(req.header("x-tengine-integration-id").is_some());
-    let tng2 = req.header("x-tengine-signature").expect("tng2 signature");
-    assert!(tng2.starts_with("tng2=") && tng2.len() == 5 + 64, "{tng2}");
+    let signatures: Vec<&str> = req
+        .header("x-tengine-signature")
+        .expect("signatures")
+        .split(' ')
+        .collect();
+    assert!(
+        matches!(signatures[..], [tng3, tng2] if tng3.starts_with("tng3=") && tng2.starts_with("tng2=")
+            && tng3.len() == 5 + 64 && tng2.len() == 5 + 64),
+        "{signatures:?}"
+    );
     assert!(
         req.header("authorization").is_none(),
         "the client's token is never forwarded"

@@ -15,5 +15,6 @@ mod retention;
 mod retries;
 mod schemas;
 mod sdk_clients;
+mod signatures;
 mod transport;
 mod usage;

@@ -162,6 +162,15 @@ async fn the_worker_retries_only_what_is_safe() {
         .map(|r| r.header("x-tengine-request-id").unwrap_or_default().to_string())
         .collect();
     assert_eq!(ids.len(), 1, "every attempt carries the same request id");
+    let webhook_ids: std::collections::BTreeSet<_> = attempts
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        webhook_ids.len(),
+        1,
+        "webhook-id (with its binding) is the same on every attempt"
+    );
     let stamps: std::collections::BTreeSet<_> = attempts
         .iter()
         .map(|r| r.header("x-tengine-timestamp").unwrap_or_default().to_string())

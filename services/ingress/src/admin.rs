@@ -961,12 +961,24 @@ async fn render_tool(
     };
     let request = tengine_core::templates::render_request(&tool, &ctx)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", e.to_string()))?;
-    let mut out_headers: Vec<(String, String)> = tengine_core::signing::identity_headers(
+    let target = tengine_core::signing::request_target(&request.url);
+    let signed = tengine_core::signing::Target {
+        method: request.method.as_str(),
+        target: &target,
+        body: request.body.as_deref().unwrap_or_default(),
+    };
+    // Identity and webhook-id as the worker would send them (for this render's run id).
+    let mut out_headers: Vec<(String, String)> = tengine_core::signing::outbound_headers(
         &caller,
         tool.inject_member_identity,
         run_id,
         chrono::Utc::now().timestamp(),
-    );
+        signed,
+        &[],
+    )
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     out_headers.extend(request.headers.iter().cloned());
     match tool.auth_strategy {
         tengine_core::domain::AuthStrategy::None => {}
@@ -976,7 +988,7 @@ async fn render_tool(
         tengine_core::domain::AuthStrategy::HmacSignature => {
             out_headers.push((
                 tengine_core::signing::HEADER_SIGNATURE.into(),
-                "tng2=<computed when sent>".into(),
+                "tng3=<computed when sent> tng2=<computed when sent>".into(),
             ));
             out_headers.push((
                 tengine_core::signing::HEADER_WEBHOOK_SIGNATURE.into(),

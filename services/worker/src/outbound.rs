@@ -67,7 +67,6 @@ pub fn signed_headers(
     if request.body.is_some() && !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    let run = run_id.to_string();
     let mut set = |name: &str, value: &str| -> Result<(), String> {
         let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
         // from_bytes lower-cases, so names can be written in their documented casing.
@@ -75,29 +74,26 @@ pub fn signed_headers(
         headers.insert(name, value);
         Ok(())
     };
-    for (name, value) in signing::identity_headers(caller, inject_member, run_id, timestamp) {
-        set(&name, &value)?;
-    }
-    match (credentials.strategy, credentials.secret) {
-        (AuthStrategy::None, _) => {}
-        (AuthStrategy::StaticBearer, Some(token)) => set("authorization", &format!("Bearer {token}"))?,
-        (AuthStrategy::HmacSignature, Some(secret)) => {
-            let body = request.body.as_deref().unwrap_or_default();
-            let path_and_query = match request.url.query() {
-                Some(q) => format!("{}?{q}", request.url.path()),
-                None => request.url.path().to_string(),
-            };
-            // Several signatures are space-separated, as Standard Webhooks specifies.
-            let (mut tng2, mut webhook) = (Vec::new(), Vec::new());
-            for secret in std::iter::once(secret).chain(credentials.previous) {
-                let key = SigningKey::parse(secret)?;
-                tng2.push(key.tng2(timestamp, &run, request.method.as_str(), &path_and_query, body));
-                webhook.push(key.standard_webhooks(&run, timestamp, body));
-            }
-            set(signing::HEADER_SIGNATURE, &tng2.join(" "))?;
-            set(signing::HEADER_WEBHOOK_SIGNATURE, &webhook.join(" "))?;
+    let keys = match (credentials.strategy, credentials.secret) {
+        (AuthStrategy::None, _) => Vec::new(),
+        (AuthStrategy::StaticBearer, Some(token)) => {
+            set("authorization", &format!("Bearer {token}"))?;
+            Vec::new()
         }
+        (AuthStrategy::HmacSignature, Some(secret)) => std::iter::once(secret)
+            .chain(credentials.previous)
+            .map(SigningKey::parse)
+            .collect::<Result<Vec<_>, _>>()?,
         (strategy, None) => return Err(format!("auth_strategy {} has no secret stored", strategy.as_str())),
+    };
+    let target = signing::request_target(&request.url);
+    let signed = signing::Target {
+        method: request.method.as_str(),
+        target: &target,
+        body: request.body.as_deref().unwrap_or_default(),
+    };
+    for (name, value) in signing::outbound_headers(caller, inject_member, run_id, timestamp, signed, &keys) {
+        set(name, &value)?;
     }
     Ok(headers)
 }
