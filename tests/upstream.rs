@@ -1,5 +1,5 @@
 //! A real HTTP API on 127.0.0.1:0 standing in for a customer's service. It records
-//! every request and verifies both signature forms as the README tells a receiver
+//! every request and verifies both signature forms as docs/upstream.md tells a receiver
 //! to: `webhook-signature` with the `standardwebhooks` crate plus the `webhook-id`
 //! binding, and `tng3`.
 
@@ -67,7 +67,7 @@ impl Recorded {
     }
 }
 
-/// The headers `tng3` and the `webhook-id` binding cover, in order, as the README
+/// The headers `tng3` and the `webhook-id` binding cover, in order, as docs/upstream.md
 /// lists them (written out as a receiver would, not taken from tengine_core).
 pub const SIGNED_HEADERS: [&str; 7] = [
     "x-tengine-project-id",
@@ -94,7 +94,7 @@ pub fn request_block(method: &str, target: &str, headers: &HeaderMap) -> Vec<u8>
     block
 }
 
-/// Both signature forms, as the README tells a receiver to check them:
+/// Both signature forms, as docs/upstream.md tells a receiver to check them:
 /// `webhook-signature` (the `standardwebhooks` crate) with the `webhook-id`
 /// binding, and `tng3`. Any one of several space-separated signatures may match.
 pub fn check_signatures(

@@ -281,7 +281,7 @@ mod tests {
         headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
-    /// The README's test vector, computed independently (Python: hashlib, hmac and
+    /// The test vector in docs/upstream.md, computed independently (Python: hashlib, hmac and
     /// the `standardwebhooks` package).
     #[test]
     fn tng3_and_webhook_id_test_vector() {

@@ -1,5 +1,5 @@
 //! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`.
-//! Codes are stable strings, documented in the README's error table.
+//! Codes are stable strings, documented in docs/errors.md.
 
 use axum::{
     Json,
