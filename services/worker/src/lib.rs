@@ -13,30 +13,28 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod addresses;
+mod dispatch;
 pub mod outbound;
 
 use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, Message};
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
-use chrono::Utc;
+use backon::{ExponentialBuilder, Retryable};
 use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
     bus::BusError,
     connections::Connections,
-    domain::HttpMethod,
-    domain::ToolDefinition,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     payload, prometheus,
     secrets::SecretBox,
-    store::{self, Principal, StoreError, StoreResult},
     telemetry::{self, TraceContext},
-    templates,
 };
 use tokio::sync::Semaphore;
 use tracing::Instrument;
+
+use crate::dispatch::Refusal;
 
 pub struct Worker {
     config: Config,
@@ -208,13 +206,13 @@ impl Worker {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(panic = %what, "a fault while running the command; recording the run as failed");
-                let outcome = self.outcome(
+                let outcome = self.refused(
                     &command,
                     0,
-                    RunStatus::Failed,
-                    Some(ErrorClass::Internal),
-                    Some("a fault in the worker ended the run; it is not retried (see the worker's log)".into()),
-                    None,
+                    Refusal::failed(
+                        ErrorClass::Internal,
+                        "a fault in the worker ended the run; it is not retried (see the worker's log)",
+                    ),
                 );
                 (outcome, Vec::new())
             }
@@ -246,15 +244,13 @@ impl Worker {
         let mut pending = Vec::new();
         let outcome = if max_deliver > 0 && delivered >= max_deliver {
             // Last delivery: record a failure instead of risking another crash loop.
-            self.outcome(
+            self.refused(
                 command,
                 attempt,
-                RunStatus::Failed,
-                Some(ErrorClass::DeliveryExhausted),
-                Some(format!(
-                    "the run was delivered {delivered} times without finishing; giving up"
-                )),
-                None,
+                Refusal::failed(
+                    ErrorClass::DeliveryExhausted,
+                    format!("the run was delivered {delivered} times without finishing; giving up"),
+                ),
             )
         } else {
             self.execute(command, attempt, message, remote, &mut pending).await
@@ -375,38 +371,6 @@ impl Worker {
         matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put)
     }
 
-    fn outcome(
-        &self,
-        command: &ExecuteCommand,
-        attempts: u32,
-        status: RunStatus,
-        error_class: Option<ErrorClass>,
-        error: Option<String>,
-        response: Option<tengine_core::envelope::UpstreamResponse>,
-    ) -> RunOutcome {
-        let finished_at = Utc::now();
-        RunOutcome {
-            run_id: command.run_id,
-            caller: command.caller.clone(),
-            tool_name: command.tool_name.clone(),
-            status,
-            error_class,
-            error: error.map(payload::bounded_error),
-            response,
-            attempts,
-            accepted_at: command.accepted_at,
-            finished_at,
-            latency_ms: u64::try_from(
-                finished_at
-                    .signed_duration_since(command.accepted_at)
-                    .num_milliseconds(),
-            )
-            .unwrap_or(0),
-            bodies: None,
-            keep_result_until: command.keep_result_until,
-        }
-    }
-
     /// Stores an attempt event in the background; the handle is awaited before the ack.
     fn log_attempt(&self, project_id: uuid::Uuid, event: RunEvent) -> tokio::task::JoinHandle<()> {
         let (js, topology) = (self.js.clone(), self.topology.clone());
@@ -418,331 +382,6 @@ impl Worker {
             }
             .in_current_span(),
         )
-    }
-
-    async fn execute(
-        &self,
-        command: &ExecuteCommand,
-        attempt: u32,
-        message: &Message,
-        remote: &TraceContext,
-        pending: &mut Vec<tokio::task::JoinHandle<()>>,
-    ) -> RunOutcome {
-        let fail = |class: ErrorClass, error: String| {
-            self.outcome(command, attempt, RunStatus::Failed, Some(class), Some(error), None)
-        };
-        // Independent lookups, at once: each is a round trip on the call's critical path.
-        let looking_up = std::time::Instant::now();
-        let (tool, principal, project, cancelled) = tokio::join!(
-            store::get_tool_by_id(&self.pool, command.tool_id),
-            store::current_principal(&self.pool, &command.caller),
-            store::project_runtime(&self.pool, command.caller.project_id),
-            self.is_cancelled(command.run_id),
-        );
-        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);
-        // The `attempts` of a run that ends before this delivery calls the API.
-        let before = attempt.saturating_sub(1);
-        if cancelled {
-            return self.outcome(
-                command,
-                before,
-                RunStatus::Cancelled,
-                None,
-                Some("the client cancelled the call before the API was called".into()),
-                None,
-            );
-        }
-        let tool = match access(command, tool, principal) {
-            Access::Allowed(tool) => {
-                if tool.version != command.tool_version {
-                    tracing::info!(
-                        accepted = command.tool_version,
-                        current = tool.version,
-                        "the tool changed since the call was accepted; using its current definition"
-                    );
-                }
-                *tool
-            }
-            Access::Revoked(reason) => {
-                return self.outcome(
-                    command,
-                    before,
-                    RunStatus::Revoked,
-                    Some(ErrorClass::Revoked),
-                    Some(format!("{reason} since the call was accepted; the API was not called")),
-                    None,
-                );
-            }
-            Access::Unknown(why) => return fail(ErrorClass::Internal, why),
-        };
-        let ctx = templates::Context {
-            arguments: &command.arguments,
-            reserved: templates::reserved_variables(&command.caller, command.run_id),
-        };
-        let request = match templates::render_request(&tool, &ctx) {
-            Ok(r) => r,
-            Err(err) => return fail(ErrorClass::InvalidArguments, err.to_string()),
-        };
-        let secret = match tool
-            .auth_secret_ciphertext
-            .as_deref()
-            .map(|c| self.secrets.open(tool.id, c))
-        {
-            None => None,
-            Some(Ok(secret)) => Some(secret),
-            Some(Err(err)) => {
-                tracing::error!(error = %err, tool_id = %tool.id, "decrypting the tool secret");
-                return fail(
-                    ErrorClass::Internal,
-                    "the tool's secret cannot be decrypted with the configured master key".into(),
-                );
-            }
-        };
-        let (policy, bodies) = match project {
-            Ok(project) => (
-                addresses::Policy {
-                    allow_all: self.config.allow_private_upstreams,
-                    allowlist: project
-                        .outbound_allowlist
-                        .iter()
-                        .filter_map(|n| n.parse().ok())
-                        .collect(),
-                },
-                project.bodies,
-            ),
-            Err(err) => {
-                tracing::error!(error = %err, "loading the project's outbound allow-list");
-                return fail(
-                    ErrorClass::Internal,
-                    "the project's settings could not be loaded".into(),
-                );
-            }
-        };
-        // A literal IP never goes through the resolver: check it here.
-        let literal = match request.url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !policy.permits(ip)
-        {
-            return fail(ErrorClass::Forbidden, addresses::Policy::refusal(ip));
-        }
-        let connect_timeout = Duration::from_millis(self.config.worker.connect_timeout_ms);
-        let client = match self
-            .clients
-            .try_get_with(policy.clone(), || outbound::client(connect_timeout, policy.clone()))
-        {
-            Ok(client) => client,
-            Err(err) => return fail(ErrorClass::Internal, format!("building the HTTP client: {err}")),
-        };
-        // An expired previous secret was already dropped when the tool was loaded.
-        let previous = tool
-            .auth_secret_previous_ciphertext
-            .as_deref()
-            .and_then(|c| self.secrets.open(tool.id, c).ok());
-        let credentials = outbound::Credentials {
-            strategy: tool.auth_strategy,
-            secret: secret.as_deref(),
-            previous: previous.as_deref(),
-        };
-        let policy = tool.retry.clone().unwrap_or_default();
-        let idempotent = matches!(tool.http_method, HttpMethod::Get | HttpMethod::Put | HttpMethod::Delete)
-            || tool.annotations.as_ref().and_then(|a| a.idempotent_hint) == Some(true);
-        // Registration validates these; a stored row is held to the same ranges anyway.
-        let max_backoff = policy.max_backoff_ms.min(300_000);
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(policy.initial_backoff_ms.min(max_backoff)))
-            .with_max_delay(Duration::from_millis(max_backoff))
-            .with_jitter()
-            .with_max_times(usize::try_from(policy.max_attempts.saturating_sub(1)).unwrap_or(0))
-            .build();
-        // Measured, never added to an Instant: nothing here can overflow.
-        let deadline = Duration::from_millis(policy.total_deadline_ms);
-        let began = std::time::Instant::now();
-        // Attempt numbers stay unique across redeliveries of the command.
-        let first = before.saturating_mul(policy.max_attempts).saturating_add(1);
-        let mut number = first;
-        let project_id = command.caller.project_id;
-        // Redacted and capped here, so run history never sees more (opt-in per
-        // project), and within what the outcome's message has left.
-        let keep = |result: &outbound::AttemptResult| {
-            bodies.as_ref().map(|policy| {
-                let response_bytes = result.response.as_ref().map_or(0, |r| r.body.len());
-                let budget = payload::bodies_budget(payload::server_max_payload(&self.nats), response_bytes);
-                policy.capture(request.body.as_deref(), result.response.as_ref(), budget)
-            })
-        };
-        loop {
-            // Access may have changed during the last attempt or the wait: the
-            // credential, its integration or member, allowed_tools, the tool.
-            if number > first {
-                let (tool, principal) = tokio::join!(
-                    store::get_tool_by_id(&self.pool, command.tool_id),
-                    store::current_principal(&self.pool, &command.caller),
-                );
-                let made = number.saturating_sub(1);
-                match access(command, tool, principal) {
-                    Access::Allowed(_) => {}
-                    Access::Revoked(reason) => {
-                        tracing::info!(attempt = number, %reason, "access revoked between attempts");
-                        return self.outcome(
-                            command,
-                            made,
-                            RunStatus::Revoked,
-                            Some(ErrorClass::Revoked),
-                            Some(format!(
-                                "{reason} during the run; attempt {number} was not made (the API was called for \
-                                 attempts {first} to {made})"
-                            )),
-                            None,
-                        );
-                    }
-                    Access::Unknown(why) => {
-                        return self.outcome(
-                            command,
-                            made,
-                            RunStatus::Failed,
-                            Some(ErrorClass::Internal),
-                            Some(format!("{why} before attempt {number}")),
-                            None,
-                        );
-                    }
-                }
-            }
-            // A fresh timestamp and signature each time; the request id stays the run id.
-            let headers = match outbound::signed_headers(
-                &request,
-                &command.caller,
-                command.run_id,
-                &credentials,
-                tool.inject_member_identity,
-                Utc::now().timestamp(),
-            ) {
-                Ok(h) => h,
-                Err(err) => return fail(ErrorClass::InvalidArguments, err),
-            };
-            // Each attempt is a span of its own; the upstream sees it as the parent.
-            let attempt_span = tracing::info_span!("attempt", attempt = number);
-            let mut headers = headers;
-            telemetry::inject_http(&attempt_span, remote, &mut headers);
-            let started_at = Utc::now();
-            let started = RunEvent::AttemptStarted {
-                run_id: command.run_id,
-                project_id,
-                attempt: number,
-                started_at,
-            };
-            // Attempt events are stored while the API is called: their acks are
-            // awaited before the command is acked, not before the call.
-            pending.push(self.log_attempt(project_id, started.clone()));
-            self.notify(command, started).await;
-
-            // The API's own progress goes to the waiting ingress as it arrives.
-            let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<outbound::Progress>();
-            let forward = async {
-                while let Some(p) = progress_rx.recv().await {
-                    let event = RunEvent::UpstreamProgress {
-                        run_id: command.run_id,
-                        progress: p.progress,
-                        total: p.total,
-                        message: p.message,
-                    };
-                    self.notify(command, event).await;
-                }
-            };
-            let call = async {
-                let mut report = |p: outbound::Progress| {
-                    let _ = progress_tx.send(p);
-                };
-                let result = outbound::send(
-                    &client,
-                    request.clone(),
-                    headers,
-                    Duration::from_millis(tool.timeout_ms),
-                    self.config.worker.max_response_bytes,
-                    &mut report,
-                )
-                .await;
-                drop(progress_tx);
-                result
-            }
-            .instrument(attempt_span);
-            let (result, ()) = self.keeping_claim(message, async { tokio::join!(call, forward) }).await;
-            metrics::counter!(prometheus::ATTEMPTS, "outcome" => result.error_class.map_or("ok", ErrorClass::as_str))
-                .increment(1);
-            metrics::histogram!(prometheus::UPSTREAM_SECONDS).record(result.elapsed.as_secs_f64());
-
-            let finished = RunEvent::AttemptFinished {
-                run_id: command.run_id,
-                project_id,
-                attempt: number,
-                started_at,
-                finished_at: Utc::now(),
-                http_status: result.response.as_ref().map(|r| r.http_status),
-                error_class: result.error_class,
-                error: result.error.clone().map(payload::bounded_error),
-                bytes_out: result.bytes_out,
-                bytes_in: result.bytes_in,
-            };
-            pending.push(self.log_attempt(project_id, finished.clone()));
-            self.notify(command, finished).await;
-            tracing::debug!(
-                attempt = number,
-                elapsed_ms = result.elapsed.as_millis() as u64,
-                "attempt finished"
-            );
-
-            let wait = if outbound::retryable(&result, idempotent) {
-                outbound::next_wait(
-                    delays.next(),
-                    result.retry_after,
-                    deadline.saturating_sub(began.elapsed()),
-                )
-            } else {
-                None
-            };
-            match wait {
-                // A cancelled call is not retried.
-                Some(_) if self.is_cancelled(command.run_id).await => {
-                    let kept = keep(&result);
-                    let mut outcome = self.outcome(
-                        command,
-                        number,
-                        RunStatus::Failed,
-                        result.error_class,
-                        result.error,
-                        result.response,
-                    );
-                    outcome.bodies = kept;
-                    return outcome;
-                }
-                Some(wait) => {
-                    tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
-                    self.keeping_claim(message, tokio::time::sleep(wait)).await;
-                    number = number.saturating_add(1);
-                }
-                _ => {
-                    let status = if result.error_class.is_none() {
-                        RunStatus::Succeeded
-                    } else {
-                        RunStatus::Failed
-                    };
-                    let kept = keep(&result);
-                    let mut outcome = self.outcome(
-                        command,
-                        number,
-                        status,
-                        result.error_class,
-                        result.error,
-                        result.response,
-                    );
-                    outcome.bodies = kept;
-                    return outcome;
-                }
-            }
-        }
     }
 
     /// Runs `work` while sending progress acks, so the command stays ours (no
@@ -766,41 +405,5 @@ impl Worker {
 
     pub async fn health(&self) -> bool {
         tengine_core::connections::healthy(&self.nats, &self.pool).await
-    }
-}
-
-/// Whether a run may (still) call the API, from the tool and the caller's
-/// credential as PostgreSQL holds them now (nothing is cached, so a revocation
-/// counts from the next check, which comes before every attempt).
-enum Access {
-    Allowed(Box<ToolDefinition>),
-    /// Why not: the tool was disabled or deleted, or the caller lost access.
-    Revoked(String),
-    /// It could not be checked (the database failed); the message says what.
-    Unknown(String),
-}
-
-fn access(
-    command: &ExecuteCommand,
-    tool: StoreResult<ToolDefinition>,
-    principal: StoreResult<Option<Principal>>,
-) -> Access {
-    let tool = match tool {
-        Ok(tool) if tool.enabled && tool.project_id == command.caller.project_id => tool,
-        Ok(_) | Err(StoreError::NotFound) => {
-            return Access::Revoked(format!("tool `{}` was disabled or deleted", command.tool_name));
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "loading the tool");
-            return Access::Unknown("the tool definition could not be loaded".into());
-        }
-    };
-    match principal.map(|p| store::revocation(p, &tool)) {
-        Ok(None) => Access::Allowed(Box::new(tool)),
-        Ok(Some(reason)) => Access::Revoked(reason),
-        Err(err) => {
-            tracing::error!(error = %err, "checking the caller's credential");
-            Access::Unknown("the caller's credential could not be checked".into())
-        }
     }
 }
