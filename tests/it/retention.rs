@@ -252,7 +252,7 @@ async fn existing_history_is_moved_into_day_partitions() {
     let partitioning = 20261124000010;
     let before = sqlx::migrate::Migrator {
         migrations: std::borrow::Cow::Owned(
-            tengine_core::store::MIGRATOR
+            tengine_core::connections::MIGRATOR
                 .migrations
                 .iter()
                 .filter(|m| m.version < partitioning)
@@ -289,17 +289,21 @@ async fn existing_history_is_moved_into_day_partitions() {
             .await
             .expect("old-form event id");
     }
-    tengine_core::store::MIGRATOR
+    tengine_core::connections::MIGRATOR
         .run(&pool)
         .await
         .expect("partitioning migration");
 
     for (run, status) in [(recent, "succeeded"), (old, "failed")] {
-        let (record, attempts) = tengine_core::store::get_run(&pool, run).await.expect("run kept");
+        let (record, attempts) = tengine_projector::history::runs::get(&pool, run)
+            .await
+            .expect("run kept");
         assert_eq!(record.status, status);
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].bytes_in, Some(7));
-        let bodies = tengine_core::store::run_bodies(&pool, run).await.expect("bodies");
+        let bodies = tengine_projector::history::runs::bodies(&pool, run)
+            .await
+            .expect("bodies");
         assert_eq!(bodies.and_then(|b| b.request_body).as_deref(), Some("{}"));
         for table in retention::PARTITIONED_TABLES {
             let (n,): (i64,) = sqlx::query_as(&format!(

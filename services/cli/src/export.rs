@@ -1,8 +1,8 @@
-//! `tengine usage export`: billing export of closed hours, read straight from
-//! PostgreSQL.
+//! `tengine usage export`: billing export of closed hours, read from run history
+//! through [`tengine_projector::history::export`] (which owns the queries).
 //!
-//! Rows are streamed (`fetch`) page by page with keyset pagination, never the
-//! whole result in memory; after each page the resume cursor is known (and, with
+//! Rows are streamed page by page with keyset pagination, never the whole
+//! result in memory; after each page the resume cursor is known (and, with
 //! `--output`, saved next to the file). Only closed hours are exported (see
 //! `tengine_projector::closing`): an exported hour never changes afterwards.
 //!
@@ -24,9 +24,11 @@ use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use serde_json::{Value, json};
-use sqlx::{PgPool, Row, postgres::PgRow};
+use serde_json::Value;
+use sqlx::PgPool;
 use tengine_core::{Config, Topology};
+pub use tengine_projector::history::export::Kind;
+use tengine_projector::history::export::{Pages, hours_with_usage};
 use uuid::Uuid;
 
 /// Rows per page (one query each).
@@ -38,15 +40,6 @@ pub enum Format {
     Jsonl,
 }
 
-/// What is exported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `usage_hourly` rows (per integration, member, tool and hour).
-    Usage,
-    /// One row per run.
-    Runs,
-}
-
 pub struct Exporter {
     pool: PgPool,
     events: async_nats::jetstream::stream::Stream,
@@ -56,7 +49,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+        let pool = tengine_core::connections::connect_postgres(&config.database_url, 2).await?;
         let nats = tengine_core::topology::connect_nats(&config.nats_url, "tengine-export").await?;
         let topology = Topology::from_config(config);
         let events = async_nats::jetstream::new(nats)
@@ -92,117 +85,10 @@ fn decode_cursor(cursor: &str, kind: Kind) -> anyhow::Result<Value> {
     let bad = || anyhow::anyhow!("--cursor is not a cursor printed by an earlier `tengine usage export` of this kind");
     let bytes = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| bad())?;
     let key: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    let fields = match kind {
-        Kind::Usage => 4,
-        Kind::Runs => 2,
-    };
-    if key.as_array().map(Vec::len) != Some(fields) {
+    if key.as_array().map(Vec::len) != Some(kind.key_len()) {
         return Err(bad());
     }
     Ok(key)
-}
-
-const USAGE_COLUMNS: [&str; 12] = [
-    "project_id",
-    "hour",
-    "integration_id",
-    "member_id",
-    "tool_name",
-    "calls",
-    "successes",
-    "failures",
-    "latency_ms_sum",
-    "latency_buckets",
-    "bytes_in",
-    "bytes_out",
-];
-
-const RUN_COLUMNS: [&str; 13] = [
-    "run_id",
-    "project_id",
-    "integration_id",
-    "api_key_id",
-    "member_id",
-    "tool_name",
-    "status",
-    "error_class",
-    "http_status",
-    "latency_ms",
-    "attempts",
-    "accepted_at",
-    "finished_at",
-];
-
-/// One page of rows after the cursor's position, in key order.
-fn page_query(kind: Kind) -> String {
-    match kind {
-        Kind::Usage => format!(
-            "SELECT {} FROM usage_hourly WHERE project_id = $1 AND hour >= $2 AND hour < $3 \
-             AND ($4::timestamptz IS NULL OR (hour, integration_id, member_id, tool_name) > ($4, $5, $6, $7)) \
-             ORDER BY hour, integration_id, member_id, tool_name LIMIT $8",
-            USAGE_COLUMNS.join(", ")
-        ),
-        Kind::Runs => format!(
-            "SELECT {} FROM runs WHERE project_id = $1 AND accepted_at >= $2 AND accepted_at < $3 \
-             AND ($4::timestamptz IS NULL OR (accepted_at, run_id) > ($4, $5::uuid)) \
-             ORDER BY accepted_at, run_id LIMIT $8",
-            RUN_COLUMNS.join(", ")
-        ),
-    }
-}
-
-fn time(value: DateTime<Utc>) -> Value {
-    json!(value.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
-/// A row as a JSON object, with its keyset position.
-fn decode_row(kind: Kind, row: &PgRow) -> Result<(serde_json::Map<String, Value>, Value), sqlx::Error> {
-    let mut out = serde_json::Map::new();
-    let key = match kind {
-        Kind::Usage => {
-            let hour: DateTime<Utc> = row.try_get("hour")?;
-            let integration: Uuid = row.try_get("integration_id")?;
-            let member: String = row.try_get("member_id")?;
-            let tool: String = row.try_get("tool_name")?;
-            out.insert("project_id".into(), json!(row.try_get::<Uuid, _>("project_id")?));
-            out.insert("hour".into(), time(hour));
-            out.insert("integration_id".into(), json!(integration));
-            out.insert("member_id".into(), json!(member));
-            out.insert("tool_name".into(), json!(tool));
-            for column in ["calls", "successes", "failures", "latency_ms_sum"] {
-                out.insert(column.into(), json!(row.try_get::<i64, _>(column)?));
-            }
-            out.insert(
-                "latency_buckets".into(),
-                json!(row.try_get::<Vec<i64>, _>("latency_buckets")?),
-            );
-            for column in ["bytes_in", "bytes_out"] {
-                out.insert(column.into(), json!(row.try_get::<i64, _>(column)?));
-            }
-            json!([time(hour), integration, member, tool])
-        }
-        Kind::Runs => {
-            let run: Uuid = row.try_get("run_id")?;
-            let accepted: DateTime<Utc> = row.try_get("accepted_at")?;
-            for column in ["run_id", "project_id", "integration_id", "api_key_id"] {
-                out.insert(column.into(), json!(row.try_get::<Uuid, _>(column)?));
-            }
-            for column in ["member_id", "tool_name", "status", "error_class"] {
-                out.insert(column.into(), json!(row.try_get::<Option<String>, _>(column)?));
-            }
-            out.insert(
-                "http_status".into(),
-                json!(row.try_get::<Option<i32>, _>("http_status")?),
-            );
-            out.insert("latency_ms".into(), json!(row.try_get::<Option<i64>, _>("latency_ms")?));
-            out.insert("attempts".into(), json!(row.try_get::<i32, _>("attempts")?));
-            out.insert("accepted_at".into(), time(accepted));
-            let finished: Option<DateTime<Utc>> = row.try_get("finished_at")?;
-            out.insert("finished_at".into(), finished.map_or(Value::Null, time));
-            json!([time(accepted), run])
-        }
-    };
-    Ok((out, key))
 }
 
 fn csv_field(value: &Value) -> String {
@@ -220,13 +106,6 @@ fn csv_field(value: &Value) -> String {
     }
 }
 
-fn columns(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Usage => &USAGE_COLUMNS,
-        Kind::Runs => &RUN_COLUMNS,
-    }
-}
-
 fn write_row(
     out: &mut dyn Write,
     kind: Kind,
@@ -236,7 +115,8 @@ fn write_row(
     match format {
         Format::Jsonl => writeln!(out, "{}", Value::Object(row.clone())),
         Format::Csv => {
-            let fields: Vec<String> = columns(kind)
+            let fields: Vec<String> = kind
+                .columns()
                 .iter()
                 .map(|c| csv_field(row.get(*c).unwrap_or(&Value::Null)))
                 .collect();
@@ -283,9 +163,9 @@ pub async fn export(
         None => None,
     };
     if after.is_none() && request.format == Format::Csv {
-        writeln!(out, "{}", columns(request.kind).join(","))?;
+        writeln!(out, "{}", request.kind.columns().join(","))?;
     }
-    let sql = page_query(request.kind);
+    let pages = Pages::new(request.kind);
     let mut rows = 0u64;
     loop {
         let page = match request.limit {
@@ -295,30 +175,9 @@ pub async fn export(
         if page == 0 {
             break;
         }
-        let key = after.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();
-        let at = |i: usize| key.get(i).and_then(Value::as_str).map(str::to_string);
-        let key_time = at(0)
-            .map(|t| DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)))
-            .transpose()
-            .context("the cursor's time")?;
-        let mut stream = sqlx::query(&sql)
-            .bind(request.project)
-            .bind(request.from)
-            .bind(to)
-            .bind(key_time)
-            .bind(
-                at(1)
-                    .map(|s| Uuid::parse_str(&s))
-                    .transpose()
-                    .context("the cursor's id")?,
-            )
-            .bind(at(2))
-            .bind(at(3))
-            .bind(page)
-            .fetch(&exporter.pool);
+        let mut stream = pages.page(&exporter.pool, request.project, request.from, to, after.as_ref(), page)?;
         let mut in_page = 0i64;
-        while let Some(row) = stream.try_next().await? {
-            let (object, key) = decode_row(request.kind, &row)?;
+        while let Some((object, key)) = stream.try_next().await? {
             write_row(out, request.kind, request.format, &object)?;
             after = Some(key);
             in_page += 1;
@@ -388,11 +247,9 @@ const STATE_FILE: &str = ".exported-until";
 /// project not exported yet. Returns how many hour files were written.
 pub async fn export_closed_hours(exporter: &Exporter, dir: &Path, throttle: Duration) -> anyhow::Result<u64> {
     let closed = exporter.closed_until().await?;
-    let projects: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM projects ORDER BY id")
-        .fetch_all(&exporter.pool)
-        .await?;
+    let projects = tengine_core::store::project_ids(&exporter.pool).await?;
     let mut written = 0;
-    for (project,) in projects {
+    for project in projects {
         let project_dir = dir.join(project.to_string());
         std::fs::create_dir_all(&project_dir).with_context(|| format!("creating {}", project_dir.display()))?;
         remove_temporaries(&project_dir)?;
@@ -404,15 +261,8 @@ pub async fn export_closed_hours(exporter: &Exporter, dir: &Path, throttle: Dura
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => DateTime::<Utc>::UNIX_EPOCH,
             Err(err) => return Err(err).with_context(|| format!("reading {}", state.display())),
         };
-        let hours: Vec<(DateTime<Utc>,)> = sqlx::query_as(
-            "SELECT DISTINCT hour FROM usage_hourly WHERE project_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
-        )
-        .bind(project)
-        .bind(since)
-        .bind(closed)
-        .fetch_all(&exporter.pool)
-        .await?;
-        for (hour,) in hours {
+        let hours = hours_with_usage(&exporter.pool, project, since, closed).await?;
+        for hour in hours {
             let path = project_dir.join(hour_file(hour));
             if path.exists() {
                 continue;

@@ -577,9 +577,9 @@ async fn usage_export(args: ExportArgs) -> anyhow::Result<()> {
 /// `tengine projector dead-letters [--reapply ID]`.
 async fn dead_letters(config: &Config, reapply: Option<i64>) -> anyhow::Result<()> {
     use tengine_projector::dead_letters;
-    let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+    let pool = tengine_core::connections::connect_postgres(&config.database_url, 2).await?;
     if config.run_migrations {
-        tengine_core::store::migrate(&pool).await?;
+        tengine_core::connections::migrate(&pool).await?;
     }
     if let Some(id) = reapply {
         let letter = dead_letters::reapply(&pool, config.projector.usage_close_after_secs, id).await?;
@@ -677,8 +677,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Worker => run_worker(config, stop).await,
                 Command::Projector { .. } => run_projector(config, stop).await,
                 Command::Migrate => {
-                    let pool = tengine_core::store::connect(&config.database_url, 2).await?;
-                    tengine_core::store::migrate(&pool).await?;
+                    let pool = tengine_core::connections::connect_postgres(&config.database_url, 2).await?;
+                    tengine_core::connections::migrate(&pool).await?;
                     println!("migrations applied");
                     Ok(())
                 }
@@ -699,7 +699,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: SecretsCommand::Reseal,
         } => {
             let config = Config::load()?;
-            let pool = tengine_core::store::connect(&config.database_url, 2).await?;
+            let pool = tengine_core::connections::connect_postgres(&config.database_url, 2).await?;
             let count = tengine_core::store::reseal_secrets(&pool, &config.secret_box()?).await?;
             println!("re-encrypted the secrets of {count} tool(s) under the current master key");
             Ok(())

@@ -2,9 +2,33 @@
 //! NATS, and the JetStream topology.
 
 use async_nats::jetstream;
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{Config, Topology, store, topology::connect_nats};
+use crate::{Config, Topology, topology::connect_nats};
+
+/// The schema of every table, from the workspace's `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A pool of at most `max_connections` (at least one) PostgreSQL connections.
+pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        // sqlx pings every connection before handing it out by default: one extra
+        // round trip per query on every call's critical path. A connection that
+        // broke meanwhile fails its query instead (answered "retry") and is dropped.
+        .test_before_acquire(false)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))
+}
 
 pub struct Connections {
     pub pool: PgPool,
@@ -18,9 +42,9 @@ pub struct Connections {
 impl Connections {
     /// `service` names the NATS connection; `pool_size` bounds database connections.
     pub async fn open(config: &Config, service: &str, pool_size: u32) -> anyhow::Result<Self> {
-        let pool = store::connect(&config.database_url, pool_size).await?;
+        let pool = connect_postgres(&config.database_url, pool_size).await?;
         if config.run_migrations {
-            store::migrate(&pool).await?;
+            migrate(&pool).await?;
         }
         let nats = connect_nats(&config.nats_url, service).await?;
         let js = jetstream::new(nats.clone());
@@ -41,13 +65,4 @@ impl Connections {
 pub async fn healthy(nats: &async_nats::Client, pool: &PgPool) -> bool {
     nats.connection_state() == async_nats::connection::State::Connected
         && sqlx::query("SELECT 1").execute(pool).await.is_ok()
-}
-
-/// Events in the log not yet applied to run history: the log's last sequence minus
-/// the projector's checkpoint. `None` when either side cannot be read.
-pub async fn projector_lag(events: &jetstream::stream::Stream, pool: &PgPool) -> Option<u64> {
-    let mut events = events.clone();
-    let tail = events.info().await.ok()?.state.last_sequence;
-    let done = store::projector_checkpoint(pool).await.ok()?;
-    Some(tail.saturating_sub(u64::try_from(done).unwrap_or(0)))
 }

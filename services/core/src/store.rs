@@ -1,4 +1,4 @@
-//! PostgreSQL access for the control plane and run history reads. Queries are
+//! PostgreSQL access for the control plane. Queries are
 //! checked by the integration tests against a real database; we use the runtime
 //! query API (not the compile-time macros) so a build needs no database.
 
@@ -7,18 +7,16 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, postgres::PgPoolOptions, types::Json};
+use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
 use crate::{
     credentials,
     domain::{AuthStrategy, HttpMethod, ResponseMode, ToolDefinition, ToolSpec},
-    envelope::{Caller, Member, RunOutcome},
+    envelope::{Caller, Member},
     secrets::{SecretBox, SecretError},
     storable,
 };
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,26 +39,6 @@ fn found(done: sqlx::postgres::PgQueryResult) -> StoreResult<()> {
     } else {
         Ok(())
     }
-}
-
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        // sqlx pings every connection before handing it out by default: one extra
-        // round trip per query on every call's critical path. A connection that
-        // broke meanwhile fails its query instead (answered "retry") and is dropped.
-        .test_before_acquire(false)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))
-}
-
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("running migrations: {e}"))
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -145,6 +123,14 @@ pub async fn list_projects(pool: &PgPool) -> StoreResult<Vec<Project>> {
     ))
     .fetch_all(pool)
     .await?)
+}
+
+/// Every project's id, in order (the scheduled export's pass).
+pub async fn project_ids(pool: &PgPool) -> StoreResult<Vec<Uuid>> {
+    let projects: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM projects ORDER BY id")
+        .fetch_all(pool)
+        .await?;
+    Ok(projects.into_iter().map(|(id,)| id).collect())
 }
 
 /// Applies the settings given, in one statement; the others keep their values.
@@ -296,15 +282,6 @@ impl ReadScope {
     /// The admin token and `read` keys.
     pub fn everything() -> Self {
         Self::default()
-    }
-
-    pub fn admits(&self, run: &RunRecord) -> bool {
-        self.integration_id.is_none_or(|i| i == run.integration_id)
-            && self.tools.as_ref().is_none_or(|tools| tools.contains(&run.tool_name))
-            && self
-                .member_id
-                .as_ref()
-                .is_none_or(|m| run.member_id.as_ref() == Some(m))
     }
 }
 
@@ -893,285 +870,4 @@ pub async fn list_tools(
     .into_iter()
     .map(TryInto::try_into)
     .collect()
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct RunRecord {
-    pub run_id: Uuid,
-    pub project_id: Uuid,
-    pub integration_id: Uuid,
-    pub api_key_id: Uuid,
-    pub member_id: Option<String>,
-    pub tool_name: String,
-    pub status: String,
-    pub error_class: Option<String>,
-    pub error: Option<String>,
-    pub http_status: Option<i32>,
-    pub latency_ms: Option<i64>,
-    pub attempts: i32,
-    pub accepted_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Why this history may be incomplete: an event of the run was dead-lettered
-    /// by the projector (and not re-applied since). `None` normally.
-    pub history_error: Option<String>,
-    /// The response body's full size in bytes, as the API sent it.
-    pub response_size: Option<i64>,
-    /// Whether the body was larger than `worker.max_response_bytes` (only its beginning was kept).
-    pub response_truncated: Option<bool>,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct AttemptRecord {
-    pub attempt: i32,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub http_status: Option<i32>,
-    pub error_class: Option<String>,
-    pub error: Option<String>,
-    pub bytes_out: Option<i64>,
-    pub bytes_in: Option<i64>,
-}
-
-/// A run's history error, over a row source named `runs` with a `run_id`: its
-/// first dead letter not re-applied (one fact, kept in the dead-letter table, so
-/// re-applying the event clears it).
-macro_rules! history_error_sql {
-    () => {
-        "(SELECT 'an event of this run could not be recorded: ' || d.error FROM projector_dead_letters d \
-         WHERE d.run_id = runs.run_id AND d.reapplied_at IS NULL ORDER BY d.id LIMIT 1)"
-    };
-}
-
-const RUN_COLUMNS: &str = concat!(
-    "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
-     error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, response_size, \
-     response_truncated, ",
-    history_error_sql!(),
-    " AS history_error"
-);
-
-#[derive(Debug, Default, Clone)]
-pub struct RunFilter {
-    pub tool_name: Option<String>,
-    pub status: Option<String>,
-    pub member_id: Option<String>,
-    pub integration_id: Option<Uuid>,
-    /// Accepted at or after.
-    pub from: Option<DateTime<Utc>>,
-    /// Accepted before.
-    pub to: Option<DateTime<Utc>>,
-    /// Keyset cursor: runs strictly older than this (accepted_at, run_id).
-    pub before: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
-
-pub async fn list_runs(
-    pool: &PgPool,
-    project_id: Uuid,
-    scope: &ReadScope,
-    filter: &RunFilter,
-) -> StoreResult<Vec<RunRecord>> {
-    let (before_at, before_id) = filter.before.unzip();
-    Ok(sqlx::query_as::<_, RunRecord>(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE project_id = $1 \
-         AND ($2::text IS NULL OR tool_name = $2) AND ($3::text IS NULL OR status = $3) \
-         AND ($4::timestamptz IS NULL OR (accepted_at, run_id) < ($4, $5)) \
-         AND ($7::text IS NULL OR member_id = $7) AND ($8::uuid IS NULL OR integration_id = $8) \
-         AND ($9::timestamptz IS NULL OR accepted_at >= $9) AND ($10::timestamptz IS NULL OR accepted_at < $10) \
-         AND ($11::uuid IS NULL OR integration_id = $11) AND ($12::text[] IS NULL OR tool_name = ANY($12)) \
-         AND ($13::text IS NULL OR member_id = $13) \
-         ORDER BY accepted_at DESC, run_id DESC LIMIT $6"
-    ))
-    .bind(project_id)
-    .bind(&filter.tool_name)
-    .bind(&filter.status)
-    .bind(before_at)
-    .bind(before_id)
-    .bind(filter.limit)
-    .bind(&filter.member_id)
-    .bind(filter.integration_id)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(scope.integration_id)
-    .bind(&scope.tools)
-    .bind(&scope.member_id)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// History tables are partitioned by `day = uuid_v7_day(run_id)`: naming it lets
-/// PostgreSQL read one partition instead of probing every day's index.
-const RUN_KEY: &str = "run_id = $1 AND day = uuid_v7_day($1)";
-
-pub async fn get_run(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec<AttemptRecord>)> {
-    let run = sqlx::query_as::<_, RunRecord>(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE {RUN_KEY}"))
-        .bind(run_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    let attempts = sqlx::query_as::<_, AttemptRecord>(&format!(
-        "SELECT attempt, started_at, finished_at, http_status, error_class, error, bytes_out, bytes_in \
-         FROM run_attempts WHERE {RUN_KEY} ORDER BY attempt"
-    ))
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
-    Ok((run, attempts))
-}
-
-/// What run history knows of a finished run, for a client's retry once the event
-/// log no longer has its outcome.
-pub enum Recorded {
-    /// The outcome as the worker recorded it (runs of calls with a client idempotency key).
-    Kept(Box<RunOutcome>),
-    /// Only its final status: the response was not kept.
-    StatusOnly(String),
-}
-
-/// Whether run history has the run at all (any status).
-pub async fn run_in_history(pool: &PgPool, run_id: Uuid) -> StoreResult<bool> {
-    Ok(
-        sqlx::query_scalar::<_, i32>(&format!("SELECT 1 FROM runs WHERE {RUN_KEY}"))
-            .bind(run_id)
-            .fetch_optional(pool)
-            .await?
-            .is_some(),
-    )
-}
-
-/// The recorded outcome of a finished run from history (`None` while it is not finished there).
-pub async fn recorded_in_history(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<Recorded>> {
-    let kept: Option<Vec<u8>> = sqlx::query_scalar("SELECT outcome FROM run_results WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(bytes) = kept {
-        match crate::envelope::Envelope::<RunOutcome>::decode(&bytes) {
-            Ok(envelope) => return Ok(Some(Recorded::Kept(Box::new(envelope.body)))),
-            Err(err) => tracing::warn!(%run_id, error = %err, "a kept run result does not decode"),
-        }
-    }
-    let status: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT status FROM runs WHERE {RUN_KEY} AND status NOT IN ('accepted', 'running')"
-    ))
-    .bind(run_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(status.map(Recorded::StatusOnly))
-}
-
-/// A run history has no row for although the projector met its events: they
-/// were all dead-lettered. Returns its project (from the event or its subject,
-/// if known) and the history error.
-pub async fn unrecorded_run(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<(Option<Uuid>, String)>> {
-    let row: (Option<Uuid>, Option<String>) = sqlx::query_as(concat!(
-        "SELECT (SELECT d.project_id FROM projector_dead_letters d WHERE d.run_id = runs.run_id \
-         AND d.reapplied_at IS NULL AND d.project_id IS NOT NULL LIMIT 1), ",
-        history_error_sql!(),
-        " FROM (SELECT $1::uuid AS run_id) runs"
-    ))
-    .bind(run_id)
-    .fetch_one(pool)
-    .await?;
-    Ok(row.1.map(|error| (row.0, error)))
-}
-
-/// Dead letters not re-applied yet (`dead_letters` in `/v1/health`, and a gauge).
-pub async fn unresolved_dead_letters(pool: &PgPool) -> StoreResult<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM projector_dead_letters WHERE reapplied_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-/// A run's stored bodies (projects with `store_bodies`; `None` when none were kept).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct BodiesRecord {
-    #[serde(rename = "request")]
-    pub request_body: Option<String>,
-    #[serde(rename = "response")]
-    pub response_body: Option<String>,
-    #[serde(rename = "truncated")]
-    pub bodies_truncated: Option<bool>,
-}
-
-pub async fn run_bodies(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<BodiesRecord>> {
-    Ok(sqlx::query_as::<_, BodiesRecord>(&format!(
-        "SELECT request_body, response_body, bodies_truncated FROM runs WHERE {RUN_KEY} \
-         AND bodies_truncated IS NOT NULL"
-    ))
-    .bind(run_id)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// Dimensions usage can be grouped by; `hour` is always available as a column.
-pub const USAGE_GROUPS: &[(&str, &str)] = &[
-    ("tool", "tool_name"),
-    ("member", "member_id"),
-    ("integration", "integration_id::text"),
-    ("hour", "hour::text"),
-];
-
-/// Usage of a project in `[from, to)`, summed over everything not in `group_by`.
-pub async fn usage(
-    pool: &PgPool,
-    project_id: Uuid,
-    scope: &ReadScope,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    group_by: &[&str],
-) -> StoreResult<Vec<Value>> {
-    let columns: Vec<(&str, &str)> = USAGE_GROUPS
-        .iter()
-        .copied()
-        .filter(|(name, _)| group_by.contains(name))
-        .collect();
-    let group: Vec<&str> = columns.iter().map(|(_, expr)| *expr).collect();
-    let sql = format!(
-        "SELECT json_build_object({fields} 'calls', sum(calls), 'successes', sum(successes), 'failures', sum(failures), \
-         'latency_ms_sum', sum(latency_ms_sum), 'bytes_in', sum(bytes_in), 'bytes_out', sum(bytes_out)) \
-         FROM usage_hourly WHERE project_id = $1 AND ($2::timestamptz IS NULL OR hour >= $2) \
-         AND ($3::timestamptz IS NULL OR hour < $3) AND ($4::uuid IS NULL OR integration_id = $4) \
-         AND ($5::text[] IS NULL OR tool_name = ANY($5)) AND ($6::text IS NULL OR member_id = $6) \
-         {group_by} {order_by}",
-        fields = columns
-            .iter()
-            .map(|(name, expr)| format!("'{name}', {expr},"))
-            .collect::<String>(),
-        group_by = if group.is_empty() {
-            String::new()
-        } else {
-            format!("GROUP BY {}", group.join(", "))
-        },
-        order_by = if group.is_empty() {
-            String::new()
-        } else {
-            format!("ORDER BY {}", group.join(", "))
-        },
-    );
-    let rows: Vec<(Json<Value>,)> = sqlx::query_as(&sql)
-        .bind(project_id)
-        .bind(from)
-        .bind(to)
-        .bind(scope.integration_id)
-        .bind(&scope.tools)
-        .bind(&scope.member_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| r.0.0)
-        .filter(|v| !v["calls"].is_null())
-        .collect())
-}
-
-/// Events in the log not yet projected, given the log's last sequence.
-pub async fn projector_checkpoint(pool: &PgPool) -> StoreResult<i64> {
-    let row: (Option<i64>,) = sqlx::query_as("SELECT max(stream_seq) FROM projector_checkpoints")
-        .fetch_one(pool)
-        .await?;
-    Ok(row.0.unwrap_or(0))
 }

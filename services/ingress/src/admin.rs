@@ -22,9 +22,9 @@ use tengine_core::{
         validate_tool_name,
     },
     envelope::Caller,
-    storable,
-    store::{self, RunFilter},
+    storable, store,
 };
+use tengine_projector::history::{self, runs::RunFilter};
 use uuid::Uuid;
 
 use crate::{
@@ -572,7 +572,7 @@ async fn list_runs(
         before,
         limit: limit.saturating_add(1),
     };
-    let mut runs = store::list_runs(&st.pool, project_id, &scope, &filter).await?;
+    let mut runs = history::runs::list(&st.pool, project_id, &scope, &filter).await?;
     let next = (runs.len() as i64 > limit).then(|| {
         runs.truncate(limit as usize);
         runs.last().map(|r| encode_run_cursor(r.accepted_at, r.run_id))
@@ -587,25 +587,28 @@ async fn get_run(
 ) -> ApiResult<Json<Value>> {
     let reader = reader(&st, &headers).await?;
     let run_id = parse_id("run", &run_id)?;
-    let (run, attempts) = match store::get_run(&st.pool, run_id).await {
+    let (run, attempts) = match history::runs::get(&st.pool, run_id).await {
         Ok(found) => found,
         Err(store::StoreError::NotFound) => return unrecorded_run(&st, &reader, run_id).await,
         Err(other) => return Err(other.into()),
     };
     // Out of scope looks like absent: a reader learns nothing of others' runs.
-    if !reader.scope_in(run.project_id).is_some_and(|scope| scope.admits(&run)) {
+    if !reader
+        .scope_in(run.project_id)
+        .is_some_and(|scope| run.visible_to(&scope))
+    {
         return Err(ApiError::not_found("run"));
     }
     let mut out = json!(run);
     out["attempt_details"] = json!(attempts);
-    out["bodies"] = json!(store::run_bodies(&st.pool, run_id).await?);
+    out["bodies"] = json!(history::runs::bodies(&st.pool, run_id).await?);
     Ok(Json(out))
 }
 
 /// A run with no history row whose events the projector had to set aside (dead
 /// letters): shown as `unrecorded`, with why.
 async fn unrecorded_run(st: &AppState, reader: &Reader, run_id: Uuid) -> ApiResult<Json<Value>> {
-    let Some((project_id, history_error)) = store::unrecorded_run(&st.pool, run_id).await? else {
+    let Some((project_id, history_error)) = history::runs::unrecorded(&st.pool, run_id).await? else {
         return Err(ApiError::not_found("run"));
     };
     // Its integration, tool and member are unknown: only whole-project readers see it.
@@ -1158,12 +1161,12 @@ async fn usage(
         .collect();
     if let Some(bad) = group_by
         .iter()
-        .find(|g| !store::USAGE_GROUPS.iter().any(|(name, _)| name == *g))
+        .find(|g| !history::usage::GROUPS.iter().any(|(name, _)| name == *g))
     {
         return Err(ApiError::bad_request(format!(
             "group_by `{bad}` is not one of: tool, member, integration, hour"
         )));
     }
-    let rows = store::usage(&st.pool, project_id, &scope, query.from, query.to, &group_by).await?;
+    let rows = history::usage::summed(&st.pool, project_id, &scope, query.from, query.to, &group_by).await?;
     Ok(Json(json!({ "usage": rows })))
 }

@@ -20,6 +20,7 @@ use tengine_core::{
     telemetry::TraceContext,
     templates,
 };
+use tengine_projector::history::{self, results::Recorded};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -601,7 +602,9 @@ async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<bool, S
     if st.dispatcher.in_streams(project_id, run_id).await? {
         return Ok(true);
     }
-    store::run_in_history(&st.pool, run_id).await.map_err(|e| e.to_string())
+    history::runs::in_history(&st.pool, run_id)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A retry of a call that already has a run: that run's outcome, from the event
@@ -610,9 +613,9 @@ async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid,
     if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
         return outcome_result(st, tool, &outcome);
     }
-    match store::recorded_in_history(&st.pool, run_id).await {
-        Ok(Some(store::Recorded::Kept(outcome))) => return outcome_result(st, tool, &outcome),
-        Ok(Some(store::Recorded::StatusOnly(status))) => return forgotten_result(run_id, &status),
+    match history::results::recorded(&st.pool, run_id).await {
+        Ok(Some(Recorded::Kept(outcome))) => return outcome_result(st, tool, &outcome),
+        Ok(Some(Recorded::StatusOnly(status))) => return forgotten_result(run_id, &status),
         Ok(None) => {}
         Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
     }

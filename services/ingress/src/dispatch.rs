@@ -289,7 +289,7 @@ impl Dispatcher {
 
     /// Events in the log not yet applied to run history.
     pub async fn projector_lag(&self, pool: &sqlx::PgPool) -> Option<u64> {
-        tengine_core::connections::projector_lag(&self.events, pool).await
+        tengine_projector::history::lag(&self.events, pool).await
     }
 
     /// Whether the run left a trace in NATS: its command is queued, or the event

@@ -193,7 +193,7 @@ async fn health(State(st): State<Arc<AppState>>, headers: axum::http::HeaderMap)
     // Events in the log the projector has not applied yet (run history lag).
     let lag = st.dispatcher.projector_lag(&st.pool).await;
     // Events the projector set aside, not re-applied yet (`tengine projector dead-letters`).
-    let dead_letters = tengine_core::store::unresolved_dead_letters(&st.pool).await.ok();
+    let dead_letters = tengine_projector::history::unresolved_dead_letters(&st.pool).await.ok();
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
     let status = if database && nats {
         StatusCode::OK

@@ -14,6 +14,7 @@
 mod apply;
 pub mod closing;
 pub mod dead_letters;
+pub mod history;
 pub mod rebuild;
 pub mod retention;
 
@@ -26,7 +27,7 @@ use tengine_core::{
     Config, Topology,
     connections::Connections,
     envelope::{EventEnvelope, RunEvent},
-    prometheus, store,
+    prometheus,
 };
 use uuid::Uuid;
 
@@ -69,7 +70,7 @@ impl Projector {
     /// the ingress health; cheap enough to sample for a gauge). `None` when NATS or
     /// PostgreSQL cannot be read.
     pub async fn lag(&self) -> Option<u64> {
-        tengine_core::connections::projector_lag(&self.events, &self.pool).await
+        history::lag(&self.events, &self.pool).await
     }
 
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -115,7 +116,7 @@ impl Projector {
                 if let Some(lag) = sampled.lag().await {
                     metrics::gauge!(prometheus::PROJECTOR_LAG).set(lag as f64);
                 }
-                if let Ok(dead) = store::unresolved_dead_letters(&sampled.pool).await {
+                if let Ok(dead) = history::unresolved_dead_letters(&sampled.pool).await {
                     metrics::gauge!(prometheus::PROJECTOR_DEAD_LETTERS).set(dead as f64);
                 }
             }
