@@ -247,7 +247,7 @@ const STATE_FILE: &str = ".exported-until";
 /// project not exported yet. Returns how many hour files were written.
 pub async fn export_closed_hours(exporter: &Exporter, dir: &Path, throttle: Duration) -> anyhow::Result<u64> {
     let closed = exporter.closed_until().await?;
-    let projects = tengine_core::store::project_ids(&exporter.pool).await?;
+    let projects = tengine_control::projects::ids(&exporter.pool).await?;
     let mut written = 0;
     for project in projects {
         let project_dir = dir.join(project.to_string());

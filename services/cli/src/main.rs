@@ -700,7 +700,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load()?;
             let pool = tengine_core::connections::connect_postgres(&config.database_url, 2).await?;
-            let count = tengine_core::store::reseal_secrets(&pool, &config.secret_box()?).await?;
+            let count = tengine_control::tools::reseal_secrets(&pool, &config.secret_box()?).await?;
             println!("re-encrypted the secrets of {count} tool(s) under the current master key");
             Ok(())
         }

@@ -15,6 +15,11 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
+use tengine_control::{
+    StoreError, api_keys, integrations, member_keys, members,
+    principals::{self, ReadScope},
+    projects, tools,
+};
 use tengine_core::{
     credentials,
     domain::{
@@ -22,7 +27,7 @@ use tengine_core::{
         validate_tool_name,
     },
     envelope::Caller,
-    storable, store,
+    storable,
 };
 use tengine_projector::history::{self, runs::RunFilter};
 use uuid::Uuid;
@@ -109,7 +114,7 @@ fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
 /// project, within its read scope (`Principal::read_scope`).
 enum Reader {
     Admin,
-    Project { project_id: Uuid, scope: store::ReadScope },
+    Project { project_id: Uuid, scope: ReadScope },
 }
 
 async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
@@ -119,9 +124,11 @@ async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
     let found = match bearer(headers) {
         Some(token) if token.starts_with(crate::members::TOKEN_PREFIX) => {
             let (api_key_id, member) = st.members.verify(token).map_err(|_| ApiError::unauthorized())?;
-            store::authenticate_member(&st.pool, api_key_id, member).await?
+            principals::authenticate_member(&st.pool, api_key_id, member).await?
         }
-        Some(token) if credentials::looks_like_api_key(token) => store::authenticate_api_key(&st.pool, token).await?,
+        Some(token) if credentials::looks_like_api_key(token) => {
+            principals::authenticate_api_key(&st.pool, token).await?
+        }
         _ => None,
     };
     let principal = found.ok_or_else(ApiError::unauthorized)?;
@@ -133,9 +140,9 @@ async fn reader(st: &AppState, headers: &HeaderMap) -> ApiResult<Reader> {
 
 impl Reader {
     /// The reader's scope within `project_id`, or `None` when it may not read it at all.
-    fn scope_in(&self, project_id: Uuid) -> Option<store::ReadScope> {
+    fn scope_in(&self, project_id: Uuid) -> Option<ReadScope> {
         match self {
-            Reader::Admin => Some(store::ReadScope::everything()),
+            Reader::Admin => Some(ReadScope::everything()),
             Reader::Project { project_id: own, scope } => (*own == project_id).then(|| scope.clone()),
         }
     }
@@ -190,12 +197,12 @@ async fn create_project(State(st): State<Arc<AppState>>, headers: HeaderMap, bod
     let input: NewProject = parse_json(&body)?;
     let name = input.name.trim();
     validate_name("name", name, false)?;
-    Ok(created(store::create_project(&st.pool, name).await?))
+    Ok(created(projects::create(&st.pool, name).await?))
 }
 
 async fn list_projects(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     require_admin(&st, &headers)?;
-    Ok(Json(json!({ "projects": store::list_projects(&st.pool).await? })))
+    Ok(Json(json!({ "projects": projects::list(&st.pool).await? })))
 }
 
 async fn get_project(
@@ -205,18 +212,18 @@ async fn get_project(
 ) -> ApiResult<Json<Value>> {
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
-    let project = store::get_project(&st.pool, project_id)
+    let project = projects::get(&st.pool, project_id)
         .await
         .map_err(|_| ApiError::not_found("project"))?;
     Ok(Json(json!(project)))
 }
 
 async fn project_exists(st: &AppState, project_id: Uuid) -> ApiResult<()> {
-    store::get_project(&st.pool, project_id)
+    projects::get(&st.pool, project_id)
         .await
         .map(|_| ())
         .map_err(|e| match e {
-            store::StoreError::NotFound => ApiError::not_found("project"),
+            StoreError::NotFound => ApiError::not_found("project"),
             other => other.into(),
         })
 }
@@ -238,11 +245,11 @@ impl NewApiKey {
         let scopes = self
             .scopes
             .clone()
-            .unwrap_or_else(|| vec![store::SCOPE_CALL.to_string()]);
+            .unwrap_or_else(|| vec![principals::SCOPE_CALL.to_string()]);
         if scopes.is_empty() {
             return Err(invalid_field("scopes", "give at least one scope: `call` and/or `read`"));
         }
-        if let Some(bad) = scopes.iter().find(|s| !store::SCOPES.contains(&s.as_str())) {
+        if let Some(bad) = scopes.iter().find(|s| !principals::SCOPES.contains(&s.as_str())) {
             return Err(invalid_field(
                 "scopes",
                 format!(
@@ -273,10 +280,10 @@ async fn create_api_key(
     validate_name("name", &input.name, true)?;
     project_exists(&st, project_id).await?;
     let scopes = input.scopes()?;
-    let (record, key) = store::create_api_key(&st.pool, project_id, input.integration_id, &input.name, &scopes)
+    let (record, key) = api_keys::create(&st.pool, project_id, input.integration_id, &input.name, &scopes)
         .await
         .map_err(|e| match e {
-            store::StoreError::NotFound => ApiError::not_found("integration"),
+            StoreError::NotFound => ApiError::not_found("integration"),
             other => other.into(),
         })?;
     let mut out = json!(record);
@@ -293,9 +300,7 @@ async fn list_api_keys(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     project_exists(&st, project_id).await?;
-    Ok(Json(
-        json!({ "api_keys": store::list_api_keys(&st.pool, project_id).await? }),
-    ))
+    Ok(Json(json!({ "api_keys": api_keys::list(&st.pool, project_id).await? })))
 }
 
 async fn revoke_api_key(
@@ -306,10 +311,10 @@ async fn revoke_api_key(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let key_id = parse_id("API key", &key_id)?;
-    store::revoke_api_key(&st.pool, project_id, key_id)
+    api_keys::revoke(&st.pool, project_id, key_id)
         .await
         .map_err(|e| match e {
-            store::StoreError::NotFound => ApiError::not_found("API key"),
+            StoreError::NotFound => ApiError::not_found("API key"),
             other => other.into(),
         })?;
     Ok(StatusCode::NO_CONTENT)
@@ -361,9 +366,9 @@ fn check_secret_kept(spec: &ToolSpec, current: &ToolDefinition) -> ApiResult<()>
     Ok(())
 }
 
-fn tool_not_found(e: store::StoreError) -> ApiError {
+fn tool_not_found(e: StoreError) -> ApiError {
     match e {
-        store::StoreError::NotFound => ApiError::not_found("tool"),
+        StoreError::NotFound => ApiError::not_found("tool"),
         other => other.into(),
     }
 }
@@ -381,7 +386,7 @@ async fn create_tool(
         return Err(secret_required(&spec));
     }
     project_exists(&st, project_id).await?;
-    let tool = store::create_tool(&st.pool, &st.secrets, project_id, &spec).await?;
+    let tool = tools::create(&st.pool, &st.secrets, project_id, &spec).await?;
     tools_changed(&st, project_id).await;
     Ok(created(tool))
 }
@@ -403,7 +408,7 @@ async fn list_tools(
     let project_id = parse_id("project", &project_id)?;
     project_exists(&st, project_id).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let mut tools = store::list_tools(
+    let mut tools = tools::list(
         &st.pool,
         project_id,
         false,
@@ -426,9 +431,7 @@ async fn get_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     Ok(Json(
-        store::get_tool(&st.pool, project_id, &name)
-            .await
-            .map_err(tool_not_found)?,
+        tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?,
     ))
 }
 
@@ -441,11 +444,9 @@ async fn replace_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let spec = validated(&st, parse_json(&body)?)?;
-    let current = store::get_tool(&st.pool, project_id, &name)
-        .await
-        .map_err(tool_not_found)?;
+    let current = tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?;
     check_secret_kept(&spec, &current)?;
-    let tool = store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+    let tool = tools::replace(&st.pool, &st.secrets, project_id, &name, &spec)
         .await
         .map_err(tool_not_found)?;
     tools_changed(&st, project_id).await;
@@ -487,9 +488,7 @@ async fn patch_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let patch: serde_json::Map<String, Value> = parse_json(&body)?;
-    let current = store::get_tool(&st.pool, project_id, &name)
-        .await
-        .map_err(tool_not_found)?;
+    let current = tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?;
     let mut document = spec_document(&current);
     for (key, value) in patch {
         document[key] = value;
@@ -498,7 +497,7 @@ async fn patch_tool(
         serde_json::from_value(document).map_err(|e| ApiError::bad_request(format!("invalid tool fields: {e}")))?;
     let spec = validated(&st, spec)?;
     check_secret_kept(&spec, &current)?;
-    let tool = store::replace_tool(&st.pool, &st.secrets, project_id, &name, &spec)
+    let tool = tools::replace(&st.pool, &st.secrets, project_id, &name, &spec)
         .await
         .map_err(tool_not_found)?;
     tools_changed(&st, project_id).await;
@@ -513,7 +512,7 @@ async fn delete_tool(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     validate_tool_name(&name).map_err(|_| ApiError::not_found("tool"))?;
-    store::delete_tool(&st.pool, project_id, &name)
+    tools::delete(&st.pool, project_id, &name)
         .await
         .map_err(tool_not_found)?;
     tools_changed(&st, project_id).await;
@@ -589,7 +588,7 @@ async fn get_run(
     let run_id = parse_id("run", &run_id)?;
     let (run, attempts) = match history::runs::get(&st.pool, run_id).await {
         Ok(found) => found,
-        Err(store::StoreError::NotFound) => return unrecorded_run(&st, &reader, run_id).await,
+        Err(StoreError::NotFound) => return unrecorded_run(&st, &reader, run_id).await,
         Err(other) => return Err(other.into()),
     };
     // Out of scope looks like absent: a reader learns nothing of others' runs.
@@ -613,7 +612,7 @@ async fn unrecorded_run(st: &AppState, reader: &Reader, run_id: Uuid) -> ApiResu
     };
     // Its integration, tool and member are unknown: only whole-project readers see it.
     let readable = match project_id {
-        Some(project_id) => reader.scope_in(project_id) == Some(store::ReadScope::everything()),
+        Some(project_id) => reader.scope_in(project_id) == Some(ReadScope::everything()),
         None => matches!(reader, Reader::Admin),
     };
     if !readable {
@@ -639,7 +638,7 @@ struct NewIntegration {
 
 /// Ready-to-paste client configuration for an integration. `key` is the API key
 /// when it is being shown (at creation), else a placeholder.
-fn client_config(st: &AppState, integration: &store::Integration, key: Option<&str>) -> Value {
+fn client_config(st: &AppState, integration: &integrations::Integration, key: Option<&str>) -> Value {
     let url = format!("{}/mcp", st.config.ingress.public_url.trim_end_matches('/'));
     let key = key.unwrap_or("<TENGINE_API_KEY>");
     let name = format!(
@@ -666,15 +665,15 @@ fn client_config(st: &AppState, integration: &store::Integration, key: Option<&s
     })
 }
 
-fn integration_json(st: &AppState, integration: &store::Integration, key: Option<&str>) -> Value {
+fn integration_json(st: &AppState, integration: &integrations::Integration, key: Option<&str>) -> Value {
     let mut out = json!(integration);
     out["client_config"] = client_config(st, integration, key);
     out
 }
 
-fn not_found_as(what: &'static str) -> impl Fn(store::StoreError) -> ApiError {
+fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
-        store::StoreError::NotFound => ApiError::not_found(what),
+        StoreError::NotFound => ApiError::not_found(what),
         other => other.into(),
     }
 }
@@ -698,7 +697,7 @@ async fn create_integration(
             })?;
         }
     }
-    let integration = store::create_integration(&st.pool, project_id, name, input.allowed_tools.as_deref())
+    let integration = integrations::create(&st.pool, project_id, name, input.allowed_tools.as_deref())
         .await
         .map_err(not_found_as("project"))?;
     Ok(created(integration_json(&st, &integration, None)))
@@ -711,7 +710,7 @@ async fn list_integrations(
 ) -> ApiResult<Json<Value>> {
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
-    let list = store::list_integrations(&st.pool, project_id)
+    let list = integrations::list(&st.pool, project_id)
         .await
         .map_err(not_found_as("project"))?;
     Ok(Json(json!({ "integrations": list })))
@@ -725,7 +724,7 @@ async fn get_integration(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let integration_id = parse_id("integration", &integration_id)?;
-    let integration = store::get_integration(&st.pool, project_id, integration_id)
+    let integration = integrations::get(&st.pool, project_id, integration_id)
         .await
         .map_err(not_found_as("integration"))?;
     Ok(Json(integration_json(&st, &integration, None)))
@@ -739,7 +738,7 @@ async fn delete_integration(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let integration_id = parse_id("integration", &integration_id)?;
-    store::delete_integration(&st.pool, project_id, integration_id)
+    integrations::delete(&st.pool, project_id, integration_id)
         .await
         .map_err(not_found_as("integration"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -760,11 +759,11 @@ async fn create_integration_key(
         parse_json(&body)?
     };
     validate_name("name", &input.name, true)?;
-    let integration = store::get_integration(&st.pool, project_id, integration_id)
+    let integration = integrations::get(&st.pool, project_id, integration_id)
         .await
         .map_err(not_found_as("integration"))?;
     let scopes = input.scopes()?;
-    let (record, key) = store::create_api_key(&st.pool, project_id, Some(integration_id), &input.name, &scopes)
+    let (record, key) = api_keys::create(&st.pool, project_id, Some(integration_id), &input.name, &scopes)
         .await
         .map_err(not_found_as("integration"))?;
     let mut out = json!(record);
@@ -806,7 +805,7 @@ async fn create_member_key(
             "must be a P-256 (ES256) public key in SPKI PEM (-----BEGIN PUBLIC KEY-----)",
         ));
     }
-    let key = store::create_member_key(&st.pool, project_id, &input.kid, &input.public_key)
+    let key = member_keys::create(&st.pool, project_id, &input.kid, &input.public_key)
         .await
         .map_err(not_found_as("project"))?;
     Ok(created(key))
@@ -819,7 +818,7 @@ async fn list_member_keys(
 ) -> ApiResult<Json<Value>> {
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
-    let keys = store::list_member_keys(&st.pool, project_id)
+    let keys = member_keys::list(&st.pool, project_id)
         .await
         .map_err(not_found_as("project"))?;
     Ok(Json(json!({ "member_keys": keys })))
@@ -832,7 +831,7 @@ async fn delete_member_key(
 ) -> ApiResult<StatusCode> {
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
-    store::delete_member_key(&st.pool, project_id, &kid)
+    member_keys::delete(&st.pool, project_id, &kid)
         .await
         .map_err(not_found_as("member key"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -847,7 +846,7 @@ async fn revoke_member_sessions(
     let project_id = parse_id("project", &project_id)?;
     // Member ids come from assertions' `sub`, which refuses these too.
     validate_identifier("member_id", &member_id, MEMBER_ID_MAX_BYTES)?;
-    store::revoke_member_sessions(&st.pool, project_id, &member_id)
+    members::revoke_sessions(&st.pool, project_id, &member_id)
         .await
         .map_err(not_found_as("project"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -867,7 +866,7 @@ async fn create_member_session(
     body: Bytes,
 ) -> ApiResult<Response> {
     let principal = match bearer(&headers).filter(|t| credentials::looks_like_api_key(t)) {
-        Some(token) => store::authenticate_api_key(&st.pool, token).await?,
+        Some(token) => principals::authenticate_api_key(&st.pool, token).await?,
         None => None,
     }
     .ok_or_else(|| {
@@ -931,10 +930,8 @@ async fn render_tool(
     } else {
         parse_json(&body)?
     };
-    let tool = store::get_tool(&st.pool, project_id, &name)
-        .await
-        .map_err(tool_not_found)?;
-    let project = store::get_project(&st.pool, project_id).await?;
+    let tool = tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?;
+    let project = projects::get(&st.pool, project_id).await?;
     let caller = Caller {
         project_id,
         integration_id: project.default_integration_id,
@@ -1056,7 +1053,7 @@ async fn patch_project(
     require_admin(&st, &headers)?;
     let project_id = parse_id("project", &project_id)?;
     let patch: ProjectPatch = parse_json(&body)?;
-    let mut settings = store::ProjectSettings::default();
+    let mut settings = projects::ProjectSettings::default();
     if let Some(allowlist) = &patch.outbound_allowlist {
         let mut networks = Vec::with_capacity(allowlist.len());
         for raw in allowlist {
@@ -1124,7 +1121,7 @@ async fn patch_project(
         }
         settings.redact_fields = Some(fields);
     }
-    let project = store::update_project_settings(&st.pool, project_id, &settings)
+    let project = projects::update_settings(&st.pool, project_id, &settings)
         .await
         .map_err(not_found_as("project"))?;
     Ok(Json(json!(project)))

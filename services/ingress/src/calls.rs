@@ -12,11 +12,11 @@ use axum::{
 use chrono::Utc;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use serde_json::{Map, Value, json};
+use tengine_control::{StoreError, principals::Principal, quotas, tools};
 use tengine_core::{
     domain::{ResponseMode, ToolDefinition},
     envelope::{BodyEncoding, Caller, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus, UpstreamResponse},
-    payload, prometheus, quotas,
-    store::{self, Principal, StoreError},
+    payload, prometheus,
     telemetry::TraceContext,
     templates,
 };
@@ -848,7 +848,7 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
     if outcome.caller.api_key_id != caller.api_key_id || member(&outcome.caller) != member(&caller) {
         return;
     }
-    let result = match store::get_tool(&st.pool, caller.project_id, &outcome.tool_name).await {
+    let result = match tools::get(&st.pool, caller.project_id, &outcome.tool_name).await {
         Ok(tool) => outcome_result(&st, &tool, &outcome),
         // The tool is gone: the plain text mapping still tells the model what happened.
         Err(_) => text_outcome_result(&outcome),

@@ -12,10 +12,8 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
-use tengine_core::{
-    domain::ToolDefinition,
-    store::{self, StoreResult},
-};
+use tengine_control::{StoreResult, tools};
+use tengine_core::domain::ToolDefinition;
 use uuid::Uuid;
 
 /// Longest a definition is served from memory without a broadcast.
@@ -47,7 +45,7 @@ impl ToolCatalog {
         if let Some(tool) = self.tools.get(&key) {
             return Ok(tool);
         }
-        let tool = Arc::new(store::get_tool(pool, project_id, name).await?);
+        let tool = Arc::new(tools::get(pool, project_id, name).await?);
         self.tools.insert(key, tool.clone());
         Ok(tool)
     }

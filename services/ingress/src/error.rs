@@ -7,7 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tengine_core::{domain::FieldError, store::StoreError};
+use tengine_control::StoreError;
+use tengine_core::domain::FieldError;
 
 #[derive(Debug)]
 pub struct ApiError {

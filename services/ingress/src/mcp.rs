@@ -25,7 +25,11 @@ use rmcp::model::{
     ServerCapabilities, Tool, ToolsCapability,
 };
 use serde_json::{Value, json};
-use tengine_core::{credentials, domain::ToolDefinition, prometheus, store, store::Principal};
+use tengine_control::{
+    principals::{self, Principal},
+    tools,
+};
+use tengine_core::{credentials, domain::ToolDefinition, prometheus};
 
 use crate::{AppState, calls, idempotency, members, sessions, streams};
 
@@ -523,9 +527,9 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> McpResult<Principal
             .members
             .verify(token)
             .map_err(|e| unauthorized(st, &e.to_string(), true))?;
-        store::authenticate_member(&st.pool, api_key_id, member).await
+        principals::authenticate_member(&st.pool, api_key_id, member).await
     } else if credentials::looks_like_api_key(token) {
-        store::authenticate_api_key(&st.pool, token).await
+        principals::authenticate_api_key(&st.pool, token).await
     } else {
         return Err(unauthorized(
             st,
@@ -746,7 +750,7 @@ async fn list_tools(st: &AppState, principal: &Principal, id: &Value, params: Op
     let mut tools = Vec::with_capacity(page.saturating_add(1));
     let mut after = after;
     loop {
-        let batch = store::list_tools(
+        let batch = tools::list(
             &st.pool,
             principal.caller.project_id,
             true,

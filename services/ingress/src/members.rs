@@ -12,10 +12,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, deco
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgPool;
+use tengine_control::{StoreError, member_keys};
 use tengine_core::{
     domain::{MEMBER_ID_MAX_BYTES, validate_identifier},
     envelope::Member,
-    store,
 };
 use uuid::Uuid;
 
@@ -68,7 +68,7 @@ pub enum MemberError {
     #[error("{0}")]
     Invalid(String),
     #[error("database error: {0}")]
-    Store(#[from] store::StoreError),
+    Store(#[from] StoreError),
 }
 
 fn invalid(message: impl Into<String>) -> MemberError {
@@ -122,7 +122,7 @@ impl MemberTokens {
         // A registered kid never has these; refused before it is looked up or quoted.
         validate_identifier("kid", &kid, MAX_KID_LEN)
             .map_err(|e| invalid(format!("member_assertion header `kid` {}", e.message)))?;
-        let pem = store::member_key(pool, caller.project_id, &kid)
+        let pem = member_keys::public_key(pool, caller.project_id, &kid)
             .await?
             .ok_or_else(|| invalid(format!("no member key with kid `{kid}` is registered in this project")))?;
         let key = DecodingKey::from_ec_pem(pem.as_bytes())
@@ -190,7 +190,7 @@ impl MemberTokens {
             .timestamp_opt(claims.exp.saturating_add(LEEWAY_SECS), 0)
             .single()
             .unwrap_or_else(Utc::now);
-        if !store::use_assertion(pool, caller.project_id, &claims.jti, expires).await? {
+        if !tengine_control::members::use_assertion(pool, caller.project_id, &claims.jti, expires).await? {
             return Err(invalid("member_assertion was already used (replayed `jti`)"));
         }
 

@@ -91,7 +91,7 @@ impl Projector {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 every.tick().await;
-                if let Err(err) = tengine_core::quotas::prune(&pool).await {
+                if let Err(err) = tengine_control::quotas::prune(&pool).await {
                     tracing::warn!(error = %err, "pruning quota counters failed; retrying in an hour");
                 }
                 match retention::maintain(&pool, retention_days, chrono::Utc::now()).await {

@@ -9,12 +9,16 @@ use std::time::Duration;
 use async_nats::jetstream::Message;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
+use tengine_control::{
+    StoreError, StoreResult,
+    principals::{self, Principal},
+    projects, tools,
+};
 use tengine_core::{
     bodies::BodyPolicy,
     domain::{HttpMethod, RetryPolicy, ToolDefinition},
     envelope::{ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     payload, prometheus,
-    store::{self, Principal, StoreError, StoreResult},
     telemetry::{self, TraceContext},
     templates::{self, RenderedRequest},
 };
@@ -127,7 +131,7 @@ fn access(
             return Access::Unknown("the tool definition could not be loaded".into());
         }
     };
-    match principal.map(|p| store::revocation(p, &tool)) {
+    match principal.map(|p| principals::revocation(p, &tool)) {
         Ok(None) => Access::Allowed(Box::new(tool)),
         Ok(Some(reason)) => Access::Revoked(reason),
         Err(err) => {
@@ -140,8 +144,8 @@ fn access(
 /// The tool and the caller's credential as they stand now.
 async fn current_access(worker: &Worker, command: &ExecuteCommand) -> Access {
     let (tool, principal) = tokio::join!(
-        store::get_tool_by_id(&worker.pool, command.tool_id),
-        store::current_principal(&worker.pool, &command.caller),
+        tools::get_by_id(&worker.pool, command.tool_id),
+        principals::current(&worker.pool, &command.caller),
     );
     access(command, tool, principal)
 }
@@ -207,7 +211,7 @@ impl Worker {
         let looking_up = std::time::Instant::now();
         let (access, project, cancelled) = tokio::join!(
             current_access(self, command),
-            store::project_runtime(&self.pool, command.caller.project_id),
+            projects::runtime(&self.pool, command.caller.project_id),
             self.is_cancelled(command.run_id),
         );
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);

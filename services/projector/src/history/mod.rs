@@ -11,7 +11,7 @@ pub mod usage;
 
 use async_nats::jetstream;
 use sqlx::PgPool;
-use tengine_core::store::StoreResult;
+use tengine_control::StoreResult;
 
 /// History tables are partitioned by `day = uuid_v7_day(run_id)`: naming it lets
 /// PostgreSQL read one partition instead of probing every day's index.

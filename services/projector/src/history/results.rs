@@ -2,7 +2,8 @@
 //! event log no longer has the outcome.
 
 use sqlx::PgPool;
-use tengine_core::{envelope::RunOutcome, store::StoreResult};
+use tengine_control::StoreResult;
+use tengine_core::envelope::RunOutcome;
 use uuid::Uuid;
 
 use super::RUN_KEY;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use tengine_core::store::{ReadScope, StoreError, StoreResult};
+use tengine_control::{StoreError, StoreResult, principals::ReadScope};
 use uuid::Uuid;
 
 use super::RUN_KEY;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, types::Json};
-use tengine_core::store::{ReadScope, StoreResult};
+use tengine_control::{StoreResult, principals::ReadScope};
 use uuid::Uuid;
 
 /// Dimensions usage can be grouped by; `hour` is always available as a column.

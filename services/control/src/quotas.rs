@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{envelope::Caller, store::StoreResult};
+use tengine_core::{envelope::Caller, storable};
+
+use crate::StoreResult;
 
 /// A limit a call ran into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,7 @@ fn rate_scope(caller: &Caller) -> (String, String) {
     match &caller.member {
         // The member id is the caller's text: storable, like every other.
         Some(member) => (
-            format!("minute:member:{}", crate::storable::text(&member.id)),
+            format!("minute:member:{}", storable::text(&member.id)),
             format!("member `{}`", member.id),
         ),
         None => (
@@ -67,7 +69,7 @@ fn rate_scope(caller: &Caller) -> (String, String) {
 
 /// A project's limits (monthly calls, calls per minute per member), and the current
 /// month and minute by the database's clock: read with the caller's credential
-/// (`store::Principal::limits`), so checking quotas adds no query when none is set.
+/// (`principals::Principal::limits`), so checking quotas adds no query when none is set.
 pub type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
 
 /// Counts one call against the caller's limits, or says which limit it exceeds
