@@ -105,6 +105,25 @@ pub struct ExecuteCommand {
     pub keep_result_until: Option<DateTime<Utc>>,
 }
 
+impl ExecuteCommand {
+    /// Whether the command fits one message of a server with `max_payload`
+    /// (headers included, see [`crate::payload`]); the message says why not.
+    pub fn check_fits(&self, max_payload: usize) -> Result<(), String> {
+        let encoded = Envelope::new(self.run_id, self.clone())
+            .encode()
+            .map_err(|e| e.to_string())?
+            .len()
+            .saturating_add(crate::payload::COMMAND_HEADERS_BYTES);
+        if encoded <= max_payload {
+            return Ok(());
+        }
+        Err(format!(
+            "the call is too large to queue: with these arguments its command takes {encoded} bytes, and the message \
+             bus (NATS max_payload) takes at most {max_payload}; send smaller arguments"
+        ))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {

@@ -1,6 +1,8 @@
-//! What the Tengine services share: configuration, the JetStream topology and
-//! message envelopes, domain types, request templates, signing, secrets and the
-//! PostgreSQL store.
+//! What every Tengine service shares: configuration, the JetStream topology,
+//! message envelopes and the bus, connections (PostgreSQL pool, migrations,
+//! NATS), signing, secrets, credentials, telemetry, the tool model with its
+//! request templates. No queries over tables: the control plane's are in
+//! `tengine-control`, run history's in `tengine-projector`.
 
 // Shared by every service's call path: no arithmetic on input may panic.
 #![deny(clippy::arithmetic_side_effects)]
@@ -15,6 +17,7 @@ pub mod envelope;
 pub mod health;
 pub mod payload;
 pub mod prometheus;
+pub mod request;
 pub mod secrets;
 pub mod signing;
 pub mod storable;

@@ -12,9 +12,7 @@
 //!   the headers);
 //! * services refuse to start when `worker.max_response_bytes` cannot fit
 //!   ([`check_response_limit`]), and the ingress refuses a call whose command
-//!   would not fit ([`check_command`]).
-
-use crate::envelope::{Envelope, ExecuteCommand};
+//!   would not fit (`ExecuteCommand::check_fits` in the envelope module).
 
 /// Room in a `Finished` event for everything but the response body and the
 /// stored bodies: the envelope, ids and timestamps, the caller (a member's id,
@@ -87,22 +85,6 @@ pub fn bodies_budget(max_payload: usize, response_body_bytes: usize) -> usize {
     max_payload
         .saturating_sub(OUTCOME_RESERVE_BYTES)
         .saturating_sub(response_body_bytes)
-}
-
-/// Whether a command fits one message; the message says why not.
-pub fn check_command(command: &ExecuteCommand, max_payload: usize) -> Result<(), String> {
-    let encoded = Envelope::new(command.run_id, command.clone())
-        .encode()
-        .map_err(|e| e.to_string())?
-        .len()
-        .saturating_add(COMMAND_HEADERS_BYTES);
-    if encoded <= max_payload {
-        return Ok(());
-    }
-    Err(format!(
-        "the call is too large to queue: with these arguments its command takes {encoded} bytes, and the message \
-         bus (NATS max_payload) takes at most {max_payload}; send smaller arguments"
-    ))
 }
 
 /// The connected server's `max_payload`.

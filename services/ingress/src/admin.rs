@@ -959,7 +959,7 @@ async fn render_tool(
         arguments: &input.arguments,
         reserved: tengine_core::templates::reserved_variables(&caller, run_id),
     };
-    let request = tengine_core::templates::render_request(&tool, &ctx)
+    let request = tengine_core::request::render(&tool, &ctx)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", e.to_string()))?;
     let target = tengine_core::signing::request_target(&request.url);
     let signed = tengine_core::signing::Target {

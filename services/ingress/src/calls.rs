@@ -396,7 +396,7 @@ async fn execute(
             arguments: &arguments,
             reserved: templates::reserved_variables(&caller, run_id),
         };
-        templates::render_request(&tool, &ctx).err().map(|e| e.to_string())
+        tengine_core::request::render(&tool, &ctx).err().map(|e| e.to_string())
     } else {
         Some(problems.join("; "))
     };
@@ -425,7 +425,7 @@ async fn execute(
     };
     // A command larger than a NATS message could never be queued. (A Run ID taken
     // over below has the same encoded length.)
-    if let Err(message) = payload::check_command(&command, payload::server_max_payload(&st.nats)) {
+    if let Err(message) = command.check_fits(payload::server_max_payload(&st.nats)) {
         reject(&st, &caller, run_id, &tool.name, ErrorClass::InvalidArguments, &message).await;
         return Err(McpError::invalid_params(&id, message));
     }

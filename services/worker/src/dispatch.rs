@@ -19,8 +19,9 @@ use tengine_core::{
     domain::{HttpMethod, RetryPolicy, ToolDefinition},
     envelope::{ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     payload, prometheus,
+    request::RenderedRequest,
     telemetry::{self, TraceContext},
-    templates::{self, RenderedRequest},
+    templates,
 };
 use tracing::Instrument;
 
@@ -238,7 +239,7 @@ impl Worker {
             arguments: &command.arguments,
             reserved: templates::reserved_variables(&command.caller, command.run_id),
         };
-        let request = templates::render_request(&tool, &ctx)
+        let request = tengine_core::request::render(&tool, &ctx)
             .map_err(|err| Refusal::failed(ErrorClass::InvalidArguments, err.to_string()))?;
         let secret = match tool.auth_secret_ciphertext.as_deref() {
             None => None,

@@ -10,8 +10,8 @@ use reqwest::{
 use tengine_core::{
     domain::AuthStrategy,
     envelope::{Caller, ErrorClass, UpstreamResponse},
+    request::RenderedRequest,
     signing::{self, SigningKey},
-    templates::RenderedRequest,
 };
 use uuid::Uuid;
 

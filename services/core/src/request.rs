@@ -1,0 +1,79 @@
+//! The outbound request of a tool call: the tool's templates (see
+//! [`crate::templates`]) rendered with the call's arguments.
+
+use serde_json::Value;
+use url::Url;
+
+use crate::{
+    domain::{HttpMethod, ToolDefinition},
+    templates::{Context, TemplateError, render_header, render_json, render_path, render_query, text_of},
+};
+
+/// The outbound request a tool call produces, before auth and signing headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedRequest {
+    pub method: HttpMethod,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    /// JSON body, already serialized.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Renders a tool's request. Pure: the ingress runs it to validate a call up front,
+/// the worker to build the request it sends.
+pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedRequest, TemplateError> {
+    let (path, used_in_path) = render_path(&tool.endpoint_path, ctx)?;
+    let origin = Url::parse(&tool.base_url).map_err(|e| TemplateError::Url(e.to_string()))?;
+    let mut url = origin.join(&path).map_err(|e| TemplateError::Url(e.to_string()))?;
+    // The origin and path are fixed by the tool; an argument can only fill a segment.
+    if url.origin() != origin.origin() || url.path() != path {
+        return Err(TemplateError::Url(format!(
+            "an argument changed the request target (path would become {})",
+            url.path()
+        )));
+    }
+
+    let mut query: Vec<(String, String)> = Vec::new();
+    for (name, template) in &tool.query_template {
+        for value in render_query(template, ctx)? {
+            query.push((name.clone(), value));
+        }
+    }
+    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !used_in_path.contains(*name));
+    if !tool.http_method.has_body() && tool.query_template.is_empty() {
+        for (name, value) in leftovers() {
+            match value {
+                Value::Null => {}
+                Value::Array(items) => query.extend(items.iter().map(|v| (name.clone(), text_of(v)))),
+                other => query.push((name.clone(), text_of(other))),
+            }
+        }
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query.iter());
+    }
+
+    let mut headers = Vec::with_capacity(tool.headers_template.len());
+    for (name, template) in &tool.headers_template {
+        if let Some(value) = render_header(template, ctx)? {
+            headers.push((name.clone(), value));
+        }
+    }
+
+    let body = if let Some(template) = &tool.body_template {
+        Some(render_json(template, ctx)?)
+    } else if tool.http_method.has_body() {
+        Some(Value::Object(
+            leftovers().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ))
+    } else {
+        None
+    };
+    let body = body.map(|b| serde_json::to_vec(&b).expect("a serde_json::Value always serializes"));
+    Ok(RenderedRequest {
+        method: tool.http_method,
+        url,
+        headers,
+        body,
+    })
+}
