@@ -8,6 +8,7 @@ mod docs;
 mod edges_storage;
 mod observability;
 mod outcomes;
+mod ownership;
 mod protocol;
 mod quotas;
 mod rebuild;
