@@ -14,6 +14,7 @@ pub mod connections;
 pub mod credentials;
 pub mod domain;
 pub mod envelope;
+pub mod errors;
 pub mod health;
 pub mod payload;
 pub mod prometheus;

@@ -27,7 +27,7 @@ use tengine_core::{
         validate_tool_name,
     },
     envelope::Caller,
-    storable,
+    errors, storable,
 };
 use tengine_projector::history::{self, runs::RunFilter};
 use uuid::Uuid;
@@ -102,8 +102,7 @@ fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     match bearer(headers) {
         Some(token) if !expected.is_empty() && credentials::constant_time_eq(token, expected) => Ok(()),
         _ if expected.is_empty() => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
+            errors::ADMIN_DISABLED,
             "the admin API is disabled: set TENGINE_ADMIN_TOKEN on the ingress",
         )),
         _ => Err(ApiError::unauthorized()),
@@ -871,8 +870,7 @@ async fn create_member_session(
     }
     .ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            errors::UNAUTHORIZED,
             "send the integration's API key as `Authorization: Bearer tengine_…`",
         )
     })?;
@@ -882,9 +880,7 @@ async fn create_member_session(
         .exchange(&st.pool, &principal.caller, &input.member_assertion)
         .await
         .map_err(|e| match e {
-            crate::members::MemberError::Invalid(message) => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_assertion", message)
-            }
+            crate::members::MemberError::Invalid(message) => ApiError::new(errors::INVALID_ASSERTION, message),
             crate::members::MemberError::Store(err) => err.into(),
         })?;
     Ok(created(json!({
@@ -949,18 +945,14 @@ async fn render_tool(
         .check(&tool, &Value::Object(input.arguments.clone()))
         .map_err(ApiError::internal)?;
     if !problems.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_arguments",
-            problems.join("; "),
-        ));
+        return Err(ApiError::new(errors::INVALID_ARGUMENTS, problems.join("; ")));
     }
     let ctx = tengine_core::templates::Context {
         arguments: &input.arguments,
         reserved: tengine_core::templates::reserved_variables(&caller, run_id),
     };
     let request = tengine_core::request::render(&tool, &ctx)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", e.to_string()))?;
+        .map_err(|e| ApiError::new(errors::INVALID_ARGUMENTS, e.to_string()))?;
     let target = tengine_core::signing::request_target(&request.url);
     let signed = tengine_core::signing::Target {
         method: request.method.as_str(),

@@ -1,5 +1,5 @@
 //! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`.
-//! Codes are stable strings, documented in docs/errors.md.
+//! Codes and their statuses come from `tengine_core::errors` (documented in docs/errors.md).
 
 use axum::{
     Json,
@@ -9,6 +9,7 @@ use axum::{
 use serde_json::json;
 use tengine_control::StoreError;
 use tengine_core::domain::FieldError;
+use tengine_core::errors::{self, AdminCode};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -19,49 +20,41 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: AdminCode, message: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
+            status: StatusCode::from_u16(code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: code.code,
             message: message.into(),
             field: None,
         }
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(errors::NOT_FOUND, format!("{what} not found"))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(errors::INVALID_REQUEST, message)
     }
 
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            errors::UNAUTHORIZED,
             "send the admin token as `Authorization: Bearer <TENGINE_ADMIN_TOKEN>`",
         )
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(errors::INTERNAL, "internal error; see the server log")
     }
 }
 
 impl From<FieldError> for ApiError {
     fn from(err: FieldError) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "invalid_field",
-            message: format!("{}: {}", err.field, err.message),
-            field: Some(err.field),
-        }
+        let mut error = Self::new(errors::INVALID_FIELD, format!("{}: {}", err.field, err.message));
+        error.field = Some(err.field);
+        error
     }
 }
 
@@ -69,7 +62,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Self::not_found("resource"),
-            StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Conflict(message) => Self::new(errors::CONFLICT, message),
             other => Self::internal(other),
         }
     }

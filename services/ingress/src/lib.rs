@@ -12,7 +12,7 @@ pub mod calls;
 pub mod catalog;
 pub mod dispatch;
 pub mod error;
-pub mod idempotency;
+pub mod jsonrpc;
 pub mod key_limits;
 pub mod mcp;
 pub mod members;
@@ -56,7 +56,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub validators: Validators,
     pub catalog: catalog::ToolCatalog,
-    pub idempotency: idempotency::Idempotency,
+    pub idempotency: calls::idempotency::Idempotency,
     pub key_limits: key_limits::KeyLimits,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
@@ -124,7 +124,7 @@ impl AppState {
                 }
             }
         });
-        let idempotency = idempotency::Idempotency::new(
+        let idempotency = calls::idempotency::Idempotency::new(
             idempotency_kv,
             Duration::from_millis(config.ingress.idempotency_lease_ms),
         );

@@ -197,7 +197,7 @@ pub async fn send(
         bytes_in,
         elapsed: started.elapsed(),
     };
-    let mut response = match builder.send().await {
+    let response = match builder.send().await {
         Ok(r) => r,
         Err(e) => {
             let (class, text) = classify(&e, timeout);
@@ -215,8 +215,49 @@ pub async fn send(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let body = match read_body(response, content_type.as_deref(), max_response_bytes, report).await {
+        Ok(body) => body,
+        Err((err, size)) => {
+            let (class, text) = classify(&err, timeout);
+            return failed(class, format!("reading the response: {text}"), size);
+        }
+    };
+    let size = body.size;
+    let (error_class, error) = status_failure(status).unzip();
+    AttemptResult {
+        retry_after,
+        response: Some(UpstreamResponse::from_bytes(
+            status,
+            content_type,
+            body.kept,
+            size,
+            body.truncated,
+        )),
+        error_class,
+        error,
+        bytes_out,
+        bytes_in: size,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// A response body as kept: its first `max_response_bytes` (streamed bodies without
+/// their progress lines), its full size in bytes, and whether it was cut.
+struct ReadBody {
+    kept: Vec<u8>,
+    size: u64,
+    truncated: bool,
+}
+
+/// Reads the body to its end, keeping the first `max_response_bytes` and counting
+/// the rest. On a read error, the error and the bytes read so far.
+async fn read_body(
+    mut response: reqwest::Response,
+    content_type: Option<&str>,
+    max_response_bytes: usize,
+    report: &mut (dyn FnMut(Progress) + Send),
+) -> Result<ReadBody, (reqwest::Error, u64)> {
     let essence = content_type
-        .as_deref()
         .and_then(|c| c.split(';').next())
         .unwrap_or_default()
         .trim()
@@ -250,41 +291,29 @@ pub async fn send(
                 tracing::info!(error = %e, read = size, "the rest of a truncated body did not arrive; its size is what was read");
                 break;
             }
-            Err(e) => {
-                let (class, text) = classify(&e, timeout);
-                return failed(class, format!("reading the response: {text}"), size);
-            }
+            Err(e) => return Err((e, size)),
         }
     }
-    let truncated = byte_count(taken) < size;
-    let body = match streamed {
+    let kept = match streamed {
         Some(streamed) => streamed.finish(report),
         None => kept,
     };
-    let upstream = UpstreamResponse::from_bytes(status, content_type, body, size, truncated);
-    let (error_class, error) = if (200..300).contains(&status) {
-        (None, None)
-    } else if (300..400).contains(&status) {
-        (
-            Some(ErrorClass::UpstreamStatus),
-            Some(format!(
-                "the API answered with a redirect (HTTP {status}); redirects are not followed"
-            )),
-        )
-    } else {
-        (
-            Some(ErrorClass::UpstreamStatus),
-            Some(format!("the API answered HTTP {status}")),
-        )
-    };
-    AttemptResult {
-        retry_after,
-        response: Some(upstream),
-        error_class,
-        error,
-        bytes_out,
-        bytes_in: size,
-        elapsed: started.elapsed(),
+    Ok(ReadBody {
+        kept,
+        size,
+        truncated: byte_count(taken) < size,
+    })
+}
+
+/// Why a status is a failure (3xx and everything not 2xx), if it is one.
+fn status_failure(status: u16) -> Option<(ErrorClass, String)> {
+    match status {
+        200..=299 => None,
+        300..=399 => Some((
+            ErrorClass::UpstreamStatus,
+            format!("the API answered with a redirect (HTTP {status}); redirects are not followed"),
+        )),
+        _ => Some((ErrorClass::UpstreamStatus, format!("the API answered HTTP {status}"))),
     }
 }
 

@@ -36,6 +36,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::jsonrpc::{RpcError, RpcResult};
+
 pub const HEADER: &str = "idempotency-key";
 pub const META_KEY: &str = "idempotencyKey";
 /// Longest key a client may send.
@@ -43,6 +45,26 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Clock difference tolerated between ingress instances when one reads another's
 /// lease (wall clocks; keep them NTP-synchronised).
 pub const CLOCK_SKEW_MS: i64 = 2_000;
+
+/// The `Idempotency-Key` header of a request, if it has a well-formed one.
+pub(crate) fn from_header(headers: &axum::http::HeaderMap, id: &Value) -> RpcResult<Option<String>> {
+    headers
+        .get(HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    RpcError::invalid_request(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"),
+                    )
+                    .with_id(id)
+                })
+        })
+        .transpose()
+}
 
 #[derive(Clone)]
 pub struct Idempotency {
@@ -228,7 +250,7 @@ impl Lease {
 
     /// Gives the key back: the call was refused before it was queued (a quota),
     /// so the same key may be used again.
-    pub async fn release(self) {
+    pub async fn release(&self) {
         let revision = self.state.revision.load(Ordering::Acquire);
         // Only our own revision: a purge after a takeover would drop another's claim.
         if let Err(err) = self.kv.purge_expect_revision(&self.key, Some(revision)).await {

@@ -1,0 +1,151 @@
+//! Every error code Tengine answers with, declared once: the admin API's string
+//! codes and the JSON-RPC codes of the MCP endpoint, each with its HTTP status and
+//! a one-line meaning. The services use only these declarations; docs/errors.md's
+//! tables are checked against this catalogue by a test.
+
+/// An admin API error code (`{"error": {"code", "message", "field"?}}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminCode {
+    pub code: &'static str,
+    pub status: u16,
+    pub meaning: &'static str,
+}
+
+/// A JSON-RPC error code of the MCP endpoint. `status` is the usual HTTP status
+/// (some codes are answered with several; the docs list each situation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcCode {
+    pub code: i32,
+    pub name: &'static str,
+    pub status: u16,
+    pub meaning: &'static str,
+}
+
+pub const INVALID_REQUEST: AdminCode = AdminCode {
+    code: "invalid_request",
+    status: 400,
+    meaning: "malformed JSON body, unknown fields, a path id that is not a UUID, a malformed query string or cursor",
+};
+pub const UNAUTHORIZED: AdminCode = AdminCode {
+    code: "unauthorized",
+    status: 401,
+    meaning: "missing or wrong admin token (or credential, for reads and member-session exchange)",
+};
+pub const INVALID_ASSERTION: AdminCode = AdminCode {
+    code: "invalid_assertion",
+    status: 401,
+    meaning: "POST /v1/member-sessions: the member assertion was refused; the message says why",
+};
+pub const ADMIN_DISABLED: AdminCode = AdminCode {
+    code: "admin_disabled",
+    status: 403,
+    meaning: "admin_token is empty: the admin API is off",
+};
+pub const NOT_FOUND: AdminCode = AdminCode {
+    code: "not_found",
+    status: 404,
+    meaning: "the resource does not exist, or is not the caller's",
+};
+pub const CONFLICT: AdminCode = AdminCode {
+    code: "conflict",
+    status: 409,
+    meaning: "a resource with that name or id already exists, or the change would break an invariant",
+};
+pub const INVALID_FIELD: AdminCode = AdminCode {
+    code: "invalid_field",
+    status: 422,
+    meaning: "a field failed validation; `field` names it",
+};
+pub const INVALID_ARGUMENTS: AdminCode = AdminCode {
+    code: "invalid_arguments",
+    status: 422,
+    meaning: "render: the arguments fail the tool's schema or a template",
+};
+pub const INTERNAL: AdminCode = AdminCode {
+    code: "internal",
+    status: 500,
+    meaning: "a fault inside Tengine; see the server log",
+};
+
+pub const ADMIN_CODES: &[AdminCode] = &[
+    INVALID_REQUEST,
+    UNAUTHORIZED,
+    INVALID_ASSERTION,
+    ADMIN_DISABLED,
+    NOT_FOUND,
+    CONFLICT,
+    INVALID_FIELD,
+    INVALID_ARGUMENTS,
+    INTERNAL,
+];
+
+pub const PARSE_ERROR: RpcCode = RpcCode {
+    code: -32700,
+    name: "Parse error",
+    status: 400,
+    meaning: "the body is not JSON",
+};
+pub const RPC_INVALID_REQUEST: RpcCode = RpcCode {
+    code: -32600,
+    name: "Invalid request",
+    status: 400,
+    meaning: "a transport or envelope check failed (Host, Origin, Accept, Content-Type, size, batch, session)",
+};
+pub const METHOD_NOT_FOUND: RpcCode = RpcCode {
+    code: -32601,
+    name: "Method not found",
+    status: 200,
+    meaning: "the method is not served",
+};
+pub const INVALID_PARAMS: RpcCode = RpcCode {
+    code: -32602,
+    name: "Invalid params",
+    status: 200,
+    meaning: "malformed params, an unknown or unavailable tool, a bad cursor or idempotency key",
+};
+pub const INTERNAL_ERROR: RpcCode = RpcCode {
+    code: -32603,
+    name: "Internal error",
+    status: 200,
+    meaning: "a dependency failed (database, NATS) or the call is not queued yet: retry",
+};
+pub const QUOTA_EXCEEDED: RpcCode = RpcCode {
+    code: -32029,
+    name: "Quota exceeded",
+    status: 200,
+    meaning: "a quota of the project or member is exhausted; `error.data` says which and when it resets",
+};
+/// Not -32001: the official SDKs use that for their own request timeouts.
+pub const RPC_UNAUTHORIZED: RpcCode = RpcCode {
+    code: -32040,
+    name: "Unauthorized",
+    status: 401,
+    meaning: "no credential, an unknown or revoked one, or one without the `call` scope (403)",
+};
+
+pub const RPC_CODES: &[RpcCode] = &[
+    PARSE_ERROR,
+    RPC_INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    INVALID_PARAMS,
+    INTERNAL_ERROR,
+    QUOTA_EXCEEDED,
+    RPC_UNAUTHORIZED,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_declared_once() {
+        let mut admin: Vec<_> = ADMIN_CODES.iter().map(|c| c.code).collect();
+        admin.sort_unstable();
+        admin.dedup();
+        assert_eq!(admin.len(), ADMIN_CODES.len());
+        let mut rpc: Vec<_> = RPC_CODES.iter().map(|c| c.code).collect();
+        rpc.sort_unstable();
+        rpc.dedup();
+        assert_eq!(rpc.len(), RPC_CODES.len());
+    }
+}

@@ -1,0 +1,506 @@
+//! `tools/call` as a pipeline of named steps, each its own function:
+//! parse → resolve (the tool, and the caller's access to it) → validate (schema,
+//! dry render) → command (fits a NATS message) → claim (the idempotency key) →
+//! charge (quotas) → enqueue → answer (follow the run; JSON, or SSE with progress).
+//! A step that ends the call early returns a [`Stop`]: a JSON-RPC error, or a tool
+//! result the model sees (bad arguments are a tool execution error, SEP-1303).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{http::StatusCode, response::Response};
+use chrono::Utc;
+use rmcp::model::CallToolRequestParams;
+use serde_json::{Map, Value, json};
+use tengine_control::{
+    StoreError,
+    principals::Principal,
+    quotas::{self, Charge},
+};
+use tengine_core::{
+    domain::ToolDefinition,
+    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunStatus},
+    errors, payload, prometheus,
+    telemetry::TraceContext,
+    templates,
+};
+use tengine_projector::history::{self, results::Recorded};
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub mod answer;
+pub mod idempotency;
+mod progress;
+
+pub use answer::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
+pub use progress::resume;
+
+use crate::{
+    AppState,
+    dispatch::{CallKey, Following},
+    jsonrpc::{self, RpcError, RpcResult},
+    sessions::SessionStates,
+};
+
+const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
+
+/// One `tools/call` as the MCP layer hands it over.
+pub struct CallRequest {
+    pub principal: Principal,
+    /// The MCP session (cancellation, and the key of a call without a client key).
+    pub session: String,
+    pub id: Value,
+    pub params: Option<Value>,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    pub trace: TraceContext,
+}
+
+/// Why a call ends before its run is queued.
+enum Stop {
+    Error(RpcError),
+    /// A tool result (HTTP 200, `result`).
+    Result(Value),
+}
+
+impl From<RpcError> for Stop {
+    fn from(err: RpcError) -> Self {
+        Stop::Error(err)
+    }
+}
+
+type Step<T> = Result<T, Stop>;
+
+/// What the parameters ask for.
+struct Params {
+    name: String,
+    arguments: Map<String, Value>,
+    progress_token: Option<Value>,
+    /// `_meta.idempotencyKey`.
+    meta_key: Option<String>,
+}
+
+/// One call going through the pipeline.
+struct Call {
+    st: Arc<AppState>,
+    principal: Principal,
+    session: String,
+    id: Value,
+    trace: TraceContext,
+    run_id: Uuid,
+}
+
+pub fn call_key(session: &str, request_id: &Value) -> CallKey {
+    CallKey {
+        session: SessionStates::key(session),
+        request_id: request_id.to_string(),
+    }
+}
+
+/// `tools/call`: one span per call carrying the Run ID (a child of the client's
+/// trace when it sent `traceparent`), timed and counted.
+pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Response> {
+    let run_id = Uuid::now_v7();
+    let span = tracing::info_span!("tools/call", %run_id, tool = tracing::field::Empty);
+    let started = std::time::Instant::now();
+    let _in_flight = InFlight::enter();
+    let id = request.id.clone();
+    let call = Call {
+        st,
+        principal: request.principal,
+        session: request.session,
+        id: request.id,
+        trace: request.trace,
+        run_id,
+    };
+    let answer = call.run(request.params, request.idempotency_key).instrument(span).await;
+    metrics::histogram!(prometheus::CALL_SECONDS).record(started.elapsed().as_secs_f64());
+    match answer {
+        Ok(response) => Ok(response),
+        Err(Stop::Error(err)) => Err(err),
+        Err(Stop::Result(result)) => Ok(jsonrpc::result(&id, result)),
+    }
+}
+
+impl Call {
+    async fn run(self, params: Option<Value>, header_key: Option<String>) -> Step<Response> {
+        let params = self.parse(params)?;
+        let tool = self.resolve(&params.name).await?;
+        let arguments = self.validate(&tool, params.arguments).await?;
+        let key = header_key.or(params.meta_key);
+        let mut command = self.command(&tool, arguments, key.is_some()).await?;
+        let lease = self.claim(&tool, &command, key).await?;
+        // A claim taken over keeps the Run ID it was first given.
+        let run_id = lease.run_id;
+        tracing::Span::current().record("run_id", tracing::field::display(run_id));
+        let charge = self.charge(&tool, &lease).await?;
+        command.run_id = run_id;
+        command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
+        let following = self.enqueue(&command, lease, charge).await?;
+        tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
+        let answering = progress::Answering {
+            tool,
+            following,
+            caller: self.caller().clone(),
+            request_id: self.id,
+            progress_token: params.progress_token,
+            log: progress::logs_info(&self.st, &self.session),
+        };
+        Ok(answering.answer(self.st).await)
+    }
+
+    fn caller(&self) -> &Caller {
+        &self.principal.caller
+    }
+
+    fn parse(&self, params: Option<Value>) -> Step<Params> {
+        let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
+            RpcError::invalid_params(
+                &self.id,
+                format!("tools/call params are malformed ({e}); expected {{\"name\": string, \"arguments\": object}}"),
+            )
+        })?;
+        let name = params.name.to_string();
+        tracing::Span::current().record("tool", name.as_str());
+        let meta = params.meta.as_ref().and_then(|m| serde_json::to_value(m).ok());
+        let progress_token = meta
+            .as_ref()
+            .and_then(|m| m.get("progressToken").cloned())
+            .filter(|t| t.is_string() || t.is_number());
+        let meta_key = meta
+            .as_ref()
+            .and_then(|m| m.get(idempotency::META_KEY).and_then(Value::as_str).map(str::to_string));
+        Ok(Params {
+            name,
+            arguments: params.arguments.unwrap_or_default(),
+            progress_token,
+            meta_key,
+        })
+    }
+
+    /// The tool by name, if it is enabled and the caller may use it.
+    async fn resolve(&self, name: &str) -> Step<Arc<ToolDefinition>> {
+        let loading = std::time::Instant::now();
+        let tool = self.st.catalog.get(&self.st.pool, self.caller().project_id, name).await;
+        prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "tool", loading);
+        let principal = &self.principal;
+        match tool {
+            Ok(tool) if tool.enabled && principal.may_use(&tool) => Ok(tool),
+            Ok(tool)
+                if tool.enabled
+                    && tool.require_member
+                    && principal.caller.member.is_none()
+                    && principal
+                        .allowed_tools
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&tool.name)) =>
+            {
+                let message = format!("Tool `{}` requires a member session (Bearer tng_mst_…)", tool.name);
+                self.reject(name, ErrorClass::UnknownTool, &message).await;
+                Err(RpcError::invalid_params(&self.id, message).into())
+            }
+            Ok(_) | Err(StoreError::NotFound) => {
+                let message = format!("Unknown tool: `{}`", truncate_name(name));
+                self.reject(name, ErrorClass::UnknownTool, &message).await;
+                let mut err =
+                    RpcError::invalid_params(&self.id, format!("{message}; call tools/list for the available tools"));
+                err.data = Some(json!({ META_RUN_ID: self.run_id }));
+                Err(err.into())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "loading a tool");
+                Err(RpcError::internal(&self.id, "the tool could not be loaded right now; retry").into())
+            }
+        }
+    }
+
+    /// The arguments against the tool's schema, then a dry render of its request.
+    async fn validate(&self, tool: &ToolDefinition, arguments: Map<String, Value>) -> Step<Map<String, Value>> {
+        let arguments = Value::Object(arguments);
+        let problems = self
+            .st
+            .validators
+            .check(tool, &arguments)
+            .map_err(|e| RpcError::internal(&self.id, e))?;
+        let Value::Object(arguments) = arguments else {
+            return Ok(Map::new());
+        };
+        let problem = if problems.is_empty() {
+            let ctx = templates::Context {
+                arguments: &arguments,
+                reserved: templates::reserved_variables(self.caller(), self.run_id),
+            };
+            tengine_core::request::render(tool, &ctx).err().map(|e| e.to_string())
+        } else {
+            Some(problems.join("; "))
+        };
+        let Some(problem) = problem else { return Ok(arguments) };
+        let message = format!("Invalid arguments for tool `{}`: {problem}", tool.name);
+        self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
+        let meta = answer::run_meta(self.run_id, RunStatus::Rejected, None);
+        Err(Stop::Result(answer::tool_result(true, message, meta)))
+    }
+
+    /// The command to queue, refused with a clear error when it could never fit a
+    /// NATS message (a Run ID taken over later has the same encoded length).
+    async fn command(
+        &self,
+        tool: &ToolDefinition,
+        arguments: Map<String, Value>,
+        client_key: bool,
+    ) -> Step<ExecuteCommand> {
+        let accepted_at = Utc::now();
+        let command = ExecuteCommand {
+            run_id: self.run_id,
+            caller: self.caller().clone(),
+            tool_id: tool.id,
+            tool_name: tool.name.clone(),
+            tool_version: tool.version,
+            arguments,
+            accepted_at,
+            reply_to: Some(self.st.dispatcher.reply_subject(self.run_id)),
+            // A client's own key outlives the event log's guarantee: history keeps the
+            // outcome for as long as the key maps to the run.
+            keep_result_until: client_key
+                .then(|| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl()))
+                .flatten(),
+        };
+        if let Err(message) = command.check_fits(payload::server_max_payload(&self.st.nats)) {
+            self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
+            return Err(RpcError::invalid_params(&self.id, message).into());
+        }
+        Ok(command)
+    }
+
+    /// One run per idempotency key: the key is claimed for this call, or a retry
+    /// follows (or waits for) the run the key already has.
+    async fn claim(
+        &self,
+        tool: &ToolDefinition,
+        command: &ExecuteCommand,
+        key: Option<String>,
+    ) -> Step<Box<idempotency::Lease>> {
+        let caller = self.caller();
+        let scope = match key {
+            // Scoped to the credential (API key, and member): another caller's key never matches.
+            Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!(
+                "key\n{}\n{}\n{key}",
+                caller.api_key_id,
+                caller.member.as_ref().map_or("", |m| m.id.as_str())
+            ),
+            Some(_) => {
+                let max = idempotency::MAX_KEY_LEN;
+                return Err(RpcError::invalid_params(
+                    &self.id,
+                    format!("_meta.idempotencyKey must be at most {max} characters"),
+                )
+                .into());
+            }
+            None => format!("request\n{}\n{}", SessionStates::key(&self.session), self.id),
+        };
+        let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
+        let fingerprint = idempotency::fingerprint(&tool.name, &command.arguments);
+        let claiming = std::time::Instant::now();
+        let claimed = self
+            .st
+            .idempotency
+            .claim(&claim_key, self.run_id, &fingerprint, |run| {
+                traced(&self.st, caller.project_id, run)
+            })
+            .await;
+        prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "claim", claiming);
+        let with_run = |mut err: RpcError, run: Uuid| {
+            err.data = Some(json!({ META_RUN_ID: run }));
+            Stop::Error(err)
+        };
+        match claimed {
+            Ok(idempotency::Claimed::Owned(lease)) => Ok(lease),
+            Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(
+                follow_existing(&self.st, tool, caller.project_id, original).await,
+            )),
+            // Its first call holds the key and is still being queued (or gave up a
+            // moment ago): answer now rather than wait on a run that may never exist.
+            Ok(idempotency::Claimed::Pending(original)) => Err(with_run(
+                RpcError::internal(
+                    &self.id,
+                    format!(
+                        "the first attempt of this call (run {original}) is not queued yet; retry in a few seconds \
+                         with the same key: it will run at most once"
+                    ),
+                ),
+                original,
+            )),
+            Ok(idempotency::Claimed::Conflict(original)) => Err(with_run(
+                RpcError::invalid_params(
+                    &self.id,
+                    format!(
+                        "this idempotency key was already used for run {original} with other arguments; use a new \
+                         key for a different call"
+                    ),
+                ),
+                original,
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "claiming an idempotency key");
+                Err(RpcError::internal(
+                    &self.id,
+                    "the call could not be recorded right now; it was not run: retry",
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Counts the call against the caller's quotas. Only once the key is claimed: a
+    /// retry that follows an existing run never counts twice. A refusal gives the
+    /// key back, so the same key works once the quota resets.
+    async fn charge(&self, tool: &ToolDefinition, lease: &idempotency::Lease) -> Step<Charge> {
+        let charging = std::time::Instant::now();
+        // The limits came with the credential (one query for both).
+        let verdict = quotas::charge(&self.st.pool, self.caller(), self.principal.limits).await;
+        prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "quota", charging);
+        match verdict {
+            Ok(quotas::Verdict::Allowed(charge)) => Ok(charge),
+            Ok(quotas::Verdict::Exceeded(exceeded)) => {
+                let message = exceeded.message();
+                let run_id = lease.run_id;
+                self.reject_run(run_id, &tool.name, ErrorClass::QuotaExceeded, &message)
+                    .await;
+                lease.release().await;
+                let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED.code, message).with_id(&self.id);
+                err.data = Some(json!({
+                    META_RUN_ID: run_id,
+                    "limit": exceeded.limit,
+                    "value": exceeded.value,
+                    "resetsAt": exceeded.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }));
+                Err(err.into())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "checking quotas");
+                lease.release().await;
+                Err(RpcError::internal(
+                    &self.id,
+                    "the call's quota could not be checked right now; it was not run: retry",
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Queues the command (while the lease holds) and starts following its run.
+    async fn enqueue(
+        &self,
+        command: &ExecuteCommand,
+        lease: Box<idempotency::Lease>,
+        charge: Charge,
+    ) -> Step<Following> {
+        let run_id = command.run_id;
+        let following = self
+            .st
+            .dispatcher
+            .follow(run_id, Some(call_key(&self.session, &self.id)));
+        let enqueueing = std::time::Instant::now();
+        // Only while the lease holds: after it, a retry may take the key over.
+        let enqueued = self
+            .st
+            .dispatcher
+            .enqueue(command, &self.trace, lease.remaining())
+            .await;
+        prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
+        // Queued or not, this call is done with the key: the run (if stored) is its trace.
+        drop(lease);
+        let Err(err) = enqueued else { return Ok(following) };
+        // Publishing was retried under the same Nats-Msg-Id (stored at most once). The
+        // command may still have been stored (every ack lost), so the key stays bound
+        // to this run: a retry follows the run if it was stored, and once the lease has
+        // lapsed without a trace, queues this same run again (see `idempotency`). No
+        // `Rejected` event: the run may well exist.
+        tracing::error!(%run_id, error = %err, "queueing a run");
+        count_call("unconfirmed");
+        quotas::refund(&self.st.pool, self.caller().project_id, &charge).await;
+        let mut err = RpcError::internal(
+            &self.id,
+            format!(
+                "the call could not be confirmed as queued (the execution queue is unavailable or full): retry in a \
+                 few seconds with the same idempotency key (or, without one, the same JSON-RPC id in this session): \
+                 it will run at most once (run {run_id})"
+            ),
+        );
+        err.data = Some(json!({ META_RUN_ID: run_id }));
+        Err(err.into())
+    }
+
+    async fn reject(&self, tool_name: &str, class: ErrorClass, error: &str) {
+        self.reject_run(self.run_id, tool_name, class, error).await;
+    }
+
+    /// Logs a `Rejected` event: the call is in run history although it was not run.
+    async fn reject_run(&self, run_id: Uuid, tool_name: &str, class: ErrorClass, error: &str) {
+        count_call("rejected");
+        let caller = self.caller();
+        let event = RunEvent::Rejected {
+            run_id,
+            caller: caller.clone(),
+            tool_name: truncate_name(tool_name),
+            accepted_at: Utc::now(),
+            error_class: class,
+            error: payload::bounded_error(error.to_string()),
+        };
+        self.st.dispatcher.log(caller.project_id, event).await;
+    }
+}
+
+fn truncate_name(name: &str) -> String {
+    name.chars().take(MAX_TOOL_NAME_IN_HISTORY).collect()
+}
+
+/// Counts calls waiting for their outcome; the gauge goes down however the call ends.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(prometheus::CALLS_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(prometheus::CALLS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+pub(crate) fn count_call(status: &'static str) {
+    metrics::counter!(prometheus::CALLS, "status" => status).increment(1);
+}
+
+/// Whether a run left a trace: its command queued, its events in the log, or its
+/// row in history (which outlives the log and every idempotency key).
+async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<bool, String> {
+    if st.dispatcher.in_streams(project_id, run_id).await? {
+        return Ok(true);
+    }
+    history::runs::in_history(&st.pool, run_id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A retry of a call that already has a run: that run's outcome, from the event
+/// log, else from history (once the log has rolled past it), else when it comes.
+async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid, run_id: Uuid) -> Value {
+    if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
+        return answer::outcome_result(st, tool, &outcome);
+    }
+    match history::results::recorded(&st.pool, run_id).await {
+        Ok(Some(Recorded::Kept(outcome))) => return answer::outcome_result(st, tool, &outcome),
+        Ok(Some(Recorded::StatusOnly(status))) => return answer::forgotten_result(run_id, &status),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
+    }
+    let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
+    let deadline = tengine_core::tasks::deadline_after(wait);
+    match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
+        Some(outcome) => answer::outcome_result(st, tool, &outcome),
+        None => answer::still_running(run_id, wait),
+    }
+}

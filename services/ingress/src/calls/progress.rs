@@ -1,0 +1,282 @@
+//! Following a queued run to its answer: one JSON body, or (when the client asked
+//! for progress or set a log level) an SSE stream with a priming event, the run's
+//! stages as `notifications/progress` / `notifications/message`, then the result.
+//! Also the resumption of a lost call stream (`GET` + `Last-Event-ID`).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::response::{Response, sse::Event};
+use serde_json::{Value, json};
+use tengine_control::tools;
+use tengine_core::{domain::ToolDefinition, envelope::Caller};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::answer::{outcome_result, still_running, text_outcome_result};
+use crate::{
+    AppState,
+    dispatch::{Following, Signal},
+    jsonrpc,
+    sessions::log_level_rank,
+    streams::{self, EventId, RESULT_SEQ},
+};
+
+/// Stages reported as progress: queued, sent to the API, answered.
+const STAGES: u32 = 3;
+const INFO_RANK: usize = 1;
+
+/// Whether the session's log level asks for `info` notifications of the run's stages.
+pub(super) fn logs_info(st: &AppState, session: &str) -> bool {
+    st.session_states
+        .get(session)
+        .log_level
+        .and_then(|l| log_level_rank(&l))
+        .is_some_and(|rank| rank <= INFO_RANK)
+}
+
+/// A queued run and how its caller wants the answer.
+pub(super) struct Answering {
+    pub(super) tool: Arc<ToolDefinition>,
+    pub(super) following: Following,
+    pub(super) caller: Caller,
+    pub(super) request_id: Value,
+    pub(super) progress_token: Option<Value>,
+    pub(super) log: bool,
+}
+
+impl Answering {
+    /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
+    pub(super) async fn answer(self, st: Arc<AppState>) -> Response {
+        let ingress = &st.config.ingress;
+        let wait = Duration::from_millis(
+            self.tool
+                .timeout_ms
+                .saturating_add(ingress.call_wait_slack_ms)
+                .min(ingress.max_call_wait_ms),
+        );
+        if self.progress_token.is_none() && !self.log {
+            return match follow_to_end(&st, &self.tool, self.following, &self.caller, wait).await {
+                Ending::Result(result) => jsonrpc::result(&self.request_id, result),
+                // No answer for a cancelled request (the SDKs have forgotten it): an
+                // event stream that ends at once, without ids, so nobody resumes it.
+                Ending::Cancelled => streams::response(mpsc::channel(1).1),
+            };
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let notifier = Notifier {
+            tx,
+            run_id: self.following.run_id,
+            request_id: self.request_id,
+            progress_token: self.progress_token,
+            log: self.log,
+            seq: 0,
+        };
+        tokio::spawn(stream_call(st, self.tool, self.following, self.caller, wait, notifier));
+        streams::response(rx)
+    }
+}
+
+enum Ending {
+    Result(Value),
+    Cancelled,
+}
+
+/// Writes a call's SSE stream.
+struct Notifier {
+    tx: mpsc::Sender<Event>,
+    run_id: Uuid,
+    request_id: Value,
+    progress_token: Option<Value>,
+    log: bool,
+    seq: u32,
+}
+
+impl Notifier {
+    fn id(&mut self, n: Option<u32>) -> EventId {
+        self.seq = self.seq.saturating_add(1);
+        EventId {
+            r: self.run_id,
+            i: self.request_id.clone(),
+            n: n.unwrap_or(self.seq),
+        }
+    }
+
+    async fn send(&mut self, message: &Value) -> bool {
+        let id = self.id(None);
+        self.tx.send(streams::message(Some(&id), message)).await.is_ok()
+    }
+
+    async fn prime(&mut self) -> bool {
+        let id = self.id(Some(0));
+        self.tx.send(streams::priming(&id)).await.is_ok()
+    }
+
+    async fn stage(&mut self, progress: u32, message: &str) -> bool {
+        self.progress(f64::from(progress), message).await
+    }
+
+    async fn progress(&mut self, progress: f64, message: &str) -> bool {
+        if let Some(token) = self.progress_token.clone() {
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": progress, "total": STAGES, "message": message}});
+            if !self.send(&note).await {
+                return false;
+            }
+        }
+        if self.log {
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                "params": {"level": "info", "logger": "tengine", "data": {"runId": self.run_id, "message": message}}});
+            if !self.send(&note).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn finish(mut self, result: Value) {
+        let id = self.id(Some(RESULT_SEQ));
+        let response = json!({"jsonrpc": "2.0", "id": self.request_id, "result": result});
+        let _ = self.tx.send(streams::message(Some(&id), &response)).await;
+    }
+}
+
+/// Follows a run to its outcome, ignoring progress (the JSON answer).
+async fn follow_to_end(
+    st: &AppState,
+    tool: &ToolDefinition,
+    mut following: Following,
+    caller: &Caller,
+    wait: Duration,
+) -> Ending {
+    let deadline = tengine_core::tasks::deadline_after(wait);
+    loop {
+        match following.next(deadline).await {
+            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome)),
+            Some(Signal::Cancelled) => {
+                st.dispatcher.cancel(caller.project_id, following.run_id).await;
+                return Ending::Cancelled;
+            }
+            Some(Signal::Sent | Signal::Answered | Signal::Upstream { .. }) => continue,
+            None => {
+                return Ending::Result(
+                    match st.dispatcher.recorded(caller.project_id, following.run_id).await {
+                        Some(outcome) => outcome_result(st, tool, &outcome),
+                        None => still_running(following.run_id, wait),
+                    },
+                );
+            }
+        }
+    }
+}
+
+async fn stream_call(
+    st: Arc<AppState>,
+    tool: Arc<ToolDefinition>,
+    mut following: Following,
+    caller: Caller,
+    wait: Duration,
+    mut notifier: Notifier,
+) {
+    if !notifier.prime().await || !notifier.stage(1, "queued").await {
+        return;
+    }
+    let deadline = tengine_core::tasks::deadline_after(wait);
+    let (mut sent, mut answered) = (false, false);
+    let mut upstream_progress = 2.0_f64;
+    loop {
+        match following.next(deadline).await {
+            Some(Signal::Sent) if !sent => {
+                sent = true;
+                if !notifier.stage(2, "sent to the API").await {
+                    return;
+                }
+            }
+            Some(Signal::Answered) if !answered => {
+                answered = true;
+                if !notifier.stage(3, "the API answered").await {
+                    return;
+                }
+            }
+            Some(Signal::Upstream {
+                progress,
+                total,
+                message,
+            }) if sent && !answered => {
+                // The API's own progress fits between "sent" (2) and "answered" (3).
+                let fraction = match total {
+                    Some(total) if total > 0.0 => (progress / total).clamp(0.0, 1.0),
+                    _ => 1.0 - 1.0 / (1.0 + progress.max(0.0)),
+                };
+                let value = 2.0 + fraction * 0.99;
+                if value > upstream_progress {
+                    upstream_progress = value;
+                    let text = message.unwrap_or_else(|| format!("the API reports {progress}"));
+                    if !notifier.progress(value, &text).await {
+                        return;
+                    }
+                }
+            }
+            Some(Signal::Sent | Signal::Answered | Signal::Upstream { .. }) => {}
+            Some(Signal::Finished(outcome)) => {
+                // Progress must rise to the end even if a stage signal was lost.
+                if !sent && !notifier.stage(2, "sent to the API").await {
+                    return;
+                }
+                if !answered && !notifier.stage(3, "the API answered").await {
+                    return;
+                }
+                notifier.finish(outcome_result(&st, &tool, &outcome)).await;
+                return;
+            }
+            Some(Signal::Cancelled) => {
+                // No response for a cancelled request: the stream just ends.
+                st.dispatcher.cancel(caller.project_id, following.run_id).await;
+                return;
+            }
+            None => {
+                let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
+                    Some(outcome) => outcome_result(&st, &tool, &outcome),
+                    None => still_running(following.run_id, wait),
+                };
+                notifier.finish(result).await;
+                return;
+            }
+        }
+    }
+}
+
+/// GET + `Last-Event-ID` of a tools/call stream: deliver that call's result once
+/// the run has finished, from the event log (the worker's reply went to the
+/// instance that accepted the call).
+pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc::Sender<Event>) {
+    if st.dispatcher.is_cancelled(event.r).await {
+        // The client cancelled this call: there is nothing to deliver.
+        return;
+    }
+    let deadline = tengine_core::tasks::deadline_after(Duration::from_millis(st.config.ingress.max_call_wait_ms));
+    // The poll ends when the client hangs up, not minutes later.
+    let outcome = tokio::select! {
+        outcome = st.dispatcher.poll_outcome(caller.project_id, event.r, deadline) => outcome,
+        () = tx.closed() => return,
+    };
+    let Some(outcome) = outcome else {
+        return;
+    };
+    // Only the credential that made the call may resume it.
+    let member = |c: &Caller| c.member.as_ref().map(|m| m.id.clone());
+    if outcome.caller.api_key_id != caller.api_key_id || member(&outcome.caller) != member(&caller) {
+        return;
+    }
+    let result = match tools::get(&st.pool, caller.project_id, &outcome.tool_name).await {
+        Ok(tool) => outcome_result(&st, &tool, &outcome),
+        // The tool is gone: the plain text mapping still tells the model what happened.
+        Err(_) => text_outcome_result(&outcome),
+    };
+    let id = EventId {
+        r: event.r,
+        i: event.i.clone(),
+        n: RESULT_SEQ,
+    };
+    let response = json!({"jsonrpc": "2.0", "id": event.i, "result": result});
+    let _ = tx.send(streams::message(Some(&id), &response)).await;
+}

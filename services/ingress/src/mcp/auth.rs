@@ -1,0 +1,81 @@
+//! The caller of an MCP request: an API key or a member session token, checked
+//! against PostgreSQL on every request; 401s name where the metadata is.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use tengine_control::principals::{self, Principal};
+use tengine_core::{credentials, errors};
+
+use crate::{
+    AppState,
+    jsonrpc::{RpcError, RpcResult},
+    members,
+};
+
+pub(crate) fn unauthorized(st: &AppState, message: &str, token_given: bool) -> RpcError {
+    let mut err = RpcError::new(StatusCode::UNAUTHORIZED, errors::RPC_UNAUTHORIZED.code, message);
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource",
+        st.config.ingress.public_url.trim_end_matches('/')
+    );
+    let challenge = if token_given {
+        format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\"")
+    } else {
+        format!("Bearer resource_metadata=\"{metadata}\"")
+    };
+    err.headers.push((header::WWW_AUTHENTICATE, challenge));
+    err
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap) -> RpcResult<Principal> {
+    let Some(token) = bearer(headers) else {
+        return Err(unauthorized(
+            st,
+            "missing credentials: send `Authorization: Bearer tengine_…` (API key) or `Bearer tng_mst_…` (member session)",
+            false,
+        ));
+    };
+    let found = if token.starts_with(members::TOKEN_PREFIX) {
+        let (api_key_id, member) = st
+            .members
+            .verify(token)
+            .map_err(|e| unauthorized(st, &e.to_string(), true))?;
+        principals::authenticate_member(&st.pool, api_key_id, member).await
+    } else if credentials::looks_like_api_key(token) {
+        principals::authenticate_api_key(&st.pool, token).await
+    } else {
+        return Err(unauthorized(
+            st,
+            "the bearer token is neither a Tengine API key (`tengine_…`) nor a member session (`tng_mst_…`)",
+            true,
+        ));
+    };
+    match found {
+        Ok(Some(principal)) if !principal.may_call() => Err(RpcError::new(
+            StatusCode::FORBIDDEN,
+            errors::RPC_UNAUTHORIZED.code,
+            "this API key has no `call` scope (it may only read run history and usage): use a key created with \
+             \"scopes\": [\"call\"] for MCP",
+        )),
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) => Err(unauthorized(
+            st,
+            "the credential is unknown or revoked (API key, integration or member sessions)",
+            true,
+        )),
+        Err(err) => {
+            tracing::error!(error = %err, "authenticating a credential");
+            Err(RpcError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                errors::INTERNAL_ERROR.code,
+                "credentials could not be checked right now; retry",
+            ))
+        }
+    }
+}

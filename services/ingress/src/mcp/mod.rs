@@ -1,0 +1,329 @@
+//! The MCP endpoint (`/mcp`): Streamable HTTP, revision 2025-11-25, tools only.
+//!
+//! Every POST is checked in this order, each failure with its own HTTP status and
+//! a JSON-RPC error body that says what to fix: Origin (403), credentials (401),
+//! Accept (406), Content-Type (415), size (413), JSON (400, -32700), shape (400,
+//! -32600: batches are refused since 2025-06-18), session (400 missing / 404 unknown),
+//! `MCP-Protocol-Version` (400). Method-level errors are HTTP 200 with a JSON-RPC
+//! error, which is what SDKs surface to the application.
+//!
+//! We use rmcp's model types for the messages but not its server runtime: sessions
+//! here are signed tokens (no per-instance state) and tools/call is a queued run.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tengine_control::principals::Principal;
+use tengine_core::{errors, prometheus};
+
+mod auth;
+mod session;
+mod tools_list;
+mod transport;
+
+use auth::authenticate;
+pub use auth::bearer;
+use session::{check_session, initialize};
+use tools_list::list_tools;
+use transport::{accepts, check_accept, check_content_type, check_host_and_origin, check_protocol_version, read_body};
+
+use crate::{
+    AppState, calls,
+    calls::idempotency,
+    jsonrpc::{self, Incoming, RpcError, RpcResult},
+    sessions, streams,
+};
+
+pub const HEADER_SESSION_ID: &str = "mcp-session-id";
+pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+/// Revisions this server speaks, newest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+
+pub async fn post(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    match handle_post(&st, &headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+/// GET opens the server-to-client stream: `notifications/tools/list_changed` when
+/// the project's tools change. With `Last-Event-ID` naming a tools/call stream it
+/// resumes that call instead and delivers its result.
+pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match handle_get(&st, &headers).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+/// DELETE ends the session on every instance.
+pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let result = async {
+        check_host_and_origin(&st, &headers)?;
+        let principal = authenticate(&st, &headers).await?;
+        let session = check_session(&st, &headers, &principal, &Value::Null)?;
+        if !st.key_limits.session_write(principal.caller.api_key_id) {
+            return Err(too_many_session_writes(&st, &Value::Null));
+        }
+        let expires_at = st.sessions.expires_at(&session);
+        st.session_states.end(&session, expires_at).await.map_err(|e| {
+            tracing::error!(error = %e, "ending a session");
+            RpcError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                errors::INTERNAL_ERROR.code,
+                "the session could not be ended right now; retry",
+            )
+        })?;
+        Ok::<_, RpcError>(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> RpcResult<Response> {
+    check_host_and_origin(st, headers)?;
+    let principal = authenticate(st, headers).await?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !accepts(accept, "text/event-stream") {
+        return Err(RpcError::invalid_request(
+            StatusCode::NOT_ACCEPTABLE,
+            "the GET stream is text/event-stream: send `Accept: text/event-stream`",
+        ));
+    }
+    let session = check_session(st, headers, &principal, &Value::Null)?;
+    check_protocol_version(headers, &Value::Null)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(streams::EventId::decode);
+    // One slot per open stream, held by its task until the stream ends.
+    let Some(slot) = st.key_limits.open_stream(principal.caller.api_key_id) else {
+        return Err(RpcError::invalid_request(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this API key already holds {} open streams on this server (ingress.max_streams_per_key): close \
+                 one first",
+                st.config.ingress.max_streams_per_key
+            ),
+        ));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    match resume {
+        Some(event_id) => {
+            let st = st.clone();
+            tokio::spawn(async move {
+                calls::resume(st, principal.caller, event_id, tx).await;
+                drop(slot);
+            });
+        }
+        None => {
+            let mut changes = st.tool_changes.subscribe();
+            let shutdown = st.shutdown.clone();
+            let project_id = principal.caller.project_id;
+            let states = st.session_states.clone();
+            let mut ends = states.ends();
+            let key = sessions::SessionStates::key(&session);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        // A DELETE (on any instance) ends the session's stream too.
+                        ended = ends.recv() => match ended {
+                            Ok(ended) if ended == key => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                if states.get(&session).ended { break }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                        change = changes.recv() => {
+                            let relevant = match change {
+                                Ok(project) => project == project_id,
+                                // Missed some: telling the client to re-list is always safe.
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            };
+                            if relevant && tx.send(streams::message(None, &changed)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+    Ok(streams::response(rx))
+}
+
+/// The metric label for a JSON-RPC method: known ones by name, anything else as
+/// `other` (a client must not be able to create time series at will).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "logging/setLevel",
+        "completion/complete",
+        "server/discover",
+    ];
+    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
+}
+
+async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> RpcResult<Response> {
+    check_host_and_origin(st, headers)?;
+    let authenticating = std::time::Instant::now();
+    let principal = authenticate(st, headers).await?;
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "auth", authenticating);
+    check_accept(headers)?;
+    check_content_type(headers)?;
+    let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
+    match jsonrpc::parse(&bytes)? {
+        // A response to a server request; this server sends none, so nothing waits for it.
+        Incoming::Response => Ok(StatusCode::ACCEPTED.into_response()),
+        Incoming::Notification { method, params } => {
+            metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(&method)).increment(1);
+            notification(st, headers, &principal, &method, params).await
+        }
+        Incoming::Request { id, method, params } => {
+            metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(&method)).increment(1);
+            request(st, headers, principal, id, &method, params).await
+        }
+    }
+}
+
+/// A notification: the session is checked like for any other message, then 202.
+async fn notification(
+    st: &AppState,
+    headers: &HeaderMap,
+    principal: &Principal,
+    method: &str,
+    params: Option<Value>,
+) -> RpcResult<Response> {
+    if method == "notifications/initialized" && !headers.contains_key(HEADER_SESSION_ID) {
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
+    let session = check_session(st, headers, principal, &Value::Null)?;
+    if method == "notifications/cancelled"
+        && let Some(request_id) = params.as_ref().and_then(|p| p.get("requestId"))
+    {
+        st.dispatcher
+            .request_cancel(&calls::call_key(&session, request_id))
+            .await;
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// A request of a 2025-11-25 (or older) session, by method.
+async fn request(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    principal: Principal,
+    id: Value,
+    method: &str,
+    params: Option<Value>,
+) -> RpcResult<Response> {
+    match method {
+        "initialize" => return initialize(st, &principal, &id, params),
+        // Revision 2026-07-28's stateless discovery. SDKs fall back to `initialize`
+        // on this error; the request id is echoed so the client can match it at once.
+        "server/discover" => {
+            return Err(RpcError::new(
+                StatusCode::OK,
+                errors::METHOD_NOT_FOUND.code,
+                "server/discover (MCP 2026-07-28) is not supported; this server speaks 2025-11-25: send initialize",
+            )
+            .with_id(&id));
+        }
+        _ => {}
+    }
+    let session = check_session(st, headers, &principal, &id)?;
+    check_protocol_version(headers, &id)?;
+    match method {
+        "ping" => Ok(jsonrpc::result(&id, json!({}))),
+        "tools/list" => list_tools(st, &principal, &id, params).await,
+        "tools/call" => {
+            let request = calls::CallRequest {
+                idempotency_key: idempotency::from_header(headers, &id)?,
+                trace: tengine_core::telemetry::extract_http(headers),
+                principal,
+                session,
+                id,
+                params,
+            };
+            calls::call_tool(st.clone(), request).await
+        }
+        "logging/setLevel" => {
+            if !st.key_limits.session_write(principal.caller.api_key_id) {
+                return Err(too_many_session_writes(st, &id));
+            }
+            set_log_level(st, &session, &id, params).await
+        }
+        // No prompts or resource templates here, so there is never anything to complete.
+        "completion/complete" => Ok(jsonrpc::result(
+            &id,
+            json!({"completion": {"values": [], "total": 0, "hasMore": false}}),
+        )),
+        other => Err(RpcError::new(
+            StatusCode::OK,
+            errors::METHOD_NOT_FOUND.code,
+            format!(
+                "method `{other}` is not supported; this server offers tools (tools/list, tools/call), \
+                 logging/setLevel and ping"
+            ),
+        )
+        .with_id(&id)),
+    }
+}
+
+async fn set_log_level(st: &AppState, session: &str, id: &Value, params: Option<Value>) -> RpcResult<Response> {
+    let level = params
+        .as_ref()
+        .and_then(|p| p.get("level"))
+        .and_then(Value::as_str)
+        .filter(|l| sessions::log_level_rank(l).is_some())
+        .ok_or_else(|| {
+            RpcError::invalid_params(
+                id,
+                format!("params.level must be one of: {}", sessions::LOG_LEVELS.join(", ")),
+            )
+        })?;
+    let expires_at = st.sessions.expires_at(session);
+    st.session_states
+        .set_log_level(session, level, expires_at)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing a log level");
+            RpcError::internal(id, "the log level could not be stored right now; retry")
+        })?;
+    Ok(jsonrpc::result(id, json!({})))
+}
+
+/// 429: a key's session writes (DELETE, logging/setLevel) over its per-second limit.
+fn too_many_session_writes(st: &AppState, id: &Value) -> RpcError {
+    let mut err = RpcError::invalid_request(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many session writes (DELETE, logging/setLevel) for this API key: at most {} per second \
+             (ingress.session_writes_per_second); retry in a second",
+            st.config.ingress.session_writes_per_second
+        ),
+    )
+    .with_id(id);
+    err.headers.push((header::RETRY_AFTER, "1".into()));
+    err
+}
