@@ -163,3 +163,86 @@ pub fn run_id(result: &Value) -> String {
 pub fn text(result: &Value) -> String {
     result["content"][0]["text"].as_str().unwrap_or_default().to_string()
 }
+
+/// A raw client of revision 2026-07-28: every request carries the per-request
+/// `_meta` and the request-metadata headers; no session.
+pub struct ModernClient {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// The client capabilities declared on every request.
+    pub capabilities: Value,
+}
+
+pub const MODERN: &str = "2026-07-28";
+
+impl ModernClient {
+    pub fn new(http: reqwest::Client, url: String, token: String) -> Self {
+        Self {
+            http,
+            url,
+            token,
+            capabilities: json!({}),
+        }
+    }
+
+    /// The body of a request, `_meta` included.
+    pub fn body(&self, id: Value, method: &str, mut params: Value) -> Value {
+        params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!(MODERN);
+        params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = self.capabilities.clone();
+        params["_meta"]["io.modelcontextprotocol/clientInfo"] = json!({"name": "tengine-tests", "version": "1"});
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    }
+
+    /// The headers a conforming client sends with `body`.
+    pub fn headers(&self, body: &Value) -> Vec<(String, String)> {
+        let method = body["method"].as_str().unwrap_or_default().to_string();
+        let mut headers = vec![
+            ("authorization".to_string(), format!("Bearer {}", self.token)),
+            ("accept".to_string(), ACCEPT_BOTH.to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+            ("mcp-protocol-version".to_string(), MODERN.to_string()),
+            ("mcp-method".to_string(), method.clone()),
+        ];
+        if method == "tools/call" {
+            headers.push((
+                "mcp-name".to_string(),
+                body["params"]["name"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        headers
+    }
+
+    /// Sends `body` with `headers` as they are.
+    pub async fn send(&self, headers: &[(String, String)], body: &Value) -> Reply {
+        let mut request = self.http.post(&self.url).body(serde_json::to_vec(body).expect("json"));
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.expect("POST /mcp");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = parse_reply(&text);
+        Reply { status, headers, body }
+    }
+
+    /// A conforming request.
+    pub async fn request(&self, id: Value, method: &str, params: Value) -> Reply {
+        let body = self.body(id, method, params);
+        self.send(&self.headers(&body), &body).await
+    }
+}
+
+/// A JSON body, or the last JSON-RPC response of an SSE body.
+fn parse_reply(text: &str) -> Value {
+    if let Ok(value) = serde_json::from_str(text) {
+        return value;
+    }
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+        .filter(|message| message.get("id").is_some())
+        .last()
+        .unwrap_or_else(|| Value::String(text.to_string()))
+}

@@ -6,6 +6,7 @@ mod calls;
 mod control;
 mod docs;
 mod edges_storage;
+mod modern;
 mod observability;
 mod outcomes;
 mod ownership;

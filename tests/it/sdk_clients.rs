@@ -1,6 +1,8 @@
 //! The official MCP SDK clients against a real cluster: Python `mcp` 2.x in its
-//! default mode (it probes `server/discover` first and falls back to
-//! `initialize`) and the TypeScript `@modelcontextprotocol/sdk`. Each lists with
+//! default mode (it probes `server/discover` and stays on revision 2026-07-28:
+//! stateless requests, `subscriptions/listen`, cancellation by closing the
+//! stream) and in its legacy mode (`initialize`, 2025-11-25 sessions), and the
+//! TypeScript `@modelcontextprotocol/sdk` 1.x (2025-11-25). Each lists with
 //! pagination, calls a signed tool, follows progress, receives
 //! `tools/list_changed` and cancels a call.
 
@@ -15,14 +17,17 @@ fn workspace() -> PathBuf {
 
 #[derive(Clone, Copy, Debug)]
 enum Sdk {
+    /// Python `mcp` 2.x, default ("auto") mode.
     Python,
+    /// Python `mcp` 2.x with `mode="legacy"`.
+    PythonLegacy,
     TypeScript,
 }
 
 impl Sdk {
     fn command(self) -> tokio::process::Command {
         match self {
-            Sdk::Python => {
+            Sdk::Python | Sdk::PythonLegacy => {
                 let python = std::env::var("TENGINE_TEST_PYTHON").expect(
                     "TENGINE_TEST_PYTHON must point at a Python with tests/python/requirements.txt installed; \
                      deploy/local/test sets it up",
@@ -30,6 +35,9 @@ impl Sdk {
                 // Relative paths in the variable are taken from the workspace root.
                 let mut cmd = tokio::process::Command::new(workspace().join(python));
                 cmd.arg(workspace().join("tests/python/mcp_client.py"));
+                if matches!(self, Sdk::PythonLegacy) {
+                    cmd.args(["--mode", "legacy"]);
+                }
                 cmd
             }
             Sdk::TypeScript => {
@@ -96,6 +104,15 @@ async fn exercise(sdk: Sdk) {
     .await;
 
     let listed = sdk.run(&app, &["list"]).await;
+    // The revision the SDK settled on (the Python client reports it).
+    let expected = match sdk {
+        Sdk::Python => Some("2026-07-28"),
+        Sdk::PythonLegacy => Some("2025-11-25"),
+        Sdk::TypeScript => None,
+    };
+    if let Some(expected) = expected {
+        assert_eq!(listed["protocolVersion"], expected, "{listed}");
+    }
     let names: Vec<&str> = listed["tools"]
         .as_array()
         .expect("tools")
@@ -154,6 +171,11 @@ async fn exercise(sdk: Sdk) {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk() {
     exercise(Sdk::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_in_legacy_mode() {
+    exercise(Sdk::PythonLegacy).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -165,10 +165,11 @@ async fn session_of_one_key_is_not_valid_for_another() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn discover_gets_method_not_found_with_the_request_id() {
+async fn discover_without_its_request_metadata_is_refused_with_the_request_id() {
     let app = spawn_app().await;
     let session = app.session();
     let auth = format!("Bearer {}", app.api_key);
+    // The 2026-07-28 header without the per-request `_meta`: a malformed modern request.
     let reply = session
         .post_raw(
             &[
@@ -180,8 +181,22 @@ async fn discover_gets_method_not_found_with_the_request_id() {
             br#"{"jsonrpc":"2.0","id":"probe-1","method":"server/discover","params":{}}"#.to_vec(),
         )
         .await;
-    assert_eq!(reply.status, 200);
+    assert_eq!(reply.status, 400, "{}", reply.body);
     assert_eq!(reply.body["id"], "probe-1");
+    assert_eq!(reply.body["error"]["code"], -32602);
+    // Neither header nor `_meta`: a 2025-11-25 request, which has no discovery.
+    let reply = session
+        .post_raw(
+            &[
+                ("authorization", auth.as_str()),
+                ("accept", ACCEPT_BOTH),
+                ("content-type", "application/json"),
+            ],
+            br#"{"jsonrpc":"2.0","id":"probe-2","method":"server/discover","params":{}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["id"], "probe-2");
     assert_eq!(reply.body["error"]["code"], -32601);
 }
 

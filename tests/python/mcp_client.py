@@ -69,6 +69,7 @@ import httpx2
 from mcp import Client, MCPError
 from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ToolsListChanged
 from mcp.types import ToolListChangedNotification
 
 # SDK defaults (mcp.shared._httpx_utils): 30 s connect/write/pool, 300 s read.
@@ -77,6 +78,8 @@ from mcp.types import ToolListChangedNotification
 CONNECT_TIMEOUT = 30.0
 MAX_PAGES = 1000
 CANCEL_AFTER = 0.3  # seconds
+# The stateless revision (no sessions, no GET stream, subscriptions/listen).
+MODERN = "2026-07-28"
 LIST_CHANGED_WAIT = 10.0  # seconds
 GET_STREAM_WAIT = 5.0  # seconds
 
@@ -191,9 +194,39 @@ async def _progress(client: Client, name: str, arguments: dict[str, Any] | None)
     }
 
 
+async def _change_tool(admin_url: str, admin_token: str, project_id: str, name: str) -> None:
+    url = f"{admin_url.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/tools/{quote(name, safe='')}"
+    async with httpx2.AsyncClient(timeout=CONNECT_TIMEOUT) as admin:
+        res = await admin.patch(
+            url,
+            headers={"Authorization": f"Bearer {admin_token}"},
+            json={"description": f"changed {time.strftime('%Y-%m-%dT%H:%M:%S')}"},
+        )
+    if not res.is_success:
+        raise RuntimeError(f"PATCH {url}: HTTP {res.status_code} {res.text}")
+
+
+async def _list_changed_modern(client: Client, admin_url: str, admin_token: str, project_id: str) -> dict[str, Any]:
+    """2026-07-28: the change arrives on a subscriptions/listen stream."""
+    page = await client.list_tools()
+    if not page.tools:
+        raise RuntimeError("the project has no tool to change")
+    seen = False
+    async with client.listen(tools_list_changed=True) as sub:
+        await _change_tool(admin_url, admin_token, project_id, page.tools[0].name)
+        with anyio.move_on_after(LIST_CHANGED_WAIT):
+            async for event in sub:
+                if isinstance(event, ToolsListChanged):
+                    seen = True
+                    break
+    return {"listChanged": seen}
+
+
 async def _list_changed(
     client: Client, observer: _Observer, admin_url: str, admin_token: str, project_id: str
 ) -> dict[str, Any]:
+    if client.protocol_version == MODERN:
+        return await _list_changed_modern(client, admin_url, admin_token, project_id)
     if not (client.server_capabilities.tools and client.server_capabilities.tools.list_changed):
         print("mcp_client: the server does not advertise capabilities.tools.listChanged", file=sys.stderr)
     page = await client.list_tools()
@@ -208,15 +241,7 @@ async def _list_changed(
         print(f"mcp_client: the GET stream did not open within {GET_STREAM_WAIT:g} s", file=sys.stderr)
     elif observer.get_status != 200:
         print(f"mcp_client: the GET stream was refused: HTTP {observer.get_status}", file=sys.stderr)
-    url = f"{admin_url.rstrip('/')}/v1/projects/{quote(project_id, safe='')}/tools/{quote(name, safe='')}"
-    async with httpx2.AsyncClient(timeout=CONNECT_TIMEOUT) as admin:
-        res = await admin.patch(
-            url,
-            headers={"Authorization": f"Bearer {admin_token}"},
-            json={"description": f"changed {time.strftime('%Y-%m-%dT%H:%M:%S')}"},
-        )
-    if not res.is_success:
-        raise RuntimeError(f"PATCH {url}: HTTP {res.status_code} {res.text}")
+    await _change_tool(admin_url, admin_token, project_id, name)
     with anyio.move_on_after(LIST_CHANGED_WAIT):
         await observer.list_changed.wait()
     return {"listChanged": observer.list_changed.is_set()}
@@ -229,6 +254,10 @@ async def _cancel(client: Client, observer: _Observer, name: str, arguments: dic
     if not scope.cancelled_caught:
         return {"cancelled": False, "isError": bool(result.is_error), "content": [_dump(c) for c in result.content]}
     elapsed_ms = round((time.monotonic() - started) * 1000)
+    if client.protocol_version == MODERN:
+        # 2026-07-28: the SDK aborts the call's POST; closing it is the cancellation.
+        await anyio.sleep(0.1)
+        return {"cancelled": True, "elapsedMs": elapsed_ms, "cancelStatus": None}
     # The SDK sends notifications/cancelled on the way out of the cancelled
     # call; let that POST be answered before the client closes.
     with anyio.move_on_after(5.0):
@@ -270,19 +299,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             message_handler=observer.message_handler,
         ) as client:
             try:
-                if args.command == "list":
-                    return await _list(client)
-                if args.command == "progress":
-                    return await _progress(client, args.name, args.arguments)
-                if args.command == "list-changed":
-                    return await _list_changed(client, observer, args.admin_url, args.admin_token, args.project_id)
-                if args.command == "cancel":
-                    return await _cancel(client, observer, args.name, args.arguments)
-                return await _call(client, args.name, args.arguments)
+                doc = await _command(client, observer, args)
             except MCPError as e:
                 # Caught inside the `async with` so the session still closes
                 # cleanly (DELETE is sent) before we report.
-                return _error_doc(e)
+                doc = _error_doc(e)
+            doc["protocolVersion"] = client.protocol_version
+            return doc
+
+
+async def _command(client: Client, observer: _Observer, args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "list":
+        return await _list(client)
+    if args.command == "progress":
+        return await _progress(client, args.name, args.arguments)
+    if args.command == "list-changed":
+        return await _list_changed(client, observer, args.admin_url, args.admin_token, args.project_id)
+    if args.command == "cancel":
+        return await _cancel(client, observer, args.name, args.arguments)
+    return await _call(client, args.name, args.arguments)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -123,6 +123,29 @@ pub const RPC_UNAUTHORIZED: RpcCode = RpcCode {
     meaning: "no credential, an unknown or revoked one, or one without the `call` scope (403)",
 };
 
+/// MCP 2026-07-28: a request-metadata header is missing, malformed, or does not
+/// match the body (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`).
+pub const HEADER_MISMATCH: RpcCode = RpcCode {
+    code: -32020,
+    name: "Header mismatch",
+    status: 400,
+    meaning: "a request-metadata header is missing, malformed, or differs from the body (2026-07-28)",
+};
+/// MCP 2026-07-28: serving the request needs a client capability the request did not declare.
+pub const MISSING_CAPABILITY: RpcCode = RpcCode {
+    code: -32021,
+    name: "Missing required client capability",
+    status: 400,
+    meaning: "the request needs a client capability it did not declare; `data.requiredCapabilities` names it",
+};
+/// MCP 2026-07-28: the requested protocol version is not served.
+pub const UNSUPPORTED_VERSION: RpcCode = RpcCode {
+    code: -32022,
+    name: "Unsupported protocol version",
+    status: 400,
+    meaning: "the protocol version is not served; `data.supported` lists those that are",
+};
+
 pub const RPC_CODES: &[RpcCode] = &[
     PARSE_ERROR,
     RPC_INVALID_REQUEST,
@@ -131,6 +154,9 @@ pub const RPC_CODES: &[RpcCode] = &[
     INTERNAL_ERROR,
     QUOTA_EXCEEDED,
     RPC_UNAUTHORIZED,
+    HEADER_MISMATCH,
+    MISSING_CAPABILITY,
+    UNSUPPORTED_VERSION,
 ];
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use tengine_core::{
 use uuid::Uuid;
 
 use super::count_call;
+
+/// `_meta` key of the server's identity on every 2026-07-28 result.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 use crate::AppState;
 
 /// `_meta` key carrying the Run ID on every tools/call result.
@@ -251,4 +254,24 @@ pub(crate) fn still_running(run_id: Uuid, wait: Duration) -> Value {
         ),
         run_meta(run_id, RunStatus::Accepted, None),
     )
+}
+
+/// Who answers, as every modern result's `_meta` says.
+pub fn server_info() -> Value {
+    json!({"name": "tengine", "version": tengine_core::VERSION})
+}
+
+/// Marks a result of this revision: `resultType` (unless it has one) and the
+/// server's identity in `_meta`.
+pub fn decorate(mut result: Value) -> Value {
+    if let Value::Object(fields) = &mut result {
+        fields
+            .entry("resultType")
+            .or_insert_with(|| Value::String("complete".into()));
+        let meta = fields.entry("_meta").or_insert_with(|| json!({}));
+        if let Value::Object(meta) = meta {
+            meta.insert(META_SERVER_INFO.into(), server_info());
+        }
+    }
+    result
 }

@@ -21,6 +21,9 @@
 //!   log, no row in run history (which outlives the key). A run that was stored
 //!   is always found by one of these: its command stays queued until its outcome
 //!   is logged, and history keeps it after the log has rolled.
+//! * The one exception: a run cancelled before any attempt (its client closed the
+//!   stream while it was queued) never reached the API, so a retry with its key
+//!   runs the call as a new run.
 
 use std::{
     sync::{
@@ -83,6 +86,16 @@ struct Claim {
     /// Claims written before leases existed read as lapsed.
     #[serde(default)]
     lease_until_ms: i64,
+}
+
+/// What a key's run left behind, as far as a retry needs to know.
+pub enum Trace {
+    /// Nothing anywhere (queue, event log, history).
+    None,
+    /// The run exists (queued, running or finished).
+    Exists,
+    /// The run finished `cancelled` without any attempt: it never reached the API.
+    CancelledUnattempted,
 }
 
 /// What a claim attempt found.
@@ -148,7 +161,7 @@ impl Idempotency {
     pub async fn claim<F, Fut>(&self, key: &str, run_id: Uuid, fingerprint: &str, traced: F) -> Result<Claimed, String>
     where
         F: FnOnce(Uuid) -> Fut,
-        Fut: std::future::Future<Output = Result<bool, String>>,
+        Fut: std::future::Future<Output = Result<Trace, String>>,
     {
         let fresh = Claim {
             run_id,
@@ -172,8 +185,24 @@ impl Idempotency {
         if existing.fingerprint != fingerprint {
             return Ok(Claimed::Conflict(existing.run_id));
         }
-        if traced(existing.run_id).await? {
-            return Ok(Claimed::Existing(existing.run_id));
+        match traced(existing.run_id).await? {
+            Trace::Exists => return Ok(Claimed::Existing(existing.run_id)),
+            // Its run was cancelled before it reached the API (a client closed its
+            // stream): nothing happened, so the call may run now, as a new run.
+            Trace::CancelledUnattempted => {
+                let renewed = Claim {
+                    run_id,
+                    at_ms: now_ms(),
+                    lease_until_ms: now_ms().saturating_add(self.lease_ms),
+                    ..existing
+                };
+                let value = serde_json::to_vec(&renewed).map_err(|e| e.to_string())?;
+                return match self.kv.update(key, value.into(), entry.revision).await {
+                    Ok(revision) => Ok(Claimed::Owned(Box::new(self.lease(key, renewed, revision)))),
+                    Err(_) => Ok(Claimed::Pending(existing.run_id)),
+                };
+            }
+            Trace::None => {}
         }
         if existing.lease_until_ms.saturating_add(CLOCK_SKEW_MS) > now_ms() {
             return Ok(Claimed::Pending(existing.run_id));

@@ -42,12 +42,28 @@ use crate::{
 };
 
 const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
+/// How long a call without a claim may keep publishing its command.
+const QUEUEING: Duration = Duration::from_secs(3);
+
+/// Which revision of MCP a call came through: it decides what identifies a retry,
+/// how the answer looks and what a closed stream means.
+pub enum Era {
+    /// A 2025-11-25 (or older) session: a resend with the same JSON-RPC id in the
+    /// session is the same call; `notifications/cancelled` cancels.
+    Legacy { session: String },
+    /// 2026-07-28: no session; only a client key identifies a retry; closing the
+    /// response stream cancels the call (if it has not reached the API).
+    Modern {
+        log_level: Option<String>,
+        /// What the client declared on this request (`_meta`).
+        capabilities: Map<String, Value>,
+    },
+}
 
 /// One `tools/call` as the MCP layer hands it over.
 pub struct CallRequest {
     pub principal: Principal,
-    /// The MCP session (cancellation, and the key of a call without a client key).
-    pub session: String,
+    pub era: Era,
     pub id: Value,
     pub params: Option<Value>,
     /// The `Idempotency-Key` header.
@@ -83,7 +99,7 @@ struct Params {
 struct Call {
     st: Arc<AppState>,
     principal: Principal,
-    session: String,
+    era: Era,
     id: Value,
     trace: TraceContext,
     run_id: Uuid,
@@ -104,10 +120,11 @@ pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Res
     let started = std::time::Instant::now();
     let _in_flight = InFlight::enter();
     let id = request.id.clone();
+    let modern = matches!(request.era, Era::Modern { .. });
     let call = Call {
         st,
         principal: request.principal,
-        session: request.session,
+        era: request.era,
         id: request.id,
         trace: request.trace,
         run_id,
@@ -117,6 +134,7 @@ pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Res
     match answer {
         Ok(response) => Ok(response),
         Err(Stop::Error(err)) => Err(err),
+        Err(Stop::Result(result)) if modern => Ok(jsonrpc::result(&id, answer::decorate(result))),
         Err(Stop::Result(result)) => Ok(jsonrpc::result(&id, result)),
     }
 }
@@ -130,20 +148,25 @@ impl Call {
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
         let lease = self.claim(&tool, &command, key).await?;
         // A claim taken over keeps the Run ID it was first given.
-        let run_id = lease.run_id;
+        let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
-        let charge = self.charge(&tool, &lease).await?;
+        let charge = self.charge(&tool, run_id, lease.as_deref()).await?;
         command.run_id = run_id;
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
         let following = self.enqueue(&command, lease, charge).await?;
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
+        let log = match &self.era {
+            Era::Legacy { session } => progress::session_logs_info(&self.st, session),
+            Era::Modern { log_level, .. } => log_level.as_deref().is_some_and(progress::logs_info),
+        };
         let answering = progress::Answering {
             tool,
             following,
             caller: self.caller().clone(),
             request_id: self.id,
             progress_token: params.progress_token,
-            log: progress::logs_info(&self.st, &self.session),
+            log,
+            modern: matches!(self.era, Era::Modern { .. }),
         };
         Ok(answering.answer(self.st).await)
     }
@@ -278,16 +301,16 @@ impl Call {
         tool: &ToolDefinition,
         command: &ExecuteCommand,
         key: Option<String>,
-    ) -> Step<Box<idempotency::Lease>> {
+    ) -> Step<Option<Box<idempotency::Lease>>> {
         let caller = self.caller();
-        let scope = match key {
+        let scope = match (key, &self.era) {
             // Scoped to the credential (API key, and member): another caller's key never matches.
-            Some(key) if key.len() <= idempotency::MAX_KEY_LEN => format!(
+            (Some(key), _) if key.len() <= idempotency::MAX_KEY_LEN => format!(
                 "key\n{}\n{}\n{key}",
                 caller.api_key_id,
                 caller.member.as_ref().map_or("", |m| m.id.as_str())
             ),
-            Some(_) => {
+            (Some(_), _) => {
                 let max = idempotency::MAX_KEY_LEN;
                 return Err(RpcError::invalid_params(
                     &self.id,
@@ -295,7 +318,9 @@ impl Call {
                 )
                 .into());
             }
-            None => format!("request\n{}\n{}", SessionStates::key(&self.session), self.id),
+            (None, Era::Legacy { session }) => format!("request\n{}\n{}", SessionStates::key(session), self.id),
+            // 2026-07-28 has no session: without a client key, every request is a new call.
+            (None, Era::Modern { .. }) => return Ok(None),
         };
         let claim_key = idempotency::Idempotency::key(caller.project_id, &scope);
         let fingerprint = idempotency::fingerprint(&tool.name, &command.arguments);
@@ -313,7 +338,7 @@ impl Call {
             Stop::Error(err)
         };
         match claimed {
-            Ok(idempotency::Claimed::Owned(lease)) => Ok(lease),
+            Ok(idempotency::Claimed::Owned(lease)) => Ok(Some(lease)),
             Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(
                 follow_existing(&self.st, tool, caller.project_id, original).await,
             )),
@@ -353,7 +378,7 @@ impl Call {
     /// Counts the call against the caller's quotas. Only once the key is claimed: a
     /// retry that follows an existing run never counts twice. A refusal gives the
     /// key back, so the same key works once the quota resets.
-    async fn charge(&self, tool: &ToolDefinition, lease: &idempotency::Lease) -> Step<Charge> {
+    async fn charge(&self, tool: &ToolDefinition, run_id: Uuid, lease: Option<&idempotency::Lease>) -> Step<Charge> {
         let charging = std::time::Instant::now();
         // The limits came with the credential (one query for both).
         let verdict = quotas::charge(&self.st.pool, self.caller(), self.principal.limits).await;
@@ -362,10 +387,11 @@ impl Call {
             Ok(quotas::Verdict::Allowed(charge)) => Ok(charge),
             Ok(quotas::Verdict::Exceeded(exceeded)) => {
                 let message = exceeded.message();
-                let run_id = lease.run_id;
                 self.reject_run(run_id, &tool.name, ErrorClass::QuotaExceeded, &message)
                     .await;
-                lease.release().await;
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
                 let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED.code, message).with_id(&self.id);
                 err.data = Some(json!({
                     META_RUN_ID: run_id,
@@ -377,7 +403,9 @@ impl Call {
             }
             Err(err) => {
                 tracing::error!(error = %err, "checking quotas");
-                lease.release().await;
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
                 Err(RpcError::internal(
                     &self.id,
                     "the call's quota could not be checked right now; it was not run: retry",
@@ -391,21 +419,19 @@ impl Call {
     async fn enqueue(
         &self,
         command: &ExecuteCommand,
-        lease: Box<idempotency::Lease>,
+        lease: Option<Box<idempotency::Lease>>,
         charge: Charge,
     ) -> Step<Following> {
         let run_id = command.run_id;
-        let following = self
-            .st
-            .dispatcher
-            .follow(run_id, Some(call_key(&self.session, &self.id)));
+        let cancellable = match &self.era {
+            Era::Legacy { session } => Some(call_key(session, &self.id)),
+            Era::Modern { .. } => None,
+        };
+        let following = self.st.dispatcher.follow(run_id, cancellable);
         let enqueueing = std::time::Instant::now();
         // Only while the lease holds: after it, a retry may take the key over.
-        let enqueued = self
-            .st
-            .dispatcher
-            .enqueue(command, &self.trace, lease.remaining())
-            .await;
+        let within = lease.as_ref().map_or(QUEUEING, |lease| lease.remaining());
+        let enqueued = self.st.dispatcher.enqueue(command, &self.trace, within).await;
         prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
         // Queued or not, this call is done with the key: the run (if stored) is its trace.
         drop(lease);
@@ -474,15 +500,27 @@ pub(crate) fn count_call(status: &'static str) {
     metrics::counter!(prometheus::CALLS, "status" => status).increment(1);
 }
 
-/// Whether a run left a trace: its command queued, its events in the log, or its
-/// row in history (which outlives the log and every idempotency key).
-async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<bool, String> {
-    if st.dispatcher.in_streams(project_id, run_id).await? {
-        return Ok(true);
+/// What a key's run left: its command queued, its events in the log, or its row in
+/// history (which outlives the log and every idempotency key); and whether it was
+/// cancelled before it reached the API.
+async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<idempotency::Trace, String> {
+    if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
+        let unattempted = outcome.status == RunStatus::Cancelled && outcome.attempts == 0;
+        return Ok(if unattempted {
+            idempotency::Trace::CancelledUnattempted
+        } else {
+            idempotency::Trace::Exists
+        });
     }
-    history::runs::in_history(&st.pool, run_id)
-        .await
-        .map_err(|e| e.to_string())
+    let found = st.dispatcher.in_streams(project_id, run_id).await?
+        || history::runs::in_history(&st.pool, run_id)
+            .await
+            .map_err(|e| e.to_string())?;
+    Ok(if found {
+        idempotency::Trace::Exists
+    } else {
+        idempotency::Trace::None
+    })
 }
 
 /// A retry of a call that already has a run: that run's outcome, from the event

@@ -12,7 +12,7 @@ use tengine_core::{domain::ToolDefinition, envelope::Caller};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::answer::{outcome_result, still_running, text_outcome_result};
+use super::answer::{decorate, outcome_result, still_running, text_outcome_result};
 use crate::{
     AppState,
     dispatch::{Following, Signal},
@@ -25,13 +25,18 @@ use crate::{
 const STAGES: u32 = 3;
 const INFO_RANK: usize = 1;
 
-/// Whether the session's log level asks for `info` notifications of the run's stages.
-pub(super) fn logs_info(st: &AppState, session: &str) -> bool {
+/// Whether a log level asks for `info` notifications of the run's stages.
+pub(super) fn logs_info(level: &str) -> bool {
+    log_level_rank(level).is_some_and(|rank| rank <= INFO_RANK)
+}
+
+/// Whether the session's log level (`logging/setLevel`) asks for them.
+pub(super) fn session_logs_info(st: &AppState, session: &str) -> bool {
     st.session_states
         .get(session)
         .log_level
-        .and_then(|l| log_level_rank(&l))
-        .is_some_and(|rank| rank <= INFO_RANK)
+        .as_deref()
+        .is_some_and(logs_info)
 }
 
 /// A queued run and how its caller wants the answer.
@@ -42,6 +47,9 @@ pub(super) struct Answering {
     pub(super) request_id: Value,
     pub(super) progress_token: Option<Value>,
     pub(super) log: bool,
+    /// Revision 2026-07-28: results say their type; streams have no event ids (no
+    /// resumption); a client that goes away cancels the run.
+    pub(super) modern: bool,
 }
 
 impl Answering {
@@ -55,7 +63,16 @@ impl Answering {
                 .min(ingress.max_call_wait_ms),
         );
         if self.progress_token.is_none() && !self.log {
-            return match follow_to_end(&st, &self.tool, self.following, &self.caller, wait).await {
+            // 2026-07-28: a client that goes away (this future is dropped) cancels.
+            let guard = self
+                .modern
+                .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
+            let ending = follow_to_end(&st, &self.tool, self.following, &self.caller, wait).await;
+            if let Some(guard) = guard {
+                guard.disarm();
+            }
+            return match ending {
+                Ending::Result(result) if self.modern => jsonrpc::result(&self.request_id, decorate(result)),
                 Ending::Result(result) => jsonrpc::result(&self.request_id, result),
                 // No answer for a cancelled request (the SDKs have forgotten it): an
                 // event stream that ends at once, without ids, so nobody resumes it.
@@ -70,8 +87,19 @@ impl Answering {
             progress_token: self.progress_token,
             log: self.log,
             seq: 0,
+            modern: self.modern,
         };
-        tokio::spawn(stream_call(st, self.tool, self.following, self.caller, wait, notifier));
+        let guard = self
+            .modern
+            .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
+        tokio::spawn(async move {
+            // A stream the client closed before the result (2026-07-28) cancels the run.
+            if stream_call(st, self.tool, self.following, self.caller, wait, notifier).await
+                && let Some(guard) = guard
+            {
+                guard.disarm();
+            }
+        });
         streams::response(rx)
     }
 }
@@ -89,6 +117,8 @@ struct Notifier {
     progress_token: Option<Value>,
     log: bool,
     seq: u32,
+    /// 2026-07-28: no event ids (no resumption), results with `resultType`.
+    modern: bool,
 }
 
 impl Notifier {
@@ -102,11 +132,15 @@ impl Notifier {
     }
 
     async fn send(&mut self, message: &Value) -> bool {
-        let id = self.id(None);
-        self.tx.send(streams::message(Some(&id), message)).await.is_ok()
+        let id = (!self.modern).then(|| self.id(None));
+        self.tx.send(streams::message(id.as_ref(), message)).await.is_ok()
     }
 
+    /// The first event of a resumable stream; 2026-07-28 streams are not resumable.
     async fn prime(&mut self) -> bool {
+        if self.modern {
+            return true;
+        }
         let id = self.id(Some(0));
         self.tx.send(streams::priming(&id)).await.is_ok()
     }
@@ -134,9 +168,13 @@ impl Notifier {
     }
 
     async fn finish(mut self, result: Value) {
-        let id = self.id(Some(RESULT_SEQ));
+        let (id, result) = if self.modern {
+            (None, decorate(result))
+        } else {
+            (Some(self.id(Some(RESULT_SEQ))), result)
+        };
         let response = json!({"jsonrpc": "2.0", "id": self.request_id, "result": result});
-        let _ = self.tx.send(streams::message(Some(&id), &response)).await;
+        let _ = self.tx.send(streams::message(id.as_ref(), &response)).await;
     }
 }
 
@@ -176,9 +214,9 @@ async fn stream_call(
     caller: Caller,
     wait: Duration,
     mut notifier: Notifier,
-) {
+) -> bool {
     if !notifier.prime().await || !notifier.stage(1, "queued").await {
-        return;
+        return false;
     }
     let deadline = tengine_core::tasks::deadline_after(wait);
     let (mut sent, mut answered) = (false, false);
@@ -188,13 +226,13 @@ async fn stream_call(
             Some(Signal::Sent) if !sent => {
                 sent = true;
                 if !notifier.stage(2, "sent to the API").await {
-                    return;
+                    return false;
                 }
             }
             Some(Signal::Answered) if !answered => {
                 answered = true;
                 if !notifier.stage(3, "the API answered").await {
-                    return;
+                    return false;
                 }
             }
             Some(Signal::Upstream {
@@ -212,7 +250,7 @@ async fn stream_call(
                     upstream_progress = value;
                     let text = message.unwrap_or_else(|| format!("the API reports {progress}"));
                     if !notifier.progress(value, &text).await {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -220,18 +258,18 @@ async fn stream_call(
             Some(Signal::Finished(outcome)) => {
                 // Progress must rise to the end even if a stage signal was lost.
                 if !sent && !notifier.stage(2, "sent to the API").await {
-                    return;
+                    return false;
                 }
                 if !answered && !notifier.stage(3, "the API answered").await {
-                    return;
+                    return false;
                 }
                 notifier.finish(outcome_result(&st, &tool, &outcome)).await;
-                return;
+                return true;
             }
             Some(Signal::Cancelled) => {
                 // No response for a cancelled request: the stream just ends.
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
-                return;
+                return true;
             }
             None => {
                 let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
@@ -239,7 +277,7 @@ async fn stream_call(
                     None => still_running(following.run_id, wait),
                 };
                 notifier.finish(result).await;
-                return;
+                return true;
             }
         }
     }
@@ -279,4 +317,40 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
     };
     let response = json!({"jsonrpc": "2.0", "id": event.i, "result": result});
     let _ = tx.send(streams::message(Some(&id), &response)).await;
+}
+
+/// Cancels a run when dropped armed: the 2026-07-28 answer to a client that closed
+/// its response stream. Only a run that has not reached the API stops (the worker
+/// checks the mark before every attempt); one in flight runs to its outcome, which
+/// a re-issued call with the same key then gets.
+struct CancelOnDrop {
+    st: Arc<AppState>,
+    project_id: Uuid,
+    run_id: Uuid,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(st: &Arc<AppState>, caller: &Caller, run_id: Uuid) -> Self {
+        Self {
+            st: st.clone(),
+            project_id: caller.project_id,
+            run_id,
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let (st, project_id, run_id) = (self.st.clone(), self.project_id, self.run_id);
+            tracing::info!(%run_id, "the client closed its stream: cancelling the run");
+            tokio::spawn(async move { st.dispatcher.cancel(project_id, run_id).await });
+        }
+    }
 }

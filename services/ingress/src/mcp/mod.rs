@@ -1,4 +1,6 @@
-//! The MCP endpoint (`/mcp`): Streamable HTTP, revision 2025-11-25, tools only.
+//! The MCP endpoint (`/mcp`): Streamable HTTP, tools only, two revisions chosen
+//! per request: 2025-11-25 (and older) sessions here, 2026-07-28 stateless requests
+//! in [`modern`].
 //!
 //! Every POST is checked in this order, each failure with its own HTTP status and
 //! a JSON-RPC error body that says what to fix: Origin (403), credentials (401),
@@ -23,6 +25,8 @@ use tengine_control::principals::Principal;
 use tengine_core::{errors, prometheus};
 
 mod auth;
+mod listen;
+pub mod modern;
 mod session;
 mod tools_list;
 mod transport;
@@ -56,6 +60,9 @@ pub async fn post(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 /// the project's tools change. With `Last-Event-ID` naming a tools/call stream it
 /// resumes that call instead and delivers its result.
 pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = not_in_modern(&headers) {
+        return refused;
+    }
     match handle_get(&st, &headers).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
@@ -64,6 +71,9 @@ pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 
 /// DELETE ends the session on every instance.
 pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = not_in_modern(&headers) {
+        return refused;
+    }
     let result = async {
         check_host_and_origin(&st, &headers)?;
         let principal = authenticate(&st, &headers).await?;
@@ -84,6 +94,22 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// GET and DELETE belong to sessions: a 2026-07-28 request gets 405 (it has no
+/// GET stream: `subscriptions/listen` replaces it; no session to delete).
+fn not_in_modern(headers: &HeaderMap) -> Option<Response> {
+    let version = headers.get(HEADER_PROTOCOL_VERSION)?.to_str().ok()?.trim();
+    if SUPPORTED_VERSIONS.contains(&version) {
+        return None;
+    }
+    let mut refused = RpcError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        errors::RPC_INVALID_REQUEST.code,
+        format!("revision {version} has no GET stream and no sessions: POST subscriptions/listen for notifications"),
+    );
+    refused.headers.push((header::ALLOW, "POST".into()));
+    Some(refused.into_response())
 }
 
 async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> RpcResult<Response> {
@@ -192,17 +218,18 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Rpc
     check_accept(headers)?;
     check_content_type(headers)?;
     let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
-    match jsonrpc::parse(&bytes)? {
+    let incoming = jsonrpc::parse(&bytes)?;
+    if let Incoming::Request { method, .. } | Incoming::Notification { method, .. } = &incoming {
+        metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(method)).increment(1);
+    }
+    if modern::is_modern(headers, &incoming) {
+        return modern::handle(st, headers, principal, incoming).await;
+    }
+    match incoming {
         // A response to a server request; this server sends none, so nothing waits for it.
         Incoming::Response => Ok(StatusCode::ACCEPTED.into_response()),
-        Incoming::Notification { method, params } => {
-            metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(&method)).increment(1);
-            notification(st, headers, &principal, &method, params).await
-        }
-        Incoming::Request { id, method, params } => {
-            metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(&method)).increment(1);
-            request(st, headers, principal, id, &method, params).await
-        }
+        Incoming::Notification { method, params } => notification(st, headers, &principal, &method, params).await,
+        Incoming::Request { id, method, params } => request(st, headers, principal, id, &method, params).await,
     }
 }
 
@@ -239,13 +266,17 @@ async fn request(
 ) -> RpcResult<Response> {
     match method {
         "initialize" => return initialize(st, &principal, &id, params),
-        // Revision 2026-07-28's stateless discovery. SDKs fall back to `initialize`
-        // on this error; the request id is echoed so the client can match it at once.
+        // Revision 2026-07-28's discovery without its request metadata: not a modern
+        // request, and nothing a session offers; the id is echoed.
         "server/discover" => {
             return Err(RpcError::new(
                 StatusCode::OK,
                 errors::METHOD_NOT_FOUND.code,
-                "server/discover (MCP 2026-07-28) is not supported; this server speaks 2025-11-25: send initialize",
+                format!(
+                    "server/discover is a method of revision 2026-07-28: send it with params._meta[\"{}\"] and the \
+                     MCP-Protocol-Version header, or use initialize for 2025-11-25",
+                    modern::META_PROTOCOL_VERSION
+                ),
             )
             .with_id(&id));
         }
@@ -260,8 +291,8 @@ async fn request(
             let request = calls::CallRequest {
                 idempotency_key: idempotency::from_header(headers, &id)?,
                 trace: tengine_core::telemetry::extract_http(headers),
+                era: calls::Era::Legacy { session },
                 principal,
-                session,
                 id,
                 params,
             };

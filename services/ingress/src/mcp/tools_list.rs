@@ -53,6 +53,16 @@ pub(crate) async fn list_tools(
     id: &Value,
     params: Option<Value>,
 ) -> RpcResult<Response> {
+    Ok(jsonrpc::result(id, tools_page(st, principal, id, params).await?))
+}
+
+/// One page of the caller's tools: `{"tools", "nextCursor"?}`.
+pub(crate) async fn tools_page(
+    st: &AppState,
+    principal: &Principal,
+    id: &Value,
+    params: Option<Value>,
+) -> RpcResult<Value> {
     let params: PaginatedRequestParams = match params {
         None | Some(Value::Null) => PaginatedRequestParams::default(),
         Some(p) => serde_json::from_value(p)
@@ -99,7 +109,7 @@ pub(crate) async fn list_tools(
     if let Some(cursor) = next_cursor {
         result["nextCursor"] = json!(cursor);
     }
-    Ok(jsonrpc::result(id, result))
+    Ok(result)
 }
 
 #[cfg(test)]
