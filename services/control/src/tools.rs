@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, types::Json};
 use tengine_core::{
-    domain::{AuthStrategy, HttpMethod, ResponseMode, RetryPolicy, ToolAnnotations, ToolDefinition, ToolSpec},
+    domain::{
+        Approval, AuthStrategy, HttpMethod, ResponseMode, RetryPolicy, TaskSupport, ToolAnnotations, ToolDefinition,
+        ToolSpec,
+    },
     secrets::SecretBox,
     storable,
 };
@@ -46,6 +49,9 @@ struct ToolRow {
     require_member: bool,
     inject_member_identity: bool,
     retry_policy: Option<Json<RetryPolicy>>,
+    task_support: String,
+    approval: String,
+    client_capabilities: Option<Json<Value>>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -54,8 +60,8 @@ struct ToolRow {
 const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_schema, output_schema, \
      annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
      auth_secret_ciphertext, auth_secret_previous_ciphertext, auth_secret_previous_expires_at, \
-     timeout_ms, enabled, require_member, inject_member_identity, retry_policy, version, \
-     created_at, updated_at";
+     timeout_ms, enabled, require_member, inject_member_identity, retry_policy, task_support, approval, \
+     client_capabilities, version, created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
     type Error = StoreError;
@@ -91,6 +97,9 @@ impl TryFrom<ToolRow> for ToolDefinition {
             require_member: row.require_member,
             inject_member_identity: row.inject_member_identity,
             retry: row.retry_policy.map(|j| j.0),
+            task_support: TaskSupport::parse(&row.task_support).ok_or_else(|| corrupt("task_support"))?,
+            approval: Approval::parse(&row.approval).ok_or_else(|| corrupt("approval"))?,
+            client_capabilities: row.client_capabilities.map(|j| j.0),
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -100,7 +109,7 @@ impl TryFrom<ToolRow> for ToolDefinition {
 
 type ToolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, ToolRow, sqlx::postgres::PgArguments>;
 
-/// Binds a spec's columns as `$3`…`$22`, in the one order both the INSERT and the
+/// Binds a spec's columns as `$3`…`$25`, in the one order both the INSERT and the
 /// UPDATE of a tool use (`$1` and `$2` are the ids).
 fn bind_spec<'q>(query: ToolQuery<'q>, spec: &'q ToolSpec, ciphertext: Option<Vec<u8>>) -> ToolQuery<'q> {
     // Tenant text, made storable like every other (the admin API already refuses
@@ -134,6 +143,9 @@ fn bind_spec<'q>(query: ToolQuery<'q>, spec: &'q ToolSpec, ciphertext: Option<Ve
         .bind(spec.require_member)
         .bind(spec.inject_member_identity)
         .bind(spec.retry.as_ref().map(Json))
+        .bind(spec.task_support.as_str())
+        .bind(spec.approval.as_str())
+        .bind(spec.client_capabilities.as_ref().map(json))
 }
 
 /// Registers a tool; the spec must already be validated.
@@ -150,8 +162,9 @@ pub async fn create(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
          auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode, \
-         require_member, inject_member_identity, retry_policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+         require_member, inject_member_identity, retry_policy, task_support, approval, client_capabilities) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+         $23, $24, $25) \
          RETURNING {TOOL_COLUMNS}"
     );
     let row = bind_spec(
@@ -206,7 +219,8 @@ pub async fn replace(
          body_template = $11, auth_strategy = $12, auth_secret_ciphertext = $13, timeout_ms = $14, \
          enabled = $15, title = $16, output_schema = $17, annotations = $18, response_mode = $19, \
          require_member = $20, inject_member_identity = $21, retry_policy = $22, \
-         auth_secret_previous_ciphertext = $23, auth_secret_previous_expires_at = $24, \
+         task_support = $23, approval = $24, client_capabilities = $25, \
+         auth_secret_previous_ciphertext = $26, auth_secret_previous_expires_at = $27, \
          version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     );

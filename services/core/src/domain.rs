@@ -222,6 +222,72 @@ fn default_true() -> bool {
     true
 }
 
+/// Whether a call may become an MCP task (revision 2026-07-28, for clients that
+/// declared the `io.modelcontextprotocol/tasks` extension on the request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskSupport {
+    /// Always answered synchronously.
+    Never,
+    /// A task when the call may outlast `ingress.task_after_ms` (its `timeout_ms` is
+    /// longer), else answered synchronously.
+    #[default]
+    Optional,
+    /// Always a task; a client without the extension is refused (-32021).
+    Required,
+}
+
+impl TaskSupport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskSupport::Never => "never",
+            TaskSupport::Optional => "optional",
+            TaskSupport::Required => "required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "never" => TaskSupport::Never,
+            "optional" => TaskSupport::Optional,
+            "required" => TaskSupport::Required,
+            _ => return None,
+        })
+    }
+}
+
+/// Who must approve a call before it reaches the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Nobody: calls run at once.
+    #[default]
+    None,
+    /// The end user, through the client (an elicitation confirming the call).
+    Client,
+    /// An operator with the admin token (the run waits, parked, until approved).
+    Operator,
+}
+
+impl Approval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approval::None => "none",
+            Approval::Client => "client",
+            Approval::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Approval::None,
+            "client" => Approval::Client,
+            "operator" => Approval::Operator,
+            _ => return None,
+        })
+    }
+}
+
 /// A tool as the owner writes it (POST / PUT body). `auth_secret` is write-only.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +334,14 @@ pub struct ToolSpec {
     /// Send `X-Tengine-Member-Id`, `-Email` and `-Roles` upstream.
     #[serde(default)]
     pub inject_member_identity: bool,
+    #[serde(default)]
+    pub task_support: TaskSupport,
+    #[serde(default)]
+    pub approval: Approval,
+    /// Client capabilities a call needs (e.g. `{"elicitation": {}}`): a 2026-07-28
+    /// request that does not declare them is refused (-32021).
+    #[serde(default)]
+    pub client_capabilities: Option<Value>,
 }
 
 /// A stored tool, as the services use it. Never carries the plaintext secret.
@@ -297,6 +371,9 @@ pub struct ToolDefinition {
     pub require_member: bool,
     pub inject_member_identity: bool,
     pub retry: Option<RetryPolicy>,
+    pub task_support: TaskSupport,
+    pub approval: Approval,
+    pub client_capabilities: Option<Value>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -592,6 +669,26 @@ impl ToolSpec {
                 crate::signing::SigningKey::parse(secret).map_err(|e| field_err("auth_secret", e))?;
             }
             _ => {}
+        }
+        if let Some(capabilities) = &self.client_capabilities {
+            let valid = capabilities
+                .as_object()
+                .is_some_and(|caps| caps.len() <= 16 && caps.values().all(Value::is_object));
+            if !valid {
+                return Err(field_err(
+                    "client_capabilities",
+                    "must be an object of capability name → object (e.g. {\"elicitation\": {}}), at most 16",
+                ));
+            }
+        }
+        if self.approval != Approval::None && self.task_support == TaskSupport::Never {
+            // An approval may take longer than any client waits: it needs a task to wait in.
+            if self.approval == Approval::Operator {
+                return Err(field_err(
+                    "task_support",
+                    "an `operator` approval can take hours: use `optional` or `required` so calls can wait as tasks",
+                ));
+            }
         }
         Ok(self)
     }

@@ -473,6 +473,9 @@ fn spec_document(tool: &ToolDefinition) -> Value {
         "retry": tool.retry,
         "require_member": tool.require_member,
         "inject_member_identity": tool.inject_member_identity,
+        "task_support": tool.task_support,
+        "approval": tool.approval,
+        "client_capabilities": tool.client_capabilities,
         "enabled": tool.enabled,
     })
 }
