@@ -4,14 +4,19 @@
 //! on 127.0.0.1:0 that records what it receives and checks signatures with the
 //! off-the-shelf `standardwebhooks` library.
 
+pub mod admin;
 pub mod mcp;
 pub mod poison;
+pub mod tool_spec;
 pub mod upstream;
+
+pub use admin::AdminClient;
+pub use tool_spec::ToolSpec;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use tengine_core::{Config, Topology};
 use tokio::{sync::watch, task::JoinHandle};
@@ -107,6 +112,8 @@ pub struct TestApp {
     pub project_id: Uuid,
     pub api_key: String,
     pub api_key_id: Uuid,
+    /// The admin API of this cluster, with the admin token.
+    pub admin: AdminClient,
     pub http: reqwest::Client,
     pub pool: PgPool,
     pub config: Config,
@@ -208,6 +215,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let mut app = TestApp {
         mcp_url: format!("{base_url}/mcp"),
         metrics_url: format!("http://{metrics_addr}"),
+        admin: AdminClient::new(http.clone(), base_url.clone(), ADMIN_TOKEN),
         base_url,
         project_id: Uuid::nil(),
         api_key: String::new(),
@@ -219,12 +227,10 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         tasks,
         _isolation: isolation,
     };
-    let project = app.admin_post("/v1/projects", json!({"name": "test"})).await;
-    assert_eq!(project.0, 201, "create project: {}", project.1);
-    app.project_id = Uuid::parse_str(project.1["id"].as_str().expect("id")).expect("uuid");
-    let (key_id, key) = app.create_api_key(app.project_id).await;
-    app.api_key_id = key_id;
-    app.api_key = key;
+    app.project_id = app.admin.create_project("test").await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await;
+    app.api_key_id = key.id;
+    app.api_key = key.key;
     app
 }
 
@@ -275,70 +281,9 @@ impl TestApp {
         }
     }
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("admin request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
-        self.admin(reqwest::Method::GET, path, None).await
-    }
-
-    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.admin(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    pub async fn create_api_key(&self, project_id: Uuid) -> (Uuid, String) {
-        let (status, key) = self
-            .admin_post(&format!("/v1/projects/{project_id}/api-keys"), json!({"name": "k"}))
-            .await;
-        assert_eq!(status, 201, "create key: {key}");
-        (
-            Uuid::parse_str(key["id"].as_str().expect("id")).expect("uuid"),
-            key["key"].as_str().expect("key").to_string(),
-        )
-    }
-
     /// Registers a tool in the test project; panics unless it is created.
-    pub async fn create_tool(&self, tool: Value) -> Value {
-        self.create_tool_in(self.project_id, tool).await
-    }
-
-    pub async fn create_tool_in(&self, project_id: Uuid, tool: Value) -> Value {
-        let (status, body) = self.admin_post(&format!("/v1/projects/{project_id}/tools"), tool).await;
-        assert_eq!(status, 201, "create tool: {body}");
-        body
-    }
-
-    /// Waits until the run's history row reaches a terminal status.
-    pub async fn finished_run(&self, run_id: &str) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        loop {
-            let (status, run) = self.admin_get(&format!("/v1/runs/{run_id}")).await;
-            if status == 200
-                && matches!(
-                    run["status"].as_str(),
-                    Some("succeeded" | "failed" | "rejected" | "cancelled" | "revoked")
-                )
-                && !run["finished_at"].is_null()
-            {
-                return run;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "run {run_id} did not reach a terminal status in history: {status} {run}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    pub async fn create_tool(&self, spec: ToolSpec) -> Value {
+        self.admin.create_tool(self.project_id, spec).await
     }
 
     pub fn session(&self) -> mcp::RawSession {

@@ -240,9 +240,9 @@ fn parse_reply(text: &str) -> Value {
         return value;
     }
     text.lines()
+        .rev()
         .filter_map(|line| line.strip_prefix("data:"))
         .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
-        .filter(|message| message.get("id").is_some())
-        .last()
+        .find(|message| message.get("id").is_some())
         .unwrap_or_else(|| Value::String(text.to_string()))
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+use tengine_tests::ToolSpec;
 
 use crate::mcp::{Outcome, Session};
 use crate::report::{Recorder, Summary};
@@ -431,6 +432,7 @@ async fn upstream(listen: std::net::SocketAddr, delay_ms: u64) -> anyhow::Result
 async fn setup(admin_url: &str, admin_token: &str, upstream: &str, timeout_ms: u64) -> anyhow::Result<()> {
     let client = http_client(1)?;
     let admin = admin_url.trim_end_matches('/');
+    // Not the tests' AdminClient: that one panics on a failure, a command reports it.
     let post = |path: String, body: Value| {
         let client = client.clone();
         let url = format!("{admin}{path}");
@@ -452,21 +454,12 @@ async fn setup(admin_url: &str, admin_token: &str, upstream: &str, timeout_ms: u
     )
     .await?;
     let key = key["key"].as_str().context("api key")?.to_string();
-    post(
-        format!("/v1/projects/{project_id}/tools"),
-        json!({
-            "name": "load",
-            "description": "Load-test tool: POST the arguments to the upstream's /call.",
-            "input_schema": {"type": "object", "properties": {"message": {"type": "string"}}},
-            "base_url": upstream,
-            "http_method": "POST",
-            "endpoint_path": "/call",
-            "auth_strategy": "none",
-            "timeout_ms": timeout_ms,
-            "annotations": {"idempotentHint": true}
-        }),
-    )
-    .await?;
+    let tool = ToolSpec::post("load", upstream, "/call")
+        .description("Load-test tool: POST the arguments to the upstream's /call.")
+        .schema(json!({"type": "object", "properties": {"message": {"type": "string"}}}))
+        .timeout_ms(timeout_ms)
+        .annotations(json!({"idempotentHint": true}));
+    post(format!("/v1/projects/{project_id}/tools"), tool.into()).await?;
     println!("export TENGINE_LOAD_PROJECT_ID={project_id}");
     println!("export TENGINE_API_KEY={key}");
     Ok(())

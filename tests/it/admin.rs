@@ -1,17 +1,19 @@
 //! The admin API: authentication, validation with field paths, tool lifecycle.
 
 use serde_json::json;
-use tengine_tests::{ADMIN_TOKEN, spawn_app};
+use tengine_tests::{ADMIN_TOKEN, ToolSpec, spawn_app};
 
-fn valid_tool() -> serde_json::Value {
-    json!({"name": "get_item", "description": "d",
-           "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
-           "base_url": "https://api.example.com", "http_method": "GET", "endpoint_path": "/items/{id}"})
+/// The spec every validation case changes one field of.
+fn valid_tool() -> ToolSpec {
+    ToolSpec::get("get_item", "https://api.example.com", "/items/{id}")
+        .description("d")
+        .schema(json!({"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_token_is_required() {
     let app = spawn_app().await;
+    // Raw requests, not the admin client: the token sent is what this tests.
     for token in [None, Some("wrong"), Some(app.api_key.as_str())] {
         let mut request = app.http.get(format!("{}/v1/projects", app.base_url));
         if let Some(t) = token {
@@ -37,33 +39,35 @@ async fn tool_validation_names_the_field() {
     let app = spawn_app().await;
     let path = format!("/v1/projects/{}/tools", app.project_id);
     let cases = [
-        (json!({"name": "bad name"}), "name"),
-        (json!({"base_url": "ftp://x"}), "base_url"),
-        (json!({"base_url": "https://api.example.com/v1?x=1"}), "base_url"),
-        (json!({"endpoint_path": "/items/{nope}"}), "endpoint_path"),
-        (json!({"input_schema": {"type": "array"}}), "input_schema.type"),
+        (valid_tool().field("name", "bad name"), "name"),
+        (valid_tool().field("base_url", "ftp://x"), "base_url"),
         (
-            json!({"input_schema": {"type": "object", "properties": {"id": {"type": 12}}}}),
+            valid_tool().field("base_url", "https://api.example.com/v1?x=1"),
+            "base_url",
+        ),
+        (valid_tool().field("endpoint_path", "/items/{nope}"), "endpoint_path"),
+        (valid_tool().schema(json!({"type": "array"})), "input_schema.type"),
+        (
+            valid_tool().schema(json!({"type": "object", "properties": {"id": {"type": 12}}})),
             "input_schema",
         ),
-        (json!({"headers_template": {"Host": "evil"}}), "headers_template.Host"),
         (
-            json!({"auth_strategy": "hmac_signature", "auth_secret": "plain"}),
-            "auth_secret",
+            valid_tool().headers_template(json!({"Host": "evil"})),
+            "headers_template.Host",
         ),
-        (json!({"timeout_ms": 1_000_000}), "timeout_ms"),
+        (valid_tool().auth_hmac("plain"), "auth_secret"),
+        (valid_tool().timeout_ms(1_000_000), "timeout_ms"),
     ];
-    for (patch, field) in cases {
-        let mut spec = valid_tool();
-        for (k, v) in patch.as_object().expect("object") {
-            spec[k] = v.clone();
-        }
-        let (status, body) = app.admin_post(&path, spec).await;
+    for (spec, field) in cases {
+        let (status, body) = app.admin.try_create_tool(app.project_id, spec).await;
         assert_eq!(status, 422, "{field}: {body}");
         assert_eq!(body["error"]["field"], field, "{body}");
     }
-    let (status, body) = app.admin_post(&path, json!({"name": "x", "unexpected": 1})).await;
+    // Inline, not a ToolSpec: a body that is no spec at all (an unknown field, the
+    // required ones missing) is refused as malformed (400), not field by field.
+    let (status, body) = app.admin.post(&path, json!({"name": "x", "unexpected": 1})).await;
     assert_eq!(status, 400, "{body}");
+    // Raw: the point is a body that is not JSON.
     let (status, _) = app
         .http
         .post(format!("{}{path}", app.base_url))
@@ -74,10 +78,11 @@ async fn tool_validation_names_the_field() {
         .map(|r| (r.status().as_u16(), ()))
         .expect("post");
     assert_eq!(status, 400);
-    let (status, _) = app.admin_get("/v1/projects/not-a-uuid/tools").await;
+    let (status, _) = app.admin.get("/v1/projects/not-a-uuid/tools").await;
     assert_eq!(status, 400);
     let (status, _) = app
-        .admin_get(&format!("/v1/projects/{}/tools", uuid::Uuid::now_v7()))
+        .admin
+        .get(&format!("/v1/projects/{}/tools", uuid::Uuid::now_v7()))
         .await;
     assert_eq!(status, 404);
 }
@@ -86,16 +91,14 @@ async fn tool_validation_names_the_field() {
 async fn tool_lifecycle() {
     let app = spawn_app().await;
     let base = format!("/v1/projects/{}/tools", app.project_id);
-    let mut spec = valid_tool();
-    spec["auth_strategy"] = json!("static_bearer");
-    spec["auth_secret"] = json!("top-secret-value");
+    let spec = valid_tool().auth_bearer("top-secret-value");
     let created = app.create_tool(spec.clone()).await;
     assert_eq!(created["version"], 1);
     assert_eq!(created["enabled"], true);
-    let (status, dup) = app.admin_post(&base, spec.clone()).await;
+    let (status, dup) = app.admin.try_create_tool(app.project_id, spec).await;
     assert_eq!(status, 409, "{dup}");
 
-    let (status, got) = app.admin_get(&format!("{base}/get_item")).await;
+    let (status, got) = app.admin.get(&format!("{base}/get_item")).await;
     assert_eq!(status, 200);
     assert!(
         !got.to_string().contains("top-secret-value"),
@@ -103,12 +106,8 @@ async fn tool_lifecycle() {
     );
 
     // PUT without a secret keeps the stored one.
-    let mut replaced = valid_tool();
-    replaced["description"] = json!("new");
-    replaced["auth_strategy"] = json!("static_bearer");
-    let (status, put) = app
-        .admin(reqwest::Method::PUT, &format!("{base}/get_item"), Some(replaced))
-        .await;
+    let replaced = valid_tool().description("new").field("auth_strategy", "static_bearer");
+    let (status, put) = app.admin.put(&format!("{base}/get_item"), replaced.into()).await;
     assert_eq!(status, 200, "{put}");
     assert_eq!(
         (put["version"].as_i64(), put["has_auth_secret"].as_bool()),
@@ -117,11 +116,8 @@ async fn tool_lifecycle() {
     assert_eq!(put["description"], "new");
 
     let (status, patched) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("{base}/get_item"),
-            Some(json!({"enabled": false})),
-        )
+        .admin
+        .patch_tool(app.project_id, "get_item", json!({"enabled": false}))
         .await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -129,25 +125,18 @@ async fn tool_lifecycle() {
         (Some(false), Some(3))
     );
     let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("{base}/get_item"),
-            Some(json!({"timeout_ms": 1})),
-        )
+        .admin
+        .patch_tool(app.project_id, "get_item", json!({"timeout_ms": 1}))
         .await;
     assert_eq!(status, 422);
 
-    let (_, listed) = app.admin_get(&base).await;
+    let (_, listed) = app.admin.get(&base).await;
     assert_eq!(listed["tools"].as_array().map(Vec::len), Some(1));
-    let (status, _) = app
-        .admin(reqwest::Method::DELETE, &format!("{base}/get_item"), None)
-        .await;
+    let (status, _) = app.admin.delete(&format!("{base}/get_item")).await;
     assert_eq!(status, 204);
-    let (status, _) = app.admin_get(&format!("{base}/get_item")).await;
+    let (status, _) = app.admin.get(&format!("{base}/get_item")).await;
     assert_eq!(status, 404);
-    let (status, _) = app
-        .admin(reqwest::Method::DELETE, &format!("{base}/get_item"), None)
-        .await;
+    let (status, _) = app.admin.delete(&format!("{base}/get_item")).await;
     assert_eq!(status, 404);
 }
 
@@ -155,7 +144,7 @@ async fn tool_lifecycle() {
 async fn api_keys_are_shown_once_and_listed_without_secret() {
     let app = spawn_app().await;
     let path = format!("/v1/projects/{}/api-keys", app.project_id);
-    let (status, listed) = app.admin_get(&path).await;
+    let (status, listed) = app.admin.get(&path).await;
     assert_eq!(status, 200);
     let text = listed.to_string();
     assert!(!text.contains(&app.api_key), "the key is not listed");
@@ -169,12 +158,6 @@ async fn api_keys_are_shown_once_and_listed_without_secret() {
             .iter()
             .all(|(h,)| h.len() == 32 && !String::from_utf8_lossy(h).contains("tengine_"))
     );
-    let (status, _) = app
-        .admin(
-            reqwest::Method::DELETE,
-            &format!("{path}/{}", uuid::Uuid::now_v7()),
-            None,
-        )
-        .await;
+    let (status, _) = app.admin.revoke_api_key(app.project_id, uuid::Uuid::now_v7()).await;
     assert_eq!(status, 404);
 }

@@ -2,28 +2,15 @@
 //! arrays included), capped with truncation flagged, and never a secret.
 
 use serde_json::{Value, json};
-use tengine_tests::{TestApp, mcp::run_id, spawn_app, upstream::Upstream};
-
-async fn patch_project(app: &TestApp, body: Value) -> (u16, Value) {
-    app.admin(
-        reqwest::Method::PATCH,
-        &format!("/v1/projects/{}", app.project_id),
-        Some(body),
-    )
-    .await
-}
+use tengine_tests::{ToolSpec, mcp::run_id, spawn_app, upstream::Upstream};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_are_kept_only_when_the_project_opts_in_redacted_and_capped() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let secret = "sk-test-never-stored-0123456789";
-    app.create_tool(
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo",
-                           "auth_strategy": "static_bearer", "auth_secret": secret}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo").auth_bearer(secret))
+        .await;
     let mut session = app.session();
     session.initialize().await;
     let args = json!({"user": "ann", "password": "hunter2", "card": {"number": "4111111111111111", "cvc": "123"},
@@ -31,24 +18,32 @@ async fn bodies_are_kept_only_when_the_project_opts_in_redacted_and_capped() {
 
     // Off by default.
     let off = run_id(&session.call("echo", args.clone()).await);
-    let run = app.finished_run(&off).await;
+    let run = app.admin.finished_run(&off).await;
     assert_eq!(run["bodies"], Value::Null, "{run}");
 
-    let (status, body) = patch_project(&app, json!({"body_max_bytes": 0})).await;
+    let (status, body) = app
+        .admin
+        .patch_project(app.project_id, json!({"body_max_bytes": 0}))
+        .await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = patch_project(&app, json!({"redact_fields": ["card..number"]})).await;
+    let (status, body) = app
+        .admin
+        .patch_project(app.project_id, json!({"redact_fields": ["card..number"]}))
+        .await;
     assert_eq!(status, 422, "{body}");
-    let (status, project) = patch_project(
-        &app,
-        json!({"store_bodies": true, "body_max_bytes": 4096, "redact_fields": ["password", "card.number"]}),
-    )
-    .await;
+    let (status, project) = app
+        .admin
+        .patch_project(
+            app.project_id,
+            json!({"store_bodies": true, "body_max_bytes": 4096, "redact_fields": ["password", "card.number"]}),
+        )
+        .await;
     assert_eq!(status, 200, "{project}");
     assert_eq!(project["store_bodies"], true);
     assert_eq!(project["redact_fields"], json!(["password", "card.number"]));
 
     let on = run_id(&session.call("echo", args.clone()).await);
-    let run = app.finished_run(&on).await;
+    let run = app.admin.finished_run(&on).await;
     let bodies = &run["bodies"];
     assert_eq!(bodies["truncated"], false, "{run}");
     let request: Value = serde_json::from_str(bodies["request"].as_str().expect("request body")).expect("json");
@@ -76,17 +71,23 @@ async fn bodies_are_kept_only_when_the_project_opts_in_redacted_and_capped() {
     assert!(String::from_utf8_lossy(&last.body).contains("hunter2"));
 
     // Capped, and flagged.
-    let (status, _) = patch_project(&app, json!({"body_max_bytes": 64})).await;
+    let (status, _) = app
+        .admin
+        .patch_project(app.project_id, json!({"body_max_bytes": 64}))
+        .await;
     assert_eq!(status, 200);
     let long = run_id(&session.call("echo", json!({"text": "x".repeat(500)})).await);
-    let run = app.finished_run(&long).await;
+    let run = app.admin.finished_run(&long).await;
     assert_eq!(run["bodies"]["truncated"], true, "{run}");
     assert_eq!(run["bodies"]["request"].as_str().map(str::len), Some(64));
     assert!(run["bodies"]["response"].as_str().is_some_and(|r| r.len() <= 64));
 
     // Off again: new runs keep nothing.
-    let (status, _) = patch_project(&app, json!({"store_bodies": false})).await;
+    let (status, _) = app
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": false}))
+        .await;
     assert_eq!(status, 200);
     let again = run_id(&session.call("echo", args).await);
-    assert_eq!(app.finished_run(&again).await["bodies"], Value::Null);
+    assert_eq!(app.admin.finished_run(&again).await["bodies"], Value::Null);
 }

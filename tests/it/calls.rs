@@ -3,15 +3,11 @@
 
 use serde_json::json;
 use tengine_tests::{
+    ToolSpec,
     mcp::{run_id, text},
     signing_secret, spawn_app,
     upstream::{Upstream, closed_port_url},
 };
-
-fn tool(name: &str, base: &str, method: &str, path: &str, schema: serde_json::Value) -> serde_json::Value {
-    json!({"name": name, "description": format!("{name} tool"), "input_schema": schema,
-           "base_url": base, "http_method": method, "endpoint_path": path, "timeout_ms": 2000})
-}
 
 fn object_schema(props: serde_json::Value) -> serde_json::Value {
     json!({"type": "object", "properties": props})
@@ -22,18 +18,14 @@ async fn signed_call_reaches_upstream_with_identity_and_typed_body() {
     let app = spawn_app().await;
     let secret = signing_secret();
     let upstream = Upstream::spawn(Some(secret.clone())).await;
-    let mut spec = tool(
-        "create_item",
-        &upstream.url(),
-        "POST",
-        "/orgs/{org}/items",
-        object_schema(json!({
+    let spec = ToolSpec::post("create_item", &upstream.url(), "/orgs/{org}/items")
+        .description("create_item tool")
+        .timeout_ms(2000)
+        .schema(object_schema(json!({
             "org": {"type": "string"}, "tags": {"type": "array"}, "meta": {"type": "object"},
             "count": {"type": "integer"}, "flag": {"type": "boolean"}
-        })),
-    );
-    spec["auth_strategy"] = json!("hmac_signature");
-    spec["auth_secret"] = json!(secret);
+        })))
+        .auth_hmac(&secret);
     let created = app.create_tool(spec).await;
     assert_eq!(created["has_auth_secret"], true);
     assert!(created.get("auth_secret").is_none(), "the secret is never returned");
@@ -85,7 +77,7 @@ async fn signed_call_reaches_upstream_with_identity_and_typed_body() {
         "the client's token is never forwarded"
     );
 
-    let history = app.finished_run(&run).await;
+    let history = app.admin.finished_run(&run).await;
     assert_eq!(history["status"], "succeeded");
     assert_eq!(history["http_status"], 200);
     assert_eq!(history["tool_name"], "create_item");
@@ -104,17 +96,15 @@ async fn signed_call_reaches_upstream_with_identity_and_typed_body() {
 async fn templates_query_headers_and_static_bearer() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    let mut spec = tool(
-        "search",
-        &upstream.url(),
-        "GET",
-        "/search",
-        object_schema(json!({"q": {"type": "string"}, "ids": {"type": "array"}, "lang": {"type": "string"}})),
-    );
-    spec["query_template"] = json!({"query": "{q}", "id": "{ids}", "run": "{run.id}"});
-    spec["headers_template"] = json!({"Accept-Language": "{lang}", "X-Project": "p-{project.id}"});
-    spec["auth_strategy"] = json!("static_bearer");
-    spec["auth_secret"] = json!("upstream-token-123");
+    let spec = ToolSpec::get("search", &upstream.url(), "/search")
+        .description("search tool")
+        .timeout_ms(2000)
+        .schema(object_schema(
+            json!({"q": {"type": "string"}, "ids": {"type": "array"}, "lang": {"type": "string"}}),
+        ))
+        .query_template(json!({"query": "{q}", "id": "{ids}", "run": "{run.id}"}))
+        .headers_template(json!({"Accept-Language": "{lang}", "X-Project": "p-{project.id}"}))
+        .auth_bearer("upstream-token-123");
     app.create_tool(spec).await;
 
     let mut session = app.session();
@@ -141,7 +131,7 @@ async fn templates_query_headers_and_static_bearer() {
     assert_eq!(injected["isError"], true);
     assert!(text(&injected).contains("header"), "{injected}");
     assert_eq!(upstream.requests().len(), 1, "nothing was sent");
-    let history = app.finished_run(&run_id(&injected)).await;
+    let history = app.admin.finished_run(&run_id(&injected)).await;
     assert_eq!(history["status"], "rejected");
 }
 
@@ -150,26 +140,33 @@ async fn failures_are_tool_errors_and_recorded() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let dead = closed_port_url().await;
-    app.create_tool(tool(
-        "boom",
-        &upstream.url(),
-        "POST",
-        "/status/500",
-        object_schema(json!({})),
-    ))
+    app.create_tool(
+        ToolSpec::post("boom", &upstream.url(), "/status/500")
+            .description("boom tool")
+            .timeout_ms(2000)
+            .schema(object_schema(json!({}))),
+    )
     .await;
-    let mut slow = tool("slow", &upstream.url(), "GET", "/slow/3000", object_schema(json!({})));
-    slow["timeout_ms"] = json!(300);
-    app.create_tool(slow).await;
-    app.create_tool(tool("dead", &dead, "GET", "/x", object_schema(json!({}))))
-        .await;
-    app.create_tool(tool(
-        "strict",
-        &upstream.url(),
-        "POST",
-        "/strict",
-        json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"], "additionalProperties": false}),
-    ))
+    app.create_tool(
+        ToolSpec::get("slow", &upstream.url(), "/slow/3000")
+            .description("slow tool")
+            .timeout_ms(300)
+            .schema(object_schema(json!({}))),
+    )
+    .await;
+    app.create_tool(
+        ToolSpec::get("dead", &dead, "/x")
+            .description("dead tool")
+            .timeout_ms(2000)
+            .schema(object_schema(json!({}))),
+    )
+    .await;
+    app.create_tool(
+        ToolSpec::post("strict", &upstream.url(), "/strict")
+            .description("strict tool")
+            .timeout_ms(2000)
+            .schema(json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"], "additionalProperties": false})),
+    )
     .await;
 
     let mut session = app.session();
@@ -181,7 +178,7 @@ async fn failures_are_tool_errors_and_recorded() {
         text(&boom).contains("HTTP 500") && text(&boom).contains("upstream says 500"),
         "{boom}"
     );
-    let run = app.finished_run(&run_id(&boom)).await;
+    let run = app.admin.finished_run(&run_id(&boom)).await;
     assert_eq!(
         (run["status"].as_str(), run["http_status"].as_i64()),
         (Some("failed"), Some(500))
@@ -191,20 +188,20 @@ async fn failures_are_tool_errors_and_recorded() {
     let timeout = session.call("slow", json!({})).await;
     assert_eq!(timeout["isError"], true);
     assert!(text(&timeout).contains("300 ms"), "{timeout}");
-    let run = app.finished_run(&run_id(&timeout)).await;
+    let run = app.admin.finished_run(&run_id(&timeout)).await;
     assert_eq!(run["error_class"], "timeout");
 
     let refused = session.call("dead", json!({})).await;
     assert_eq!(refused["isError"], true);
     assert!(text(&refused).contains("connect"), "{refused}");
-    let run = app.finished_run(&run_id(&refused)).await;
+    let run = app.admin.finished_run(&run_id(&refused)).await;
     assert_eq!(run["error_class"], "connect");
 
     let invalid = session.call("strict", json!({"n": 0, "extra": true})).await;
     assert_eq!(invalid["isError"], true);
     let message = text(&invalid);
     assert!(message.contains("/n") && message.contains("extra"), "{message}");
-    let run = app.finished_run(&run_id(&invalid)).await;
+    let run = app.admin.finished_run(&run_id(&invalid)).await;
     assert_eq!(
         (run["status"].as_str(), run["error_class"].as_str()),
         (Some("rejected"), Some("invalid_arguments"))
@@ -218,7 +215,7 @@ async fn failures_are_tool_errors_and_recorded() {
         .as_str()
         .expect("run id")
         .to_string();
-    let run = app.finished_run(&unknown_run).await;
+    let run = app.admin.finished_run(&unknown_run).await;
     assert_eq!(run["error_class"], "unknown_tool");
 
     let malformed = session.request("tools/call", json!({"arguments": {}})).await;
@@ -231,7 +228,8 @@ async fn failures_are_tool_errors_and_recorded() {
 
     // History lists every run of the project, filterable by status.
     let (_, failed) = app
-        .admin_get(&format!("/v1/projects/{}/runs?status=failed", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/runs?status=failed", app.project_id))
         .await;
     assert_eq!(failed["runs"].as_array().map(Vec::len), Some(3), "{failed}");
 }
@@ -240,15 +238,23 @@ async fn failures_are_tool_errors_and_recorded() {
 async fn disabled_tools_vanish_and_projects_are_isolated() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("mine", &upstream.url(), "POST", "/m", object_schema(json!({}))))
-        .await;
-    let (_, other) = app.admin_post("/v1/projects", json!({"name": "other"})).await;
-    let other_id = uuid::Uuid::parse_str(other["id"].as_str().expect("id")).expect("uuid");
-    app.create_tool_in(
-        other_id,
-        tool("theirs", &upstream.url(), "POST", "/t", object_schema(json!({}))),
+    app.create_tool(
+        ToolSpec::post("mine", &upstream.url(), "/m")
+            .description("mine tool")
+            .timeout_ms(2000)
+            .schema(object_schema(json!({}))),
     )
     .await;
+    let other_id = app.admin.create_project("other").await;
+    app.admin
+        .create_tool(
+            other_id,
+            ToolSpec::post("theirs", &upstream.url(), "/t")
+                .description("theirs tool")
+                .timeout_ms(2000)
+                .schema(object_schema(json!({}))),
+        )
+        .await;
 
     let mut session = app.session();
     session.initialize().await;
@@ -266,12 +272,12 @@ async fn disabled_tools_vanish_and_projects_are_isolated() {
     assert_eq!(theirs.body["error"]["code"], -32602);
 
     // A run of another project is invisible to this project's key.
-    let (_, other_key) = app.create_api_key(other_id).await;
+    let other_key = app.admin.create_api_key(other_id, &[]).await.key;
     let mut other_session =
         tengine_tests::mcp::RawSession::new(app.http.clone(), app.mcp_url.clone(), other_key.clone());
     other_session.initialize().await;
     let their_run = run_id(&other_session.call("theirs", json!({})).await);
-    app.finished_run(&their_run).await;
+    app.admin.finished_run(&their_run).await;
     let peek = app
         .http
         .get(format!("{}/v1/runs/{their_run}", app.base_url))
@@ -290,11 +296,8 @@ async fn disabled_tools_vanish_and_projects_are_isolated() {
     assert_eq!(own.status().as_u16(), 200);
 
     let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}/tools/mine", app.project_id),
-            Some(json!({"enabled": false})),
-        )
+        .admin
+        .patch_tool(app.project_id, "mine", json!({"enabled": false}))
         .await;
     assert_eq!(status, 200);
     let listed = session.request("tools/list", json!({})).await;
@@ -310,13 +313,13 @@ async fn tools_list_paginates() {
     let app = spawn_app_paged().await;
     let upstream = Upstream::spawn(None).await;
     for i in 0..5 {
-        app.create_tool(tool(
-            &format!("t{i}"),
-            &upstream.url(),
-            "POST",
-            "/x",
-            object_schema(json!({})),
-        ))
+        let name = format!("t{i}");
+        app.create_tool(
+            ToolSpec::post(&name, &upstream.url(), "/x")
+                .description(&format!("{name} tool"))
+                .timeout_ms(2000)
+                .schema(object_schema(json!({}))),
+        )
         .await;
     }
     let mut session = app.session();

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{RawSession, run_id},
     spawn_app, spawn_app_with,
     upstream::Upstream,
@@ -32,13 +32,7 @@ impl Backend {
     }
 
     async fn register(&self, app: &TestApp, project: Uuid) {
-        let (status, body) = app
-            .admin_post(
-                &format!("/v1/projects/{project}/member-keys"),
-                json!({"kid": self.kid, "public_key": self.public_pem}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        app.admin.add_member_key(project, &self.kid, &self.public_pem).await;
     }
 
     fn sign(&self, claims: &Value) -> String {
@@ -84,12 +78,13 @@ fn b64(v: &Value) -> String {
 async fn member_sessions_attribute_runs_and_inject_identity() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(json!({
-        "name": "whoami", "input_schema": {"type": "object", "properties": {"note": {"type": "string"}}},
-        "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/who/{member.id}",
-        "body_template": {"roles": "{member.roles}", "email": "{member.email}", "note": "{note}"},
-        "require_member": true, "inject_member_identity": true
-    }))
+    app.create_tool(
+        ToolSpec::post("whoami", &upstream.url(), "/who/{member.id}")
+            .schema(json!({"type": "object", "properties": {"note": {"type": "string"}}}))
+            .body_template(json!({"roles": "{member.roles}", "email": "{member.email}", "note": "{note}"}))
+            .require_member()
+            .inject_member_identity(),
+    )
     .await;
     let backend = Backend::new("k1");
     backend.register(&app, app.project_id).await;
@@ -133,10 +128,11 @@ async fn member_sessions_attribute_runs_and_inject_identity() {
     assert_eq!(req.header("x-tengine-member-id"), Some("user-42"));
     assert_eq!(req.header("x-tengine-member-email"), Some("user-42@example.com"));
     assert_eq!(req.header("x-tengine-member-roles"), Some("admin,billing"));
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["member_id"], "user-42");
     let (_, theirs) = app
-        .admin_get(&format!("/v1/projects/{}/runs?member=user-42", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/runs?member=user-42", app.project_id))
         .await;
     assert_eq!(
         theirs["runs"].as_array().map(Vec::len),
@@ -151,7 +147,8 @@ async fn member_sessions_attribute_runs_and_inject_identity() {
 
     // Revoking the member's sessions ends them at once.
     let (status, _) = app
-        .admin_post(
+        .admin
+        .post(
             &format!("/v1/projects/{}/members/user-42/revoke-sessions", app.project_id),
             json!({}),
         )
@@ -167,8 +164,7 @@ async fn bad_assertions_are_refused_with_a_reason() {
     let app = spawn_app().await;
     let backend = Backend::new("k1");
     backend.register(&app, app.project_id).await;
-    let (_, other) = app.admin_post("/v1/projects", json!({"name": "other"})).await;
-    let other_id = Uuid::parse_str(other["id"].as_str().expect("id")).expect("uuid");
+    let other_id = app.admin.create_project("other").await;
     let foreign = Backend::new("k2");
     foreign.register(&app, other_id).await;
     let p = app.project_id;
@@ -241,11 +237,7 @@ async fn bad_assertions_are_refused_with_a_reason() {
 async fn echo_on_two_instances() -> (TestApp, Upstream, tengine_tests::ExtraIngress, RawSession) {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
     let second = app.spawn_ingress(None).await;
     let mut there = RawSession::new(
         app.http.clone(),
@@ -263,13 +255,7 @@ async fn revocation_reaches_every_instance_immediately() {
 
     // Revoke through the first instance; the second refuses the very next call.
     let started = Instant::now();
-    let (status, _) = app
-        .admin(
-            reqwest::Method::DELETE,
-            &format!("/v1/projects/{}/api-keys/{}", app.project_id, app.api_key_id),
-            None,
-        )
-        .await;
+    let (status, _) = app.admin.revoke_api_key(app.project_id, app.api_key_id).await;
     assert_eq!(status, 204);
     let refused = there
         .request("tools/call", json!({"name": "echo", "arguments": {}}))
@@ -285,12 +271,10 @@ async fn revocation_reaches_every_instance_immediately() {
 async fn queued_runs_of_a_revoked_key_are_not_executed() {
     let app = spawn_app_with(&[("worker.concurrency", "1")]).await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "slow", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "GET", "endpoint_path": "/slow/3000", "timeout_ms": 5000}),
-    )
-    .await;
-    let (key_id, key) = app.create_api_key(app.project_id).await;
+    app.create_tool(ToolSpec::get("slow", &upstream.url(), "/slow/3000").timeout_ms(5000))
+        .await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await;
+    let (key_id, key) = (key.id, key.key);
     let mut busy = app.session();
     busy.initialize().await;
     let first = tokio::spawn(async move { busy.call("slow", json!({})).await });
@@ -299,18 +283,12 @@ async fn queued_runs_of_a_revoked_key_are_not_executed() {
     doomed.initialize().await;
     let queued = tokio::spawn(async move { doomed.call("slow", json!({})).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _) = app
-        .admin(
-            reqwest::Method::DELETE,
-            &format!("/v1/projects/{}/api-keys/{key_id}", app.project_id),
-            None,
-        )
-        .await;
+    let (status, _) = app.admin.revoke_api_key(app.project_id, key_id).await;
     assert_eq!(status, 204);
     first.await.expect("join");
     let result = queued.await.expect("join");
     assert_eq!(result["isError"], true, "{result}");
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "revoked", "{run}");
     assert_eq!(
         upstream.requests().len(),
@@ -324,15 +302,12 @@ async fn integrations_restrict_tools_and_give_client_config() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     for name in ["a", "b"] {
-        app.create_tool(
-            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                               "http_method": "POST", "endpoint_path": "/x"}),
-        )
-        .await;
+        app.create_tool(ToolSpec::post(name, &upstream.url(), "/x")).await;
     }
     let base = format!("/v1/projects/{}/integrations", app.project_id);
     let (status, integration) = app
-        .admin_post(&base, json!({"name": "Support Agent", "allowed_tools": ["b"]}))
+        .admin
+        .post(&base, json!({"name": "Support Agent", "allowed_tools": ["b"]}))
         .await;
     assert_eq!(status, 201, "{integration}");
     let iid = integration["id"].as_str().expect("id").to_string();
@@ -345,7 +320,8 @@ async fn integrations_restrict_tools_and_give_client_config() {
     assert!(config["python"].as_str().expect("py").contains(&app.mcp_url));
 
     let (status, key) = app
-        .admin_post(&format!("{base}/{iid}/api-keys"), json!({"name": "agent"}))
+        .admin
+        .post(&format!("{base}/{iid}/api-keys"), json!({"name": "agent"}))
         .await;
     assert_eq!(status, 201);
     let key = key["key"].as_str().expect("key").to_string();
@@ -359,40 +335,40 @@ async fn integrations_restrict_tools_and_give_client_config() {
         .await;
     assert_eq!(hidden.body["error"]["code"], -32602);
 
-    let (status, _) = app.admin(reqwest::Method::DELETE, &format!("{base}/{iid}"), None).await;
+    let (status, _) = app.admin.delete(&format!("{base}/{iid}")).await;
     assert_eq!(status, 204);
     assert_eq!(
         session.request("ping", json!({})).await.status,
         401,
         "its keys die with it"
     );
-    let (_, listed) = app.admin_get(&base).await;
+    let (_, listed) = app.admin.get(&base).await;
     assert_eq!(
         listed["integrations"].as_array().map(Vec::len),
         Some(1),
         "only the default remains"
     );
     let default_id = listed["integrations"][0]["id"].as_str().expect("id").to_string();
-    let (status, body) = app
-        .admin(reqwest::Method::DELETE, &format!("{base}/{default_id}"), None)
-        .await;
+    let (status, body) = app.admin.delete(&format!("{base}/{default_id}")).await;
     assert_eq!(status, 409, "a project keeps one integration: {body}");
-    let (status, _) = app.admin_get(&format!("/v1/projects/{}", app.project_id)).await;
+    let (status, _) = app.admin.get(&format!("/v1/projects/{}", app.project_id)).await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn render_shows_the_request_without_secrets() {
     let app = spawn_app().await;
-    app.create_tool(json!({
-        "name": "create", "input_schema": {"type": "object", "properties": {"id": {"type": "string"}, "tags": {"type": "array"}}},
-        "base_url": "http://127.0.0.1:9", "http_method": "POST", "endpoint_path": "/items/{id}",
-        "body_template": {"tags": "{tags}", "by": "{member.id}"}, "inject_member_identity": true,
-        "auth_strategy": "static_bearer", "auth_secret": "very-secret-token"
-    }))
+    app.create_tool(
+        ToolSpec::post("create", "http://127.0.0.1:9", "/items/{id}")
+            .schema(json!({"type": "object", "properties": {"id": {"type": "string"}, "tags": {"type": "array"}}}))
+            .body_template(json!({"tags": "{tags}", "by": "{member.id}"}))
+            .inject_member_identity()
+            .auth_bearer("very-secret-token"),
+    )
     .await;
     let (status, rendered) = app
-        .admin_post(
+        .admin
+        .post(
             &format!("/v1/projects/{}/tools/create/render", app.project_id),
             json!({"arguments": {"id": "a b", "tags": [1, 2]}, "member": {"id": "m1", "roles": ["r"]}}),
         )
@@ -404,7 +380,8 @@ async fn render_shows_the_request_without_secrets() {
     assert!(!text.contains("very-secret-token") && text.contains("Bearer <redacted>"));
     assert!(text.contains("X-Tengine-Member-Id"));
     let (status, _) = app
-        .admin_post(
+        .admin
+        .post(
             &format!("/v1/projects/{}/tools/create/render", app.project_id),
             json!({"arguments": {"id": 5}}),
         )
@@ -418,13 +395,8 @@ async fn private_addresses_need_the_projects_allowlist() {
     let upstream = Upstream::spawn(None).await;
     let port = upstream.addr.port();
     // One by literal IP, one by a name that resolves to loopback (the resolver path).
-    app.create_tool(
-        json!({"name": "literal", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/x"}),
-    )
-    .await;
-    app.create_tool(json!({"name": "named", "input_schema": {"type": "object"},
-                           "base_url": format!("http://localhost:{port}"), "http_method": "POST", "endpoint_path": "/x"}))
+    app.create_tool(ToolSpec::post("literal", &upstream.url(), "/x")).await;
+    app.create_tool(ToolSpec::post("named", &format!("http://localhost:{port}"), "/x"))
         .await;
     let mut session = app.session();
     session.initialize().await;
@@ -435,17 +407,14 @@ async fn private_addresses_need_the_projects_allowlist() {
             tengine_tests::mcp::text(&refused).contains("outbound_allowlist"),
             "{refused}"
         );
-        let run = app.finished_run(&run_id(&refused)).await;
+        let run = app.admin.finished_run(&run_id(&refused)).await;
         assert_eq!(run["error_class"], "forbidden");
     }
     assert!(upstream.requests().is_empty(), "nothing reached the private address");
 
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"outbound_allowlist": ["127.0.0.0/8", "::1"]})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"outbound_allowlist": ["127.0.0.0/8", "::1"]}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outbound_allowlist"], json!(["127.0.0.0/8", "::1/128"]));
@@ -454,11 +423,8 @@ async fn private_addresses_need_the_projects_allowlist() {
         assert_eq!(allowed["isError"], false, "{allowed}");
     }
     let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"outbound_allowlist": ["not-a-network"]})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"outbound_allowlist": ["not-a-network"]}))
         .await;
     assert_eq!(status, 422);
 }
@@ -477,21 +443,17 @@ async fn hmac_rotation_signs_with_both_secrets_during_the_overlap() {
         tengine_tests::signing_secret(),
     );
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "signed", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/x", "auth_strategy": "hmac_signature",
-                           "auth_secret": old}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("signed", &upstream.url(), "/x").auth_hmac(&old))
+        .await;
     let mut session = app.session();
     session.initialize().await;
-    let path = format!("/v1/projects/{}/tools/signed", app.project_id);
 
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"auth_secret": new, "rotation_overlap_secs": 3600})),
+        .admin
+        .patch_tool(
+            app.project_id,
+            "signed",
+            json!({"auth_secret": new, "rotation_overlap_secs": 3600}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -514,7 +476,8 @@ async fn hmac_rotation_signs_with_both_secrets_during_the_overlap() {
 
     // A rotation without overlap ends the previous secret at once.
     let (status, _) = app
-        .admin(reqwest::Method::PATCH, &path, Some(json!({"auth_secret": newest})))
+        .admin
+        .patch_tool(app.project_id, "signed", json!({"auth_secret": newest}))
         .await;
     assert_eq!(status, 200);
     session.call("signed", json!({})).await;
@@ -523,11 +486,8 @@ async fn hmac_rotation_signs_with_both_secrets_during_the_overlap() {
     assert!(!verifies(&new, &after) && !verifies(&old, &after));
 
     let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"rotation_overlap_secs": 60})),
-        )
+        .admin
+        .patch_tool(app.project_id, "signed", json!({"rotation_overlap_secs": 60}))
         .await;
     assert_eq!(status, 422, "an overlap needs a new secret");
 }
@@ -572,11 +532,8 @@ async fn a_disabled_tool_is_refused_by_every_instance() {
 
     let started = Instant::now();
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}/tools/echo", app.project_id),
-            Some(json!({"enabled": false})),
-        )
+        .admin
+        .patch_tool(app.project_id, "echo", json!({"enabled": false}))
         .await;
     assert_eq!(status, 200, "{body}");
     // The instance that made the change refuses at once.
@@ -625,40 +582,30 @@ async fn reads_follow_the_credential_scope() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     for name in ["a", "b"] {
-        app.create_tool(
-            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                               "http_method": "POST", "endpoint_path": "/echo"}),
-        )
-        .await;
+        app.create_tool(ToolSpec::post(name, &upstream.url(), "/echo")).await;
     }
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"store_bodies": true})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true}))
         .await;
     assert_eq!(status, 200, "{body}");
     let base = format!("/v1/projects/{}/integrations", app.project_id);
     let (_, limited) = app
-        .admin_post(&base, json!({"name": "only-a", "allowed_tools": ["a"]}))
+        .admin
+        .post(&base, json!({"name": "only-a", "allowed_tools": ["a"]}))
         .await;
     let limited_id = limited["id"].as_str().expect("id").to_string();
     let (_, limited_key) = app
-        .admin_post(&format!("{base}/{limited_id}/api-keys"), json!({"name": "agent"}))
+        .admin
+        .post(&format!("{base}/{limited_id}/api-keys"), json!({"name": "agent"}))
         .await;
     let limited_key = limited_key["key"].as_str().expect("key").to_string();
-    let (status, reader_key) = app
-        .admin_post(
-            &format!("/v1/projects/{}/api-keys", app.project_id),
-            json!({"name": "dashboard", "scopes": ["read"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{reader_key}");
-    assert_eq!(reader_key["scopes"], json!(["read"]));
-    let reader_key = reader_key["key"].as_str().expect("key").to_string();
+    let reader_key = app.admin.create_api_key(app.project_id, &["read"]).await;
+    assert_eq!(reader_key.body["scopes"], json!(["read"]));
+    let reader_key = reader_key.key;
     let (status, body) = app
-        .admin_post(
+        .admin
+        .post(
             &format!("/v1/projects/{}/api-keys", app.project_id),
             json!({"scopes": ["write"]}),
         )
@@ -689,7 +636,7 @@ async fn reads_follow_the_credential_scope() {
         member_runs.push(run_id(&session.call("a", json!({"secret": "member"})).await));
     }
     for run in [&default_a, &default_b, &limited_a, &member_runs[0], &member_runs[1]] {
-        app.finished_run(run).await;
+        app.admin.finished_run(run).await;
     }
 
     let get = |token: String, path: String| {
@@ -775,7 +722,7 @@ async fn reads_follow_the_credential_scope() {
         member_runs[1].clone(),
     ]);
     assert_eq!(listed(reader_key.clone()).await, everything);
-    assert_eq!(listed(tengine_tests::ADMIN_TOKEN.to_string()).await, everything);
+    assert_eq!(listed(app.admin.token.clone()).await, everything);
     let (status, _) = get(reader_key.clone(), format!("/v1/runs/{limited_a}")).await;
     assert_eq!(status, 200);
 

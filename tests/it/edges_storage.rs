@@ -6,7 +6,7 @@
 use axum::{Router, http::StatusCode, routing::any};
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{RawSession, run_id},
     poison::{self, Poison},
     spawn_app,
@@ -16,16 +16,11 @@ use uuid::Uuid;
 
 /// A second project with a key and an `echo` tool, and a session on it.
 async fn other_project(app: &TestApp, upstream: &Upstream) -> (Uuid, RawSession) {
-    let (status, project) = app.admin_post("/v1/projects", json!({"name": "bystander"})).await;
-    assert_eq!(status, 201, "{project}");
-    let id = Uuid::parse_str(project["id"].as_str().expect("id")).expect("uuid");
-    let (_, key) = app.create_api_key(id).await;
-    app.create_tool_in(
-        id,
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-               "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    let id = app.admin.create_project("bystander").await;
+    let key = app.admin.create_api_key(id, &[]).await.key;
+    app.admin
+        .create_tool(id, ToolSpec::post("echo", &upstream.url(), "/echo"))
+        .await;
     let mut session = RawSession::new(app.http.clone(), app.mcp_url.clone(), key);
     session.initialize().await;
     (id, session)
@@ -34,7 +29,7 @@ async fn other_project(app: &TestApp, upstream: &Upstream) -> (Uuid, RawSession)
 /// The other project's call reaches history: the projector is not stuck.
 async fn history_flows(app: &TestApp, session: &mut RawSession) {
     let run = run_id(&session.call("echo", json!({"after": true})).await);
-    let row = app.finished_run(&run).await;
+    let row = app.admin.finished_run(&run).await;
     assert_eq!(row["status"], "succeeded", "{row}");
 }
 
@@ -42,11 +37,11 @@ async fn history_flows(app: &TestApp, session: &mut RawSession) {
 async fn a_nul_in_an_argument_name_leaves_history_flowing_for_everyone() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(json!({
-        "name": "strict",
-        "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false},
-        "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/echo"}))
-        .await;
+    app.create_tool(
+        ToolSpec::post("strict", &upstream.url(), "/echo")
+            .schema(json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false})),
+    )
+    .await;
     let mut session = app.session();
     session.initialize().await;
     // The schema error quotes the unknown property's name, NUL included.
@@ -56,7 +51,7 @@ async fn a_nul_in_an_argument_name_leaves_history_flowing_for_everyone() {
 
     let (_, mut other) = other_project(&app, &upstream).await;
     history_flows(&app, &mut other).await;
-    let row = app.finished_run(&refused).await;
+    let row = app.admin.finished_run(&refused).await;
     assert_eq!(row["status"], "rejected", "{row}");
     let error = row["error"].as_str().expect("error");
     assert!(error.contains("x␀y"), "the NUL is stored visibly escaped: {error}");
@@ -93,20 +88,13 @@ async fn nul_in_bodies_output_and_tool_names_is_stored_escaped() {
     let upstream = Upstream::spawn(None).await;
     let nul = nul_upstream().await;
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"store_bodies": true})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true}))
         .await;
     assert_eq!(status, 200, "{body}");
     for (name, path) in [("nul_ok", "/ok"), ("nul_fail", "/fail")] {
-        app.create_tool(
-            json!({"name": name, "input_schema": {"type": "object"}, "base_url": nul,
-                               "http_method": "POST", "endpoint_path": path,
-                               "retry": {"max_attempts": 1}}),
-        )
-        .await;
+        app.create_tool(ToolSpec::post(name, &nul, path).retry(json!({"max_attempts": 1})))
+            .await;
     }
     let mut session = app.session();
     session.initialize().await;
@@ -131,13 +119,13 @@ async fn nul_in_bodies_output_and_tool_names_is_stored_escaped() {
     let (_, mut other) = other_project(&app, &upstream).await;
     history_flows(&app, &mut other).await;
 
-    let row = app.finished_run(&ok).await;
+    let row = app.admin.finished_run(&ok).await;
     assert_eq!(row["status"], "succeeded", "{row}");
     assert_eq!(row["bodies"]["response"], "before␀after", "{row}");
-    let row = app.finished_run(&failed).await;
+    let row = app.admin.finished_run(&failed).await;
     assert_eq!(row["status"], "failed", "{row}");
     assert_eq!(row["bodies"]["response"], "bad␀input", "{row}");
-    let row = app.finished_run(&unknown).await;
+    let row = app.admin.finished_run(&unknown).await;
     assert_eq!(row["status"], "rejected", "{row}");
     assert_eq!(row["tool_name"], "no␀pe", "{row}");
 }
@@ -159,17 +147,17 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
     let (_, mut other) = other_project(&app, &upstream).await;
     history_flows(&app, &mut other).await;
     poison::wait_for_dead_letters(&app, 2).await;
-    let (_, health) = app.admin_get("/v1/health").await;
+    let (_, health) = app.admin.get("/v1/health").await;
     assert_eq!(health["dead_letters"], 2, "{health}");
 
     // The runs say their history is incomplete, and why.
-    let (status, run) = app.admin_get(&format!("/v1/runs/{fixable}")).await;
+    let (status, run) = app.admin.get(&format!("/v1/runs/{fixable}")).await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "accepted", "{run}");
     let why = run["history_error"].as_str().expect("history_error");
     assert!(why.starts_with("an event of this run could not be recorded: "), "{why}");
     assert!(why.contains(poison::CONSTRAINT), "{why}");
-    let (_, list) = app.admin_get(&format!("/v1/projects/{}/runs", app.project_id)).await;
+    let (_, list) = app.admin.get(&format!("/v1/projects/{}/runs", app.project_id)).await;
     let listed = list["runs"]
         .as_array()
         .expect("runs")
@@ -178,7 +166,7 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
         .cloned()
         .expect("listed");
     assert_eq!(listed["history_error"], run["history_error"]);
-    let (status, run) = app.admin_get(&format!("/v1/runs/{garbage}")).await;
+    let (status, run) = app.admin.get(&format!("/v1/runs/{garbage}")).await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "unrecorded", "{run}");
     assert_eq!(run["project_id"], json!(app.project_id), "{run}");
@@ -190,14 +178,8 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
     );
     // Its integration, tool and member are unknown: a whole-project reader (a `read`
     // key) sees it, a `call` key (scoped to its integration and tools) does not.
-    let (status, reader) = app
-        .admin_post(
-            &format!("/v1/projects/{}/api-keys", app.project_id),
-            json!({"name": "reader", "scopes": ["read"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{reader}");
-    for (key, expected) in [(reader["key"].as_str().expect("key"), 200), (app.api_key.as_str(), 404)] {
+    let reader = app.admin.create_api_key(app.project_id, &["read"]).await;
+    for (key, expected) in [(reader.key.as_str(), 200), (app.api_key.as_str(), 404)] {
         let unrecorded = app
             .http
             .get(format!("{}/v1/runs/{garbage}", app.base_url))
@@ -227,7 +209,7 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
     tengine_projector::dead_letters::reapply(&app.pool, close_after, ids[0].0)
         .await
         .expect("reapplied");
-    let run = app.finished_run(&fixable.to_string()).await;
+    let run = app.admin.finished_run(&fixable.to_string()).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["error"], "poison", "{run}");
     assert_eq!(run["history_error"], Value::Null, "{run}");
@@ -237,7 +219,7 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
         .await
         .expect_err("garbage stays garbage");
     assert!(undecodable.to_string().contains("decode"), "{undecodable}");
-    let (_, health) = app.admin_get("/v1/health").await;
+    let (_, health) = app.admin.get("/v1/health").await;
     assert_eq!(health["dead_letters"], 1, "{health}");
 }
 
@@ -245,8 +227,9 @@ async fn a_poison_event_is_dead_lettered_and_the_projector_goes_on() {
 async fn the_admin_api_refuses_nul_and_control_characters() {
     let app = spawn_app().await;
     let p = app.project_id;
-    let tool = json!({"name": "t", "input_schema": {"type": "object", "properties": {"a\u{0}": {}}},
-                      "base_url": "https://api.example.com", "http_method": "GET", "endpoint_path": "/"});
+    let tool = ToolSpec::get("t", "https://api.example.com", "/")
+        .schema(json!({"type": "object", "properties": {"a\u{0}": {}}}))
+        .json();
     let cases: Vec<(reqwest::Method, String, Value, &str)> = vec![
         (
             reqwest::Method::POST,
@@ -299,14 +282,15 @@ async fn the_admin_api_refuses_nul_and_control_characters() {
     ];
     for (method, path, body, field) in cases {
         let (status, answer) = app
-            .admin(method.clone(), &path, (!body.is_null()).then_some(body.clone()))
+            .admin
+            .request(method.clone(), &path, (!body.is_null()).then_some(body.clone()))
             .await;
         assert_eq!(status, 422, "{method} {path} {body}: {answer}");
         assert_eq!(answer["error"]["code"], "invalid_field", "{answer}");
         assert_eq!(answer["error"]["field"], field, "{answer}");
     }
     // A NUL is named as such.
-    let (_, answer) = app.admin_post("/v1/projects", json!({"nested": {"k": "\u{0}"}})).await;
+    let (_, answer) = app.admin.post("/v1/projects", json!({"nested": {"k": "\u{0}"}})).await;
     assert_eq!(answer["error"]["field"], "nested.k", "{answer}");
     assert!(
         answer["error"]["message"].as_str().is_some_and(|m| m.contains("NUL")),
@@ -314,10 +298,11 @@ async fn the_admin_api_refuses_nul_and_control_characters() {
     );
     // An escaped backslash before `u0000` is no NUL.
     let (status, answer) = app
-        .admin_post("/v1/projects", json!({"name": "C:\\u0000 folder"}))
+        .admin
+        .post("/v1/projects", json!({"name": "C:\\u0000 folder"}))
         .await;
     assert_eq!(status, 201, "{answer}");
     // Lookups with a NUL find nothing rather than failing.
-    let (status, answer) = app.admin_get(&format!("/v1/projects/{p}/tools/a%00b")).await;
+    let (status, answer) = app.admin.get(&format!("/v1/projects/{p}/tools/a%00b")).await;
     assert_eq!(status, 404, "{answer}");
 }

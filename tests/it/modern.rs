@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{ModernClient, run_id},
     spawn_app, spawn_app_with,
     upstream::Upstream,
@@ -20,9 +20,9 @@ fn client(app: &TestApp) -> ModernClient {
 
 async fn echo_tool(app: &TestApp, upstream: &Upstream, name: &str, path: &str) {
     app.create_tool(
-        json!({"name": name, "description": name, "input_schema": {"type": "object"},
-                           "base_url": upstream.url(), "http_method": "POST", "endpoint_path": path,
-                           "timeout_ms": 15000}),
+        ToolSpec::post(name, &upstream.url(), path)
+            .description(name)
+            .timeout_ms(15000),
     )
     .await;
 }
@@ -67,7 +67,7 @@ async fn discover_lists_and_calls_without_a_session() {
     assert_eq!(result["isError"], false, "{result}");
     assert_eq!(result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "tengine");
     assert!(result["_meta"]["tengine.dev/runId"].is_string());
-    let run = app.finished_run(&run_id(result)).await;
+    let run = app.admin.finished_run(&run_id(result)).await;
     assert_eq!(run["status"], "succeeded");
 
     // Removed methods, unknown ones and methods of other features: 404, -32601.
@@ -228,11 +228,7 @@ async fn a_subscription_hears_of_tool_changes() {
         "listen-1"
     );
 
-    app.create_tool(
-        json!({"name": "added", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("added", &upstream.url(), "/echo")).await;
     buffer.clear();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let changed = loop {
@@ -308,7 +304,7 @@ async fn a_call_reissued_after_its_stream_broke_gets_the_first_runs_outcome() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let result = &reply.body["result"];
     assert_eq!(result["isError"], false, "the first run's outcome: {result}");
-    let run = app.finished_run(&run_id(result)).await;
+    let run = app.admin.finished_run(&run_id(result)).await;
     assert_eq!(run["status"], "succeeded");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(upstream.requests().len(), 1, "the API saw one request");
@@ -357,7 +353,8 @@ async fn closing_the_stream_of_a_queued_call_cancels_it() {
     let writes = upstream.requests().iter().filter(|r| r.path == "/echo").count();
     assert_eq!(writes, 0, "the cancelled call never reached the API");
     let (_, runs) = app
-        .admin_get(&format!("/v1/projects/{}/runs?tool=write", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/runs?tool=write", app.project_id))
         .await;
     assert_eq!(runs["runs"][0]["status"], "cancelled", "{runs}");
     let cancelled = runs["runs"][0]["run_id"].as_str().expect("run id").to_string();

@@ -2,7 +2,7 @@
 //! and `/metrics` scrapes and parses as Prometheus text.
 
 use serde_json::{Value, json};
-use tengine_tests::{TestApp, mcp::RawSession, spawn_app, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, mcp::RawSession, spawn_app, upstream::Upstream};
 
 /// `00-<trace id>-<parent span id>-<flags>` split into its parts.
 fn traceparent_parts(value: &str) -> (String, String, String) {
@@ -40,9 +40,7 @@ async fn call_with(session: &RawSession, app: &TestApp, id: i64, extra: &[(&str,
 async fn echo_app() -> (TestApp, Upstream, RawSession) {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(json!({"name": "echo", "input_schema": {"type": "object"},
-                           "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/echo"}))
-        .await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
     let mut session = app.session();
     session.initialize().await;
     (app, upstream, session)
@@ -135,7 +133,7 @@ async fn metrics_scrape_and_parse() {
     // The recorder is per process and tests share it: compare before and after.
     let before = scrape(&app).await;
     let run = tengine_tests::mcp::run_id(&call_with(&session, &app, 5, &[]).await["result"]);
-    app.finished_run(&run).await;
+    app.admin.finished_run(&run).await;
     let after = scrape(&app).await;
 
     let grew = |name: &str, label: Option<(&str, &str)>| {
@@ -199,7 +197,7 @@ async fn operator_endpoints_are_apart_from_clients() {
         .await
         .expect("json");
     assert_eq!(anonymous, serde_json::json!({"status": "ok", "service": "ingress"}));
-    let (status, detailed) = app.admin_get("/v1/health").await;
+    let (status, detailed) = app.admin.get("/v1/health").await;
     assert_eq!(status, 200);
     for field in ["database", "nats", "projector_lag_events", "dead_letters", "version"] {
         assert!(detailed.get(field).is_some(), "{field} in {detailed}");

@@ -8,22 +8,15 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{RawSession, run_id, text},
     spawn_app, spawn_app_with,
     upstream::{Upstream, binary_body},
 };
 
-fn post_tool(name: &str, upstream: &Upstream, path: &str) -> Value {
-    json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
-           "http_method": "POST", "endpoint_path": path, "timeout_ms": 10000})
-}
-
-/// A POST tool whose API answers with the fixed query parameters `query`.
-fn post_tool_with(name: &str, upstream: &Upstream, path: &str, query: Value) -> Value {
-    let mut tool = post_tool(name, upstream, path);
-    tool["query_template"] = query;
-    tool
+/// A POST tool with room for large answers (10 s).
+fn post_tool(name: &str, upstream: &Upstream, path: &str) -> ToolSpec {
+    ToolSpec::post(name, &upstream.url(), path).timeout_ms(10000)
 }
 
 /// Requests the upstream received on paths starting with `prefix`, after the
@@ -43,13 +36,8 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
     let upstream = Upstream::spawn(None).await;
     app.create_tool(post_tool("download", &upstream, "/binary/400000"))
         .await;
-    app.create_tool(post_tool_with(
-        "picture",
-        &upstream,
-        "/binary/200000",
-        json!({"type": "image/png"}),
-    ))
-    .await;
+    app.create_tool(post_tool("picture", &upstream, "/binary/200000").query_template(json!({"type": "image/png"})))
+        .await;
     let mut session = app.session();
     session.initialize().await;
 
@@ -61,7 +49,7 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
         note.contains("application/octet-stream") && note.contains("400000 bytes"),
         "{note}"
     );
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["response_truncated"], true, "{run}");
     assert_eq!(run["response_size"], 400000, "{run}");
@@ -81,7 +69,7 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
         .decode(block["data"].as_str().expect("base64 data"))
         .expect("valid base64");
     assert_eq!(data, binary_body(200000), "the bytes arrive unchanged");
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["response_truncated"], false, "{run}");
     assert_eq!(run["response_size"], 200000, "{run}");
 }
@@ -90,19 +78,14 @@ async fn a_large_binary_response_is_kept_in_part_and_the_api_is_called_once() {
 async fn a_binary_response_under_the_default_limit_runs_once() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(post_tool_with(
-        "picture",
-        &upstream,
-        "/binary/400000",
-        json!({"type": "image/png"}),
-    ))
-    .await;
+    app.create_tool(post_tool("picture", &upstream, "/binary/400000").query_template(json!({"type": "image/png"})))
+        .await;
     let mut session = app.session();
     session.initialize().await;
 
     let result = session.call("picture", json!({})).await;
     assert_eq!(result["content"][0]["type"], "image", "{result}");
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["response_size"], 400000, "{run}");
     assert_eq!(calls_to(&upstream, "/binary/").await, 1, "the API was called once");
@@ -113,11 +96,8 @@ async fn a_near_one_mib_response_with_stored_bodies_runs_once() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"store_bodies": true, "body_max_bytes": 1048576})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true, "body_max_bytes": 1048576}))
         .await;
     assert_eq!(status, 200, "{body}");
     app.create_tool(post_tool("export", &upstream, "/json/1000000")).await;
@@ -133,7 +113,7 @@ async fn a_near_one_mib_response_with_stored_bodies_runs_once() {
         &answer[..answer.len().min(200)]
     );
     assert!(answer.contains("1000000 bytes"), "the model is told the body was cut");
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "succeeded", "{}", run["status"]);
     assert_eq!(run["response_truncated"], true);
     assert_eq!(run["response_size"], 1000000);
@@ -152,8 +132,9 @@ async fn an_endless_retry_after_ends_the_run_cleanly() {
         ("date", "Fri, 31 Dec 9999 23:59:59 GMT"),
     ];
     for (tool, value) in forms {
-        let mut spec = post_tool_with(tool, &upstream, "/retry-after", json!({"value": value, "tool": tool}));
-        spec["retry"] = retry.clone();
+        let spec = post_tool(tool, &upstream, "/retry-after")
+            .query_template(json!({"value": value, "tool": tool}))
+            .retry(retry.clone());
         app.create_tool(spec).await;
     }
     let mut session = app.session();
@@ -162,7 +143,7 @@ async fn an_endless_retry_after_ends_the_run_cleanly() {
     for (tool, _) in forms {
         let result = session.call(tool, json!({})).await;
         assert_eq!(result["isError"], true, "{result}");
-        let run = app.finished_run(&run_id(&result)).await;
+        let run = app.admin.finished_run(&run_id(&result)).await;
         assert_eq!(run["status"], "failed", "{run}");
         assert_eq!(run["http_status"], 503, "{run}");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -208,37 +189,28 @@ async fn a_credential_revoked_between_attempts_stops_the_run() {
     app.create_tool(post_tool("refund", &upstream, "/flaky/1/502")).await;
 
     let result = revoked_between_attempts(&app, &app.api_key, &upstream, "charge", "/flaky/1/503", async || {
-        let (status, body) = app
-            .admin(
-                reqwest::Method::DELETE,
-                &format!("/v1/projects/{}/api-keys/{}", app.project_id, app.api_key_id),
-                None,
-            )
-            .await;
+        let (status, body) = app.admin.revoke_api_key(app.project_id, app.api_key_id).await;
         assert_eq!(status, 204, "{body}");
     })
     .await;
     assert_eq!(result["isError"], true, "{result}");
     assert_eq!(result["_meta"]["tengine.dev/status"], "revoked", "{result}");
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "revoked", "{run}");
     assert_eq!(run["attempts"], 1, "{run}");
     assert_eq!(calls_to(&upstream, "/flaky/1/503").await, 1, "the API saw one request");
 
     // A tool disabled between attempts stops its run too (a fresh key calls it).
-    let (_, key) = app.create_api_key(app.project_id).await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await.key;
     let result = revoked_between_attempts(&app, &key, &upstream, "refund", "/flaky/1/502", async || {
         let (status, body) = app
-            .admin(
-                reqwest::Method::PATCH,
-                &format!("/v1/projects/{}/tools/refund", app.project_id),
-                Some(json!({"enabled": false})),
-            )
+            .admin
+            .patch_tool(app.project_id, "refund", json!({"enabled": false}))
             .await;
         assert_eq!(status, 200, "{body}");
     })
     .await;
-    let run = app.finished_run(&run_id(&result)).await;
+    let run = app.admin.finished_run(&run_id(&result)).await;
     assert_eq!(run["status"], "revoked", "{run}");
     assert_eq!(calls_to(&upstream, "/flaky/1/502").await, 1, "the API saw one request");
 }

@@ -6,21 +6,22 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tengine_tests::{
+    ToolSpec,
     mcp::{ACCEPT_BOTH, RawSession, parse_sse, run_id, text},
     spawn_app, spawn_app_with,
     upstream::Upstream,
 };
 
-fn tool(name: &str, base: &str, method: &str, path: &str) -> Value {
-    json!({"name": name, "description": "d", "input_schema": {"type": "object"},
-           "base_url": base, "http_method": method, "endpoint_path": path, "timeout_ms": 5000})
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_and_logs_arrive_on_an_sse_answer_before_the_result() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("echo", &upstream.url(), "POST", "/echo")).await;
+    app.create_tool(
+        ToolSpec::post("echo", &upstream.url(), "/echo")
+            .description("d")
+            .timeout_ms(5000),
+    )
+    .await;
     let mut session = app.session();
     session.initialize().await;
     let level = session.request("logging/setLevel", json!({"level": "info"})).await;
@@ -84,7 +85,12 @@ async fn get_stream_announces_tool_changes_and_delete_ends_the_session() {
     assert_eq!(stream.status().as_u16(), 200);
     // Let the stream subscribe before the change.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    app.create_tool(tool("new_tool", &upstream.url(), "POST", "/x")).await;
+    app.create_tool(
+        ToolSpec::post("new_tool", &upstream.url(), "/x")
+            .description("d")
+            .timeout_ms(5000),
+    )
+    .await;
     let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
         .await
         .expect("a notification within 5 s")
@@ -111,8 +117,12 @@ async fn a_cancelled_queued_call_is_never_executed() {
     // One worker slot: the second call waits in the queue behind the first.
     let app = spawn_app_with(&[("worker.concurrency", "1")]).await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/4000"))
-        .await;
+    app.create_tool(
+        ToolSpec::get("slow", &upstream.url(), "/slow/4000")
+            .description("d")
+            .timeout_ms(5000),
+    )
+    .await;
     let mut first = app.session();
     first.initialize().await;
     let mut second = app.session();
@@ -144,11 +154,15 @@ async fn a_cancelled_queued_call_is_never_executed() {
     // Wait for the worker to reach the cancelled command, then check it was skipped.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, runs) = app
-        .admin_get(&format!("/v1/projects/{}/runs?status=cancelled", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/runs?status=cancelled", app.project_id))
         .await;
     let cancelled = runs["runs"].as_array().expect("runs");
     assert_eq!(cancelled.len(), 1, "{runs}");
-    let run = app.finished_run(cancelled[0]["run_id"].as_str().expect("id")).await;
+    let run = app
+        .admin
+        .finished_run(cancelled[0]["run_id"].as_str().expect("id"))
+        .await;
     assert_eq!(run["status"], "cancelled");
     assert_eq!(upstream.requests().len(), 1, "the cancelled call never reached the API");
 }
@@ -157,7 +171,12 @@ async fn a_cancelled_queued_call_is_never_executed() {
 async fn a_lost_stream_resumes_with_last_event_id() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("slow", &upstream.url(), "GET", "/slow/800")).await;
+    app.create_tool(
+        ToolSpec::get("slow", &upstream.url(), "/slow/800")
+            .description("d")
+            .timeout_ms(5000),
+    )
+    .await;
     let mut session = app.session();
     session.initialize().await;
     let sid = session.session_id.clone().expect("session");
@@ -204,19 +223,32 @@ async fn a_lost_stream_resumes_with_last_event_id() {
 async fn response_modes_map_json_and_mcp_bodies() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    let mut json_tool = tool("as_json", &upstream.url(), "POST", "/anything");
-    json_tool["response_mode"] = json!("json");
-    json_tool["output_schema"] =
-        json!({"type": "object", "required": ["method"], "properties": {"method": {"type": "string"}}});
-    json_tool["title"] = json!("As JSON");
-    json_tool["annotations"] = json!({"readOnlyHint": true, "openWorldHint": false});
-    app.create_tool(json_tool).await;
-    let mut bad_json = tool("bad_json", &upstream.url(), "POST", "/status/200");
-    bad_json["response_mode"] = json!("json");
-    app.create_tool(bad_json).await;
-    let mut mcp_tool = tool("as_mcp", &upstream.url(), "POST", "/status/200");
-    mcp_tool["response_mode"] = json!("mcp");
-    app.create_tool(mcp_tool).await;
+    app.create_tool(
+        ToolSpec::post("as_json", &upstream.url(), "/anything")
+            .description("d")
+            .timeout_ms(5000)
+            .response_mode("json")
+            .output_schema(
+                json!({"type": "object", "required": ["method"], "properties": {"method": {"type": "string"}}}),
+            )
+            .title("As JSON")
+            .annotations(json!({"readOnlyHint": true, "openWorldHint": false})),
+    )
+    .await;
+    app.create_tool(
+        ToolSpec::post("bad_json", &upstream.url(), "/status/200")
+            .description("d")
+            .timeout_ms(5000)
+            .response_mode("json"),
+    )
+    .await;
+    app.create_tool(
+        ToolSpec::post("as_mcp", &upstream.url(), "/status/200")
+            .description("d")
+            .timeout_ms(5000)
+            .response_mode("mcp"),
+    )
+    .await;
 
     let mut session = app.session();
     session.initialize().await;
@@ -246,10 +278,10 @@ async fn response_modes_map_json_and_mcp_bodies() {
     assert!(run_id(&not_mcp).len() > 10);
 
     let (status, body) = app
-        .admin_post(
-            &format!("/v1/projects/{}/tools", app.project_id),
-            json!({"name": "x", "input_schema": {"type": "object"}, "base_url": upstream.url(), "http_method": "GET",
-                   "endpoint_path": "/", "output_schema": {"type": "object"}}),
+        .admin
+        .try_create_tool(
+            app.project_id,
+            ToolSpec::get("x", &upstream.url(), "/").output_schema(json!({"type": "object"})),
         )
         .await;
     assert_eq!(status, 422, "an output schema needs a structured response mode: {body}");
@@ -299,8 +331,12 @@ async fn bad_log_levels_and_completion() {
 async fn upstream_progress_is_forwarded() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(tool("long_job", &upstream.url(), "POST", "/ndjson"))
-        .await;
+    app.create_tool(
+        ToolSpec::post("long_job", &upstream.url(), "/ndjson")
+            .description("d")
+            .timeout_ms(5000),
+    )
+    .await;
     let mut session = app.session();
     session.initialize().await;
     let reply = session
@@ -368,7 +404,7 @@ async fn open_streams_are_limited_per_key() {
         "{body}"
     );
     // Another key of the project has its own slots.
-    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let other_key = app.admin.create_api_key(app.project_id, &[]).await.key;
     let mut other = tengine_tests::mcp::RawSession::new(app.http.clone(), app.mcp_url.clone(), other_key.clone());
     other.initialize().await;
     let other_sid = other.session_id.clone().expect("session");

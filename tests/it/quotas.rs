@@ -5,7 +5,7 @@ use chrono::{Datelike, Timelike};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{ACCEPT_BOTH, RawSession, run_id},
     spawn_app,
     upstream::Upstream,
@@ -37,23 +37,6 @@ async fn call(app: &TestApp, url: &str, key: &str, session: &str, id: u64, idem:
     reply.body
 }
 
-async fn echo_tool(app: &TestApp, upstream: &Upstream) {
-    app.create_tool(
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
-}
-
-async fn patch_project(app: &TestApp, body: Value) -> (u16, Value) {
-    app.admin(
-        reqwest::Method::PATCH,
-        &format!("/v1/projects/{}", app.project_id),
-        Some(body),
-    )
-    .await
-}
-
 async fn session_id(app: &TestApp, url: &str, key: &str) -> String {
     let mut session = RawSession::new(app.http.clone(), url.to_string(), key.to_string());
     session.initialize().await;
@@ -64,13 +47,19 @@ async fn session_id(app: &TestApp, url: &str, key: &str) -> String {
 async fn a_monthly_limit_holds_across_ingress_instances() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    echo_tool(&app, &upstream).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
     const LIMIT: usize = 5;
     const CALLS: usize = 14;
 
-    let (status, project) = patch_project(&app, json!({"monthly_call_limit": -1})).await;
+    let (status, project) = app
+        .admin
+        .patch_project(app.project_id, json!({"monthly_call_limit": -1}))
+        .await;
     assert_eq!(status, 422, "{project}");
-    let (status, project) = patch_project(&app, json!({"monthly_call_limit": LIMIT})).await;
+    let (status, project) = app
+        .admin
+        .patch_project(app.project_id, json!({"monthly_call_limit": LIMIT}))
+        .await;
     assert_eq!(status, 200, "{project}");
     assert_eq!(project["monthly_call_limit"], json!(LIMIT));
     assert_eq!(project["member_calls_per_minute"], Value::Null);
@@ -135,14 +124,17 @@ async fn a_monthly_limit_holds_across_ingress_instances() {
     // Refusals are in run history as rejected runs.
     for reply in &refused {
         let run = reply["error"]["data"]["tengine.dev/runId"].as_str().expect("run id");
-        let run = app.finished_run(run).await;
+        let run = app.admin.finished_run(run).await;
         assert_eq!(run["status"], "rejected");
         assert_eq!(run["error_class"], "quota_exceeded");
     }
     assert_eq!(upstream.requests().len(), LIMIT, "the API saw only admitted calls");
 
     // Raising the limit admits calls again; null removes it.
-    let (status, _) = patch_project(&app, json!({"monthly_call_limit": null})).await;
+    let (status, _) = app
+        .admin
+        .patch_project(app.project_id, json!({"monthly_call_limit": null}))
+        .await;
     assert_eq!(status, 200);
     let more = call(&app, &urls[0], &app.api_key, &sessions[0], 200, None).await;
     assert_eq!(more["result"]["isError"], json!(false), "{more}");
@@ -153,8 +145,11 @@ async fn a_monthly_limit_holds_across_ingress_instances() {
 async fn a_rate_limit_applies_per_caller() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    echo_tool(&app, &upstream).await;
-    let (status, body) = patch_project(&app, json!({"member_calls_per_minute": 2})).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
+    let (status, body) = app
+        .admin
+        .patch_project(app.project_id, json!({"member_calls_per_minute": 2}))
+        .await;
     assert_eq!(status, 200, "{body}");
     // All calls of this test must fall in one minute window.
     let second_of_minute = chrono::Utc::now().second();
@@ -176,7 +171,7 @@ async fn a_rate_limit_applies_per_caller() {
         "{refused}"
     );
     // Another key of the project has its own budget.
-    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let other_key = app.admin.create_api_key(app.project_id, &[]).await.key;
     let other_session = session_id(&app, &app.mcp_url, &other_key).await;
     let other = call(&app, &app.mcp_url, &other_key, &other_session, 1, None).await;
     assert_eq!(other["result"]["isError"], json!(false), "{other}");

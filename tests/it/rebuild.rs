@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use sqlx::types::Json;
-use tengine_tests::{TestApp, mcp::run_id, spawn_app, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, mcp::run_id, spawn_app, upstream::Upstream};
 
 /// Every projected row, as JSON, in a stable order (`updated_at` and
 /// `processed_at` are wall-clock times of the write, not history).
@@ -25,21 +25,6 @@ async fn snapshot(app: &TestApp) -> Vec<(String, Vec<Value>)> {
     out
 }
 
-async fn wait_for_projector(app: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (_, health) = app.admin_get("/v1/health").await;
-        if health["projector_lag_events"] == json!(0) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the projector did not catch up: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuild_reproduces_history_and_usage() {
     let app = spawn_app().await;
@@ -50,10 +35,12 @@ async fn a_rebuild_reproduces_history_and_usage() {
         ("boom", "/status/500", 1),
         ("flaky", "/flaky/2/503", 3),
     ] {
-        app.create_tool(json!({"name": name, "input_schema": schema, "base_url": upstream.url(),
-                               "http_method": "POST", "endpoint_path": path,
-                               "retry": {"max_attempts": attempts, "initial_backoff_ms": 10}}))
-            .await;
+        app.create_tool(
+            ToolSpec::post(name, &upstream.url(), path)
+                .schema(schema.clone())
+                .retry(json!({"max_attempts": attempts, "initial_backoff_ms": 10})),
+        )
+        .await;
     }
     let mut session = app.session();
     session.initialize().await;
@@ -67,9 +54,9 @@ async fn a_rebuild_reproduces_history_and_usage() {
     assert_eq!(flaky["isError"], json!(false), "succeeds on the third attempt: {flaky}");
     runs.push(run_id(&flaky));
     for run in &runs {
-        app.finished_run(run).await;
+        app.admin.finished_run(run).await;
     }
-    wait_for_projector(&app).await;
+    app.admin.wait_for_projector().await;
     let before = snapshot(&app).await;
     assert_eq!(before[0].1.len(), 6, "six runs");
     assert!(before[1].1.len() >= 7, "attempts, retries included: {:?}", before[1].1);
@@ -116,9 +103,9 @@ async fn a_rebuild_reproduces_history_and_usage() {
 
     // The live projector goes on from the rebuilt checkpoint.
     let later = run_id(&session.call("ok", json!({"n": 9})).await);
-    let run = app.finished_run(&later).await;
+    let run = app.admin.finished_run(&later).await;
     assert_eq!(run["status"], "succeeded");
-    wait_for_projector(&app).await;
+    app.admin.wait_for_projector().await;
     let (calls,): (i64,) = sqlx::query_as("SELECT sum(calls)::bigint FROM usage_hourly")
         .fetch_one(&app.pool)
         .await

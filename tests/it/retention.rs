@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 use tengine_core::envelope::{Caller, EventEnvelope, RunEvent};
 use tengine_projector::retention::{self, partition_name, uuid_day};
-use tengine_tests::{TestApp, mcp::run_id, spawn_app, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, mcp::run_id, spawn_app, upstream::Upstream};
 use uuid::Uuid;
 
 /// A UUIDv7 from `at`.
@@ -52,36 +52,27 @@ async fn partitions(app: &TestApp, table: &str) -> BTreeSet<String> {
     rows.into_iter().map(|(n,)| n).collect()
 }
 
-async fn wait_for_projector(app: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (_, health) = app.admin_get("/v1/health").await;
-        if health["projector_lag_events"] == json!(0) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the projector lags: {health}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_days_are_dropped_whole_and_usage_stays() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
     for (name, path) in [("ok", "/echo"), ("boom", "/status/500")] {
-        app.create_tool(json!({"name": name, "input_schema": schema, "base_url": upstream.url(),
-                               "http_method": "POST", "endpoint_path": path, "retry": {"max_attempts": 1}}))
-            .await;
+        app.create_tool(
+            ToolSpec::post(name, &upstream.url(), path)
+                .schema(schema.clone())
+                .retry(json!({"max_attempts": 1})),
+        )
+        .await;
     }
     let mut session = app.session();
     session.initialize().await;
     let ok = run_id(&session.call("ok", json!({"n": 1})).await);
     let boom = run_id(&session.call("boom", json!({})).await);
     for run in [&ok, &boom] {
-        app.finished_run(run).await;
+        app.admin.finished_run(run).await;
     }
-    wait_for_projector(&app).await;
+    app.admin.wait_for_projector().await;
 
     // The reader's SQL function and the projector's Rust copy agree.
     let now = Utc::now();
@@ -126,7 +117,7 @@ async fn expired_days_are_dropped_whole_and_usage_stays() {
             "{table} of {old_day}"
         );
     }
-    let (status, run) = app.admin_get(&format!("/v1/runs/{old_run}")).await;
+    let (status, run) = app.admin.get(&format!("/v1/runs/{old_run}")).await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "rejected");
 
@@ -203,14 +194,15 @@ async fn expired_days_are_dropped_whole_and_usage_stays() {
 
     // Dropped history is gone; recent history is whole and still filterable.
     for gone in [old_run, older_run] {
-        let (status, _) = app.admin_get(&format!("/v1/runs/{gone}")).await;
+        let (status, _) = app.admin.get(&format!("/v1/runs/{gone}")).await;
         assert_eq!(status, 404, "{gone}");
     }
-    let run = app.finished_run(&ok).await;
+    let run = app.admin.finished_run(&ok).await;
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["attempt_details"].as_array().map(Vec::len), Some(1), "{run}");
     let (status, listed) = app
-        .admin_get(&format!("/v1/projects/{}/runs?tool=boom&status=failed", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/runs?tool=boom&status=failed", app.project_id))
         .await;
     assert_eq!(status, 200, "{listed}");
     let listed: Vec<&str> = listed["runs"]
@@ -220,7 +212,7 @@ async fn expired_days_are_dropped_whole_and_usage_stays() {
         .filter_map(|r| r["run_id"].as_str())
         .collect();
     assert_eq!(listed, vec![boom.as_str()]);
-    let (_, all) = app.admin_get(&format!("/v1/projects/{}/runs", app.project_id)).await;
+    let (_, all) = app.admin.get(&format!("/v1/projects/{}/runs", app.project_id)).await;
     assert_eq!(all["runs"].as_array().map(Vec::len), Some(2), "{all}");
 
     // A pass with nothing expired drops nothing; 0 keeps everything.
@@ -241,7 +233,7 @@ async fn expired_days_are_dropped_whole_and_usage_stays() {
 
     // The projector goes on.
     let later = run_id(&session.call("ok", json!({"n": 2})).await);
-    assert_eq!(app.finished_run(&later).await["status"], "succeeded");
+    assert_eq!(app.admin.finished_run(&later).await["status"], "succeeded");
 }
 
 /// The migration that partitions history keeps every existing row, on its day.

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{ACCEPT_BOTH, RawSession, run_id},
     spawn_app,
     upstream::Upstream,
@@ -34,11 +34,8 @@ async fn call_with_key(app: &TestApp, url: &str, session: &str, key: &str, id: u
 async fn a_retried_call_runs_once() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/slow/600", "timeout_ms": 5000}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("write", &upstream.url(), "/slow/600").timeout_ms(5000))
+        .await;
     let second = app.spawn_ingress(None).await;
     let mut session = app.session();
     session.initialize().await;
@@ -86,7 +83,7 @@ async fn a_retried_call_runs_once() {
     assert_eq!(upstream.requests().len(), 2);
 
     // A key belongs to its credential: another API key's "order-1" is another call.
-    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let other_key = app.admin.create_api_key(app.project_id, &[]).await.key;
     let mut other = RawSession::new(app.http.clone(), url_a.clone(), other_key.clone());
     other.initialize().await;
     let other_sid = other.session_id.clone().expect("session");
@@ -123,8 +120,9 @@ async fn the_worker_retries_only_what_is_safe() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let tool = |name: &str, method: &str, path: &str, retry: Value| {
-        json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
-               "http_method": method, "endpoint_path": path, "timeout_ms": 300, "retry": retry})
+        ToolSpec::new(name, method, &upstream.url(), path)
+            .timeout_ms(300)
+            .retry(retry)
     };
     let fast = json!({"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 50});
     app.create_tool(tool("unavailable", "POST", "/flaky/2/503", fast.clone()))
@@ -176,7 +174,7 @@ async fn the_worker_retries_only_what_is_safe() {
         .map(|r| r.header("x-tengine-timestamp").unwrap_or_default().to_string())
         .collect();
     assert!(stamps.len() >= 2, "each attempt is signed afresh");
-    let run = app.finished_run(&run_id(&ok)).await;
+    let run = app.admin.finished_run(&run_id(&ok)).await;
     assert_eq!(run["attempts"], 3);
     let details = run["attempt_details"].as_array().expect("attempts");
     assert_eq!(
@@ -190,23 +188,21 @@ async fn the_worker_retries_only_what_is_safe() {
     // 500 is not retried.
     let broken = session.call("broken", json!({})).await;
     assert_eq!(broken["isError"], true);
-    assert_eq!(app.finished_run(&run_id(&broken)).await["attempts"], 1);
+    assert_eq!(app.admin.finished_run(&run_id(&broken)).await["attempts"], 1);
 
     // A timed-out POST may have written: not retried. A GET is.
     let post = session.call("slow_post", json!({})).await;
-    assert_eq!(app.finished_run(&run_id(&post)).await["attempts"], 1);
+    assert_eq!(app.admin.finished_run(&run_id(&post)).await["attempts"], 1);
     let get = session.call("slow_get", json!({})).await;
-    let run = app.finished_run(&run_id(&get)).await;
+    let run = app.admin.finished_run(&run_id(&get)).await;
     assert_eq!(
         (run["attempts"].as_i64(), run["error_class"].as_str()),
         (Some(2), Some("timeout"))
     );
 
     let (status, body) = app
-        .admin_post(
-            &format!("/v1/projects/{}/tools", app.project_id),
-            tool("bad", "GET", "/x", json!({"max_attempts": 50})),
-        )
+        .admin
+        .try_create_tool(app.project_id, tool("bad", "GET", "/x", json!({"max_attempts": 50})))
         .await;
     assert_eq!(status, 422, "{body}");
 }
@@ -225,11 +221,8 @@ async fn an_unconfirmed_call_keeps_its_key_until_it_is_an_orphan() {
     .await;
     let upstream = Upstream::spawn(None).await;
     for (name, path) in [("write", "/echo"), ("slow", "/slow/7000")] {
-        app.create_tool(
-            json!({"name": name, "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                               "http_method": "POST", "endpoint_path": path, "timeout_ms": 10000}),
-        )
-        .await;
+        app.create_tool(ToolSpec::post(name, &upstream.url(), path).timeout_ms(10000))
+            .await;
     }
     let mut busy = app.session();
     busy.initialize().await;
@@ -288,17 +281,10 @@ async fn an_unconfirmed_call_keeps_its_key_until_it_is_an_orphan() {
 async fn a_retry_while_the_first_call_is_held_before_queueing_runs_once() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("write", &upstream.url(), "/echo")).await;
     let (status, body) = app
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/v1/projects/{}", app.project_id),
-            Some(json!({"monthly_call_limit": 1000})),
-        )
+        .admin
+        .patch_project(app.project_id, json!({"monthly_call_limit": 1000}))
         .await;
     assert_eq!(status, 200, "{body}");
     let mut session = app.session();
@@ -385,18 +371,14 @@ async fn a_retry_while_the_first_call_is_held_before_queueing_runs_once() {
 async fn a_retry_after_the_event_log_rolled_past_the_run_gets_its_recorded_outcome() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "write", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("write", &upstream.url(), "/echo")).await;
     let mut session = app.session();
     session.initialize().await;
     let sid = session.session_id.clone().expect("session");
     let first = call_with_key(&app, &app.mcp_url, &sid, "order-9", 1, json!({"amount": 9})).await;
     assert_eq!(first["result"]["isError"], false, "{first}");
     let run = run_id(&first["result"]);
-    app.finished_run(&run).await;
+    app.admin.finished_run(&run).await;
 
     // The log rolls past the run (its limits, or an operator's purge).
     let js = async_nats::jetstream::new(async_nats::connect(tengine_tests::nats_url()).await.expect("nats"));

@@ -9,7 +9,7 @@
 use std::{path::PathBuf, process::Stdio};
 
 use serde_json::{Value, json};
-use tengine_tests::{TestApp, signing_secret, spawn_app_with, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, signing_secret, spawn_app_with, upstream::Upstream};
 
 fn workspace() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -80,26 +80,23 @@ async fn exercise(sdk: Sdk) {
     let app = spawn_app_with(&[("ingress.tools_page_size", "2"), ("worker.concurrency", "1")]).await;
     let secret = signing_secret();
     let upstream = Upstream::spawn(Some(secret.clone())).await;
-    app.create_tool(json!({
-        "name": "greet", "description": "Greets someone",
-        "input_schema": {"type": "object", "properties": {"who": {"type": "string"}}, "required": ["who"]},
-        "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/greet",
-        "auth_strategy": "hmac_signature", "auth_secret": secret
-    }))
+    app.create_tool(
+        ToolSpec::post("greet", &upstream.url(), "/greet")
+            .description("Greets someone")
+            .schema(json!({"type": "object", "properties": {"who": {"type": "string"}}, "required": ["who"]}))
+            .auth_hmac(&secret),
+    )
     .await;
     for name in ["a_one", "a_two"] {
-        app.create_tool(
-            json!({"name": name, "description": name, "input_schema": {"type": "object"},
-                               "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/10"}),
-        )
-        .await;
+        app.create_tool(ToolSpec::get(name, &upstream.url(), "/slow/10").description(name))
+            .await;
     }
     // Long enough to keep the only worker slot busy while an SDK client starts up,
     // even on a loaded machine.
     app.create_tool(
-        json!({"name": "slow", "description": "slow", "input_schema": {"type": "object"},
-                           "base_url": upstream.url(), "http_method": "GET", "endpoint_path": "/slow/6000",
-                           "timeout_ms": 10000}),
+        ToolSpec::get("slow", &upstream.url(), "/slow/6000")
+            .description("slow")
+            .timeout_ms(10000),
     )
     .await;
 
@@ -130,7 +127,7 @@ async fn exercise(sdk: Sdk) {
         .expect("run id")
         .to_string();
     assert_eq!(upstream.requests()[0].signature_valid, Some(true));
-    assert_eq!(app.finished_run(&run_id).await["status"], "succeeded");
+    assert_eq!(app.admin.finished_run(&run_id).await["status"], "succeeded");
 
     let invalid = sdk.run(&app, &["call", "greet", r#"{"who": 5}"#]).await;
     assert_eq!(invalid["isError"], true, "{invalid}");
@@ -141,13 +138,9 @@ async fn exercise(sdk: Sdk) {
     assert_eq!(progress["progress"], json!([1, 2, 3]), "{progress}");
     assert_eq!(progress["isError"], false);
 
-    let admin_url = app.base_url.clone();
     let project = app.project_id.to_string();
     let changed = sdk
-        .run(
-            &app,
-            &["list-changed", &admin_url, tengine_tests::ADMIN_TOKEN, &project],
-        )
+        .run(&app, &["list-changed", &app.admin.base_url, &app.admin.token, &project])
         .await;
     assert_eq!(changed["listChanged"], true, "{changed}");
 

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
 use tengine_tests::{
-    TestApp,
+    TestApp, ToolSpec,
     mcp::{RawSession, run_id, text},
     signing_secret, spawn_app,
     upstream::{Recorded, Upstream},
@@ -122,13 +122,9 @@ impl Backend {
             private_pem: secret.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string(),
             public_pem: secret.public_key().to_public_key_pem(LineEnding::LF).expect("pem"),
         };
-        let (status, body) = app
-            .admin_post(
-                &format!("/v1/projects/{}/member-keys", app.project_id),
-                json!({"kid": backend.kid, "public_key": backend.public_pem}),
-            )
+        app.admin
+            .add_member_key(app.project_id, &backend.kid, &backend.public_pem)
             .await;
-        assert_eq!(status, 201, "{body}");
         backend
     }
 
@@ -164,26 +160,24 @@ impl Backend {
 
 /// A signed tool for members: the member id in the path, a query, a JSON body,
 /// and the member's identity in headers.
-fn order_tool(base_url: &str, secret: &str) -> Value {
-    json!({
-        "name": "order", "description": "Places an order",
-        "input_schema": {"type": "object", "properties": {"note": {"type": "string"}, "qty": {"type": "integer"}}},
-        "base_url": base_url, "http_method": "POST", "endpoint_path": "/orders/{member.id}",
-        "query_template": {"note": "{note}"},
-        "auth_strategy": "hmac_signature", "auth_secret": secret,
-        "require_member": true, "inject_member_identity": true
-    })
+fn order_tool(base_url: &str, secret: &str) -> ToolSpec {
+    ToolSpec::post("order", base_url, "/orders/{member.id}")
+        .description("Places an order")
+        .schema(json!({"type": "object", "properties": {"note": {"type": "string"}, "qty": {"type": "integer"}}}))
+        .query_template(json!({"note": "{note}"}))
+        .auth_hmac(secret)
+        .require_member()
+        .inject_member_identity()
 }
 
 /// The same with GET and no body.
-fn lookup_tool(base_url: &str, secret: &str) -> Value {
-    json!({
-        "name": "lookup", "description": "Looks up",
-        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
-        "base_url": base_url, "http_method": "GET", "endpoint_path": "/lookup",
-        "auth_strategy": "hmac_signature", "auth_secret": secret,
-        "require_member": true, "inject_member_identity": true
-    })
+fn lookup_tool(base_url: &str, secret: &str) -> ToolSpec {
+    ToolSpec::get("lookup", base_url, "/lookup")
+        .description("Looks up")
+        .schema(json!({"type": "object", "properties": {"q": {"type": "string"}}}))
+        .auth_hmac(secret)
+        .require_member()
+        .inject_member_identity()
 }
 
 async fn verified_through_mcp(example: Example) {

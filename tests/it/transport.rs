@@ -1,7 +1,7 @@
 //! The MCP transport refuses bad input with the right HTTP status and JSON-RPC error.
 
 use serde_json::json;
-use tengine_tests::{mcp::ACCEPT_BOTH, spawn_app, spawn_app_with};
+use tengine_tests::{ToolSpec, mcp::ACCEPT_BOTH, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_required_and_checked() {
@@ -55,13 +55,7 @@ async fn revoked_key_stops_working_immediately() {
     let mut session = app.session();
     session.initialize().await;
     assert_eq!(session.request("ping", json!({})).await.status, 200);
-    let (status, _) = app
-        .admin(
-            reqwest::Method::DELETE,
-            &format!("/v1/projects/{}/api-keys/{}", app.project_id, app.api_key_id),
-            None,
-        )
-        .await;
+    let (status, _) = app.admin.revoke_api_key(app.project_id, app.api_key_id).await;
     assert_eq!(status, 204);
     let reply = session.request("ping", json!({})).await;
     assert_eq!(reply.status, 401, "{}", reply.body);
@@ -158,7 +152,7 @@ async fn session_of_one_key_is_not_valid_for_another() {
     let app = spawn_app().await;
     let mut first = app.session();
     first.initialize().await;
-    let (_, other_key) = app.create_api_key(app.project_id).await;
+    let other_key = app.admin.create_api_key(app.project_id, &[]).await.key;
     let mut second = tengine_tests::mcp::RawSession::new(app.http.clone(), app.mcp_url.clone(), other_key);
     second.session_id = first.session_id.clone();
     assert_eq!(second.request("ping", json!({})).await.status, 404);
@@ -226,11 +220,7 @@ async fn initialize_negotiates_versions() {
 async fn one_session_alternates_between_instances_across_a_restart() {
     let app = spawn_app().await;
     let upstream = tengine_tests::upstream::Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
     let second = app.spawn_ingress(None).await;
     let mut on_first = app.session();
     on_first.initialize().await;

@@ -1,7 +1,7 @@
 //! Usage metering: each run counted exactly once, by tool, from the event log.
 
 use serde_json::json;
-use tengine_tests::{mcp::run_id, spawn_app, upstream::Upstream};
+use tengine_tests::{ToolSpec, mcp::run_id, spawn_app, upstream::Upstream};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_counts_equal_run_counts() {
@@ -9,9 +9,9 @@ async fn usage_counts_equal_run_counts() {
     let upstream = Upstream::spawn(None).await;
     for (name, path) in [("ok", "/echo"), ("boom", "/status/500")] {
         app.create_tool(
-            json!({"name": name, "input_schema": {"type": "object", "properties": {"n": {"type": "integer"}}},
-                               "base_url": upstream.url(), "http_method": "POST", "endpoint_path": path,
-                               "retry": {"max_attempts": 1}}),
+            ToolSpec::post(name, &upstream.url(), path)
+                .schema(json!({"type": "object", "properties": {"n": {"type": "integer"}}}))
+                .retry(json!({"max_attempts": 1})),
         )
         .await;
     }
@@ -24,13 +24,13 @@ async fn usage_counts_equal_run_counts() {
     runs.push(run_id(&session.call("ok", json!({"n": "not a number"})).await));
     runs.push(run_id(&session.call("boom", json!({})).await));
     for run in &runs {
-        app.finished_run(run).await;
+        app.admin.finished_run(run).await;
     }
 
     let path = format!("/v1/projects/{}/usage?group_by=tool", app.project_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let usage = loop {
-        let (status, body) = app.admin_get(&path).await;
+        let (status, body) = app.admin.get(&path).await;
         assert_eq!(status, 200, "{body}");
         let total: i64 = body["usage"]
             .as_array()
@@ -71,13 +71,14 @@ async fn usage_counts_equal_run_counts() {
         .expect("count");
     assert_eq!(runs_in_history, 5, "usage counts equal run counts");
     let (status, _) = app
-        .admin_get(&format!("/v1/projects/{}/usage?group_by=colour", app.project_id))
+        .admin
+        .get(&format!("/v1/projects/{}/usage?group_by=colour", app.project_id))
         .await;
     assert_eq!(status, 400);
 
     // History filters: integration, time range, status, tool (newest first).
     let project = app.project_id;
-    let (_, key) = app.admin_get(&format!("/v1/projects/{project}/api-keys")).await;
+    let (_, key) = app.admin.get(&format!("/v1/projects/{project}/api-keys")).await;
     let integration = key["api_keys"][0]["integration_id"]
         .as_str()
         .expect("integration")
@@ -85,7 +86,7 @@ async fn usage_counts_equal_run_counts() {
     let count = |query: String| {
         let app = &app;
         async move {
-            let (status, body) = app.admin_get(&format!("/v1/projects/{project}/runs?{query}")).await;
+            let (status, body) = app.admin.get(&format!("/v1/projects/{project}/runs?{query}")).await;
             assert_eq!(status, 200, "{body}");
             body["runs"].as_array().map_or(0, Vec::len)
         }
@@ -100,10 +101,11 @@ async fn usage_counts_equal_run_counts() {
     assert_eq!(count("status=rejected&tool=ok".into()).await, 1);
     assert_eq!(count("member=nobody".into()).await, 0);
     let (status, _) = app
-        .admin_get(&format!("/v1/projects/{project}/runs?from=yesterday"))
+        .admin
+        .get(&format!("/v1/projects/{project}/runs?from=yesterday"))
         .await;
     assert_eq!(status, 400, "a bad time is refused with a JSON error");
 
-    let (_, health) = app.admin_get("/v1/health").await;
+    let (_, health) = app.admin.get("/v1/health").await;
     assert!(health["projector_lag_events"].is_u64(), "{health}");
 }

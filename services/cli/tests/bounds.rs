@@ -9,8 +9,8 @@ use std::{
 };
 
 use futures::StreamExt;
-use serde_json::{Value, json};
-use tengine_tests::{Isolation, free_port, mcp::RawSession};
+use serde_json::json;
+use tengine_tests::{ADMIN_TOKEN, AdminClient, Isolation, free_port, mcp::RawSession};
 
 const PAIRS: usize = 20_000;
 const CONCURRENCY: usize = 32;
@@ -79,7 +79,7 @@ async fn a_session_flood_from_one_key_stays_bounded() {
             ("TENGINE_DATABASE_URL", isolation.db_url.clone()),
             ("TENGINE_NATS_URL", tengine_tests::nats_url()),
             ("TENGINE_NATS_PREFIX", isolation.prefix.clone()),
-            ("TENGINE_ADMIN_TOKEN", "adm".into()),
+            ("TENGINE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ("TENGINE_MASTER_KEY", key(1)),
             ("TENGINE_SESSION_SECRET", key(2)),
             ("TENGINE_INGRESS__LISTEN", format!("127.0.0.1:{port}")),
@@ -113,20 +113,11 @@ async fn a_session_flood_from_one_key_stays_bounded() {
         assert!(Instant::now() < deadline, "the ingress did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let admin = |path: &str, body: Value| {
-        let request = http.post(format!("{base}{path}")).bearer_auth("adm").json(&body);
-        async move {
-            let response = request.send().await.expect("admin request");
-            assert_eq!(response.status(), 201);
-            response.json::<Value>().await.expect("json")
-        }
-    };
+    let admin = AdminClient::new(http.clone(), base.clone(), ADMIN_TOKEN);
     let mut keys = Vec::new();
     for name in ["noisy", "quiet"] {
-        let project = admin("/v1/projects", json!({"name": name})).await;
-        let id = project["id"].as_str().expect("id").to_string();
-        let created = admin(&format!("/v1/projects/{id}/api-keys"), json!({"name": name})).await;
-        keys.push(created["key"].as_str().expect("key").to_string());
+        let project = admin.create_project(name).await;
+        keys.push(admin.create_api_key(project, &[]).await.key);
     }
     let (noisy, quiet) = (keys[0].clone(), keys[1].clone());
     let mut other = RawSession::new(http.clone(), format!("{base}/mcp"), quiet);

@@ -1,13 +1,13 @@
 //! The `tengine` command against a real cluster: every control-plane subcommand.
 
 use serde_json::{Value, json};
-use tengine_tests::{ADMIN_TOKEN, TestApp, spawn_app, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, spawn_app, upstream::Upstream};
 
 fn tengine(app: &TestApp, args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
         .args(args)
-        .env("TENGINE_ADMIN_URL", &app.base_url)
-        .env("TENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TENGINE_ADMIN_URL", &app.admin.base_url)
+        .env("TENGINE_ADMIN_TOKEN", &app.admin.token)
         .output()
         .expect("run tengine");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -34,9 +34,10 @@ async fn control_plane_through_the_cli() {
     let tool_file = dir.join("tool.json");
     std::fs::write(
         &tool_file,
-        json!({"name": "echo", "input_schema": {"type": "object", "properties": {"m": {"type": "string"}}},
-               "base_url": upstream.url(), "http_method": "POST", "endpoint_path": "/echo/{m}"})
-        .to_string(),
+        ToolSpec::post("echo", &upstream.url(), "/echo/{m}")
+            .schema(json!({"type": "object", "properties": {"m": {"type": "string"}}}))
+            .json()
+            .to_string(),
     )
     .expect("write");
     let app_ref = &app;
@@ -154,14 +155,8 @@ async fn master_key_rotation_reseals_every_secret() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode([42u8; 32])
     };
-    let (status, _) = app
-        .admin_post(
-            &format!("/v1/projects/{}/tools", app.project_id),
-            json!({"name": "t", "input_schema": {"type": "object"}, "base_url": "https://api.example.com",
-                   "http_method": "GET", "endpoint_path": "/", "auth_strategy": "static_bearer", "auth_secret": "tok"}),
-        )
+    app.create_tool(ToolSpec::get("t", "https://api.example.com", "/").auth_bearer("tok"))
         .await;
-    assert_eq!(status, 201);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
         .args(["secrets", "reseal"])
         .env("TENGINE_DATABASE_URL", &app.config.database_url)
@@ -226,7 +221,7 @@ async fn dead_letters_are_listed_and_reapplied() {
         "{}",
         reapplied.1
     );
-    let run = app.finished_run(&poison.fixable.to_string()).await;
+    let run = app.admin.finished_run(&poison.fixable.to_string()).await;
     assert_eq!(run["error"], "poison", "{run}");
     let listed = tokio::task::block_in_place(|| dead_letters(&[])).1;
     let line = listed

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use chrono::{DateTime, DurationRound, Utc};
 use serde_json::{Value, json};
-use tengine_tests::{TestApp, mcp::run_id, spawn_app, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, mcp::run_id, spawn_app, upstream::Upstream};
 
 const HOURS: i64 = 40;
 const TOOLS: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -83,16 +83,12 @@ fn lines(text: &str) -> Vec<Value> {
 async fn setup() -> (TestApp, Upstream, DateTime<Utc>) {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
-    app.create_tool(
-        json!({"name": "live", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-                           "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    app.create_tool(ToolSpec::post("live", &upstream.url(), "/echo")).await;
     // A real call: its hour is still open and must not be exported.
     let mut session = app.session();
     session.initialize().await;
     let run = run_id(&session.call("live", json!({})).await);
-    let run = app.finished_run(&run).await;
+    let run = app.admin.finished_run(&run).await;
     let integration = uuid::Uuid::parse_str(run["integration_id"].as_str().expect("integration")).expect("uuid");
     let first = seed_past_usage(&app, integration).await;
     // The live call's usage row is written with its run.

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::post};
 use serde_json::{Value, json};
-use tengine_tests::{Isolation, free_port, mcp::RawSession};
+use tengine_tests::{ADMIN_TOKEN, AdminClient, Isolation, ToolSpec, free_port, mcp::RawSession};
 
 fn nats_binary() -> String {
     [
@@ -319,7 +319,7 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
             ("TENGINE_NATS_URL".into(), nats_url),
             ("TENGINE_STREAMS__REPLICAS".into(), nodes.to_string()),
             ("TENGINE_NATS_PREFIX".into(), "faults".into()),
-            ("TENGINE_ADMIN_TOKEN".into(), "adm".into()),
+            ("TENGINE_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
             ("TENGINE_MASTER_KEY".into(), key(7)),
             ("TENGINE_SESSION_SECRET".into(), key(9)),
             ("TENGINE_ALLOW_INSECURE_UPSTREAMS".into(), "true".into()),
@@ -368,36 +368,17 @@ async fn scenario(nodes: usize, workers: usize, calls: usize, clients: usize, pl
         .build()
         .expect("client");
     let base = |i: usize| format!("http://127.0.0.1:{}", cluster.ingress_ports[i]);
-    let admin = |path: String, body: Value| {
-        let http = http.clone();
-        let url = format!("{}{path}", base(0));
-        async move {
-            let r = http
-                .post(url)
-                .bearer_auth("adm")
-                .json(&body)
-                .send()
-                .await
-                .expect("admin");
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.expect("json");
-            assert!(status < 300, "{status} {body}");
-            body
-        }
-    };
-    let project = admin("/v1/projects".into(), json!({"name": "faults"})).await;
-    let pid = project["id"].as_str().expect("id").to_string();
-    let api_key = admin(format!("/v1/projects/{pid}/api-keys"), json!({})).await["key"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    admin(
-        format!("/v1/projects/{pid}/tools"),
-        json!({"name": "apply", "input_schema": {"type": "object"}, "base_url": format!("http://127.0.0.1:{upstream}"),
-               "http_method": "POST", "endpoint_path": "/apply", "timeout_ms": 3000,
-               "retry": {"max_attempts": 5, "initial_backoff_ms": 50, "max_backoff_ms": 500}}),
-    )
-    .await;
+    let admin = AdminClient::new(http.clone(), base(0), ADMIN_TOKEN);
+    let project = admin.create_project("faults").await;
+    let api_key = admin.create_api_key(project, &[]).await.key;
+    admin
+        .create_tool(
+            project,
+            ToolSpec::post("apply", &format!("http://127.0.0.1:{upstream}"), "/apply")
+                .timeout_ms(3000)
+                .retry(json!({"max_attempts": 5, "initial_backoff_ms": 50, "max_backoff_ms": 500})),
+        )
+        .await;
 
     // One session id serves both instances (sessions are signed, not stored).
     let mut session = RawSession::new(http.clone(), format!("{}/mcp", base(0)), api_key.clone());

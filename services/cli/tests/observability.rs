@@ -11,7 +11,7 @@ use std::{
 
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::json;
-use tengine_tests::{Isolation, free_port, mcp::RawSession, upstream::Upstream};
+use tengine_tests::{ADMIN_TOKEN, AdminClient, Isolation, ToolSpec, free_port, mcp::RawSession, upstream::Upstream};
 
 struct Processes(Vec<Child>);
 
@@ -93,7 +93,7 @@ async fn every_service_exports_metrics_and_traces() {
         ("TENGINE_DATABASE_URL", isolation.db_url.clone()),
         ("TENGINE_NATS_URL", tengine_tests::nats_url()),
         ("TENGINE_NATS_PREFIX", isolation.prefix.clone()),
-        ("TENGINE_ADMIN_TOKEN", "adm".into()),
+        ("TENGINE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
         ("TENGINE_MASTER_KEY", key(3)),
         ("TENGINE_SESSION_SECRET", key(4)),
         ("TENGINE_ALLOW_INSECURE_UPSTREAMS", "true".into()),
@@ -142,33 +142,12 @@ async fn every_service_exports_metrics_and_traces() {
     processes.0.push(start("worker"));
     processes.0.push(start("projector"));
 
-    let admin = |path: String, body: serde_json::Value| {
-        let http = http.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let response = http
-                .post(url)
-                .bearer_auth("adm")
-                .json(&body)
-                .send()
-                .await
-                .expect("admin");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.json::<serde_json::Value>().await.expect("json")
-        }
-    };
-    let project = admin("/v1/projects".into(), json!({"name": "observed"})).await;
-    let pid = project["id"].as_str().expect("id").to_string();
-    let api_key = admin(format!("/v1/projects/{pid}/api-keys"), json!({})).await["key"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    admin(
-        format!("/v1/projects/{pid}/tools"),
-        json!({"name": "echo", "input_schema": {"type": "object"}, "base_url": upstream.url(),
-               "http_method": "POST", "endpoint_path": "/echo"}),
-    )
-    .await;
+    let admin = AdminClient::new(http.clone(), base.clone(), ADMIN_TOKEN);
+    let project = admin.create_project("observed").await;
+    let api_key = admin.create_api_key(project, &[]).await.key;
+    admin
+        .create_tool(project, ToolSpec::post("echo", &upstream.url(), "/echo"))
+        .await;
 
     let mut session = RawSession::new(http.clone(), format!("{base}/mcp"), api_key.clone());
     session.initialize().await;
