@@ -18,5 +18,6 @@ mod retries;
 mod schemas;
 mod sdk_clients;
 mod signatures;
+mod tasks;
 mod transport;
 mod usage;

@@ -65,6 +65,9 @@ pub struct IngressConfig {
     pub session_writes_per_second: u32,
     /// Open GET streams (and resumed call streams) per API key on one ingress.
     pub max_streams_per_key: usize,
+    /// A call to a tool with `task_support: optional` becomes a task (for clients
+    /// that declared the tasks extension) when its `timeout_ms` is longer than this.
+    pub task_after_ms: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }

@@ -112,6 +112,12 @@ impl Topology {
         format!("{}.control.cancel", self.prefix)
     }
 
+    /// Core NATS: a run to abort now, even mid-request (payload: its id). Every
+    /// worker listens; the one running it aborts its attempt (`tasks/cancel`).
+    pub fn abort_subject(&self) -> String {
+        format!("{}.control.abort", self.prefix)
+    }
+
     pub fn sessions_bucket(&self) -> String {
         format!("{}_SESSIONS", self.prefix.to_uppercase())
     }

@@ -15,12 +15,12 @@ use std::{
 };
 
 use async_nats::jetstream;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tengine_core::{
     Topology, bus,
-    envelope::{Envelope, ExecuteCommand, RunEvent, RunOutcome},
+    envelope::{Caller, Envelope, ExecuteCommand, RunEvent, RunOutcome},
     telemetry::{self, TraceContext},
 };
 use tokio::sync::mpsc;
@@ -313,6 +313,42 @@ impl Dispatcher {
 
     pub async fn is_cancelled(&self, run_id: Uuid) -> bool {
         matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(_)))
+    }
+
+    /// Cancels a run and aborts it where it runs: a request in flight is cut off
+    /// (the API may have received it; the run records so).
+    pub async fn abort(&self, project_id: Uuid, run_id: Uuid) {
+        self.cancel(project_id, run_id).await;
+        if let Err(err) = self
+            .nats
+            .publish(self.topology.abort_subject(), run_id.to_string().into())
+            .await
+        {
+            tracing::warn!(%run_id, error = %err, "broadcasting an abort failed; the run stops before its next attempt");
+        }
+    }
+
+    /// The run as far as the streams know it while it has no outcome: its queued
+    /// command, else its `Accepted` event (who called, which tool, when).
+    pub async fn unfinished(&self, project_id: Uuid, run_id: Uuid) -> Option<(Caller, String, DateTime<Utc>)> {
+        let queued = self.topology.command_subject(project_id, run_id);
+        if let Ok(message) = self.commands.get_last_raw_message_by_subject(&queued).await
+            && let Ok(command) = Envelope::<ExecuteCommand>::decode(&message.payload)
+        {
+            let command = command.body;
+            return Some((command.caller, command.tool_name, command.accepted_at));
+        }
+        let accepted = self.topology.event_subject(project_id, run_id, "accepted");
+        let message = self.events.get_last_raw_message_by_subject(&accepted).await.ok()?;
+        match Envelope::<RunEvent>::decode(&message.payload).ok()?.body {
+            RunEvent::Accepted {
+                caller,
+                tool_name,
+                accepted_at,
+                ..
+            } => Some((caller, tool_name, accepted_at)),
+            _ => None,
+        }
     }
 
     /// Marks a run cancelled: workers that have not called the API yet skip it.

@@ -48,6 +48,19 @@ impl RpcError {
         Self::new(StatusCode::OK, errors::INVALID_PARAMS.code, message).with_id(id)
     }
 
+    /// 400, -32021 (revision 2026-07-28): `what` needs client capabilities the
+    /// request did not declare; `required` is a ClientCapabilities object.
+    pub(crate) fn missing_capability(id: &Value, required: Value, what: &str) -> Self {
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            errors::MISSING_CAPABILITY.code,
+            format!("{what} needs client capabilities this request did not declare: {required}"),
+        )
+        .with_id(id);
+        err.data = Some(json!({"requiredCapabilities": required}));
+        err
+    }
+
     pub(crate) fn internal(id: &Value, message: impl Into<String>) -> Self {
         Self::new(StatusCode::OK, errors::INTERNAL_ERROR.code, message).with_id(id)
     }

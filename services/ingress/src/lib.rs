@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod members;
 pub mod sessions;
 pub mod streams;
+pub mod tasks;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

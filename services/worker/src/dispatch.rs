@@ -23,6 +23,7 @@ use tengine_core::{
     telemetry::{self, TraceContext},
     templates,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{Worker, addresses, outbound};
@@ -56,6 +57,72 @@ impl Refusal {
             status: RunStatus::Cancelled,
             class: None,
             error: "the client cancelled the call before the API was called".into(),
+        }
+    }
+
+    /// Aborted by `tasks/cancel` while attempt `number` was in flight.
+    fn aborted(number: u32) -> Self {
+        Self {
+            status: RunStatus::Cancelled,
+            class: None,
+            error: format!(
+                "cancelled while attempt {number} was in flight: its request was cut off, and the API may have \
+                 received it"
+            ),
+        }
+    }
+
+    /// Aborted by `tasks/cancel` while waiting to retry after attempt `number`.
+    fn aborted_between(number: u32) -> Self {
+        Self {
+            status: RunStatus::Cancelled,
+            class: None,
+            error: format!(
+                "cancelled before attempt {}; attempt {number} had been made",
+                number.saturating_add(1)
+            ),
+        }
+    }
+}
+
+/// The runs a worker is executing, each with the token that aborts it (fed by
+/// `{prefix}.control.abort`). An abort that comes before a run is registered is
+/// missed; the run's cancellation mark then stops it before its next attempt.
+#[derive(Clone, Default)]
+pub(crate) struct Aborts(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, CancellationToken>>>);
+
+impl Aborts {
+    /// Registers a run for the lifetime of the returned guard.
+    fn register(&self, run_id: uuid::Uuid) -> AbortGuard {
+        let token = CancellationToken::new();
+        if let Ok(mut runs) = self.0.lock() {
+            runs.insert(run_id, token.clone());
+        }
+        AbortGuard {
+            aborts: self.clone(),
+            run_id,
+            token,
+        }
+    }
+
+    pub(crate) fn abort(&self, run_id: uuid::Uuid) {
+        if let Some(token) = self.0.lock().ok().and_then(|runs| runs.get(&run_id).cloned()) {
+            tracing::info!(%run_id, "aborting the run");
+            token.cancel();
+        }
+    }
+}
+
+struct AbortGuard {
+    aborts: Aborts,
+    run_id: uuid::Uuid,
+    token: CancellationToken,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if let Ok(mut runs) = self.aborts.0.lock() {
+            runs.remove(&self.run_id);
         }
     }
 }
@@ -171,6 +238,7 @@ impl Worker {
             Err(refusal) if refusal.status == RunStatus::Failed => return self.refused(command, delivery, refusal),
             Err(refusal) => return self.refused(command, before, refusal),
         };
+        let aborting = self.aborts.register(command.run_id);
         let began = std::time::Instant::now();
         let deadline = Duration::from_millis(dispatch.retry.total_deadline_ms);
         let mut delays = dispatch.backoff();
@@ -182,8 +250,12 @@ impl Worker {
             {
                 return self.refused(command, number.saturating_sub(1), refusal);
             }
-            let result = match self.make_http_call(&dispatch, number, message, remote, pending).await {
-                Ok(result) => result,
+            let result = match self
+                .make_http_call(&dispatch, number, message, remote, pending, &aborting.token)
+                .await
+            {
+                Ok(Some(result)) => result,
+                Ok(None) => return self.refused(command, number, Refusal::aborted(number)),
                 Err(refusal) => return self.refused(command, delivery, refusal),
             };
             let wait = if outbound::retryable(&result, dispatch.idempotent()) {
@@ -201,7 +273,15 @@ impl Worker {
             }
             let wait = wait.unwrap_or_default();
             tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
-            self.keeping_claim(message, tokio::time::sleep(wait)).await;
+            let waiting = async {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => true,
+                    () = aborting.token.cancelled() => false,
+                }
+            };
+            if !self.keeping_claim(message, waiting).await {
+                return self.refused(command, number, Refusal::aborted_between(number));
+            }
             number = number.saturating_add(1);
         }
     }
@@ -320,7 +400,8 @@ impl Worker {
 
     /// One attempt: signs afresh (the request id stays the run id), logs its start
     /// and end (stored while the API is called; awaited before the ack), forwards the
-    /// API's own progress, and sends the request with the tool's timeout.
+    /// API's own progress, and sends the request with the tool's timeout. `None`
+    /// when `abort` cut the request off.
     async fn make_http_call(
         &self,
         dispatch: &Dispatch<'_>,
@@ -328,7 +409,8 @@ impl Worker {
         message: &Message,
         remote: &TraceContext,
         pending: &mut Vec<tokio::task::JoinHandle<()>>,
-    ) -> Result<outbound::AttemptResult, Refusal> {
+        abort: &CancellationToken,
+    ) -> Result<Option<outbound::AttemptResult>, Refusal> {
         let command = dispatch.command;
         let mut headers = outbound::signed_headers(
             &dispatch.request,
@@ -382,7 +464,29 @@ impl Worker {
             result
         }
         .instrument(attempt_span);
-        let (result, ()) = self.keeping_claim(message, async { tokio::join!(call, forward) }).await;
+        let attempt = async {
+            tokio::select! {
+                (result, ()) = async { tokio::join!(call, forward) } => Some(result),
+                () = abort.cancelled() => None,
+            }
+        };
+        let Some(result) = self.keeping_claim(message, attempt).await else {
+            let aborted = RunEvent::AttemptFinished {
+                run_id: command.run_id,
+                project_id: command.caller.project_id,
+                attempt: number,
+                started_at,
+                finished_at: Utc::now(),
+                http_status: None,
+                error_class: None,
+                error: Some("aborted in flight (tasks/cancel); the API may have received the request".into()),
+                bytes_out: 0,
+                bytes_in: 0,
+            };
+            pending.push(self.log_attempt(command.caller.project_id, aborted.clone()));
+            self.notify(command, aborted).await;
+            return Ok(None);
+        };
         metrics::counter!(prometheus::ATTEMPTS, "outcome" => result.error_class.map_or("ok", ErrorClass::as_str))
             .increment(1);
         metrics::histogram!(prometheus::UPSTREAM_SECONDS).record(result.elapsed.as_secs_f64());
@@ -390,7 +494,7 @@ impl Worker {
         pending.push(self.log_attempt(command.caller.project_id, finished.clone()));
         self.notify(command, finished).await;
         tracing::debug!(attempt = number, elapsed = ?result.elapsed, "attempt finished");
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// The outcome of the last attempt made: succeeded on a 2xx, else failed (a

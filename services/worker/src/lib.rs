@@ -48,6 +48,8 @@ pub struct Worker {
     /// One pooled client per address policy (most projects share the default one).
     clients: moka::sync::Cache<addresses::Policy, reqwest::Client>,
     cancelled: jetstream::kv::Store,
+    /// Runs this worker is executing, each with the token that aborts it.
+    aborts: dispatch::Aborts,
 }
 
 impl Worker {
@@ -77,6 +79,7 @@ impl Worker {
             secrets,
             clients: moka::sync::Cache::new(1_000),
             cancelled,
+            aborts: dispatch::Aborts::default(),
         }))
     }
 
@@ -108,6 +111,23 @@ impl Worker {
             })
         };
         let _sampler = tengine_core::tasks::AbortOnDrop(sampler);
+        // Aborts (`tasks/cancel`) reach every worker; the one running the run acts.
+        let mut aborts = self
+            .nats
+            .subscribe(self.topology.abort_subject())
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to aborts: {e}"))?;
+        let listening = self.aborts.clone();
+        let _aborts = tengine_core::tasks::AbortOnDrop(tokio::spawn(async move {
+            while let Some(message) = aborts.next().await {
+                if let Some(run_id) = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|id| id.parse::<uuid::Uuid>().ok())
+                {
+                    listening.abort(run_id);
+                }
+            }
+        }));
         let permits = Arc::new(Semaphore::new(wc.concurrency));
         // Small batches: prefetched messages burn their ack_wait while they wait.
         let batch = wc.concurrency.min(64);

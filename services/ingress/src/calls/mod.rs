@@ -17,7 +17,7 @@ use tengine_control::{
     quotas::{self, Charge},
 };
 use tengine_core::{
-    domain::ToolDefinition,
+    domain::{TaskSupport, ToolDefinition},
     envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunStatus},
     errors, payload, prometheus,
     telemetry::TraceContext,
@@ -143,6 +143,7 @@ impl Call {
     async fn run(self, params: Option<Value>, header_key: Option<String>) -> Step<Response> {
         let params = self.parse(params)?;
         let tool = self.resolve(&params.name).await?;
+        let as_task = self.gate(&tool)?;
         let arguments = self.validate(&tool, params.arguments).await?;
         let key = header_key.or(params.meta_key);
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
@@ -155,6 +156,12 @@ impl Call {
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
         let following = self.enqueue(&command, lease, charge).await?;
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
+        if as_task {
+            // The command is stored: the task (the run) is durable and readable now.
+            drop(following);
+            let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at);
+            return Ok(jsonrpc::result(&self.id, answer::decorate(task)));
+        }
         let log = match &self.era {
             Era::Legacy { session } => progress::session_logs_info(&self.st, session),
             Era::Modern { log_level, .. } => log_level.as_deref().is_some_and(progress::logs_info),
@@ -233,6 +240,35 @@ impl Call {
                 tracing::error!(error = %err, "loading a tool");
                 Err(RpcError::internal(&self.id, "the tool could not be loaded right now; retry").into())
             }
+        }
+    }
+
+    /// Revision 2026-07-28: the client capabilities the tool needs (-32021 when the
+    /// request did not declare them), and whether the call becomes a task.
+    fn gate(&self, tool: &ToolDefinition) -> Step<bool> {
+        let Era::Modern { capabilities, .. } = &self.era else {
+            return Ok(false);
+        };
+        if let Some(Value::Object(required)) = &tool.client_capabilities {
+            let missing: Map<String, Value> = required
+                .iter()
+                .filter(|(name, _)| !capabilities.contains_key(*name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            if !missing.is_empty() {
+                let what = format!("tool `{}`", tool.name);
+                return Err(RpcError::missing_capability(&self.id, Value::Object(missing), &what).into());
+            }
+        }
+        let declared = crate::tasks::declared(capabilities);
+        match tool.task_support {
+            TaskSupport::Never => Ok(false),
+            TaskSupport::Required if !declared => {
+                let what = format!("tool `{}` (it runs as a task)", tool.name);
+                Err(RpcError::missing_capability(&self.id, crate::tasks::required_capability(), &what).into())
+            }
+            TaskSupport::Required => Ok(true),
+            TaskSupport::Optional => Ok(declared && tool.timeout_ms > self.st.config.ingress.task_after_ms),
         }
     }
 

@@ -25,6 +25,7 @@ use crate::{
     AppState,
     calls::{self, Era, answer::decorate},
     jsonrpc::{self, Incoming, RpcError, RpcResult},
+    tasks,
 };
 
 /// The revisions served on this path.
@@ -47,6 +48,9 @@ const METHODS: &[&str] = &[
     "tools/call",
     "subscriptions/listen",
     "completion/complete",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
 ];
 
 /// Whether a POST belongs to the modern revision.
@@ -130,6 +134,19 @@ pub(crate) async fn handle(
             calls::call_tool(st.clone(), request).await
         }
         "subscriptions/listen" => super::listen::listen(st, principal, id, params),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => {
+            // The extension is declared per request; checked before the task is looked up.
+            if !tasks::declared(&meta.capabilities) {
+                return Err(RpcError::missing_capability(&id, tasks::required_capability(), &method));
+            }
+            let params = params.as_ref();
+            let result = match method.as_str() {
+                "tasks/get" => tasks::get(st, &principal, &id, params).await?,
+                "tasks/cancel" => tasks::cancel(st, &principal, &id, params).await?,
+                _ => tasks::update(st, &principal, &id, params).await?,
+            };
+            Ok(complete(&id, result))
+        }
         // No prompts or resource templates here, so there is never anything to complete.
         _ => Ok(complete(
             &id,
@@ -146,6 +163,7 @@ fn discover() -> Value {
             "tools": {"listChanged": true},
             "completions": {},
             "logging": {},
+            "extensions": {tasks::EXTENSION: {}},
         },
         "ttlMs": DISCOVER_TTL_MS,
         "cacheScope": "public",
@@ -216,6 +234,7 @@ fn check_headers(
         |message: String| RpcError::new(StatusCode::BAD_REQUEST, errors::HEADER_MISMATCH.code, message).with_id(id);
     let name_field = match method {
         "tools/call" => Some("name"),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
     let expected = [
