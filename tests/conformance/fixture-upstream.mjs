@@ -3,6 +3,9 @@
 //
 //   node fixture-upstream.mjs [PORT]        (default 18709; 0 picks a free port)
 //
+// test_trigger_tool_change also needs FIXTURE_ADMIN_URL, FIXTURE_ADMIN_TOKEN and
+// FIXTURE_PROJECT_ID: its endpoint changes a tool through Tengine's admin API.
+//
 // Serves on 127.0.0.1 the HTTP endpoints behind the fixture tools in tools.json
 // (`test_simple_text`, `test_error_handling`, `test_image_content`, …). Each answers
 // what the conformance scenario expects from the tool of the same name:
@@ -48,6 +51,9 @@ function tinyWav() {
   return buf.toString('base64');
 }
 const TINY_WAV = tinyWav();
+
+// How often test_trigger_tool_change changed the tool list.
+let toolChanges = 0;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -139,6 +145,47 @@ const routes = {
 
   // json-schema-2020-12: only listed, but answer a call anyway.
   'POST /json-schema-2020-12': (_req, body) => text(`Received: ${JSON.stringify(body)}`),
+
+  // server-stateless (2026-07-28), sep-2575-http-server-no-independent-requests-on-stream:
+  // the suite calls it declaring `elicitation` and checks that the response stream
+  // carries no server-to-client request (2026-07-28 forbids them; an HTTP tool
+  // could not send one anyway). Any successful result passes.
+  'GET /streaming-elicitation': () =>
+    text('Streaming elicitation test completed: no server-to-client request was sent'),
+
+  // server-stateless (2026-07-28), sep-2575-server-no-log-without-loglevel: the
+  // suite calls it without a log level and checks that no notifications/message
+  // arrives (the log notifications are the MCP server's, not the upstream's).
+  'GET /logging': () => text('Logging tool executed'),
+
+  // http-custom-header-server-validation (2026-07-28): the tool's `region`
+  // argument is mirrored into the `Mcp-Param-Region` header (x-mcp-header); the
+  // header checks are the MCP server's. The upstream echoes what it got.
+  'GET /x-mcp-header': (req) => text(`region=${new URL(req.url, 'http://x').searchParams.get('region')}`),
+
+  // server-stateless (2026-07-28): test_trigger_tool_change is the suite's hook to
+  // change the tool list while a subscriptions/listen stream is open. The upstream
+  // really changes it: it PATCHes this very tool's description through Tengine's
+  // admin API (FIXTURE_ADMIN_URL, FIXTURE_ADMIN_TOKEN, FIXTURE_PROJECT_ID), and
+  // Tengine then announces notifications/tools/list_changed to the project's
+  // listeners like after any other change.
+  'POST /trigger-tool-change': async () => {
+    const { FIXTURE_ADMIN_URL: admin, FIXTURE_ADMIN_TOKEN: token, FIXTURE_PROJECT_ID: project } = process.env;
+    if (!admin || !token || !project) {
+      return text('test_trigger_tool_change needs FIXTURE_ADMIN_URL, FIXTURE_ADMIN_TOKEN and FIXTURE_PROJECT_ID', 500);
+    }
+    toolChanges += 1;
+    const url = `${admin.replace(/\/$/, '')}/v1/projects/${project}/tools/test_trigger_tool_change`;
+    const res = await fetch(url, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        description: `Changes the tool list (this description) through the admin API; changed ${toolChanges} time(s) (conformance: server-stateless).`,
+      }),
+    });
+    if (!res.ok) return text(`admin API answered HTTP ${res.status}: ${await res.text()}`, 502);
+    return text(`tool list changed (${toolChanges})`);
+  },
 
   // server-sse-polling: the test_reconnection tool. Closing the SSE stream
   // mid-call is the MCP server's job; the upstream just takes a moment.
