@@ -16,6 +16,7 @@ pub mod jsonrpc;
 pub mod key_limits;
 pub mod mcp;
 pub mod members;
+pub mod results;
 pub mod sessions;
 pub mod streams;
 pub mod tasks;

@@ -22,7 +22,7 @@ use tengine_core::{
 use tengine_projector::history::{self, results::Recorded};
 use uuid::Uuid;
 
-use crate::{AppState, calls::answer, jsonrpc::RpcError};
+use crate::{AppState, jsonrpc::RpcError, results};
 
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
 
@@ -206,7 +206,7 @@ pub async fn get(
             let (task_status, extra) = match status.as_str() {
                 "succeeded" => (
                     "completed",
-                    json!({"result": answer::forgotten_result(run_id, &status)}),
+                    json!({"result": results::forgotten_result(run_id, &status)}),
                 ),
                 "cancelled" => ("cancelled", json!({})),
                 _ => (
@@ -238,8 +238,8 @@ fn finished(st: &AppState, tool: Option<&ToolDefinition>, outcome: &RunOutcome) 
         || (outcome.status == RunStatus::Failed && outcome.error_class == Some(ErrorClass::UpstreamStatus));
     let extra = if completed {
         let result = match tool {
-            Some(tool) => answer::outcome_result(st, tool, outcome),
-            None => answer::text_outcome_result(outcome),
+            Some(tool) => results::outcome_result(st, tool, outcome),
+            None => results::text_outcome_result(outcome),
         };
         json!({"status": "completed", "result": result})
     } else if outcome.status == RunStatus::Cancelled {

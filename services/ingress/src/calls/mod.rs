@@ -27,17 +27,17 @@ use tengine_projector::history::{self, results::Recorded};
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub mod answer;
 pub mod idempotency;
 mod progress;
 
-pub use answer::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
+pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
 pub use progress::resume;
 
 use crate::{
     AppState,
     dispatch::{CallKey, Following},
     jsonrpc::{self, RpcError, RpcResult},
+    results,
     sessions::SessionStates,
 };
 
@@ -134,7 +134,7 @@ pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Res
     match answer {
         Ok(response) => Ok(response),
         Err(Stop::Error(err)) => Err(err),
-        Err(Stop::Result(result)) if modern => Ok(jsonrpc::result(&id, answer::decorate(result))),
+        Err(Stop::Result(result)) if modern => Ok(jsonrpc::result(&id, results::decorate(result))),
         Err(Stop::Result(result)) => Ok(jsonrpc::result(&id, result)),
     }
 }
@@ -160,7 +160,7 @@ impl Call {
             // The command is stored: the task (the run) is durable and readable now.
             drop(following);
             let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at);
-            return Ok(jsonrpc::result(&self.id, answer::decorate(task)));
+            return Ok(jsonrpc::result(&self.id, results::decorate(task)));
         }
         let log = match &self.era {
             Era::Legacy { session } => progress::session_logs_info(&self.st, session),
@@ -295,8 +295,8 @@ impl Call {
         let Some(problem) = problem else { return Ok(arguments) };
         let message = format!("Invalid arguments for tool `{}`: {problem}", tool.name);
         self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
-        let meta = answer::run_meta(self.run_id, RunStatus::Rejected, None);
-        Err(Stop::Result(answer::tool_result(true, message, meta)))
+        let meta = results::run_meta(self.run_id, RunStatus::Rejected, None);
+        Err(Stop::Result(results::tool_result(true, message, meta)))
     }
 
     /// The command to queue, refused with a clear error when it could never fit a
@@ -478,7 +478,7 @@ impl Call {
         // lapsed without a trace, queues this same run again (see `idempotency`). No
         // `Rejected` event: the run may well exist.
         tracing::error!(%run_id, error = %err, "queueing a run");
-        count_call("unconfirmed");
+        results::count_call("unconfirmed");
         quotas::refund(&self.st.pool, self.caller().project_id, &charge).await;
         let mut err = RpcError::internal(
             &self.id,
@@ -498,7 +498,7 @@ impl Call {
 
     /// Logs a `Rejected` event: the call is in run history although it was not run.
     async fn reject_run(&self, run_id: Uuid, tool_name: &str, class: ErrorClass, error: &str) {
-        count_call("rejected");
+        results::count_call("rejected");
         let caller = self.caller();
         let event = RunEvent::Rejected {
             run_id,
@@ -532,10 +532,6 @@ impl Drop for InFlight {
     }
 }
 
-pub(crate) fn count_call(status: &'static str) {
-    metrics::counter!(prometheus::CALLS, "status" => status).increment(1);
-}
-
 /// What a key's run left: its command queued, its events in the log, or its row in
 /// history (which outlives the log and every idempotency key); and whether it was
 /// cancelled before it reached the API.
@@ -559,22 +555,27 @@ async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<idempot
     })
 }
 
-/// A retry of a call that already has a run: that run's outcome, from the event
-/// log, else from history (once the log has rolled past it), else when it comes.
+/// A retry of a call that already has a run: that run's outcome from the event
+/// log, or, while it has none, the outcome when it comes; history only once the
+/// log no longer knows the run (history may show a cancellation requested for a
+/// run whose real outcome is still to come).
 async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid, run_id: Uuid) -> Value {
     if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
-        return answer::outcome_result(st, tool, &outcome);
+        return results::outcome_result(st, tool, &outcome);
     }
-    match history::results::recorded(&st.pool, run_id).await {
-        Ok(Some(Recorded::Kept(outcome))) => return answer::outcome_result(st, tool, &outcome),
-        Ok(Some(Recorded::StatusOnly(status))) => return answer::forgotten_result(run_id, &status),
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
+    let live = st.dispatcher.in_streams(project_id, run_id).await.unwrap_or(true);
+    if !live {
+        match history::results::recorded(&st.pool, run_id).await {
+            Ok(Some(Recorded::Kept(outcome))) => return results::outcome_result(st, tool, &outcome),
+            Ok(Some(Recorded::StatusOnly(status))) => return results::forgotten_result(run_id, &status),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
+        }
     }
     let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
     let deadline = tengine_core::tasks::deadline_after(wait);
     match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
-        Some(outcome) => answer::outcome_result(st, tool, &outcome),
-        None => answer::still_running(run_id, wait),
+        Some(outcome) => results::outcome_result(st, tool, &outcome),
+        None => results::still_running(run_id, wait),
     }
 }

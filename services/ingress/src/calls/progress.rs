@@ -12,7 +12,7 @@ use tengine_core::{domain::ToolDefinition, envelope::Caller};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::answer::{decorate, outcome_result, still_running, text_outcome_result};
+use crate::results::{decorate, outcome_result, still_running, text_outcome_result};
 use crate::{
     AppState,
     dispatch::{Following, Signal},

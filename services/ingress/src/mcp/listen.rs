@@ -14,8 +14,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     AppState,
-    calls::answer::decorate,
     jsonrpc::{RpcError, RpcResult},
+    results::decorate,
     streams,
 };
 

@@ -23,8 +23,9 @@ use tengine_core::errors;
 use super::{HEADER_PROTOCOL_VERSION, SUPPORTED_VERSIONS, tools_list};
 use crate::{
     AppState,
-    calls::{self, Era, answer::decorate},
+    calls::{self, Era},
     jsonrpc::{self, Incoming, RpcError, RpcResult},
+    results::decorate,
     tasks,
 };
 

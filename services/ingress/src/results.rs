@@ -11,7 +11,12 @@ use tengine_core::{
 };
 use uuid::Uuid;
 
-use super::count_call;
+use tengine_core::prometheus;
+
+/// Counts tools/call answers by run status.
+pub(crate) fn count_call(status: &'static str) {
+    metrics::counter!(prometheus::CALLS, "status" => status).increment(1);
+}
 
 /// `_meta` key of the server's identity on every 2026-07-28 result.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
