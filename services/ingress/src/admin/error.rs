@@ -1,5 +1,6 @@
-//! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`.
-//! Codes and their statuses come from `tengine_core::errors` (documented in docs/errors.md).
+//! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`,
+//! the one place failures become answers. Codes and their statuses come from
+//! `tengine_core::errors` (documented in docs/errors.md).
 
 use axum::{
     Json,
@@ -47,6 +48,23 @@ impl ApiError {
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
         Self::new(errors::INTERNAL, "internal error; see the server log")
+    }
+
+    /// 422 `invalid_field` naming `field`.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::from(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+}
+
+/// A store error with "not found" meaning `what` is not found (the store's
+/// `NotFound` does not say which of the ids it was given is missing).
+pub fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
     }
 }
 
