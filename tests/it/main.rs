@@ -7,6 +7,7 @@ mod control;
 mod docs;
 mod edges_storage;
 mod observability;
+mod openapi;
 mod outcomes;
 mod ownership;
 mod protocol;
