@@ -1,7 +1,8 @@
 //! The documentation's relative links resolve: every `[text](path#anchor)` in `README.md`, `docs/` and the
 //! other Markdown pages of the repository names a file that exists and, with an anchor, a heading of that
 //! file (GitHub's slugs). Also: the README stays short and links every page of `docs/`; the admin API
-//! page's table of operations is the OpenAPI document's (`TENGINE_UPDATE_DOCS=1` regenerates it).
+//! page's table of operations is the OpenAPI document's (`TENGINE_UPDATE_DOCS=1` regenerates it); the
+//! error tables of `docs/errors.md` list exactly the catalogue's codes (`tengine_core::errors`).
 //! Needs neither NATS nor PostgreSQL.
 
 use std::collections::{BTreeSet, HashMap};
@@ -325,4 +326,83 @@ fn the_admin_api_page_lists_every_operation_of_the_openapi_document() {
         "docs/admin-api.md's operations differ from the OpenAPI document; regenerate with \
          TENGINE_UPDATE_DOCS=1 cargo test -p tengine-tests --test it docs::"
     );
+}
+
+/// The rows of the first table under `## {heading}` in `text`, without its header, as cells.
+fn table_rows(text: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut lines = text.lines().skip_while(|l| l.trim() != format!("## {heading}")).skip(1);
+    let rows: Vec<Vec<String>> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("## "))
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 2, "docs/errors.md: no table under `## {heading}`");
+    // The header and the `|---|` line.
+    rows.into_iter().skip(2).collect()
+}
+
+/// The number a cell starts with (`-32040 (not -32001, …)`, `202, ignored`), if any.
+fn leading_number(cell: &str) -> Option<i64> {
+    let cell = cell.trim_matches('`');
+    let end = cell
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(cell.len(), |(i, _)| i);
+    cell[..end].parse().ok()
+}
+
+#[test]
+fn the_error_tables_match_the_catalogue() {
+    use tengine_core::errors::{ADMIN_CODES, RPC_CODES};
+    let text = std::fs::read_to_string(root().join("docs/errors.md")).expect("docs/errors.md");
+
+    // Admin API: `| HTTP | code | When |`, exactly the catalogue's codes with their statuses.
+    let documented: BTreeSet<(i64, String)> = table_rows(&text, "Admin API errors")
+        .iter()
+        .map(|row| {
+            let status = leading_number(&row[0]).unwrap_or_else(|| panic!("no HTTP status in {row:?}"));
+            (status, row[1].trim_matches('`').to_string())
+        })
+        .collect();
+    let declared: BTreeSet<(i64, String)> = ADMIN_CODES
+        .iter()
+        .map(|c| (i64::from(c.status), c.code.to_string()))
+        .collect();
+    assert_eq!(
+        documented, declared,
+        "docs/errors.md's admin error table differs from tengine_core::errors"
+    );
+
+    // MCP: `| Situation | HTTP | JSON-RPC error.code |`; a code may be answered in several situations.
+    let situations: Vec<(i64, i64)> = table_rows(&text, "MCP errors")
+        .iter()
+        .filter_map(|row| Some((leading_number(&row[1])?, leading_number(&row[2])?)))
+        .collect();
+    assert!(
+        situations.len() > 10,
+        "the MCP error table was not read: {situations:?}"
+    );
+    for (status, code) in &situations {
+        assert!(
+            RPC_CODES.iter().any(|c| i64::from(c.code) == *code),
+            "docs/errors.md answers {code} (HTTP {status}), which tengine_core::errors does not declare"
+        );
+    }
+    for code in RPC_CODES {
+        assert!(
+            situations.contains(&(i64::from(code.status), i64::from(code.code))),
+            "docs/errors.md has no situation answering {} ({}) with HTTP {}",
+            code.code,
+            code.name,
+            code.status
+        );
+    }
 }

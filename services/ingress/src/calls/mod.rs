@@ -366,7 +366,7 @@ impl Call {
                 self.reject_run(run_id, &tool.name, ErrorClass::QuotaExceeded, &message)
                     .await;
                 lease.release().await;
-                let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED.code, message).with_id(&self.id);
+                let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED, message).with_id(&self.id);
                 err.data = Some(json!({
                     META_RUN_ID: run_id,
                     "limit": exceeded.limit,

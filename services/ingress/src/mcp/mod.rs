@@ -76,7 +76,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             tracing::error!(error = %e, "ending a session");
             RpcError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                errors::INTERNAL_ERROR.code,
+                errors::INTERNAL_ERROR,
                 "the session could not be ended right now; retry",
             )
         })?;
@@ -244,7 +244,7 @@ async fn request(
         "server/discover" => {
             return Err(RpcError::new(
                 StatusCode::OK,
-                errors::METHOD_NOT_FOUND.code,
+                errors::METHOD_NOT_FOUND,
                 "server/discover (MCP 2026-07-28) is not supported; this server speaks 2025-11-25: send initialize",
             )
             .with_id(&id));
@@ -280,7 +280,7 @@ async fn request(
         )),
         other => Err(RpcError::new(
             StatusCode::OK,
-            errors::METHOD_NOT_FOUND.code,
+            errors::METHOD_NOT_FOUND,
             format!(
                 "method `{other}` is not supported; this server offers tools (tools/list, tools/call), \
                  logging/setLevel and ping"
