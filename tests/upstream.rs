@@ -387,8 +387,13 @@ async fn retry_after(
 
 /// An address on which nothing listens (bound, then released).
 pub async fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    // Port 1 (tcpmux) is privileged and served by nothing here, so connections are
+    // refused for good; a port freed by the test could be taken by another process
+    // (parallel tests start servers) between the check and the call.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_err(),
+        "something listens on 127.0.0.1:1; the tests need it closed"
+    );
     format!("http://{addr}")
 }

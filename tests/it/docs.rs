@@ -1,6 +1,8 @@
 //! The documentation's relative links resolve: every `[text](path#anchor)` in `README.md`, `docs/` and the
 //! other Markdown pages of the repository names a file that exists and, with an anchor, a heading of that
-//! file (GitHub's slugs). Also: the README stays short and links every page of `docs/`.
+//! file (GitHub's slugs). Also: the README stays short and links every page of `docs/`; the admin API
+//! page's table of operations is the OpenAPI document's (`TENGINE_UPDATE_DOCS=1` regenerates it); the
+//! error tables of `docs/errors.md` list exactly the catalogue's codes (`tengine_core::errors`).
 //! Needs neither NATS nor PostgreSQL.
 
 use std::collections::{BTreeSet, HashMap};
@@ -256,4 +258,151 @@ fn the_readme_is_short_and_links_every_docs_page() {
         }
     }
     assert!(missing.is_empty(), "README.md does not link docs/{missing:?}");
+}
+
+/// `docs/admin-api.md`'s table of operations lies between these lines.
+const OPERATIONS_START: &str = "<!-- operations: generated from the OpenAPI document by tests/it/docs.rs \
+                                (TENGINE_UPDATE_DOCS=1 regenerates) -->";
+const OPERATIONS_END: &str = "<!-- end of operations -->";
+
+/// Who may call an operation, from its security requirements.
+fn auth(op: &serde_json::Value) -> String {
+    let names: Vec<&str> = op["security"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|requirement| {
+            let keys: Vec<&str> = requirement
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            if keys.is_empty() { vec!["none"] } else { keys }
+        })
+        .map(|name| match name {
+            "admin_token" => "admin",
+            "api_key" => "API key",
+            "member_session" => "member session",
+            other => other,
+        })
+        .collect();
+    names.join(", ")
+}
+
+/// The table of operations of the admin API's OpenAPI document, in its order.
+fn operations_table() -> String {
+    let doc = serde_json::to_value(tengine_ingress::admin::document()).expect("the document serializes");
+    let mut table = String::from("| Method and path | Auth | Does |\n|---|---|---|\n");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["get", "put", "post", "delete", "patch"] {
+            if let Some(op) = item.get(method) {
+                let summary = op["summary"].as_str().unwrap_or_default().replace('|', "\\|");
+                table.push_str(&format!(
+                    "| `{} {path}` | {} | {summary} |\n",
+                    method.to_uppercase(),
+                    auth(op)
+                ));
+            }
+        }
+    }
+    table
+}
+
+#[test]
+fn the_admin_api_page_lists_every_operation_of_the_openapi_document() {
+    let path = root().join("docs/admin-api.md");
+    let page = std::fs::read_to_string(&path).expect("docs/admin-api.md");
+    let (Some(start), Some(end)) = (page.find(OPERATIONS_START), page.find(OPERATIONS_END)) else {
+        panic!("docs/admin-api.md has no `{OPERATIONS_START}` … `{OPERATIONS_END}` section");
+    };
+    let body_start = start.saturating_add(OPERATIONS_START.len());
+    let generated = format!("\n{}", operations_table());
+    if std::env::var("TENGINE_UPDATE_DOCS").is_ok() {
+        let updated = format!("{}{generated}{}", &page[..body_start], &page[end..]);
+        std::fs::write(&path, updated).expect("write docs/admin-api.md");
+        return;
+    }
+    assert!(
+        page[body_start..end] == generated,
+        "docs/admin-api.md's operations differ from the OpenAPI document; regenerate with \
+         TENGINE_UPDATE_DOCS=1 cargo test -p tengine-tests --test it docs::"
+    );
+}
+
+/// The rows of the first table under `## {heading}` in `text`, without its header, as cells.
+fn table_rows(text: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut lines = text.lines().skip_while(|l| l.trim() != format!("## {heading}")).skip(1);
+    let rows: Vec<Vec<String>> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("## "))
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 2, "docs/errors.md: no table under `## {heading}`");
+    // The header and the `|---|` line.
+    rows.into_iter().skip(2).collect()
+}
+
+/// The number a cell starts with (`-32040 (not -32001, …)`, `202, ignored`), if any.
+fn leading_number(cell: &str) -> Option<i64> {
+    let cell = cell.trim_matches('`');
+    let end = cell
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(cell.len(), |(i, _)| i);
+    cell[..end].parse().ok()
+}
+
+#[test]
+fn the_error_tables_match_the_catalogue() {
+    use tengine_core::errors::{ADMIN_CODES, RPC_CODES};
+    let text = std::fs::read_to_string(root().join("docs/errors.md")).expect("docs/errors.md");
+
+    // Admin API: `| HTTP | code | When |`, exactly the catalogue's codes with their statuses.
+    let documented: BTreeSet<(i64, String)> = table_rows(&text, "Admin API errors")
+        .iter()
+        .map(|row| {
+            let status = leading_number(&row[0]).unwrap_or_else(|| panic!("no HTTP status in {row:?}"));
+            (status, row[1].trim_matches('`').to_string())
+        })
+        .collect();
+    let declared: BTreeSet<(i64, String)> = ADMIN_CODES
+        .iter()
+        .map(|c| (i64::from(c.status), c.code.to_string()))
+        .collect();
+    assert_eq!(
+        documented, declared,
+        "docs/errors.md's admin error table differs from tengine_core::errors"
+    );
+
+    // MCP: `| Situation | HTTP | JSON-RPC error.code |`; a code may be answered in several situations.
+    let situations: Vec<(i64, i64)> = table_rows(&text, "MCP errors")
+        .iter()
+        .filter_map(|row| Some((leading_number(&row[1])?, leading_number(&row[2])?)))
+        .collect();
+    assert!(
+        situations.len() > 10,
+        "the MCP error table was not read: {situations:?}"
+    );
+    for (status, code) in &situations {
+        assert!(
+            RPC_CODES.iter().any(|c| i64::from(c.code) == *code),
+            "docs/errors.md answers {code} (HTTP {status}), which tengine_core::errors does not declare"
+        );
+    }
+    for code in RPC_CODES {
+        assert!(
+            situations.contains(&(i64::from(code.status), i64::from(code.code))),
+            "docs/errors.md has no situation answering {} ({}) with HTTP {}",
+            code.code,
+            code.name,
+            code.status
+        );
+    }
 }

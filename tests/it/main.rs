@@ -8,6 +8,7 @@ mod docs;
 mod edges_storage;
 mod modern;
 mod observability;
+mod openapi;
 mod outcomes;
 mod ownership;
 mod protocol;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{StoreError, StoreResult, error::found, projects};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: Uuid,
     pub project_id: Uuid,

@@ -13,7 +13,7 @@ use crate::{
     projects,
 };
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MemberKey {
     pub project_id: Uuid,
     pub kid: String,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{StoreError, StoreResult, error::found};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Project {
     pub id: Uuid,
     pub name: String,

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::templates::{self, RESERVED_PREFIXES};
@@ -37,7 +38,7 @@ pub const RESERVED_HEADERS: &[&str] = &[
 /// Header name prefixes Tengine owns.
 pub const RESERVED_HEADER_PREFIXES: &[&str] = &["x-tengine-", "webhook-"];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     Get,
@@ -75,7 +76,7 @@ impl HttpMethod {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthStrategy {
     #[default]
@@ -104,7 +105,7 @@ impl AuthStrategy {
 }
 
 /// How an upstream response becomes an MCP tool result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseMode {
     /// The body as one text block (the default).
@@ -138,7 +139,7 @@ impl ResponseMode {
 }
 
 /// MCP tool annotations (hints for clients), in MCP's own field names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ToolAnnotations {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +156,7 @@ pub struct ToolAnnotations {
 /// cannot have applied a write, or that the API asks to retry, are retried:
 /// connections that never opened, HTTP 429/502/503/504, and timeouts of
 /// idempotent methods (GET, PUT, DELETE) or of tools annotated `idempotentHint`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 disables retries).
@@ -215,6 +216,12 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Never serialized, like `skip_serializing`, which the OpenAPI derive would read
+/// as "no such field" rather than "write-only".
+fn write_only<T>(_: &T) -> bool {
+    true
+}
+
 fn default_timeout() -> u64 {
     TIMEOUT_MS_DEFAULT
 }
@@ -224,7 +231,7 @@ fn default_true() -> bool {
 
 /// Whether a call may become an MCP task (revision 2026-07-28, for clients that
 /// declared the `io.modelcontextprotocol/tasks` extension on the request).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskSupport {
     /// Always answered synchronously.
@@ -257,7 +264,7 @@ impl TaskSupport {
 }
 
 /// Who must approve a call before it reaches the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Approval {
     /// Nobody: calls run at once.
@@ -289,7 +296,7 @@ impl Approval {
 }
 
 /// A tool as the owner writes it (POST / PUT body). `auth_secret` is write-only.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSpec {
     pub name: String,
@@ -315,11 +322,15 @@ pub struct ToolSpec {
     pub body_template: Option<Value>,
     #[serde(default)]
     pub auth_strategy: AuthStrategy,
-    #[serde(default, skip_serializing)]
+    /// The upstream's bearer token (`static_bearer`) or signing secret (`hmac_signature`);
+    /// never returned.
+    #[serde(default, skip_serializing_if = "write_only")]
+    #[schema(write_only)]
     pub auth_secret: Option<String>,
     /// With a new `hmac_signature` secret: how long the previous one keeps signing
     /// too (both signatures are sent), so receivers can rotate without a gap.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "write_only")]
+    #[schema(write_only)]
     pub rotation_overlap_secs: Option<u64>,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
@@ -345,7 +356,7 @@ pub struct ToolSpec {
 }
 
 /// A stored tool, as the services use it. Never carries the plaintext secret.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, ToSchema)]
 pub struct ToolDefinition {
     pub id: Uuid,
     pub project_id: Uuid,

@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
-use tengine_core::errors;
+use tengine_core::errors::{self, RpcCode};
 
 /// A failed request: an HTTP status plus a JSON-RPC error object (and, for some,
 /// response headers).
@@ -24,11 +24,12 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    pub(crate) fn new(status: StatusCode, code: i32, message: impl Into<String>) -> Self {
+    /// An error with a code of the catalogue (the only codes Tengine answers with).
+    pub(crate) fn new(status: StatusCode, code: RpcCode, message: impl Into<String>) -> Self {
         Self {
             status,
             id: Value::Null,
-            code,
+            code: code.code,
             message: message.into(),
             data: None,
             headers: Vec::new(),
@@ -41,11 +42,11 @@ impl RpcError {
     }
 
     pub(crate) fn invalid_request(status: StatusCode, message: impl Into<String>) -> Self {
-        Self::new(status, errors::RPC_INVALID_REQUEST.code, message)
+        Self::new(status, errors::RPC_INVALID_REQUEST, message)
     }
 
     pub(crate) fn invalid_params(id: &Value, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::OK, errors::INVALID_PARAMS.code, message).with_id(id)
+        Self::new(StatusCode::OK, errors::INVALID_PARAMS, message).with_id(id)
     }
 
     /// 400, -32021 (revision 2026-07-28): `what` needs client capabilities the
@@ -53,7 +54,7 @@ impl RpcError {
     pub(crate) fn missing_capability(id: &Value, required: Value, what: &str) -> Self {
         let mut err = Self::new(
             StatusCode::BAD_REQUEST,
-            errors::MISSING_CAPABILITY.code,
+            errors::MISSING_CAPABILITY,
             format!("{what} needs client capabilities this request did not declare: {required}"),
         )
         .with_id(id);
@@ -62,7 +63,7 @@ impl RpcError {
     }
 
     pub(crate) fn internal(id: &Value, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::OK, errors::INTERNAL_ERROR.code, message).with_id(id)
+        Self::new(StatusCode::OK, errors::INTERNAL_ERROR, message).with_id(id)
     }
 }
 
@@ -115,7 +116,7 @@ pub(crate) fn parse(bytes: &[u8]) -> RpcResult<Incoming> {
     let message: Value = serde_json::from_slice(bytes).map_err(|e| {
         RpcError::new(
             StatusCode::BAD_REQUEST,
-            errors::PARSE_ERROR.code,
+            errors::PARSE_ERROR,
             format!("the body is not valid JSON ({e})"),
         )
     })?;

@@ -11,7 +11,6 @@ pub mod arguments;
 pub mod calls;
 pub mod catalog;
 pub mod dispatch;
-pub mod error;
 pub mod jsonrpc;
 pub mod key_limits;
 pub mod mcp;
@@ -31,7 +30,7 @@ use uuid::Uuid;
 use axum::{
     Json, Router,
     extract::{MatchedPath, State},
-    http::{Request, StatusCode},
+    http::Request,
     response::IntoResponse,
     routing::get,
 };
@@ -158,7 +157,6 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mcp", get(mcp::get).post(mcp::post).delete(mcp::delete))
-        .route("/v1/health", get(health))
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .merge(admin::routes())
@@ -183,37 +181,6 @@ async fn protected_resource(State(st): State<Arc<AppState>>) -> impl IntoRespons
         "bearer_methods_supported": ["header"],
         "resource_name": "Tengine",
     }))
-}
-
-/// `GET /v1/health`: liveness for anyone (load balancers, clients); the details
-/// (dependencies, projector lag, dead letters) only for the admin token.
-async fn health(State(st): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
-    if !admin::is_admin(&st, &headers) {
-        return (StatusCode::OK, Json(json!({"status": "ok", "service": "ingress"})));
-    }
-    let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
-    // Events in the log the projector has not applied yet (run history lag).
-    let lag = st.dispatcher.projector_lag(&st.pool).await;
-    // Events the projector set aside, not re-applied yet (`tengine projector dead-letters`).
-    let dead_letters = tengine_projector::history::unresolved_dead_letters(&st.pool).await.ok();
-    let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
-    let status = if database && nats {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({
-            "status": if status == StatusCode::OK { "ok" } else { "degraded" },
-            "service": "ingress",
-            "version": tengine_core::VERSION,
-            "database": if database { "ok" } else { "unreachable" },
-            "nats": if nats { "ok" } else { "unreachable" },
-            "projector_lag_events": lag,
-            "dead_letters": dead_letters,
-        })),
-    )
 }
 
 /// The operator listener (`ingress.metrics_listen`, loopback by default): `/metrics`

@@ -149,7 +149,7 @@ async fn owned(
     let not_found = || {
         RpcError::new(
             axum::http::StatusCode::BAD_REQUEST,
-            errors::INVALID_PARAMS.code,
+            errors::INVALID_PARAMS,
             "Failed to retrieve task: Task not found",
         )
         .with_id(id)

@@ -428,7 +428,7 @@ impl Call {
                 if let Some(lease) = lease {
                     lease.release().await;
                 }
-                let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED.code, message).with_id(&self.id);
+                let mut err = RpcError::new(StatusCode::OK, errors::QUOTA_EXCEEDED, message).with_id(&self.id);
                 err.data = Some(json!({
                     META_RUN_ID: run_id,
                     "limit": exceeded.limit,

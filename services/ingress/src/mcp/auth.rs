@@ -12,7 +12,7 @@ use crate::{
 };
 
 pub(crate) fn unauthorized(st: &AppState, message: &str, token_given: bool) -> RpcError {
-    let mut err = RpcError::new(StatusCode::UNAUTHORIZED, errors::RPC_UNAUTHORIZED.code, message);
+    let mut err = RpcError::new(StatusCode::UNAUTHORIZED, errors::RPC_UNAUTHORIZED, message);
     let metadata = format!(
         "{}/.well-known/oauth-protected-resource",
         st.config.ingress.public_url.trim_end_matches('/')
@@ -59,7 +59,7 @@ pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap) -> RpcResul
     match found {
         Ok(Some(principal)) if !principal.may_call() => Err(RpcError::new(
             StatusCode::FORBIDDEN,
-            errors::RPC_UNAUTHORIZED.code,
+            errors::RPC_UNAUTHORIZED,
             "this API key has no `call` scope (it may only read run history and usage): use a key created with \
              \"scopes\": [\"call\"] for MCP",
         )),
@@ -73,7 +73,7 @@ pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap) -> RpcResul
             tracing::error!(error = %err, "authenticating a credential");
             Err(RpcError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                errors::INTERNAL_ERROR.code,
+                errors::INTERNAL_ERROR,
                 "credentials could not be checked right now; retry",
             ))
         }

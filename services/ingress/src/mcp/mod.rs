@@ -86,7 +86,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             tracing::error!(error = %e, "ending a session");
             RpcError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                errors::INTERNAL_ERROR.code,
+                errors::INTERNAL_ERROR,
                 "the session could not be ended right now; retry",
             )
         })?;
@@ -105,7 +105,7 @@ fn not_in_modern(headers: &HeaderMap) -> Option<Response> {
     }
     let mut refused = RpcError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        errors::RPC_INVALID_REQUEST.code,
+        errors::RPC_INVALID_REQUEST,
         format!("revision {version} has no GET stream and no sessions: POST subscriptions/listen for notifications"),
     );
     refused.headers.push((header::ALLOW, "POST".into()));
@@ -271,7 +271,7 @@ async fn request(
         "server/discover" => {
             return Err(RpcError::new(
                 StatusCode::OK,
-                errors::METHOD_NOT_FOUND.code,
+                errors::METHOD_NOT_FOUND,
                 format!(
                     "server/discover is a method of revision 2026-07-28: send it with params._meta[\"{}\"] and the \
                      MCP-Protocol-Version header, or use initialize for 2025-11-25",
@@ -311,7 +311,7 @@ async fn request(
         )),
         other => Err(RpcError::new(
             StatusCode::OK,
-            errors::METHOD_NOT_FOUND.code,
+            errors::METHOD_NOT_FOUND,
             format!(
                 "method `{other}` is not supported; this server offers tools (tools/list, tools/call), \
                  logging/setLevel and ping"

@@ -92,7 +92,7 @@ pub(crate) async fn handle(
     if !MODERN_VERSIONS.contains(&meta.version.as_str()) {
         let mut err = RpcError::new(
             StatusCode::BAD_REQUEST,
-            errors::UNSUPPORTED_VERSION.code,
+            errors::UNSUPPORTED_VERSION,
             format!(
                 "protocol version `{}` is not served; supported: {}",
                 meta.version,
@@ -106,7 +106,7 @@ pub(crate) async fn handle(
     if !METHODS.contains(&method.as_str()) {
         return Err(RpcError::new(
             StatusCode::NOT_FOUND,
-            errors::METHOD_NOT_FOUND.code,
+            errors::METHOD_NOT_FOUND,
             format!("method `{method}` is not served in revision 2026-07-28"),
         )
         .with_id(&id));
@@ -180,7 +180,7 @@ fn request_meta(id: &Value, params: Option<&Value>) -> RpcResult<RequestMeta> {
     let invalid = |what: &str| {
         RpcError::new(
             StatusCode::BAD_REQUEST,
-            errors::INVALID_PARAMS.code,
+            errors::INVALID_PARAMS,
             format!(
                 "{what}: every request of revision 2026-07-28 carries params._meta with \
                  \"{META_PROTOCOL_VERSION}\" (a string) and \"{META_CLIENT_CAPABILITIES}\" (an object)"
@@ -206,7 +206,7 @@ fn request_meta(id: &Value, params: Option<&Value>) -> RpcResult<RequestMeta> {
         Some(_) => {
             return Err(RpcError::new(
                 StatusCode::BAD_REQUEST,
-                errors::INVALID_PARAMS.code,
+                errors::INVALID_PARAMS,
                 format!(
                     "{META_LOG_LEVEL} must be one of: {}",
                     crate::sessions::LOG_LEVELS.join(", ")
@@ -232,7 +232,7 @@ fn check_headers(
     meta: &RequestMeta,
 ) -> RpcResult<()> {
     let mismatch =
-        |message: String| RpcError::new(StatusCode::BAD_REQUEST, errors::HEADER_MISMATCH.code, message).with_id(id);
+        |message: String| RpcError::new(StatusCode::BAD_REQUEST, errors::HEADER_MISMATCH, message).with_id(id);
     let name_field = match method {
         "tools/call" => Some("name"),
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::RUN_KEY;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunRecord {
     pub run_id: Uuid,
     pub project_id: Uuid,
@@ -35,7 +35,7 @@ pub struct RunRecord {
     pub response_truncated: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptRecord {
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
@@ -170,7 +170,7 @@ pub async fn unrecorded(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<(Opti
 }
 
 /// A run's stored bodies (projects with `store_bodies`; `None` when none were kept).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BodiesRecord {
     #[serde(rename = "request")]
     pub request_body: Option<String>,

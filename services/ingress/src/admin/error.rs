@@ -1,5 +1,6 @@
-//! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`.
-//! Codes and their statuses come from `tengine_core::errors` (documented in docs/errors.md).
+//! Errors of the admin API (`/v1`) as JSON: `{"error": {"code", "message", "field"?}}`,
+//! the one place failures become answers. Codes and their statuses come from
+//! `tengine_core::errors` (documented in docs/errors.md).
 
 use axum::{
     Json,
@@ -11,19 +12,19 @@ use tengine_control::StoreError;
 use tengine_core::domain::FieldError;
 use tengine_core::errors::{self, AdminCode};
 
+/// A failed admin request: a code of the catalogue (which fixes the HTTP status), a
+/// message that says what to fix, and for `invalid_field` the field's path.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub field: Option<String>,
+    code: AdminCode,
+    message: String,
+    field: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: AdminCode, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::from_u16(code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code: code.code,
+            code,
             message: message.into(),
             field: None,
         }
@@ -48,6 +49,23 @@ impl ApiError {
         tracing::error!(error = %err, "internal error");
         Self::new(errors::INTERNAL, "internal error; see the server log")
     }
+
+    /// 422 `invalid_field` naming `field`.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::from(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+}
+
+/// A store error with "not found" meaning `what` is not found (the store's
+/// `NotFound` does not say which of the ids it was given is missing).
+pub fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
 }
 
 impl From<FieldError> for ApiError {
@@ -70,11 +88,12 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
+        let status = StatusCode::from_u16(self.code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut error = json!({"code": self.code.code, "message": self.message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        (status, Json(json!({ "error": error }))).into_response()
     }
 }
 
