@@ -21,7 +21,11 @@
 // Sampling and elicitation cannot be done by an HTTP upstream (they are requests
 // from the MCP server to the client); those endpoints answer plain text so that
 // the scenario fails on its real check ("Server did not request … from client")
-// rather than on an unknown tool. No dependencies; loopback only.
+// rather than on an unknown tool. The same goes for the Tasks fixtures that would
+// ask for input (confirm_delete, multi_input, test_tool_with_task). The other Tasks
+// fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
+// endpoints: whether a call becomes a task is the tool's setting in tools.json.
+// No dependencies; loopback only.
 import http from 'node:http';
 
 const port = Number(process.argv[2] ?? process.env.FIXTURE_PORT ?? 18709);
@@ -54,6 +58,8 @@ const TINY_WAV = tinyWav();
 
 // How often test_trigger_tool_change changed the tool list.
 let toolChanges = 0;
+// slow_compute calls that ran to their end, and those whose caller went away first.
+const stats = { slowComputeCompleted: 0, slowComputeAborted: 0 };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -187,6 +193,66 @@ const routes = {
     return text(`tool list changed (${toolChanges})`);
   },
 
+  // server-stateless (2026-07-28), sep-2575-server-rejects-undeclared-capability:
+  // the tool is registered with `client_capabilities: {"sampling": {}}`, so Tengine
+  // refuses a request that does not declare sampling (-32021, HTTP 400) before it
+  // reaches this endpoint; a request that declares it gets this text.
+  'GET /missing-capability': () => text('test_missing_capability: the client declared sampling'),
+
+  // tasks-* (Tasks extension): greet is task_support "never", always answered at once.
+  'GET /greet': (req) => text(`Hello, ${new URL(req.url, 'http://x').searchParams.get('name')}!`),
+
+  // tasks-*: slow_compute sleeps `seconds` and answers. The 60 s calls are cancelled
+  // by the suite (tasks/cancel): Tengine then aborts the request in flight, which
+  // this endpoint sees as a connection closed before it answered (logged, and
+  // counted in /stats).
+  'POST /slow-compute': async (req, body) => {
+    const seconds = Number(body.seconds ?? 0);
+    const label = body.label ?? '';
+    const started = Date.now();
+    let onClose;
+    const closed = new Promise((resolve) => {
+      onClose = () => resolve(true);
+      req.socket.once('close', onClose);
+    });
+    const aborted = await Promise.race([sleep(Math.max(0, seconds) * 1000).then(() => false), closed]);
+    req.socket.removeListener('close', onClose);
+    if (aborted) {
+      stats.slowComputeAborted += 1;
+      console.error(`slow_compute ${label}: the caller closed the connection after ${Date.now() - started} ms of ${seconds} s`);
+      return null;
+    }
+    stats.slowComputeCompleted += 1;
+    return text(`slow_compute ${label}: done after ${seconds} s`);
+  },
+
+  // tasks-*: failing_job's API refuses the call (HTTP 422): a tool-level error, so
+  // the task ends `completed` with `isError: true`.
+  'POST /failing-job': async () => {
+    await sleep(200);
+    return text('failing_job: this job always fails', 422);
+  },
+
+  // tasks-lifecycle: protocol_error_job's API closes the connection without an
+  // answer (a transport failure, not an API answer), so the task ends `failed`
+  // with a JSON-RPC error.
+  'POST /protocol-error-job': (req) => {
+    req.socket.destroy();
+    return null;
+  },
+
+  // tasks-mrtr-input, tasks-dispatch-and-envelope, tasks-mrtr-composition: these
+  // tools would ask the client for input (input_required tasks, InputRequiredResult);
+  // an HTTP API cannot, so they answer at once and those scenarios fail on their
+  // real check (the task never is input_required).
+  'POST /confirm-delete': (_req, body) =>
+    text(`confirm_delete: ${body.filename ?? '?'} (no confirmation can be asked by an HTTP upstream)`),
+  'POST /multi-input': () => text('multi_input: done (no input can be asked by an HTTP upstream)'),
+  'POST /tool-with-task': () => text('test_tool_with_task: done (no input can be asked by an HTTP upstream)'),
+
+  // What the tasks endpoints saw (for a person checking that cancellation reached the API).
+  'GET /stats': () => result(stats),
+
   // server-sse-polling: the test_reconnection tool. Closing the SSE stream
   // mid-call is the MCP server's job; the upstream just takes a moment.
   'GET /reconnection': async () => {
@@ -201,6 +267,8 @@ const server = http.createServer(async (req, res) => {
   try {
     const body = req.method === 'POST' ? await readJson(req) : {};
     const out = route ? await route(req, body) : text(`no fixture route for ${req.method} ${path}`, 404);
+    // null: the route closed the connection (or saw it closed) and answers nothing.
+    if (out === null) return;
     res.writeHead(out.status, { 'content-type': out.type, 'content-length': Buffer.byteLength(out.body) });
     res.end(out.body);
   } catch (err) {

@@ -243,3 +243,80 @@ async fn cancelling_a_task_cuts_off_its_request_in_flight_or_keeps_it_from_runni
     assert_eq!(again.status, 200);
     assert_eq!(until_done(&client, &long_id).await["status"], "cancelled");
 }
+
+/// A `tasks/cancel` that reaches the worker while it prepares the run (after it read
+/// the run's cancellation mark, before it sends the request) still keeps the run from
+/// reaching the API. The worker is held in that window by a lock on the tools table,
+/// which its lookups read and the ingress (its tool cached) does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_cancelled_while_the_worker_prepares_it_never_reaches_the_api() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::post("long", &upstream.url(), "/slow/8000")
+            .field("task_support", "required")
+            .timeout_ms(20000),
+    )
+    .await;
+    // Caches the tool in the ingress: the call is refused before anything is queued.
+    let plain = ModernClient::new(app.http.clone(), app.mcp_url.clone(), app.api_key.clone());
+    let refused = plain.request(json!(0), "tools/call", json!({"name": "long"})).await;
+    assert_eq!(refused.body["error"]["code"], -32021, "{}", refused.body);
+
+    let mut lock = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE tools IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock tools");
+    let client = with_tasks(&app, &app.mcp_url);
+    let created = client.request(json!(1), "tools/call", json!({"name": "long"})).await;
+    let task_id = created.body["result"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a task: {}", created.body))
+        .to_string();
+    // The worker has the command and waits for the tools table (its other lookups,
+    // the cancellation mark among them, are done).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query ILIKE '%FROM tools%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never looked the tool up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ack = task_request(&client, json!(2), "tasks/cancel", &task_id).await;
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.expect("unlock tools");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    let task = loop {
+        n += 1;
+        let task = get_task(&client, json!(format!("poll-{n}")), &task_id).await.body["result"].clone();
+        if task["status"] != "working" || std::time::Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(task["status"], "cancelled", "the cancellation was lost: {task}");
+    assert!(
+        task["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("before the API was called"),
+        "{task}"
+    );
+    assert!(upstream.requests().is_empty(), "the API was called");
+}

@@ -86,8 +86,9 @@ impl Refusal {
 }
 
 /// The runs a worker is executing, each with the token that aborts it (fed by
-/// `{prefix}.control.abort`). An abort that comes before a run is registered is
-/// missed; the run's cancellation mark then stops it before its next attempt.
+/// `{prefix}.control.abort`). A run is registered before its cancellation mark is
+/// read, and `tasks/cancel` sets the mark before it broadcasts the abort: an abort
+/// that comes before the registration is seen as the mark, any later one cuts the token.
 #[derive(Clone, Default)]
 pub(crate) struct Aborts(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, CancellationToken>>>);
 
@@ -231,6 +232,8 @@ impl Worker {
     ) -> RunOutcome {
         // The `attempts` of a run that ends before this delivery calls the API.
         let before = delivery.saturating_sub(1);
+        // Before the cancellation mark is read (see `Aborts`).
+        let aborting = self.aborts.register(command.run_id);
         let dispatch = match self.prepare_dispatch(command, before).await {
             Ok(dispatch) => dispatch,
             // A failure while preparing counts this delivery as an attempt (as it
@@ -238,7 +241,10 @@ impl Worker {
             Err(refusal) if refusal.status == RunStatus::Failed => return self.refused(command, delivery, refusal),
             Err(refusal) => return self.refused(command, before, refusal),
         };
-        let aborting = self.aborts.register(command.run_id);
+        // Aborted while preparing: the API was not called.
+        if aborting.token.is_cancelled() {
+            return self.refused(command, before, Refusal::cancelled());
+        }
         let began = std::time::Instant::now();
         let deadline = Duration::from_millis(dispatch.retry.total_deadline_ms);
         let mut delays = dispatch.backoff();
