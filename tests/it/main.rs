@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real NATS, PostgreSQL, upstreams and MCP clients.
 
 mod admin;
+mod approvals;
 mod bodies;
 mod calls;
 mod control;

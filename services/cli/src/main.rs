@@ -114,6 +114,36 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+    /// Calls waiting for an operator's approval (tools with `approval = "operator"`).
+    Approvals {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ApprovalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// The project's waiting calls, oldest first.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Approve a waiting call: it runs once.
+    Approve {
+        run_id: String,
+        /// Recorded with the decision.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a waiting call: it never reaches the API.
+    Reject {
+        run_id: String,
+        /// Why (recorded; the caller's result says it).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -947,6 +977,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 RunCommand::Get { run_id } => print(&c.get(&format!("/v1/runs/{run_id}")).await?),
             }
+            Ok(())
+        }
+        Command::Approvals { admin, command } => {
+            let c = client(&admin)?;
+            let answer = match command {
+                ApprovalCommand::List { project } => c.get(&format!("/v1/projects/{project}/approvals")).await?,
+                ApprovalCommand::Approve { run_id, note } => {
+                    c.post(
+                        &format!("/v1/runs/{run_id}/approve"),
+                        &serde_json::json!({ "note": note }),
+                    )
+                    .await?
+                }
+                ApprovalCommand::Reject { run_id, reason } => {
+                    c.post(
+                        &format!("/v1/runs/{run_id}/reject"),
+                        &serde_json::json!({ "reason": reason }),
+                    )
+                    .await?
+                }
+            };
+            print(&answer);
             Ok(())
         }
     }

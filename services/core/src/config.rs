@@ -68,6 +68,8 @@ pub struct IngressConfig {
     /// A call to a tool with `task_support: optional` becomes a task (for clients
     /// that declared the tasks extension) when its `timeout_ms` is longer than this.
     pub task_after_ms: u64,
+    /// How long a call may wait for an operator's approval before it is refused.
+    pub approval_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }
@@ -113,6 +115,7 @@ pub struct StreamsConfig {
     pub sessions_max_bytes: i64,
     pub idempotency_max_bytes: i64,
     pub cancelled_max_bytes: i64,
+    pub approvals_max_bytes: i64,
     pub commands_max_bytes: i64,
     pub commands_max_msgs: i64,
     pub events_max_age_secs: u64,

@@ -189,6 +189,8 @@ pub enum ErrorClass {
     Internal,
     /// The call exceeded a quota of its project or member (refused before queueing).
     QuotaExceeded,
+    /// An operator rejected the call, or its approval expired (the API was not called).
+    ApprovalDenied,
 }
 
 impl ErrorClass {
@@ -206,6 +208,7 @@ impl ErrorClass {
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::Internal => "internal",
             ErrorClass::QuotaExceeded => "quota_exceeded",
+            ErrorClass::ApprovalDenied => "approval_denied",
         }
     }
 }
@@ -366,6 +369,27 @@ pub enum RunEvent {
         project_id: Uuid,
         requested_at: DateTime<Utc>,
     },
+    /// The call waits for an operator's approval (its tool has `approval:
+    /// operator`); its command is parked until then, at most until `expires_at`.
+    AwaitingApproval {
+        run_id: Uuid,
+        caller: Caller,
+        tool_name: String,
+        accepted_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// An operator approved or rejected a parked call, or its approval expired.
+    ApprovalDecided {
+        run_id: Uuid,
+        project_id: Uuid,
+        decision: ApprovalDecision,
+        /// Who decided (`admin`), absent for an expiry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        decided_at: DateTime<Utc>,
+    },
     /// Progress the API reported while answering (NDJSON or SSE lines with a
     /// `progress` field). Sent only to the waiting ingress, never logged.
     UpstreamProgress {
@@ -401,6 +425,25 @@ pub struct RunOutcome {
     pub keep_result_until: Option<DateTime<Utc>>,
 }
 
+/// What became of a parked call.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl ApprovalDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalDecision::Approved => "approved",
+            ApprovalDecision::Rejected => "rejected",
+            ApprovalDecision::Expired => "expired",
+        }
+    }
+}
+
 /// Bodies kept in run history (projects with `store_bodies`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct RunBodies {
@@ -414,15 +457,19 @@ pub struct RunBodies {
 
 impl RunEvent {
     pub const FINISHED_KIND: &'static str = "finished";
+    pub const ACCEPTED_KIND: &'static str = "accepted";
+    pub const AWAITING_APPROVAL_KIND: &'static str = "awaiting_approval";
 
     /// The last subject token of this event.
     pub fn kind(&self) -> &'static str {
         match self {
-            RunEvent::Accepted { .. } => "accepted",
+            RunEvent::Accepted { .. } => Self::ACCEPTED_KIND,
             RunEvent::Rejected { .. } => "rejected",
             RunEvent::AttemptStarted { .. } => "attempt_started",
             RunEvent::AttemptFinished { .. } => "attempt_finished",
             RunEvent::CancelRequested { .. } => "cancel_requested",
+            RunEvent::AwaitingApproval { .. } => Self::AWAITING_APPROVAL_KIND,
+            RunEvent::ApprovalDecided { .. } => "approval_decided",
             RunEvent::UpstreamProgress { .. } => "upstream_progress",
             RunEvent::Finished(_) => Self::FINISHED_KIND,
         }
@@ -435,6 +482,8 @@ impl RunEvent {
             | RunEvent::AttemptStarted { run_id, .. }
             | RunEvent::AttemptFinished { run_id, .. }
             | RunEvent::CancelRequested { run_id, .. }
+            | RunEvent::AwaitingApproval { run_id, .. }
+            | RunEvent::ApprovalDecided { run_id, .. }
             | RunEvent::UpstreamProgress { run_id, .. } => *run_id,
             RunEvent::Finished(outcome) => outcome.run_id,
         }

@@ -126,6 +126,11 @@ impl Topology {
         format!("{}_IDEMPOTENCY", self.prefix.to_uppercase())
     }
 
+    /// Parked commands of calls waiting for an operator's approval.
+    pub fn approvals_bucket(&self) -> String {
+        format!("{}_APPROVALS", self.prefix.to_uppercase())
+    }
+
     pub fn cancelled_bucket(&self) -> String {
         format!("{}_CANCELLED", self.prefix.to_uppercase())
     }

@@ -266,6 +266,22 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Stores an event in the log; the caller learns whether it was stored.
+    pub async fn publish(&self, project_id: Uuid, event: RunEvent) -> Result<(), bus::BusError> {
+        bus::publish_event(&self.js, &self.topology, project_id, event)
+            .await
+            .map(drop)
+    }
+
+    /// Sends an outcome to the ingress waiting on `reply_to` (best-effort).
+    pub async fn reply(&self, reply_to: &str, outcome: RunOutcome) {
+        if let Ok(bytes) = Envelope::new(Uuid::now_v7(), RunEvent::Finished(outcome)).encode()
+            && let Err(err) = self.nats.publish(reply_to.to_string(), bytes.into()).await
+        {
+            tracing::warn!(error = %err, "replying to the waiting ingress failed; it reads the event log");
+        }
+    }
+
     pub async fn log(&self, project_id: Uuid, event: RunEvent) {
         let run_id = event.run_id();
         if let Err(err) = bus::publish_event(&self.js, &self.topology, project_id, event).await {
@@ -298,7 +314,12 @@ impl Dispatcher {
     pub async fn in_streams(&self, project_id: Uuid, run_id: Uuid) -> Result<bool, String> {
         let queued = self.topology.command_subject(project_id, run_id);
         let mut lookups = vec![(&self.commands, queued)];
-        for kind in ["accepted", RunEvent::FINISHED_KIND] {
+        // A parked run (operator approval) has no command queued and no Accepted yet.
+        for kind in [
+            RunEvent::ACCEPTED_KIND,
+            RunEvent::FINISHED_KIND,
+            RunEvent::AWAITING_APPROVAL_KIND,
+        ] {
             lookups.push((&self.events, self.topology.event_subject(project_id, run_id, kind)));
         }
         for (stream, subject) in lookups {
@@ -338,17 +359,28 @@ impl Dispatcher {
             let command = command.body;
             return Some((command.caller, command.tool_name, command.accepted_at));
         }
-        let accepted = self.topology.event_subject(project_id, run_id, "accepted");
-        let message = self.events.get_last_raw_message_by_subject(&accepted).await.ok()?;
-        match Envelope::<RunEvent>::decode(&message.payload).ok()?.body {
-            RunEvent::Accepted {
-                caller,
-                tool_name,
-                accepted_at,
-                ..
-            } => Some((caller, tool_name, accepted_at)),
-            _ => None,
+        for kind in [RunEvent::ACCEPTED_KIND, RunEvent::AWAITING_APPROVAL_KIND] {
+            let subject = self.topology.event_subject(project_id, run_id, kind);
+            let Ok(message) = self.events.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            match Envelope::<RunEvent>::decode(&message.payload).ok()?.body {
+                RunEvent::Accepted {
+                    caller,
+                    tool_name,
+                    accepted_at,
+                    ..
+                }
+                | RunEvent::AwaitingApproval {
+                    caller,
+                    tool_name,
+                    accepted_at,
+                    ..
+                } => return Some((caller, tool_name, accepted_at)),
+                _ => {}
+            }
         }
+        None
     }
 
     /// Marks a run cancelled: workers that have not called the API yet skip it.

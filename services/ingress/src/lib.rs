@@ -7,6 +7,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod admin;
+pub mod approvals;
 pub mod arguments;
 pub mod calls;
 pub mod catalog;
@@ -59,6 +60,7 @@ pub struct AppState {
     pub catalog: catalog::ToolCatalog,
     pub idempotency: calls::idempotency::Idempotency,
     pub key_limits: key_limits::KeyLimits,
+    pub approvals: approvals::Approvals,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
     /// Cancelled when the server shuts down: ends long-lived GET streams.
@@ -107,6 +109,17 @@ impl AppState {
                 config.streams.replicas,
             )
             .await?;
+        let approvals_kv = topology
+            .ensure_bucket(
+                &js,
+                topology.approvals_bucket(),
+                // Past its expiry a parked call is refused by the sweeper; the margin
+                // keeps it readable until then.
+                Duration::from_secs(config.ingress.approval_ttl_secs.saturating_add(3600)),
+                config.streams.approvals_max_bytes,
+                config.streams.replicas,
+            )
+            .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, commands, events, cancelled_kv, topology.clone()).await?;
 
         let (tool_changes, _) = broadcast::channel(1024);
@@ -134,7 +147,7 @@ impl AppState {
             config.ingress.session_writes_per_second,
             config.ingress.max_streams_per_key,
         );
-        Ok(Arc::new(Self {
+        let state = Arc::new(Self {
             config,
             pool,
             nats,
@@ -147,10 +160,17 @@ impl AppState {
             catalog,
             idempotency,
             key_limits,
+            approvals: approvals::Approvals::new(approvals_kv),
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,
-        }))
+        });
+        // Approvals past their expiry are refused by every instance (each once).
+        tokio::spawn(approvals::sweep(
+            Arc::downgrade(&state),
+            Duration::from_secs(state.config.ingress.approval_ttl_secs),
+        ));
+        Ok(state)
     }
 }
 

@@ -253,8 +253,8 @@ pub(crate) fn still_running(run_id: Uuid, wait: Duration) -> Value {
     tool_result(
         true,
         format!(
-            "Run {run_id} did not finish within {} ms. It was accepted and will still complete; \
-             its outcome will be in run history (GET /v1/runs/{run_id}).",
+            "Run {run_id} did not finish within {} ms. It was accepted and will still complete (one awaiting \
+             an operator's approval, once decided); its outcome will be in run history (GET /v1/runs/{run_id}).",
             wait.as_millis()
         ),
         run_meta(run_id, RunStatus::Accepted, None),

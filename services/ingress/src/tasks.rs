@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::{AppState, jsonrpc::RpcError, results};
 
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
+const AWAITING_APPROVAL: &str = "awaiting an operator's approval (tengine approvals approve|reject)";
 
 /// Whether a request's client capabilities declare the extension.
 pub fn declared(capabilities: &Map<String, Value>) -> bool {
@@ -55,12 +56,17 @@ fn ttl_ms(st: &AppState) -> Value {
 }
 
 /// The answer to a `tools/call` that became a task (its run is queued: durable).
-pub fn created(st: &AppState, run_id: Uuid, tool: &ToolDefinition, accepted_at: DateTime<Utc>) -> Value {
+pub fn created(st: &AppState, run_id: Uuid, tool: &ToolDefinition, accepted_at: DateTime<Utc>, parked: bool) -> Value {
+    let message = if parked {
+        AWAITING_APPROVAL
+    } else {
+        "queued; the run's outcome will be the task's result"
+    };
     json!({
         "resultType": "task",
         "taskId": run_id,
         "status": "working",
-        "statusMessage": "queued; the run's outcome will be the task's result",
+        "statusMessage": message,
         "createdAt": iso(accepted_at),
         "lastUpdatedAt": iso(accepted_at),
         "ttlMs": ttl_ms(st),
@@ -121,7 +127,7 @@ async fn state(st: &AppState, project_id: Uuid, run_id: Uuid) -> Option<State> {
             session_issued_at: run.accepted_at,
         }),
     };
-    let unfinished = matches!(run.status.as_str(), "accepted" | "running");
+    let unfinished = matches!(run.status.as_str(), "accepted" | "awaiting_approval" | "running");
     Some(if unfinished {
         State::Working {
             caller,
@@ -180,18 +186,36 @@ pub async fn get(
     params: Option<&Value>,
 ) -> Result<Value, RpcError> {
     let (run_id, state) = owned(st, principal, id, params.and_then(|p| p.get("taskId"))).await?;
+    Ok(describe(st, principal.caller.project_id, run_id, state).await)
+}
+
+/// The task of a run an idempotent retry found (the key is the caller's own):
+/// the same task again, in its current state.
+pub async fn retried(st: &Arc<AppState>, project_id: Uuid, run_id: Uuid) -> Option<Value> {
+    let state = state(st, project_id, run_id).await?;
+    let mut task = describe(st, project_id, run_id, state).await;
+    task["resultType"] = json!("task");
+    Some(task)
+}
+
+/// A task as `tasks/get` shows it.
+async fn describe(st: &Arc<AppState>, project_id: Uuid, run_id: Uuid, state: State) -> Value {
     let tool = |name: &str| {
         let st = st.clone();
         let name = name.to_string();
-        async move { st.catalog.get(&st.pool, principal.caller.project_id, &name).await.ok() }
+        async move { st.catalog.get(&st.pool, project_id, &name).await.ok() }
     };
     let mut task = match state {
         State::Working {
             tool_name, accepted_at, ..
         } => {
             let timeout = tool(&tool_name).await.map_or(30_000, |t| t.timeout_ms);
-            json!({"status": "working", "createdAt": iso(accepted_at), "lastUpdatedAt": iso(Utc::now()),
-                   "pollIntervalMs": poll_interval_ms(timeout)})
+            let mut task = json!({"status": "working", "createdAt": iso(accepted_at),
+                                  "lastUpdatedAt": iso(Utc::now()), "pollIntervalMs": poll_interval_ms(timeout)});
+            if st.approvals.is_parked(run_id).await {
+                task["statusMessage"] = json!(AWAITING_APPROVAL);
+            }
+            task
         }
         State::Finished(outcome) => {
             let definition = tool(&outcome.tool_name).await;
@@ -222,7 +246,7 @@ pub async fn get(
     };
     task["taskId"] = json!(run_id);
     task["ttlMs"] = ttl_ms(st);
-    Ok(task)
+    task
 }
 
 fn merge(into: &mut Value, from: Value) {
@@ -234,8 +258,10 @@ fn merge(into: &mut Value, from: Value) {
 /// A finished run as a task.
 fn finished(st: &AppState, tool: Option<&ToolDefinition>, outcome: &RunOutcome) -> Value {
     let mut task = json!({"createdAt": iso(outcome.accepted_at), "lastUpdatedAt": iso(outcome.finished_at)});
+    // What the model should read (the API's error answer, an operator's refusal) is a result.
     let completed = outcome.status == RunStatus::Succeeded
-        || (outcome.status == RunStatus::Failed && outcome.error_class == Some(ErrorClass::UpstreamStatus));
+        || (outcome.status == RunStatus::Failed && outcome.error_class == Some(ErrorClass::UpstreamStatus))
+        || outcome.error_class == Some(ErrorClass::ApprovalDenied);
     let extra = if completed {
         let result = match tool {
             Some(tool) => results::outcome_result(st, tool, outcome),
@@ -267,7 +293,7 @@ pub async fn cancel(
     params: Option<&Value>,
 ) -> Result<Value, RpcError> {
     let (run_id, state) = owned(st, principal, id, params.and_then(|p| p.get("taskId"))).await?;
-    if matches!(state, State::Working { .. }) {
+    if matches!(state, State::Working { .. }) && !crate::approvals::withdraw(st, run_id).await {
         st.dispatcher.abort(principal.caller.project_id, run_id).await;
     }
     Ok(json!({}))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Postgres, Transaction};
 use tengine_core::{
-    envelope::{RunEvent, RunOutcome},
+    envelope::{ApprovalDecision, RunEvent, RunOutcome},
     storable,
 };
 use uuid::Uuid;
@@ -61,7 +61,10 @@ impl<'a> Grouped<'a> {
                 self.finished.insert(outcome.run_id, outcome);
             }
             RunEvent::UpstreamProgress { .. } => {}
-            RunEvent::Rejected { .. } | RunEvent::CancelRequested { .. } => self.others.push(event),
+            RunEvent::Rejected { .. }
+            | RunEvent::CancelRequested { .. }
+            | RunEvent::AwaitingApproval { .. }
+            | RunEvent::ApprovalDecided { .. } => self.others.push(event),
         }
     }
 
@@ -546,6 +549,59 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             ))
             .bind(run_id)
             .bind(day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::AwaitingApproval {
+            run_id,
+            caller,
+            tool_name,
+            accepted_at,
+            expires_at,
+        } => {
+            // A parked run: its row, waiting (rank 1, like `accepted`).
+            sqlx::query(&format!(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, \
+                 member_id, approval, day) \
+                 VALUES ($1, $2, $3, $4, $5, 'awaiting_approval', $6, $7, $8, $9) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET approval = COALESCE(runs.approval, EXCLUDED.approval), \
+                 status = CASE WHEN {STATUS_RANK} < 2 THEN 'awaiting_approval' ELSE runs.status END, updated_at = now()"
+            ))
+            .bind(run_id)
+            .bind(caller.project_id)
+            .bind(caller.integration_id)
+            .bind(caller.api_key_id)
+            .bind(storable::text(tool_name))
+            .bind(accepted_at)
+            .bind(caller.member.as_ref().map(|m| storable::text(&m.id)))
+            .bind(sqlx::types::Json(
+                serde_json::json!({"state": "pending", "expires_at": expires_at}),
+            ))
+            .bind(day)
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::ApprovalDecided {
+            run_id,
+            decision,
+            by,
+            reason,
+            decided_at,
+            ..
+        } => {
+            // Who decided what and when. An approved run is queued (`accepted`) until a
+            // worker starts it; a refused one's `Finished` event ends it.
+            let record = serde_json::json!({"state": decision.as_str(), "by": by.as_deref().map(storable::text),
+                "reason": reason.as_deref().map(storable::text), "decided_at": decided_at});
+            sqlx::query(
+                "UPDATE runs SET approval = COALESCE(runs.approval, '{}'::jsonb) || $3, \
+                 status = CASE WHEN $4 AND runs.status = 'awaiting_approval' THEN 'accepted' ELSE runs.status END, \
+                 updated_at = now() WHERE run_id = $1 AND day = $2",
+            )
+            .bind(run_id)
+            .bind(day)
+            .bind(sqlx::types::Json(record))
+            .bind(*decision == ApprovalDecision::Approved)
             .execute(&mut **tx)
             .await?;
         }

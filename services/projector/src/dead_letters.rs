@@ -179,7 +179,9 @@ fn project_of(event: &RunEvent) -> Option<Uuid> {
         RunEvent::Accepted { caller, .. } | RunEvent::Rejected { caller, .. } => Some(caller.project_id),
         RunEvent::AttemptStarted { project_id, .. }
         | RunEvent::AttemptFinished { project_id, .. }
-        | RunEvent::CancelRequested { project_id, .. } => Some(*project_id),
+        | RunEvent::CancelRequested { project_id, .. }
+        | RunEvent::ApprovalDecided { project_id, .. } => Some(*project_id),
+        RunEvent::AwaitingApproval { caller, .. } => Some(caller.project_id),
         RunEvent::Finished(outcome) => Some(outcome.caller.project_id),
         RunEvent::UpstreamProgress { .. } => None,
     }

@@ -42,7 +42,8 @@ pub struct Projector {
 }
 
 /// SQL rank of a status: a row only ever moves to a higher rank.
-pub(crate) const STATUS_RANK: &str = "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)";
+pub(crate) const STATUS_RANK: &str =
+    "(CASE runs.status WHEN 'accepted' THEN 1 WHEN 'awaiting_approval' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)";
 
 impl Projector {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {

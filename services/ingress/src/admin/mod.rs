@@ -6,6 +6,7 @@
 //! `GET /v1/openapi.json`) come from one list, `api()`.
 
 mod api_keys;
+mod approvals;
 mod auth;
 pub mod error;
 mod extract;
@@ -53,6 +54,9 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(usage::usage))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
 }
 
 /// The admin routes (`/v1/…`), for the ingress's router.

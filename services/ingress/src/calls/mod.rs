@@ -17,7 +17,7 @@ use tengine_control::{
     quotas::{self, Charge},
 };
 use tengine_core::{
-    domain::{TaskSupport, ToolDefinition},
+    domain::{Approval, TaskSupport, ToolDefinition},
     envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunStatus},
     errors, payload, prometheus,
     telemetry::TraceContext,
@@ -147,19 +147,24 @@ impl Call {
         let arguments = self.validate(&tool, params.arguments).await?;
         let key = header_key.or(params.meta_key);
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
-        let lease = self.claim(&tool, &command, key).await?;
+        let lease = self.claim(&tool, &command, key, as_task).await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
         let charge = self.charge(&tool, run_id, lease.as_deref()).await?;
         command.run_id = run_id;
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
-        let following = self.enqueue(&command, lease, charge).await?;
+        let parked = tool.approval == Approval::Operator;
+        let following = if parked {
+            self.park(&command, lease, charge).await?
+        } else {
+            self.enqueue(&command, lease, charge).await?
+        };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
         if as_task {
             // The command is stored: the task (the run) is durable and readable now.
             drop(following);
-            let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at);
+            let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at, parked);
             return Ok(jsonrpc::result(&self.id, results::decorate(task)));
         }
         let log = match &self.era {
@@ -174,6 +179,8 @@ impl Call {
             progress_token: params.progress_token,
             log,
             modern: matches!(self.era, Era::Modern { .. }),
+            // A parked call waits for a person: as long as a call may wait at all.
+            long_wait: parked,
         };
         Ok(answering.answer(self.st).await)
     }
@@ -268,7 +275,9 @@ impl Call {
                 Err(RpcError::missing_capability(&self.id, crate::tasks::required_capability(), &what).into())
             }
             TaskSupport::Required => Ok(true),
-            TaskSupport::Optional => Ok(declared && tool.timeout_ms > self.st.config.ingress.task_after_ms),
+            // A call that waits for a person, or may run long, waits as a task when it can.
+            TaskSupport::Optional => Ok(declared
+                && (tool.approval == Approval::Operator || tool.timeout_ms > self.st.config.ingress.task_after_ms)),
         }
     }
 
@@ -337,6 +346,7 @@ impl Call {
         tool: &ToolDefinition,
         command: &ExecuteCommand,
         key: Option<String>,
+        as_task: bool,
     ) -> Step<Option<Box<idempotency::Lease>>> {
         let caller = self.caller();
         let scope = match (key, &self.era) {
@@ -375,9 +385,14 @@ impl Call {
         };
         match claimed {
             Ok(idempotency::Claimed::Owned(lease)) => Ok(Some(lease)),
-            Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(
-                follow_existing(&self.st, tool, caller.project_id, original).await,
-            )),
+            // A task's retry gets its task again; a plain call's, the run's outcome.
+            Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(match as_task {
+                true => match crate::tasks::retried(&self.st, caller.project_id, original).await {
+                    Some(task) => task,
+                    None => follow_existing(&self.st, tool, caller.project_id, original).await,
+                },
+                false => follow_existing(&self.st, tool, caller.project_id, original).await,
+            })),
             // Its first call holds the key and is still being queued (or gave up a
             // moment ago): answer now rather than wait on a run that may never exist.
             Ok(idempotency::Claimed::Pending(original)) => Err(with_run(
@@ -486,6 +501,62 @@ impl Call {
                 "the call could not be confirmed as queued (the execution queue is unavailable or full): retry in a \
                  few seconds with the same idempotency key (or, without one, the same JSON-RPC id in this session): \
                  it will run at most once (run {run_id})"
+            ),
+        );
+        err.data = Some(json!({ META_RUN_ID: run_id }));
+        Err(err.into())
+    }
+
+    /// Parks the command until an operator decides (tools with `approval: operator`)
+    /// and starts following its run; see `crate::approvals`.
+    async fn park(
+        &self,
+        command: &ExecuteCommand,
+        lease: Option<Box<idempotency::Lease>>,
+        charge: Charge,
+    ) -> Step<Following> {
+        let run_id = command.run_id;
+        let following = self.st.dispatcher.follow(run_id, None);
+        let ttl = chrono::Duration::seconds(i64::try_from(self.st.config.ingress.approval_ttl_secs).unwrap_or(86_400));
+        let expires_at = command
+            .accepted_at
+            .checked_add_signed(ttl)
+            .unwrap_or(command.accepted_at);
+        let parked = match self.st.approvals.park(command, expires_at).await {
+            // Parked already (a retry that took its key over): the same call.
+            Ok(()) => Ok(()),
+            Err(_) if self.st.approvals.is_parked(run_id).await => Ok(()),
+            Err(err) => Err(err),
+        };
+        let logged = match parked {
+            Ok(()) => {
+                let event = RunEvent::AwaitingApproval {
+                    run_id,
+                    caller: command.caller.clone(),
+                    tool_name: command.tool_name.clone(),
+                    accepted_at: command.accepted_at,
+                    expires_at,
+                };
+                self.st
+                    .dispatcher
+                    .publish(command.caller.project_id, event)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err),
+        };
+        drop(lease);
+        let Err(err) = logged else {
+            tracing::info!(%run_id, "call parked for an operator's approval");
+            return Ok(following);
+        };
+        tracing::error!(%run_id, error = %err, "parking a run");
+        quotas::refund(&self.st.pool, self.caller().project_id, &charge).await;
+        let mut err = RpcError::internal(
+            &self.id,
+            format!(
+                "the call could not be parked for approval right now: retry in a few seconds with the same \
+                 idempotency key: it will run at most once (run {run_id})"
             ),
         );
         err.data = Some(json!({ META_RUN_ID: run_id }));

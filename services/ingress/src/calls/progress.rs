@@ -50,18 +50,22 @@ pub(super) struct Answering {
     /// Revision 2026-07-28: results say their type; streams have no event ids (no
     /// resumption); a client that goes away cancels the run.
     pub(super) modern: bool,
+    /// Waits as long as a call may (`ingress.max_call_wait_ms`), not the tool's timeout.
+    pub(super) long_wait: bool,
 }
 
 impl Answering {
     /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
     pub(super) async fn answer(self, st: Arc<AppState>) -> Response {
         let ingress = &st.config.ingress;
-        let wait = Duration::from_millis(
+        let wait = Duration::from_millis(if self.long_wait {
+            ingress.max_call_wait_ms
+        } else {
             self.tool
                 .timeout_ms
                 .saturating_add(ingress.call_wait_slack_ms)
-                .min(ingress.max_call_wait_ms),
-        );
+                .min(ingress.max_call_wait_ms)
+        });
         if self.progress_token.is_none() && !self.log {
             // 2026-07-28: a client that goes away (this future is dropped) cancels.
             let guard = self
@@ -350,7 +354,12 @@ impl Drop for CancelOnDrop {
         if self.armed {
             let (st, project_id, run_id) = (self.st.clone(), self.project_id, self.run_id);
             tracing::info!(%run_id, "the client closed its stream: cancelling the run");
-            tokio::spawn(async move { st.dispatcher.cancel(project_id, run_id).await });
+            tokio::spawn(async move {
+                // A call parked for approval is withdrawn (no operator sees it any more).
+                if !crate::approvals::withdraw(&st, run_id).await {
+                    st.dispatcher.cancel(project_id, run_id).await;
+                }
+            });
         }
     }
 }

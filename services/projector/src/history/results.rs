@@ -30,7 +30,7 @@ pub async fn recorded(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<Recorde
         }
     }
     let status: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT status FROM runs WHERE {RUN_KEY} AND status NOT IN ('accepted', 'running')"
+        "SELECT status FROM runs WHERE {RUN_KEY} AND status NOT IN ('accepted', 'awaiting_approval', 'running')"
     ))
     .bind(run_id)
     .fetch_optional(pool)

@@ -33,6 +33,10 @@ pub struct RunRecord {
     pub response_size: Option<i64>,
     /// Whether the body was larger than `worker.max_response_bytes` (only its beginning was kept).
     pub response_truncated: Option<bool>,
+    /// For tools with `approval: operator`: `{"state": "pending" | "approved" | "rejected" |
+    /// "expired", "expires_at", "by", "reason", "decided_at"}`.
+    #[schema(value_type = Option<Object>)]
+    pub approval: Option<sqlx::types::Json<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -72,7 +76,7 @@ macro_rules! history_error_sql {
 const RUN_COLUMNS: &str = concat!(
     "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
      error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, response_size, \
-     response_truncated, ",
+     response_truncated, approval, ",
     history_error_sql!(),
     " AS history_error"
 );
