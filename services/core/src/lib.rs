@@ -7,6 +7,7 @@
 // Shared by every service's call path: no arithmetic on input may panic.
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod addresses;
 pub mod bodies;
 pub mod bus;
 pub mod config;

@@ -26,7 +26,9 @@ use tengine_core::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{Worker, addresses, outbound};
+use tengine_core::addresses;
+
+use crate::{Worker, outbound};
 
 /// Why a run ends without calling the API (again).
 pub(crate) struct Refusal {

@@ -12,7 +12,6 @@
 //! enforces, and a panic that still happens ends its run as `failed`.
 #![deny(clippy::arithmetic_side_effects)]
 
-pub mod addresses;
 mod dispatch;
 pub mod outbound;
 
@@ -46,7 +45,7 @@ pub struct Worker {
     topology: Topology,
     secrets: SecretBox,
     /// One pooled client per address policy (most projects share the default one).
-    clients: moka::sync::Cache<addresses::Policy, reqwest::Client>,
+    clients: moka::sync::Cache<tengine_core::addresses::Policy, reqwest::Client>,
     cancelled: jetstream::kv::Store,
     /// Runs this worker is executing, each with the token that aborts it.
     aborts: dispatch::Aborts,

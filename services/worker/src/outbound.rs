@@ -15,9 +15,9 @@ use tengine_core::{
 };
 use uuid::Uuid;
 
-pub fn client(connect_timeout: Duration, policy: crate::addresses::Policy) -> anyhow::Result<Client> {
+pub fn client(connect_timeout: Duration, policy: tengine_core::addresses::Policy) -> anyhow::Result<Client> {
     Ok(Client::builder()
-        .dns_resolver(std::sync::Arc::new(crate::addresses::PolicyResolver {
+        .dns_resolver(std::sync::Arc::new(tengine_core::addresses::PolicyResolver {
             policy: std::sync::Arc::new(policy),
         }))
         // A proxy from the environment would be the address checked by the policy,
@@ -325,7 +325,7 @@ fn byte_count(len: usize) -> u64 {
 fn classify(err: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if let Some(refused) = current.downcast_ref::<crate::addresses::Refused>() {
+        if let Some(refused) = current.downcast_ref::<tengine_core::addresses::Refused>() {
             return (ErrorClass::Forbidden, refused.to_string());
         }
         source = current.source();
