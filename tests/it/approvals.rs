@@ -229,8 +229,8 @@ async fn a_rejected_call_never_reaches_the_api_and_its_task_says_why_after_its_i
     assert_eq!(run["approval"]["reason"], "not on a Friday", "{run}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(upstream.requests().is_empty(), "a rejected call never reaches the API");
-    let (again, _) = app.admin.post(&format!("/v1/runs/{task_id}/approve"), json!({})).await;
-    assert_eq!(again, 404, "a decided call cannot be approved after all");
+    let (again, body) = app.admin.post(&format!("/v1/runs/{task_id}/approve"), json!({})).await;
+    assert_eq!(again, 404, "a decided call cannot be approved after all: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod bodies;
 mod calls;
+mod confirmations;
 mod control;
 mod docs;
 mod edges_storage;

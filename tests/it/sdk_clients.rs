@@ -175,3 +175,45 @@ async fn python_sdk_in_legacy_mode() {
 async fn typescript_sdk() {
     exercise(Sdk::TypeScript).await;
 }
+
+/// Client approvals with the Python SDK's own elicitation handling: on
+/// 2026-07-28 it answers the `InputRequiredResult` and re-issues the call; in a
+/// legacy session it answers `elicitation/create` on the call's stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_clients_confirm_calls_the_user_must_approve() {
+    let app = spawn_app_with(&[]).await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("wire_money", &upstream.url(), "/echo").field("approval", "client"))
+        .await;
+    for (sdk, version, refusal) in [
+        (Sdk::Python, "2026-07-28", -32021),
+        (Sdk::PythonLegacy, "2025-11-25", -32600),
+    ] {
+        let before = upstream.requests().len();
+        let yes = sdk
+            .run(&app, &["--confirm", "yes", "call", "wire_money", r#"{"cents": 500}"#])
+            .await;
+        assert_eq!(yes["protocolVersion"], version, "{yes}");
+        assert_eq!(yes["isError"], false, "{sdk:?}: {yes}");
+        assert_eq!(upstream.requests().len(), before + 1, "{sdk:?}: confirmed, sent once");
+        let run_id = yes["meta"]["tengine.dev/runId"].as_str().expect("run id").to_string();
+        assert_eq!(app.admin.finished_run(&run_id).await["status"], "succeeded");
+
+        let no = sdk
+            .run(&app, &["--confirm", "no", "call", "wire_money", r#"{"cents": 900}"#])
+            .await;
+        assert_eq!(no["isError"], true, "{sdk:?}: {no}");
+        let text = no["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.contains("declined"), "{sdk:?}: {text}");
+
+        // A client that cannot ask its user is refused, clearly.
+        let unable = sdk.run(&app, &["call", "wire_money", r#"{"cents": 1}"#]).await;
+        assert_eq!(unable["error"]["code"], refusal, "{sdk:?}: {unable}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            upstream.requests().len(),
+            before + 1,
+            "{sdk:?}: only the confirmed call reached the API"
+        );
+    }
+}

@@ -18,6 +18,11 @@ Usage:
               omitted entirely when empty
     --timeout HTTP read timeout in seconds (default 300, the SDK's own default)
     --mode    SDK connect mode: auto (default) | legacy
+    --confirm yes | no: the client declares elicitation and answers every
+              confirmation form (elicitation/create, in a session, or an
+              InputRequiredResult's request, which the SDK re-issues) by accepting
+              with every boolean field true (yes) or by declining (no); each
+              message asked goes to stderr as `asked: <message>`
 
 Output / exit codes:
     list -> {"tools": [{"name", "description", "inputSchema"}, ...]}  (all pages,
@@ -70,6 +75,7 @@ from mcp import Client, MCPError
 from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ToolsListChanged
+from mcp import types
 from mcp.types import ToolListChangedNotification
 
 # SDK defaults (mcp.shared._httpx_utils): 30 s connect/write/pool, 300 s read.
@@ -287,6 +293,22 @@ async def _cancel(client: Client, observer: _Observer, name: str, arguments: dic
     }
 
 
+def _confirmer(answer: str | None) -> Any:
+    if answer is None:
+        return None
+
+    async def confirm(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        print(f"asked: {params.message}", file=sys.stderr)
+        if answer == "no":
+            return types.ElicitResult(action="decline")
+        schema = getattr(params, "requested_schema", None) or {}
+        properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
+        content = {name: True for name, prop in properties.items() if prop.get("type") == "boolean"}
+        return types.ElicitResult(action="accept", content=content)
+
+    return confirm
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     timeout = httpx2.Timeout(CONNECT_TIMEOUT, read=args.timeout)
@@ -297,6 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             streamable_http_client(args.url, http_client=http),
             mode=args.mode,
             message_handler=observer.message_handler,
+            elicitation_callback=_confirmer(args.confirm),
         ) as client:
             try:
                 doc = await _command(client, observer, args)
@@ -326,6 +349,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--token", default=os.environ.get("MCP_TOKEN", ""), help="bearer token (env MCP_TOKEN)")
     p.add_argument("--timeout", type=float, default=300.0, help="HTTP read timeout, seconds (default 300)")
     p.add_argument("--mode", default="auto", choices=["auto", "legacy"], help="SDK connect mode (default auto)")
+    p.add_argument("--confirm", choices=["yes", "no"], help="answer confirmation forms (declares elicitation)")
     p.add_argument("--debug", action="store_true", help="SDK debug logging to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list all tools (follows nextCursor)")

@@ -70,6 +70,8 @@ pub struct IngressConfig {
     pub task_after_ms: u64,
     /// How long a call may wait for an operator's approval before it is refused.
     pub approval_ttl_secs: u64,
+    /// How long a user has to confirm a call to a tool with `approval: client`.
+    pub input_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
 }
@@ -217,6 +219,14 @@ impl Config {
         }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::Invalid("worker.concurrency must be at least 1".into()));
+        }
+        // A confirmation's spent nonce is kept with the idempotency keys: it must
+        // outlive the confirmation, or a replay after it was forgotten would run again.
+        if self.ingress.input_ttl_secs == 0 || self.ingress.input_ttl_secs >= self.ingress.idempotency_ttl_secs {
+            return Err(ConfigError::Invalid(format!(
+                "ingress.input_ttl_secs ({} s) must be at least 1 and less than ingress.idempotency_ttl_secs ({} s)",
+                self.ingress.input_ttl_secs, self.ingress.idempotency_ttl_secs
+            )));
         }
         Ok(())
     }

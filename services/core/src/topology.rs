@@ -112,6 +112,13 @@ impl Topology {
         format!("{}.control.cancel", self.prefix)
     }
 
+    /// Core NATS: a client's answer to a server request of a 2025-11-25 session
+    /// (`elicitation/create`), for the instance holding the call's stream; the
+    /// token is a digest of the session and the request id.
+    pub fn input_answer_subject(&self, token: &str) -> String {
+        format!("{}.input.{token}", self.prefix)
+    }
+
     /// Core NATS: a run to abort now, even mid-request (payload: its id). Every
     /// worker listens; the one running it aborts its attempt (`tasks/cancel`).
     pub fn abort_subject(&self) -> String {

@@ -140,6 +140,28 @@ impl Approvals {
         Ok(found)
     }
 
+    /// Takes a parked call for a decision (compare-and-set). An entry still
+    /// marked as being decided whose run already has its outcome is a decision
+    /// whose clean-up failed: it is removed and reads as not found.
+    async fn take_for(&self, st: &AppState, run_id: Uuid) -> Result<(Parked, ExecuteCommand, u64), DecisionError> {
+        match self.take(run_id).await {
+            Err(DecisionError::Deciding) => {
+                let Ok(Some(entry)) = self.kv.entry(run_id.to_string()).await else {
+                    return Err(DecisionError::Deciding);
+                };
+                let project_id = decode(&entry.value).map(|(parked, _)| parked.project_id);
+                match project_id {
+                    Some(project_id) if st.dispatcher.recorded(project_id, run_id).await.is_some() => {
+                        self.forget(run_id, entry.revision).await;
+                        Err(DecisionError::NotFound)
+                    }
+                    _ => Err(DecisionError::Deciding),
+                }
+            }
+            taken => taken,
+        }
+    }
+
     /// Takes a parked call for a decision (compare-and-set).
     async fn take(&self, run_id: Uuid) -> Result<(Parked, ExecuteCommand, u64), DecisionError> {
         let entry = self
@@ -173,9 +195,17 @@ impl Approvals {
         }
     }
 
+    /// Removes a decided call (only at the revision its decision took; a passing
+    /// NATS fault is retried, and what is left is cleaned up by `take_for`).
     async fn forget(&self, run_id: Uuid, revision: u64) {
-        if let Err(err) = self.kv.purge_expect_revision(run_id.to_string(), Some(revision)).await {
-            tracing::warn!(%run_id, error = %err, "removing a decided call from the parked ones");
+        for _ in 0..3 {
+            match self.kv.purge_expect_revision(run_id.to_string(), Some(revision)).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(%run_id, error = %err, "removing a decided call from the parked ones");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
     }
 }
@@ -189,7 +219,7 @@ fn decode(value: &[u8]) -> Option<(Parked, ExecuteCommand)> {
 
 /// Approves a parked call: it is queued now and runs once.
 pub async fn approve(st: &AppState, run_id: Uuid, by: &str, note: Option<String>) -> Result<(), DecisionError> {
-    let (parked, command, revision) = st.approvals.take(run_id).await?;
+    let (parked, command, revision) = st.approvals.take_for(st, run_id).await?;
     if parked.expires_at <= Utc::now() {
         let expired_at = parked.expires_at;
         refuse(st, &command, parked, revision, ApprovalDecision::Expired, None, None).await?;
@@ -212,7 +242,7 @@ pub async fn approve(st: &AppState, run_id: Uuid, by: &str, note: Option<String>
 
 /// Rejects a parked call: it ends `rejected` and never reaches the API.
 pub async fn reject(st: &AppState, run_id: Uuid, by: &str, reason: String) -> Result<(), DecisionError> {
-    let (parked, command, revision) = st.approvals.take(run_id).await?;
+    let (parked, command, revision) = st.approvals.take_for(st, run_id).await?;
     if parked.expires_at <= Utc::now() {
         let expired_at = parked.expires_at;
         refuse(st, &command, parked, revision, ApprovalDecision::Expired, None, None).await?;

@@ -67,17 +67,20 @@ impl RpcError {
     }
 }
 
+impl RpcError {
+    /// The JSON-RPC error response (for a stream that already answered HTTP 200).
+    pub(crate) fn message(&self) -> Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(data) = &self.data {
+            error["data"] = data.clone();
+        }
+        json!({"jsonrpc": "2.0", "id": self.id, "error": error})
+    }
+}
+
 impl IntoResponse for RpcError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(data) = self.data {
-            error["data"] = data;
-        }
-        let mut response = (
-            self.status,
-            Json(json!({"jsonrpc": "2.0", "id": self.id, "error": error})),
-        )
-            .into_response();
+        let mut response = (self.status, Json(self.message())).into_response();
         for (name, value) in self.headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 response.headers_mut().insert(name, value);
@@ -105,8 +108,11 @@ pub(crate) enum Incoming {
         method: String,
         params: Option<Value>,
     },
-    /// A response (`result` or `error`, no `method`).
-    Response,
+    /// A response (`result` or `error`, no `method`) to a server request.
+    Response {
+        id: Value,
+        message: Value,
+    },
 }
 
 /// Parses and checks the envelope: JSON (-32700), one object, `"jsonrpc": "2.0"`,
@@ -146,7 +152,10 @@ pub(crate) fn parse(bytes: &[u8]) -> RpcResult<Incoming> {
             method: method.to_string(),
             params,
         }),
-        (None, _) if message.contains_key("result") || message.contains_key("error") => Ok(Incoming::Response),
+        (None, id) if message.contains_key("result") || message.contains_key("error") => Ok(Incoming::Response {
+            id: id.unwrap_or(Value::Null),
+            message: Value::Object(message),
+        }),
         (None, _) => Err(bad("the message has no \"method\"")),
     }
 }

@@ -16,6 +16,7 @@ pub mod jsonrpc;
 pub mod key_limits;
 pub mod mcp;
 pub mod members;
+pub mod request_state;
 pub mod results;
 pub mod sessions;
 pub mod streams;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub secrets: SecretBox,
     pub sessions: SessionCodec,
     pub members: members::MemberTokens,
+    /// Seals and checks the `requestState` of client approvals.
+    pub request_states: request_state::RequestStates,
     pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
@@ -75,6 +78,8 @@ impl AppState {
         let sessions = SessionCodec::new(config.session_secret_bytes()?, config.ingress.session_ttl_secs);
         let members =
             members::MemberTokens::new(&config.session_secret_bytes()?, config.ingress.member_session_ttl_secs);
+        let request_states =
+            request_state::RequestStates::new(&config.session_secret_bytes()?, config.ingress.input_ttl_secs);
         let Connections {
             pool,
             nats,
@@ -154,6 +159,7 @@ impl AppState {
             secrets,
             sessions,
             members,
+            request_states,
             session_states,
             dispatcher,
             validators: Validators::new(10_000),

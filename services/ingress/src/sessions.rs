@@ -26,6 +26,10 @@ pub struct SessionClaims {
     /// The member the session was opened for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub m: Option<String>,
+    /// The client declared form elicitation at `initialize` (client approvals
+    /// ask through it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e: bool,
 }
 
 #[derive(Clone)]
@@ -48,7 +52,7 @@ impl SessionCodec {
         mac.finalize().into_bytes().to_vec()
     }
 
-    pub fn issue(&self, api_key_id: Uuid, member: Option<&str>, version: &str) -> String {
+    pub fn issue(&self, api_key_id: Uuid, member: Option<&str>, version: &str, elicits: bool) -> String {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let claims = SessionClaims {
@@ -57,6 +61,7 @@ impl SessionCodec {
             iat: chrono::Utc::now().timestamp(),
             n: URL_SAFE_NO_PAD.encode(nonce),
             m: member.map(str::to_string),
+            e: elicits,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let signed = format!("{VERSION_TAG}.{payload}");
@@ -64,13 +69,22 @@ impl SessionCodec {
         format!("{signed}.{sig}")
     }
 
-    /// When a session id (already verified) stops being valid, unix seconds.
-    pub fn expires_at(&self, id: &str) -> i64 {
-        let claims = id
-            .rsplit_once('.')
+    /// The claims of a session id already verified.
+    fn claims(id: &str) -> Option<SessionClaims> {
+        id.rsplit_once('.')
             .and_then(|(signed, _)| signed.strip_prefix(VERSION_TAG)?.strip_prefix('.'))
             .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
-            .and_then(|json| serde_json::from_slice::<SessionClaims>(&json).ok());
+            .and_then(|json| serde_json::from_slice::<SessionClaims>(&json).ok())
+    }
+
+    /// Whether the client of a session (already verified) can be asked with a form.
+    pub fn elicits(&self, id: &str) -> bool {
+        Self::claims(id).is_some_and(|c| c.e)
+    }
+
+    /// When a session id (already verified) stops being valid, unix seconds.
+    pub fn expires_at(&self, id: &str) -> i64 {
+        let claims = Self::claims(id);
         let now = chrono::Utc::now().timestamp();
         claims.map_or(now.saturating_add(self.ttl_secs), |c| {
             c.iat.saturating_add(self.ttl_secs)
@@ -103,7 +117,7 @@ mod tests {
     fn issue_and_verify() {
         let codec = SessionCodec::new([1; 32], 3600);
         let key = Uuid::now_v7();
-        let id = codec.issue(key, None, "2025-11-25");
+        let id = codec.issue(key, None, "2025-11-25", false);
         assert!(id.chars().all(|c| c.is_ascii_graphic()));
         assert_eq!(codec.verify(&id, key, None).expect("valid").v, "2025-11-25");
         assert!(codec.verify(&id, Uuid::now_v7(), None).is_none(), "bound to its key");
@@ -127,6 +141,7 @@ mod tests {
             iat: chrono::Utc::now().timestamp() - 7200,
             n: "x".into(),
             m: None,
+            e: false,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
         let signed = format!("v1.{payload}");

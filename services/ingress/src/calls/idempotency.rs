@@ -221,6 +221,23 @@ impl Idempotency {
         }
     }
 
+    /// Marks a single-use token (a confirmation's nonce) spent by `run_id`:
+    /// `None` when this call spent it, else the run that spent it first. Kept as
+    /// long as idempotency keys, which outlives every token's expiry.
+    pub async fn spend(&self, key: &str, run_id: Uuid) -> Result<Option<Uuid>, String> {
+        match self.kv.create(key, run_id.to_string().into_bytes().into()).await {
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
+                let entry = self.kv.get(key).await.map_err(|e| e.to_string())?;
+                let first = entry
+                    .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()))
+                    .unwrap_or(Uuid::nil());
+                Ok(Some(first))
+            }
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
     fn lease(&self, key: &str, claim: Claim, revision: u64) -> Lease {
         let state = Arc::new(LeaseState {
             revision: AtomicU64::new(revision),

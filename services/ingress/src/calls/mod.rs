@@ -27,10 +27,14 @@ use tengine_projector::history::{self, results::Recorded};
 use tracing::Instrument;
 use uuid::Uuid;
 
+mod confirm;
+mod elicitation;
 pub mod idempotency;
 mod progress;
 
 pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
+pub(crate) use confirm::can_elicit_form;
+pub use elicitation::deliver_answer;
 pub use progress::resume;
 
 use crate::{
@@ -86,6 +90,14 @@ impl From<RpcError> for Stop {
 
 type Step<T> = Result<T, Stop>;
 
+/// A call queued (or parked): what its caller gets.
+enum Accepted {
+    /// A task (the run is durable).
+    Task(Value),
+    /// The run to follow to its answer.
+    Follow(Box<progress::Answering>),
+}
+
 /// What the parameters ask for.
 struct Params {
     name: String,
@@ -93,6 +105,8 @@ struct Params {
     progress_token: Option<Value>,
     /// `_meta.idempotencyKey`.
     meta_key: Option<String>,
+    /// `inputResponses` and `requestState` (2026-07-28).
+    input: confirm::Input,
 }
 
 /// One call going through the pipeline.
@@ -141,16 +155,50 @@ pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Res
 
 impl Call {
     async fn run(self, params: Option<Value>, header_key: Option<String>) -> Step<Response> {
-        let params = self.parse(params)?;
-        let tool = self.resolve(&params.name).await?;
+        let Params {
+            name,
+            arguments,
+            progress_token,
+            meta_key,
+            input,
+        } = self.parse(params)?;
+        let tool = self.resolve(&name).await?;
         let as_task = self.gate(&tool)?;
-        let arguments = self.validate(&tool, params.arguments).await?;
-        let key = header_key.or(params.meta_key);
+        let arguments = self.validate(&tool, arguments).await?;
+        let key = header_key.or(meta_key);
+        if self.asks_in_session(&tool) {
+            // 2025-11-25: the question, then the call, on the call's own stream.
+            return self.confirm_in_session(tool, arguments, key, progress_token);
+        }
+        let confirmation = self.confirm(&tool, &arguments, input).await?;
+        let accepted = self
+            .execute(tool, arguments, key, confirmation, progress_token, as_task)
+            .await?;
+        Ok(match accepted {
+            Accepted::Task(task) => jsonrpc::result(&self.id, results::decorate(task)),
+            Accepted::Follow(answering) => answering.answer(self.st.clone()).await,
+        })
+    }
+
+    /// The steps once the call may run: claim its key, charge it, queue (or park)
+    /// it; then what its caller waits on.
+    async fn execute(
+        &self,
+        tool: Arc<ToolDefinition>,
+        arguments: Map<String, Value>,
+        key: Option<String>,
+        confirmation: Option<String>,
+        progress_token: Option<Value>,
+        as_task: bool,
+    ) -> Step<Accepted> {
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
         let lease = self.claim(&tool, &command, key, as_task).await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
+        if let Some(nonce) = confirmation {
+            self.spend(&nonce, run_id, lease.as_deref()).await?;
+        }
         let charge = self.charge(&tool, run_id, lease.as_deref()).await?;
         command.run_id = run_id;
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
@@ -165,31 +213,31 @@ impl Call {
             // The command is stored: the task (the run) is durable and readable now.
             drop(following);
             let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at, parked);
-            return Ok(jsonrpc::result(&self.id, results::decorate(task)));
+            return Ok(Accepted::Task(task));
         }
         let log = match &self.era {
             Era::Legacy { session } => progress::session_logs_info(&self.st, session),
             Era::Modern { log_level, .. } => log_level.as_deref().is_some_and(progress::logs_info),
         };
-        let answering = progress::Answering {
+        Ok(Accepted::Follow(Box::new(progress::Answering {
             tool,
             following,
             caller: self.caller().clone(),
-            request_id: self.id,
-            progress_token: params.progress_token,
+            request_id: self.id.clone(),
+            progress_token,
             log,
             modern: matches!(self.era, Era::Modern { .. }),
             // A parked call waits for a person: as long as a call may wait at all.
             long_wait: parked,
-        };
-        Ok(answering.answer(self.st).await)
+        })))
     }
 
     fn caller(&self) -> &Caller {
         &self.principal.caller
     }
 
-    fn parse(&self, params: Option<Value>) -> Step<Params> {
+    fn parse(&self, mut params: Option<Value>) -> Step<Params> {
+        let input = confirm::Input::take(&mut params);
         let params: CallToolRequestParams = serde_json::from_value(params.unwrap_or(Value::Null)).map_err(|e| {
             RpcError::invalid_params(
                 &self.id,
@@ -211,6 +259,7 @@ impl Call {
             arguments: params.arguments.unwrap_or_default(),
             progress_token,
             meta_key,
+            input,
         })
     }
 

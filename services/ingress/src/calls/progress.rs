@@ -55,17 +55,38 @@ pub(super) struct Answering {
 }
 
 impl Answering {
-    /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
-    pub(super) async fn answer(self, st: Arc<AppState>) -> Response {
+    /// How long the caller waits: the tool's timeout plus slack, capped.
+    fn wait(&self, st: &AppState) -> Duration {
         let ingress = &st.config.ingress;
-        let wait = Duration::from_millis(if self.long_wait {
+        Duration::from_millis(if self.long_wait {
             ingress.max_call_wait_ms
         } else {
             self.tool
                 .timeout_ms
                 .saturating_add(ingress.call_wait_slack_ms)
                 .min(ingress.max_call_wait_ms)
-        });
+        })
+    }
+
+    /// Follows the run on a 2025-11-25 stream that is already open (a client
+    /// approval asked on it first): progress, then the result, resumable.
+    pub(super) async fn stream_into(self, st: Arc<AppState>, tx: mpsc::Sender<Event>) {
+        let wait = self.wait(&st);
+        let notifier = Notifier {
+            tx,
+            run_id: self.following.run_id,
+            request_id: self.request_id,
+            progress_token: self.progress_token,
+            log: self.log,
+            seq: 0,
+            modern: false,
+        };
+        stream_call(st, self.tool, self.following, self.caller, wait, notifier).await;
+    }
+
+    /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
+    pub(super) async fn answer(self, st: Arc<AppState>) -> Response {
+        let wait = self.wait(&st);
         if self.progress_token.is_none() && !self.log {
             // 2026-07-28: a client that goes away (this future is dropped) cancels.
             let guard = self

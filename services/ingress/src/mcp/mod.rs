@@ -226,8 +226,13 @@ async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Rpc
         return modern::handle(st, headers, principal, incoming).await;
     }
     match incoming {
-        // A response to a server request; this server sends none, so nothing waits for it.
-        Incoming::Response => Ok(StatusCode::ACCEPTED.into_response()),
+        // A client's answer to a server request (a client approval's
+        // elicitation/create): to the call waiting for it, on whichever instance.
+        Incoming::Response { id, message } => {
+            let session = check_session(st, headers, &principal, &Value::Null)?;
+            calls::deliver_answer(st, &session, &id, &message).await;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         Incoming::Notification { method, params } => notification(st, headers, &principal, &method, params).await,
         Incoming::Request { id, method, params } => request(st, headers, principal, id, &method, params).await,
     }

@@ -64,7 +64,7 @@ pub(crate) fn is_modern(headers: &HeaderMap, incoming: &Incoming) -> bool {
                 .and_then(|p| p.get("_meta"))
                 .and_then(|m| m.get(META_PROTOCOL_VERSION))
                 .is_some(),
-            Incoming::Response => false,
+            Incoming::Response { .. } => false,
         },
     }
 }
