@@ -4,7 +4,9 @@
 //! stream) and in its legacy mode (`initialize`, 2025-11-25 sessions), and the
 //! TypeScript `@modelcontextprotocol/sdk` 1.x (2025-11-25). Each lists with
 //! pagination, calls a signed tool, follows progress, receives
-//! `tools/list_changed` and cancels a call.
+//! `tools/list_changed` and cancels a call. The TypeScript
+//! `@modelcontextprotocol/client` 2.x with `versionNegotiation: 'auto'` does the
+//! same on 2026-07-28.
 
 use std::{path::PathBuf, process::Stdio};
 
@@ -22,6 +24,8 @@ enum Sdk {
     /// Python `mcp` 2.x with `mode="legacy"`.
     PythonLegacy,
     TypeScript,
+    /// TypeScript `@modelcontextprotocol/client` 2.x, `versionNegotiation: 'auto'`.
+    TypeScript2,
 }
 
 impl Sdk {
@@ -50,6 +54,17 @@ impl Sdk {
                 );
                 let mut cmd = tokio::process::Command::new("node");
                 cmd.arg(client);
+                cmd
+            }
+            Sdk::TypeScript2 => {
+                assert!(
+                    workspace()
+                        .join("tests/typescript/node_modules/@modelcontextprotocol/client")
+                        .exists(),
+                    "run `npm ci` in tests/typescript (deploy/local/test does)"
+                );
+                let mut cmd = tokio::process::Command::new("node");
+                cmd.arg(workspace().join("tests/typescript/client2.mjs"));
                 cmd
             }
         }
@@ -103,7 +118,7 @@ async fn exercise(sdk: Sdk) {
     let listed = sdk.run(&app, &["list"]).await;
     // The revision the SDK settled on (the Python client reports it).
     let expected = match sdk {
-        Sdk::Python => Some("2026-07-28"),
+        Sdk::Python | Sdk::TypeScript2 => Some("2026-07-28"),
         Sdk::PythonLegacy => Some("2025-11-25"),
         Sdk::TypeScript => None,
     };
@@ -176,11 +191,17 @@ async fn typescript_sdk() {
     exercise(Sdk::TypeScript).await;
 }
 
-/// Client approvals with the Python SDK's own elicitation handling: on
-/// 2026-07-28 it answers the `InputRequiredResult` and re-issues the call; in a
-/// legacy session it answers `elicitation/create` on the call's stream.
 #[tokio::test(flavor = "multi_thread")]
-async fn python_clients_confirm_calls_the_user_must_approve() {
+async fn typescript_sdk_2_in_auto_negotiation() {
+    exercise(Sdk::TypeScript2).await;
+}
+
+/// Client approvals with the SDKs' own elicitation handling (Python in both
+/// modes, TypeScript 2.x): on 2026-07-28 the SDK answers the
+/// `InputRequiredResult` and re-issues the call; in a legacy session it answers
+/// `elicitation/create` on the call's stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_clients_confirm_calls_the_user_must_approve() {
     let app = spawn_app_with(&[]).await;
     let upstream = Upstream::spawn(None).await;
     app.create_tool(ToolSpec::post("wire_money", &upstream.url(), "/echo").field("approval", "client"))
@@ -188,6 +209,7 @@ async fn python_clients_confirm_calls_the_user_must_approve() {
     for (sdk, version, refusal) in [
         (Sdk::Python, "2026-07-28", -32021),
         (Sdk::PythonLegacy, "2025-11-25", -32600),
+        (Sdk::TypeScript2, "2026-07-28", -32021),
     ] {
         let before = upstream.requests().len();
         let yes = sdk
