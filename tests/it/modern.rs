@@ -376,3 +376,88 @@ async fn closing_the_stream_of_a_queued_call_cancels_it() {
     assert_eq!(run_id(&followed.body["result"]), run_id(&reply.body["result"]));
     assert_eq!(upstream.requests().iter().filter(|r| r.path == "/echo").count(), 1);
 }
+
+/// SEP-2243: an argument whose property carries `x-mcp-header` is mirrored in an
+/// `Mcp-Param-*` header, which must match it (plain or `=?base64?…?=`); a
+/// missing, malformed or different header is refused with 400 / -32020, and the
+/// call never runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn param_headers_must_match_their_arguments() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("query", &upstream.url(), "/echo").schema(json!({
+        "type": "object",
+        "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "limit": {"type": "integer", "x-mcp-header": "Limit"},
+            "sql": {"type": "string"}
+        },
+        "required": ["region", "sql"]
+    })))
+    .await;
+    let client = client(&app);
+    let send = |args: Value, params: Vec<(&'static str, &'static str)>| {
+        let body = client.body(json!(1), "tools/call", json!({"name": "query", "arguments": args}));
+        let mut headers = client.headers(&body);
+        headers.extend(params.into_iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        (body, headers)
+    };
+    let accepted = [
+        (
+            json!({"region": "us-west1", "sql": "x"}),
+            vec![("mcp-param-region", "us-west1")],
+        ),
+        (
+            json!({"region": "Hello", "sql": "x"}),
+            vec![("Mcp-Param-Region", "=?base64?SGVsbG8=?=")],
+        ),
+        (
+            json!({"region": "eu", "limit": 7, "sql": "x"}),
+            vec![("mcp-param-region", "eu"), ("mcp-param-limit", "7")],
+        ),
+        // Not the sentinel form: a literal value.
+        (
+            json!({"region": "=?base64?SGVsbG8=", "sql": "x"}),
+            vec![("mcp-param-region", "=?base64?SGVsbG8=")],
+        ),
+    ];
+    for (args, params) in accepted {
+        let (body, headers) = send(args, params);
+        let reply = client.send(&headers, &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["result"]["isError"], false, "{}", reply.body);
+    }
+    let runs = upstream.requests().len();
+    let refused = [
+        (json!({"region": "us-west1", "sql": "x"}), vec![], "missing"),
+        (
+            json!({"region": "us-west1", "sql": "x"}),
+            vec![("mcp-param-region", "eu-west1")],
+            "does not match",
+        ),
+        (
+            json!({"region": "Hello", "sql": "x"}),
+            vec![("mcp-param-region", "=?base64?SGVsbG8?=")],
+            "encoding",
+        ),
+        (
+            json!({"region": "Hello", "sql": "x"}),
+            vec![("mcp-param-region", "=?base64?SGVs!!!bG8=?=")],
+            "encoding",
+        ),
+        (
+            json!({"region": "eu", "sql": "x"}),
+            vec![("mcp-param-region", "eu"), ("mcp-param-limit", "7")],
+            "no argument `limit`",
+        ),
+    ];
+    for (args, params, says) in refused {
+        let (body, headers) = send(args, params);
+        let reply = client.send(&headers, &body).await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        assert_eq!(reply.body["error"]["code"], -32020, "{}", reply.body);
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "expected {says:?} in {message}");
+    }
+    assert_eq!(upstream.requests().len(), runs, "a refused call never runs");
+}

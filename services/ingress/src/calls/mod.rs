@@ -30,6 +30,7 @@ use uuid::Uuid;
 mod confirm;
 mod elicitation;
 pub mod idempotency;
+pub mod param_headers;
 mod progress;
 
 pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
@@ -61,6 +62,8 @@ pub enum Era {
         log_level: Option<String>,
         /// What the client declared on this request (`_meta`).
         capabilities: Map<String, Value>,
+        /// `Mcp-Param-*` headers (see [`param_headers`]).
+        param_headers: Vec<(String, Option<String>)>,
     },
 }
 
@@ -163,6 +166,7 @@ impl Call {
             input,
         } = self.parse(params)?;
         let tool = self.resolve(&name).await?;
+        self.check_param_headers(&tool, &arguments)?;
         let as_task = self.gate(&tool)?;
         let arguments = self.validate(&tool, arguments).await?;
         let key = header_key.or(meta_key);

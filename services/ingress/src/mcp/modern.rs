@@ -127,6 +127,7 @@ pub(crate) async fn handle(
                 era: Era::Modern {
                     log_level: meta.log_level,
                     capabilities: meta.capabilities,
+                    param_headers: calls::param_headers::collect(headers),
                 },
                 principal,
                 id,
