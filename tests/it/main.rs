@@ -9,6 +9,7 @@ mod control;
 mod docs;
 mod edges_storage;
 mod modern;
+mod oauth;
 mod observability;
 mod openapi;
 mod outcomes;

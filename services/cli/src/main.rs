@@ -121,6 +121,33 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalCommand,
     },
+    /// MCP authorization (OAuth): the clients a project knows and the grants its members gave.
+    Oauth {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: OAuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OAuthCommand {
+    /// Clients registered or fetched (metadata documents).
+    Clients {
+        #[arg(long)]
+        project: String,
+    },
+    /// Grants (a member's consent to a client), revoked ones too.
+    Grants {
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a grant: its access and refresh tokens stop at once.
+    Revoke {
+        #[arg(long)]
+        project: String,
+        grant_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -996,6 +1023,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         &serde_json::json!({ "reason": reason }),
                     )
                     .await?
+                }
+            };
+            print(&answer);
+            Ok(())
+        }
+        Command::Oauth { admin, command } => {
+            let c = client(&admin)?;
+            let answer = match command {
+                OAuthCommand::Clients { project } => c.get(&format!("/v1/projects/{project}/oauth/clients")).await?,
+                OAuthCommand::Grants { project } => c.get(&format!("/v1/projects/{project}/oauth/grants")).await?,
+                OAuthCommand::Revoke { project, grant_id } => {
+                    c.delete(&format!("/v1/projects/{project}/oauth/grants/{grant_id}"))
+                        .await?
                 }
             };
             print(&answer);

@@ -12,6 +12,7 @@ mod error;
 pub mod integrations;
 pub mod member_keys;
 pub mod members;
+pub mod oauth;
 pub mod principals;
 pub mod projects;
 pub mod quotas;

@@ -25,6 +25,23 @@ pub struct Project {
     pub body_max_bytes: i32,
     /// JSON fields (dotted paths) replaced by "[REDACTED]" in stored bodies.
     pub redact_fields: Vec<String>,
+    /// MCP authorization (OAuth 2.1) for this project's resource.
+    #[sqlx(flatten)]
+    pub oauth: OAuthSettings,
+}
+
+/// A project's OAuth settings: whether it is the authorization server of its MCP
+/// resource, where its users sign in, and the integration OAuth clients act through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OAuthSettings {
+    #[sqlx(rename = "oauth_enabled")]
+    pub enabled: bool,
+    /// The customer's login page (`?tengine_login=…` is appended).
+    #[sqlx(rename = "oauth_login_url")]
+    pub login_url: Option<String>,
+    /// `None`: the project's default integration.
+    #[sqlx(rename = "oauth_integration_id")]
+    pub integration_id: Option<Uuid>,
 }
 
 /// A change of project settings: `None` leaves a setting as it is; for the
@@ -37,10 +54,12 @@ pub struct ProjectSettings {
     pub store_bodies: Option<bool>,
     pub body_max_bytes: Option<i32>,
     pub redact_fields: Option<Vec<String>>,
+    pub oauth: Option<OAuthSettings>,
 }
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, p.outbound_allowlist, \
      p.monthly_call_limit, p.member_calls_per_minute, p.store_bodies, p.body_max_bytes, p.redact_fields, \
+     p.oauth_enabled, p.oauth_login_url, p.oauth_integration_id, \
      (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
       ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
 
@@ -94,7 +113,10 @@ pub async fn update_settings(pool: &PgPool, project_id: Uuid, settings: &Project
          monthly_call_limit = CASE WHEN $4 THEN $5 ELSE monthly_call_limit END, \
          member_calls_per_minute = CASE WHEN $6 THEN $7 ELSE member_calls_per_minute END, \
          store_bodies = COALESCE($8, store_bodies), body_max_bytes = COALESCE($9, body_max_bytes), \
-         redact_fields = COALESCE($10, redact_fields) \
+         redact_fields = COALESCE($10, redact_fields), \
+         oauth_enabled = CASE WHEN $11 THEN $12 ELSE oauth_enabled END, \
+         oauth_login_url = CASE WHEN $11 THEN $13 ELSE oauth_login_url END, \
+         oauth_integration_id = CASE WHEN $11 THEN $14 ELSE oauth_integration_id END \
          WHERE id = $1",
     )
     .bind(project_id)
@@ -109,6 +131,16 @@ pub async fn update_settings(pool: &PgPool, project_id: Uuid, settings: &Project
     .bind(settings.store_bodies)
     .bind(settings.body_max_bytes)
     .bind(settings.redact_fields.as_deref().map(storable::owned_all))
+    .bind(settings.oauth.is_some())
+    .bind(settings.oauth.as_ref().is_some_and(|o| o.enabled))
+    .bind(
+        settings
+            .oauth
+            .as_ref()
+            .and_then(|o| o.login_url.as_deref())
+            .map(storable::text),
+    )
+    .bind(settings.oauth.as_ref().and_then(|o| o.integration_id))
     .execute(pool)
     .await?;
     found(done)?;

@@ -74,6 +74,9 @@ pub struct IngressConfig {
     pub input_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
+    /// A PEM root certificate trusted, besides the public roots, for fetching OAuth
+    /// client metadata documents; empty: none.
+    pub oauth_metadata_ca_file: String,
 }
 
 impl IngressConfig {

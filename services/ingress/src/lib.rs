@@ -16,6 +16,7 @@ pub mod jsonrpc;
 pub mod key_limits;
 pub mod mcp;
 pub mod members;
+pub mod oauth;
 pub mod request_state;
 pub mod results;
 pub mod sessions;
@@ -69,6 +70,9 @@ pub struct AppState {
     /// Cancelled when the server shuts down: ends long-lived GET streams.
     pub shutdown: CancellationToken,
     pub topology: Topology,
+    /// An extra root certificate trusted when fetching OAuth client metadata
+    /// documents (`ingress.oauth_metadata_ca_file`: a private CA, or a test's).
+    pub oauth_roots: Option<reqwest::Certificate>,
 }
 
 impl AppState {
@@ -127,6 +131,7 @@ impl AppState {
             .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, commands, events, cancelled_kv, topology.clone()).await?;
 
+        let oauth_roots = oauth_roots(&config.ingress.oauth_metadata_ca_file)?;
         let (tool_changes, _) = broadcast::channel(1024);
         let mut changes = nats
             .subscribe(topology.tools_changed_wildcard())
@@ -170,6 +175,7 @@ impl AppState {
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,
+            oauth_roots,
         });
         // Approvals past their expiry are refused by every instance (each once).
         tokio::spawn(approvals::sweep(
@@ -180,9 +186,26 @@ impl AppState {
     }
 }
 
+fn oauth_roots(path: &str) -> anyhow::Result<Option<reqwest::Certificate>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading ingress.oauth_metadata_ca_file {path}: {e}"))?;
+    Ok(Some(reqwest::Certificate::from_pem(&pem).map_err(|e| {
+        anyhow::anyhow!("ingress.oauth_metadata_ca_file {path} is not a PEM certificate: {e}")
+    })?))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mcp", get(mcp::get).post(mcp::post).delete(mcp::delete))
+        .route(
+            "/mcp/{project_id}",
+            get(mcp::project_get)
+                .post(mcp::project_post)
+                .delete(mcp::project_delete),
+        )
+        .merge(oauth::routes())
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .merge(admin::routes())

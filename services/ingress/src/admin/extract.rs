@@ -95,6 +95,25 @@ impl PathParams for ApiKeyPath {
     }
 }
 
+/// `/v1/projects/{project_id}/oauth/grants/{grant_id}`
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OAuthGrantPath {
+    /// The project's id.
+    pub project_id: Uuid,
+    /// The grant's id.
+    pub grant_id: Uuid,
+}
+
+impl PathParams for OAuthGrantPath {
+    fn parse(values: &PathValues) -> ApiResult<Self> {
+        Ok(Self {
+            project_id: values.id("project_id", "project")?,
+            grant_id: values.id("grant_id", "grant")?,
+        })
+    }
+}
+
 /// `/v1/projects/{project_id}/integrations/{integration_id}…`
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]

@@ -15,6 +15,7 @@ mod integrations;
 mod member_keys;
 mod member_sessions;
 mod members;
+mod oauth;
 mod openapi;
 mod projects;
 mod runs;
@@ -57,6 +58,9 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::approve))
         .routes(routes!(approvals::reject))
+        .routes(routes!(oauth::clients))
+        .routes(routes!(oauth::grants))
+        .routes(routes!(oauth::revoke_grant))
 }
 
 /// The admin routes (`/v1/…`), for the ingress's router.

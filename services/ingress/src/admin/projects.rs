@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
-use tengine_control::projects::{self, Project, ProjectSettings};
+use tengine_control::projects::{self, OAuthSettings, Project, ProjectSettings};
 use tengine_core::{bodies::MAX_BODY_BYTES, domain::validate_name};
 use utoipa::ToSchema;
 
@@ -109,6 +109,25 @@ pub struct ProjectPatch {
     /// bodies; replaces the list.
     #[serde(default)]
     redact_fields: Option<Vec<String>>,
+    /// MCP authorization (OAuth 2.1) for the project's resource `/mcp/{project_id}`; replaces the
+    /// whole setting. See docs/oauth.md.
+    #[serde(default)]
+    oauth: Option<OAuthPatch>,
+}
+
+/// A project's OAuth settings.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthPatch {
+    enabled: bool,
+    /// The customer's login page: `https`, or `http` on a loopback host (development). Required
+    /// when enabled. The browser arrives with `?tengine_login=…` appended.
+    #[serde(default)]
+    login_url: Option<String>,
+    /// The integration OAuth-connected clients act through (its tool limits, revocation and
+    /// attribution apply); the project's default integration when absent.
+    #[serde(default)]
+    integration_id: Option<uuid::Uuid>,
 }
 
 /// Change a project's settings: the outbound allow-list, the quotas, bodies in run history.
@@ -122,6 +141,14 @@ pub async fn patch(
     JsonBody(patch): JsonBody<ProjectPatch>,
 ) -> ApiResult<Json<Project>> {
     let settings = patch.settings()?;
+    if let Some(integration_id) = settings.oauth.as_ref().and_then(|o| o.integration_id)
+        && !tengine_control::oauth::integration_exists(&st.pool, project_id, integration_id).await?
+    {
+        return Err(ApiError::invalid_field(
+            "oauth.integration_id",
+            "is not a live integration of this project",
+        ));
+    }
     let project = projects::update_settings(&st.pool, project_id, &settings)
         .await
         .map_err(not_found_as("project"))?;
@@ -138,6 +165,7 @@ impl ProjectPatch {
             store_bodies: self.store_bodies,
             body_max_bytes: self.body_max_bytes.map(body_max_bytes).transpose()?,
             redact_fields: self.redact_fields.map(redact_fields).transpose()?,
+            oauth: self.oauth.map(oauth).transpose()?,
         })
     }
 }
@@ -206,6 +234,43 @@ fn redact_fields(fields: Vec<String>) -> ApiResult<Vec<String>> {
         ));
     }
     Ok(fields)
+}
+
+/// Longest login URL.
+const MAX_LOGIN_URL_BYTES: usize = 2048;
+
+fn oauth(patch: OAuthPatch) -> ApiResult<OAuthSettings> {
+    if let Some(raw) = &patch.login_url {
+        login_url(raw)?;
+    } else if patch.enabled {
+        return Err(ApiError::invalid_field(
+            "oauth.login_url",
+            "is required when OAuth is enabled: the page of your app that signs users in for Tengine",
+        ));
+    }
+    Ok(OAuthSettings {
+        enabled: patch.enabled,
+        login_url: patch.login_url,
+        integration_id: patch.integration_id,
+    })
+}
+
+fn login_url(raw: &str) -> ApiResult<()> {
+    let invalid = |why: &str| ApiError::invalid_field("oauth.login_url", why.to_string());
+    if raw.len() > MAX_LOGIN_URL_BYTES {
+        return Err(invalid("is longer than 2048 bytes"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| invalid(&format!("is not an absolute URL ({e})")))?;
+    let loopback = crate::oauth::clients::is_loopback_host(&url);
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err(invalid("must be https (http only on a loopback host, for development)")),
+    }
+    if url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid("must have no fragment and no credentials"));
+    }
+    Ok(())
 }
 
 /// 404 `not_found` naming the project when it does not exist.

@@ -5,18 +5,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use tengine_control::principals::{self, Principal};
 use tengine_core::{credentials, errors};
 
+use super::Endpoint;
 use crate::{
     AppState,
     jsonrpc::{RpcError, RpcResult},
     members,
 };
 
-pub(crate) fn unauthorized(st: &AppState, message: &str, token_given: bool) -> RpcError {
+pub(crate) fn unauthorized(st: &AppState, endpoint: Endpoint, message: &str, token_given: bool) -> RpcError {
     let mut err = RpcError::new(StatusCode::UNAUTHORIZED, errors::RPC_UNAUTHORIZED, message);
-    let metadata = format!(
-        "{}/.well-known/oauth-protected-resource",
-        st.config.ingress.public_url.trim_end_matches('/')
-    );
+    let metadata = crate::oauth::resource_metadata_url(st, endpoint);
     let challenge = if token_given {
         format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\"")
     } else {
@@ -33,25 +31,54 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap) -> RpcResult<Principal> {
+/// The caller of a request to `endpoint`: a credential of another project, or an
+/// OAuth access token for another resource (RFC 8707 audience), is refused.
+pub(crate) async fn authenticate(st: &AppState, endpoint: Endpoint, headers: &HeaderMap) -> RpcResult<Principal> {
+    let principal = authenticate_any(st, endpoint, headers).await?;
+    if endpoint.is_some_and(|project| project != principal.caller.project_id) {
+        return Err(unauthorized(
+            st,
+            endpoint,
+            "this credential belongs to another project than this MCP endpoint's",
+            true,
+        ));
+    }
+    Ok(principal)
+}
+
+async fn authenticate_any(st: &AppState, endpoint: Endpoint, headers: &HeaderMap) -> RpcResult<Principal> {
     let Some(token) = bearer(headers) else {
         return Err(unauthorized(
             st,
+            endpoint,
             "missing credentials: send `Authorization: Bearer tengine_…` (API key) or `Bearer tng_mst_…` (member session)",
             false,
         ));
     };
     let found = if token.starts_with(members::TOKEN_PREFIX) {
-        let (api_key_id, member) = st
+        let verified = st
             .members
-            .verify(token)
-            .map_err(|e| unauthorized(st, &e.to_string(), true))?;
-        principals::authenticate_member(&st.pool, api_key_id, member).await
+            .verify_bound(token)
+            .map_err(|e| unauthorized(st, endpoint, &e.to_string(), true))?;
+        if verified
+            .audience
+            .as_ref()
+            .is_some_and(|aud| *aud != crate::oauth::resource_url(st, endpoint))
+        {
+            return Err(unauthorized(
+                st,
+                endpoint,
+                "this OAuth access token was issued for another MCP endpoint (its resource)",
+                true,
+            ));
+        }
+        principals::authenticate_member(&st.pool, verified.api_key_id, verified.member).await
     } else if credentials::looks_like_api_key(token) {
         principals::authenticate_api_key(&st.pool, token).await
     } else {
         return Err(unauthorized(
             st,
+            endpoint,
             "the bearer token is neither a Tengine API key (`tengine_…`) nor a member session (`tng_mst_…`)",
             true,
         ));
@@ -66,6 +93,7 @@ pub(crate) async fn authenticate(st: &AppState, headers: &HeaderMap) -> RpcResul
         Ok(Some(principal)) => Ok(principal),
         Ok(None) => Err(unauthorized(
             st,
+            endpoint,
             "the credential is unknown or revoked (API key, integration or member sessions)",
             true,
         )),

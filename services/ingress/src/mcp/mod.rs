@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Body,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -49,8 +49,41 @@ pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
 /// Revisions this server speaks, newest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 
+/// Which MCP resource a request came to: the shared `/mcp` (`None`) or a
+/// project's own `/mcp/{project_id}`, the resource its OAuth tokens are for.
+pub type Endpoint = Option<uuid::Uuid>;
+
 pub async fn post(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    match handle_post(&st, &headers, body).await {
+    post_to(&st, None, &headers, body).await
+}
+
+pub async fn project_post(
+    State(st): State<Arc<AppState>>,
+    Path(project): Path<uuid::Uuid>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    post_to(&st, Some(project), &headers, body).await
+}
+
+pub async fn project_get(
+    State(st): State<Arc<AppState>>,
+    Path(project): Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> Response {
+    get_from(&st, Some(project), &headers).await
+}
+
+pub async fn project_delete(
+    State(st): State<Arc<AppState>>,
+    Path(project): Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> Response {
+    delete_at(&st, Some(project), &headers).await
+}
+
+async fn post_to(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
+    match handle_post(st, endpoint, headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -60,10 +93,14 @@ pub async fn post(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bod
 /// the project's tools change. With `Last-Event-ID` naming a tools/call stream it
 /// resumes that call instead and delivers its result.
 pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = not_in_modern(&headers) {
+    get_from(&st, None, &headers).await
+}
+
+async fn get_from(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap) -> Response {
+    if let Some(refused) = not_in_modern(headers) {
         return refused;
     }
-    match handle_get(&st, &headers).await {
+    match handle_get(st, endpoint, headers).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -71,15 +108,19 @@ pub async fn get(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 
 /// DELETE ends the session on every instance.
 pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = not_in_modern(&headers) {
+    delete_at(&st, None, &headers).await
+}
+
+async fn delete_at(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap) -> Response {
+    if let Some(refused) = not_in_modern(headers) {
         return refused;
     }
     let result = async {
-        check_host_and_origin(&st, &headers)?;
-        let principal = authenticate(&st, &headers).await?;
-        let session = check_session(&st, &headers, &principal, &Value::Null)?;
+        check_host_and_origin(st, headers)?;
+        let principal = authenticate(st, endpoint, headers).await?;
+        let session = check_session(st, headers, &principal, &Value::Null)?;
         if !st.key_limits.session_write(principal.caller.api_key_id) {
-            return Err(too_many_session_writes(&st, &Value::Null));
+            return Err(too_many_session_writes(st, &Value::Null));
         }
         let expires_at = st.sessions.expires_at(&session);
         st.session_states.end(&session, expires_at).await.map_err(|e| {
@@ -112,9 +153,9 @@ fn not_in_modern(headers: &HeaderMap) -> Option<Response> {
     Some(refused.into_response())
 }
 
-async fn handle_get(st: &Arc<AppState>, headers: &HeaderMap) -> RpcResult<Response> {
+async fn handle_get(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap) -> RpcResult<Response> {
     check_host_and_origin(st, headers)?;
-    let principal = authenticate(st, headers).await?;
+    let principal = authenticate(st, endpoint, headers).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -210,10 +251,10 @@ fn method_label(method: &str) -> &'static str {
     KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
 }
 
-async fn handle_post(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> RpcResult<Response> {
+async fn handle_post(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> RpcResult<Response> {
     check_host_and_origin(st, headers)?;
     let authenticating = std::time::Instant::now();
-    let principal = authenticate(st, headers).await?;
+    let principal = authenticate(st, endpoint, headers).await?;
     prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "auth", authenticating);
     check_accept(headers)?;
     check_content_type(headers)?;

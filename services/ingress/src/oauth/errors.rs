@@ -1,0 +1,141 @@
+//! OAuth errors: RFC 6749 JSON (`error`, `error_description`) for clients, and
+//! an HTML page for the browser steps where nothing may be sent back to a
+//! client (an unknown client or redirect URI, a failed login, a bad consent).
+
+use axum::{
+    Json,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+};
+use maud::{DOCTYPE, Markup, html};
+use serde_json::json;
+use tengine_control::StoreError;
+
+/// An RFC 6749 §5.2 error answer.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+
+    pub fn invalid_client(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+    }
+
+    pub fn invalid_target(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", description)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no project with OAuth enabled here: enable it with PATCH /v1/projects/{id} {\"oauth\": …}",
+        )
+    }
+
+    /// A storage failure: logged, answered as retryable.
+    pub fn store(err: StoreError) -> Self {
+        tracing::error!(error = %err, "oauth storage");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the authorization server cannot answer right now; retry",
+        )
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", message)
+            }
+            other => Self::store(other),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.error, "error_description": self.description});
+        (
+            self.status,
+            [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// An error shown to the person in the browser (never redirected to a client
+/// that could not be verified).
+#[derive(Debug)]
+pub struct PageError(pub OAuthError);
+
+impl From<OAuthError> for PageError {
+    fn from(err: OAuthError) -> Self {
+        Self(err)
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(err: StoreError) -> Self {
+        Self(err.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let err = self.0;
+        let page = page(
+            "Authorization failed",
+            html! {
+                h1 { "Authorization failed" }
+                p { "Error: " code { (err.error) } }
+                p { (err.description) }
+            },
+        );
+        (
+            err.status,
+            [(header::CACHE_CONTROL, "no-store")],
+            Html(page.into_string()),
+        )
+            .into_response()
+    }
+}
+
+/// A complete page: no scripts, no external resources.
+pub fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}\
+                         button{font-size:1rem;padding:.5rem 1.5rem;margin-right:1rem}" }
+            }
+            body { (body) }
+        }
+    }
+}
