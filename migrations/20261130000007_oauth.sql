@@ -5,7 +5,10 @@ ALTER TABLE projects
     -- The customer's page that signs its user in and sends back a member assertion.
     ADD COLUMN oauth_login_url text,
     -- The integration OAuth-connected clients act through (NULL: the default one).
-    ADD COLUMN oauth_integration_id uuid REFERENCES integrations (id);
+    ADD COLUMN oauth_integration_id uuid REFERENCES integrations (id),
+    -- Which clients may be authorized (NULL: any): exact client_ids, redirect URI hosts.
+    ADD COLUMN oauth_allowed_client_ids text[],
+    ADD COLUMN oauth_allowed_redirect_hosts text[];
 
 -- Clients: registered dynamically (RFC 7591) or described by a Client ID Metadata
 -- Document at their https client_id (cached here, fetched again when stale).

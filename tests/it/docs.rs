@@ -361,7 +361,7 @@ fn leading_number(cell: &str) -> Option<i64> {
 
 #[test]
 fn the_error_tables_match_the_catalogue() {
-    use tengine_core::errors::{ADMIN_CODES, RPC_CODES};
+    use tengine_core::errors::{ADMIN_CODES, OAUTH_CODES, RPC_CODES};
     let text = std::fs::read_to_string(root().join("docs/errors.md")).expect("docs/errors.md");
 
     // Admin API: `| HTTP | code | When |`, exactly the catalogue's codes with their statuses.
@@ -379,6 +379,23 @@ fn the_error_tables_match_the_catalogue() {
     assert_eq!(
         documented, declared,
         "docs/errors.md's admin error table differs from tengine_core::errors"
+    );
+
+    // OAuth: `| HTTP | error | When |`, exactly the catalogue's (status, error) pairs.
+    let documented: BTreeSet<(i64, String)> = table_rows(&text, "OAuth errors")
+        .iter()
+        .map(|row| {
+            let status = leading_number(&row[0]).unwrap_or_else(|| panic!("no HTTP status in {row:?}"));
+            (status, row[1].trim_matches('`').to_string())
+        })
+        .collect();
+    let declared: BTreeSet<(i64, String)> = OAUTH_CODES
+        .iter()
+        .map(|c| (i64::from(c.status), c.error.to_string()))
+        .collect();
+    assert_eq!(
+        documented, declared,
+        "docs/errors.md's OAuth error table differs from tengine_core::errors"
     );
 
     // MCP: `| Situation | HTTP | JSON-RPC error.code |`; a code may be answered in several situations.

@@ -212,6 +212,7 @@ async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 struct Setup {
     app: TestApp,
     backend: Backend,
+    login_url: String,
     issuer: String,
     resource: String,
     /// A browser that does not follow redirects.
@@ -239,6 +240,7 @@ async fn setup(overrides: &[(&str, &str)]) -> Setup {
         resource: format!("{}/mcp/{}", app.base_url, app.project_id),
         app,
         backend,
+        login_url: login.url,
         issuer,
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -276,6 +278,20 @@ struct Consent {
 }
 
 impl Setup {
+    /// Replaces the project's OAuth setting: enabled, its login URL, and `extra`.
+    async fn set_oauth(&self, extra: &Value) {
+        let mut oauth = json!({"enabled": true, "login_url": self.login_url});
+        if let (Some(oauth), Some(extra)) = (oauth.as_object_mut(), extra.as_object()) {
+            oauth.extend(extra.clone());
+        }
+        let (status, body) = self
+            .app
+            .admin
+            .patch_project(self.app.project_id, json!({ "oauth": oauth }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     async fn register(&self, redirect_uris: &[&str]) -> (u16, Value) {
         let response = self
             .app
@@ -801,6 +817,30 @@ async fn authorization_requests_are_checked_before_anything_is_issued() {
         assert_eq!(param(&back, "iss").as_deref(), Some(setup.issuer.as_str()));
     }
 
+    // The project's allow-lists: of client ids, of redirect hosts.
+    for (lists, refused) in [
+        (
+            json!({"allowed_client_ids": ["https://claude.ai/oauth/mcp-oauth-client-metadata"]}),
+            true,
+        ),
+        (json!({"allowed_redirect_hosts": ["claude.ai", "chatgpt.com"]}), true),
+        (
+            json!({"allowed_client_ids": [client_id], "allowed_redirect_hosts": ["127.0.0.1"]}),
+            false,
+        ),
+    ] {
+        setup.set_oauth(&lists).await;
+        let response = setup.authorize(&with(&[])).await;
+        let status = response.status().as_u16();
+        let page = response.text().await.unwrap_or_default();
+        if refused {
+            assert_eq!(status, 401, "{lists}");
+            assert!(page.contains("does not allow"), "{page}");
+        } else {
+            assert_eq!(status, 302, "{lists}: {page}");
+        }
+    }
+
     // Registration refuses redirect URIs a browser could be sent anywhere with.
     for uri in [
         "http://app.example.com/cb",
@@ -912,6 +952,24 @@ async fn refresh_tokens_rotate_and_a_reused_one_kills_the_family() {
         .expect("revoke");
     assert_eq!(response.status(), 200);
     assert_eq!(mcp_status(&setup.app.http, &setup.resource, access).await, 401);
+
+    // Revoking the member's sessions ends the member's grants: no refresh brings them back.
+    let tokens = setup.tokens(&client_id).await;
+    let (status, _) = setup
+        .app
+        .admin
+        .post(
+            &format!("/v1/projects/{}/members/{MEMBER}/revoke-sessions", setup.app.project_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let access = tokens["access_token"].as_str().expect("access");
+    assert_eq!(mcp_status(&setup.app.http, &setup.resource, access).await, 401);
+    let (status, _) = setup
+        .refresh(&client_id, tokens["refresh_token"].as_str().expect("refresh"))
+        .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -983,6 +1041,7 @@ async fn consent_needs_its_csrf_token_and_is_decided_once() {
     );
     assert!(consent.page.contains(r#"name="decision" value="deny""#));
     assert!(!consent.page.contains("<script"), "no JavaScript");
+    assert!(consent.page.contains("Warning"), "a loopback redirect is warned about");
 
     let approve_without = [("request", consent.request.as_str()), ("decision", "approve")];
     assert_eq!(setup.decide(&consent, &approve_without, true).await.status(), 403);

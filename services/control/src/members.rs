@@ -25,9 +25,19 @@ pub async fn use_assertion(pool: &PgPool, project_id: Uuid, jti: &str, expires_a
     Ok(done.rows_affected() == 1)
 }
 
-/// Ends every session of a member issued up to now.
+/// Ends every session of a member issued up to now, and the member's OAuth
+/// grants (whose refresh tokens would otherwise mint new sessions).
 pub async fn revoke_sessions(pool: &PgPool, project_id: Uuid, member_id: &str) -> StoreResult<()> {
     projects::get(pool, project_id).await?;
+    let grants: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM oauth_grants WHERE project_id = $1 AND member_id = $2 AND revoked_at IS NULL")
+            .bind(project_id)
+            .bind(storable::text(member_id))
+            .fetch_all(pool)
+            .await?;
+    for (grant,) in grants {
+        crate::oauth::revoke_grant(pool, project_id, grant, "member_sessions_revoked").await?;
+    }
     sqlx::query(
         "INSERT INTO member_revocations (project_id, member_id, revoked_before) VALUES ($1, $2, now()) \
          ON CONFLICT (project_id, member_id) DO UPDATE SET revoked_before = now()",

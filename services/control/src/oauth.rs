@@ -30,6 +30,8 @@ pub struct ProjectOAuth {
     /// The integration OAuth clients act through (resolved: the default one when unset).
     pub integration_id: Uuid,
     pub outbound_allowlist: Vec<String>,
+    pub allowed_client_ids: Option<Vec<String>>,
+    pub allowed_redirect_hosts: Option<Vec<String>>,
 }
 
 pub async fn project(pool: &PgPool, project_id: Uuid) -> StoreResult<ProjectOAuth> {
@@ -41,6 +43,8 @@ pub async fn project(pool: &PgPool, project_id: Uuid) -> StoreResult<ProjectOAut
         login_url: project.oauth.login_url,
         integration_id: project.oauth.integration_id.unwrap_or(project.default_integration_id),
         outbound_allowlist: project.outbound_allowlist,
+        allowed_client_ids: project.oauth.allowed_client_ids,
+        allowed_redirect_hosts: project.oauth.allowed_redirect_hosts,
     })
 }
 

@@ -42,6 +42,12 @@ pub struct OAuthSettings {
     /// `None`: the project's default integration.
     #[sqlx(rename = "oauth_integration_id")]
     pub integration_id: Option<Uuid>,
+    /// Only these client_ids may be authorized (`None`: any).
+    #[sqlx(rename = "oauth_allowed_client_ids")]
+    pub allowed_client_ids: Option<Vec<String>>,
+    /// Only clients redirecting to these hosts may be authorized (`None`: any).
+    #[sqlx(rename = "oauth_allowed_redirect_hosts")]
+    pub allowed_redirect_hosts: Option<Vec<String>>,
 }
 
 /// A change of project settings: `None` leaves a setting as it is; for the
@@ -59,7 +65,8 @@ pub struct ProjectSettings {
 
 const PROJECT_COLUMNS: &str = "p.id, p.name, p.created_at, p.outbound_allowlist, \
      p.monthly_call_limit, p.member_calls_per_minute, p.store_bodies, p.body_max_bytes, p.redact_fields, \
-     p.oauth_enabled, p.oauth_login_url, p.oauth_integration_id, \
+     p.oauth_enabled, p.oauth_login_url, p.oauth_integration_id, p.oauth_allowed_client_ids, \
+     p.oauth_allowed_redirect_hosts, \
      (SELECT i.id FROM integrations i WHERE i.project_id = p.id AND i.deleted_at IS NULL \
       ORDER BY i.created_at, i.id LIMIT 1) AS default_integration_id";
 
@@ -116,7 +123,9 @@ pub async fn update_settings(pool: &PgPool, project_id: Uuid, settings: &Project
          redact_fields = COALESCE($10, redact_fields), \
          oauth_enabled = CASE WHEN $11 THEN $12 ELSE oauth_enabled END, \
          oauth_login_url = CASE WHEN $11 THEN $13 ELSE oauth_login_url END, \
-         oauth_integration_id = CASE WHEN $11 THEN $14 ELSE oauth_integration_id END \
+         oauth_integration_id = CASE WHEN $11 THEN $14 ELSE oauth_integration_id END, \
+         oauth_allowed_client_ids = CASE WHEN $11 THEN $15 ELSE oauth_allowed_client_ids END, \
+         oauth_allowed_redirect_hosts = CASE WHEN $11 THEN $16 ELSE oauth_allowed_redirect_hosts END \
          WHERE id = $1",
     )
     .bind(project_id)
@@ -141,6 +150,20 @@ pub async fn update_settings(pool: &PgPool, project_id: Uuid, settings: &Project
             .map(storable::text),
     )
     .bind(settings.oauth.as_ref().and_then(|o| o.integration_id))
+    .bind(
+        settings
+            .oauth
+            .as_ref()
+            .and_then(|o| o.allowed_client_ids.as_deref())
+            .map(storable::owned_all),
+    )
+    .bind(
+        settings
+            .oauth
+            .as_ref()
+            .and_then(|o| o.allowed_redirect_hosts.as_deref())
+            .map(storable::owned_all),
+    )
     .execute(pool)
     .await?;
     found(done)?;

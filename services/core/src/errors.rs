@@ -159,6 +159,89 @@ pub const RPC_CODES: &[RpcCode] = &[
     UNSUPPORTED_VERSION,
 ];
 
+/// An OAuth error of a project's authorization server (RFC 6749 §5.2 and the RFCs
+/// that extend it): `{"error", "error_description"}` from the token, revocation and
+/// registration endpoints, an HTML page at the browser steps. A code may be
+/// answered with several statuses; each pair is declared once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OAuthCode {
+    pub error: &'static str,
+    pub status: u16,
+    pub meaning: &'static str,
+}
+
+pub const OAUTH_INVALID_REQUEST: OAuthCode = OAuthCode {
+    error: "invalid_request",
+    status: 400,
+    meaning: "a parameter is missing or malformed; an unregistered redirect URI; a login unknown, expired or used",
+};
+pub const OAUTH_CSRF: OAuthCode = OAuthCode {
+    error: "invalid_request",
+    status: 403,
+    meaning: "the consent form's CSRF token is missing or does not match its cookie",
+};
+pub const OAUTH_INVALID_CLIENT: OAuthCode = OAuthCode {
+    error: "invalid_client",
+    status: 401,
+    meaning: "unknown client_id, or a client metadata document that cannot be used (not https, too large, \
+              forbidden address, malformed), or a client the project does not allow",
+};
+pub const OAUTH_INVALID_GRANT: OAuthCode = OAuthCode {
+    error: "invalid_grant",
+    status: 400,
+    meaning: "code or refresh token unknown, expired, used (reuse revokes the grant), of another client, or a \
+              PKCE verifier that is missing or wrong",
+};
+pub const OAUTH_INVALID_TARGET: OAuthCode = OAuthCode {
+    error: "invalid_target",
+    status: 400,
+    meaning: "`resource` is not the resource that was authorized (this project's MCP endpoint)",
+};
+pub const OAUTH_UNSUPPORTED_GRANT_TYPE: OAuthCode = OAuthCode {
+    error: "unsupported_grant_type",
+    status: 400,
+    meaning: "grant_type is neither authorization_code nor refresh_token",
+};
+pub const OAUTH_INVALID_CLIENT_METADATA: OAuthCode = OAuthCode {
+    error: "invalid_client_metadata",
+    status: 400,
+    meaning: "a registration that is not JSON, too large, or asks for a secret or another flow",
+};
+pub const OAUTH_INVALID_REDIRECT_URI: OAuthCode = OAuthCode {
+    error: "invalid_redirect_uri",
+    status: 400,
+    meaning: "a registration without redirect URIs, or with one that is not https (http only on loopback)",
+};
+pub const OAUTH_ACCESS_DENIED: OAuthCode = OAuthCode {
+    error: "access_denied",
+    status: 400,
+    meaning: "the member assertion of the login was refused (signature, project, expiry, replay, `tengine_login`)",
+};
+pub const OAUTH_NOT_FOUND: OAuthCode = OAuthCode {
+    error: "not_found",
+    status: 404,
+    meaning: "no project with OAuth enabled at this issuer",
+};
+pub const OAUTH_UNAVAILABLE: OAuthCode = OAuthCode {
+    error: "temporarily_unavailable",
+    status: 503,
+    meaning: "storage unavailable, or too many pending authorizations or registered clients; retry later",
+};
+
+pub const OAUTH_CODES: &[OAuthCode] = &[
+    OAUTH_INVALID_REQUEST,
+    OAUTH_CSRF,
+    OAUTH_INVALID_CLIENT,
+    OAUTH_INVALID_GRANT,
+    OAUTH_INVALID_TARGET,
+    OAUTH_UNSUPPORTED_GRANT_TYPE,
+    OAUTH_INVALID_CLIENT_METADATA,
+    OAUTH_INVALID_REDIRECT_URI,
+    OAUTH_ACCESS_DENIED,
+    OAUTH_NOT_FOUND,
+    OAUTH_UNAVAILABLE,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +256,9 @@ mod tests {
         rpc.sort_unstable();
         rpc.dedup();
         assert_eq!(rpc.len(), RPC_CODES.len());
+        let mut oauth: Vec<_> = OAUTH_CODES.iter().map(|c| (c.error, c.status)).collect();
+        oauth.sort_unstable();
+        oauth.dedup();
+        assert_eq!(oauth.len(), OAUTH_CODES.len());
     }
 }

@@ -128,6 +128,14 @@ pub struct OAuthPatch {
     /// attribution apply); the project's default integration when absent.
     #[serde(default)]
     integration_id: Option<uuid::Uuid>,
+    /// Only these client_ids may be authorized (a client metadata document's URL, or an id from
+    /// registration); absent or `null`: any client. At most 100.
+    #[serde(default)]
+    allowed_client_ids: Option<Vec<String>>,
+    /// Only clients whose redirect URI has one of these hosts (`claude.ai`, `chatgpt.com`,
+    /// `localhost`) may be authorized; absent or `null`: any. At most 100.
+    #[serde(default)]
+    allowed_redirect_hosts: Option<Vec<String>>,
 }
 
 /// Change a project's settings: the outbound allow-list, the quotas, bodies in run history.
@@ -248,11 +256,29 @@ fn oauth(patch: OAuthPatch) -> ApiResult<OAuthSettings> {
             "is required when OAuth is enabled: the page of your app that signs users in for Tengine",
         ));
     }
+    allow_list("oauth.allowed_client_ids", patch.allowed_client_ids.as_deref())?;
+    allow_list("oauth.allowed_redirect_hosts", patch.allowed_redirect_hosts.as_deref())?;
     Ok(OAuthSettings {
         enabled: patch.enabled,
         login_url: patch.login_url,
         integration_id: patch.integration_id,
+        allowed_client_ids: patch.allowed_client_ids,
+        allowed_redirect_hosts: patch
+            .allowed_redirect_hosts
+            .map(|hosts| hosts.iter().map(|h| h.to_ascii_lowercase()).collect()),
     })
+}
+
+/// Entries of an OAuth allow-list: at most 100 non-empty strings of at most 2048 bytes.
+fn allow_list(field: &'static str, entries: Option<&[String]>) -> ApiResult<()> {
+    let bad = |e: &String| e.is_empty() || e.len() > 2048 || e.chars().any(char::is_control);
+    if entries.is_some_and(|list| list.len() > 100 || list.iter().any(bad)) {
+        return Err(ApiError::invalid_field(
+            field,
+            "at most 100 non-empty entries of at most 2048 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn login_url(raw: &str) -> ApiResult<()> {

@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use tengine_control::oauth::{self as store, NewAuthorization};
+use tengine_control::oauth::{self as store, NewAuthorization, ProjectOAuth};
 use url::Url;
 use uuid::Uuid;
 
@@ -60,6 +60,7 @@ async fn start(st: &AppState, project_id: Uuid, params: &AuthorizeParams) -> Res
     let project = enabled_project(st, project_id).await?;
     let client = clients::resolve(st, &project, params.client_id.as_deref().unwrap_or_default()).await?;
     let redirect_uri = chosen_redirect_uri(&client.redirect_uris, params.redirect_uri.as_deref())?;
+    allowed(&project, &client.client_id, &redirect_uri)?;
     let back = |error: &str, description: &str| {
         Refusal::Redirect(with_response_params(
             &redirect_uri,
@@ -131,6 +132,30 @@ fn chosen_redirect_uri(registered: &[String], requested: Option<&str>) -> Result
         }
     };
     Url::parse(chosen).map_err(|_| unregistered())
+}
+
+/// The project's client allow-lists, if it has any.
+fn allowed(project: &ProjectOAuth, client_id: &str, redirect_uri: &Url) -> Result<(), OAuthError> {
+    if project
+        .allowed_client_ids
+        .as_ref()
+        .is_some_and(|ids| !ids.iter().any(|id| id == client_id))
+    {
+        return Err(OAuthError::invalid_client(format!(
+            "this project does not allow client `{client_id}` (oauth.allowed_client_ids)"
+        )));
+    }
+    let host = redirect_uri.host_str().unwrap_or_default().to_ascii_lowercase();
+    if project
+        .allowed_redirect_hosts
+        .as_ref()
+        .is_some_and(|hosts| !hosts.contains(&host))
+    {
+        return Err(OAuthError::invalid_client(format!(
+            "this project does not allow clients redirecting to `{host}` (oauth.allowed_redirect_hosts)"
+        )));
+    }
+    Ok(())
 }
 
 /// RFC 7636 §4.2: S256 of a 43–128 character verifier is 43 base64url characters.

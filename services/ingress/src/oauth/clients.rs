@@ -16,7 +16,10 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tengine_control::oauth::{self as store, Client, KIND_METADATA_DOCUMENT, KIND_REGISTERED, NewClient, ProjectOAuth};
-use tengine_core::addresses::{Policy, PolicyResolver};
+use tengine_core::{
+    addresses::{Policy, PolicyResolver},
+    errors,
+};
 use url::Url;
 use uuid::Uuid;
 
@@ -102,7 +105,7 @@ async fn register_client(st: &AppState, project_id: Uuid, body: &[u8]) -> Result
 }
 
 fn metadata_error(description: impl Into<String>) -> OAuthError {
-    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_client_metadata", description)
+    OAuthError::new(errors::OAUTH_INVALID_CLIENT_METADATA, description)
 }
 
 /// What a client may declare: public (no secret), code flow, sane redirect URIs.
@@ -135,8 +138,7 @@ fn check_metadata(metadata: &ClientMetadata) -> Result<(), OAuthError> {
     }
     if metadata.redirect_uris.is_empty() || metadata.redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_uri",
+            errors::OAUTH_INVALID_REDIRECT_URI,
             format!("redirect_uris must list 1 to {MAX_REDIRECT_URIS} URIs"),
         ));
     }
@@ -147,13 +149,7 @@ fn check_metadata(metadata: &ClientMetadata) -> Result<(), OAuthError> {
 }
 
 fn check_redirect_uri(raw: &str) -> Result<(), OAuthError> {
-    let invalid = |why: &str| {
-        OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_uri",
-            format!("`{raw}` {why}"),
-        )
-    };
+    let invalid = |why: &str| OAuthError::new(errors::OAUTH_INVALID_REDIRECT_URI, format!("`{raw}` {why}"));
     if raw.len() > MAX_URI_BYTES {
         return Err(invalid("is too long"));
     }
@@ -232,6 +228,11 @@ async fn fetch_client(st: &AppState, project: &ProjectOAuth, client_id: &str) ->
         )));
     }
     check_metadata(&metadata).map_err(|e| OAuthError::invalid_client(e.description))?;
+    if metadata.client_name.as_deref().is_none_or(str::is_empty) {
+        return Err(OAuthError::invalid_client(format!(
+            "the client metadata document at {client_id} must have a client_name"
+        )));
+    }
     Ok(store::save_client(
         &st.pool,
         project.project_id,

@@ -16,7 +16,7 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::Value;
 use tengine_control::oauth::{self as store, Authorization, ProjectOAuth};
-use tengine_core::credentials::constant_time_eq;
+use tengine_core::{credentials::constant_time_eq, errors};
 use url::Url;
 use uuid::Uuid;
 
@@ -46,6 +46,13 @@ pub async fn page(
         .as_str()
         .map_or_else(|| member["id"].as_str().unwrap_or_default().to_string(), str::to_string);
     let client_name = client.client_name.as_deref().unwrap_or(&client.client_id);
+    let redirect = Url::parse(&authorization.redirect_uri).ok();
+    let redirect_host = redirect
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| authorization.redirect_uri.clone());
+    // The CIMD draft's advice: a metadata document cannot vouch for a loopback redirect.
+    let loopback = redirect.as_ref().is_some_and(super::clients::is_loopback_host);
     let body = html! {
         h1 { "Connect " (client_name) " to " (project.name) "?" }
         p { "Signed in as " strong { (member_label) } "." }
@@ -56,7 +63,12 @@ pub async fn page(
         }
         ul { @for tool in &tools { li { code { (tool) } } } }
         p { small { "Client ID: " code { (client.client_id) } } }
-        p { small { "After approving, you will be sent to " code { (authorization.redirect_uri) } "." } }
+        p { "After approving you will be sent to " strong { (redirect_host) } " (" code { (authorization.redirect_uri) } ")." }
+        @if loopback {
+            p role="alert" { strong { "Warning: " } "this client receives the answer on this computer. Approve only if \
+                you started this connection yourself, from an application you trust: any program here could \
+                claim to be " (client_name) "." }
+        }
         form method="post" action=(format!("{}/consent", issuer(st, project.project_id))) {
             input type="hidden" name="request" value=(authorization.id);
             input type="hidden" name="csrf" value=(csrf);
@@ -138,8 +150,7 @@ async fn decide_request(
     let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_default();
     if csrf.is_empty() || !constant_time_eq(&csrf, &cookie) {
         return Err(OAuthError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_request",
+            errors::OAUTH_CSRF,
             "the consent form's CSRF token is missing or does not match: open the page again from the start",
         )
         .into());

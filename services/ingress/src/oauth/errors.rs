@@ -10,44 +10,42 @@ use axum::{
 use maud::{DOCTYPE, Markup, html};
 use serde_json::json;
 use tengine_control::StoreError;
+use tengine_core::errors::{self, OAuthCode};
 
-/// An RFC 6749 §5.2 error answer.
+/// An RFC 6749 §5.2 error answer, of a code of the catalogue.
 #[derive(Debug)]
 pub struct OAuthError {
-    pub status: StatusCode,
-    pub error: &'static str,
+    pub code: OAuthCode,
     pub description: String,
 }
 
 impl OAuthError {
-    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(code: OAuthCode, description: impl Into<String>) -> Self {
         Self {
-            status,
-            error,
+            code,
             description: description.into(),
         }
     }
 
     pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+        Self::new(errors::OAUTH_INVALID_REQUEST, description)
     }
 
     pub fn invalid_grant(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+        Self::new(errors::OAUTH_INVALID_GRANT, description)
     }
 
     pub fn invalid_client(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+        Self::new(errors::OAUTH_INVALID_CLIENT, description)
     }
 
     pub fn invalid_target(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_target", description)
+        Self::new(errors::OAUTH_INVALID_TARGET, description)
     }
 
     pub fn not_found() -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            errors::OAUTH_NOT_FOUND,
             "no project with OAuth enabled here: enable it with PATCH /v1/projects/{id} {\"oauth\": …}",
         )
     }
@@ -56,19 +54,20 @@ impl OAuthError {
     pub fn store(err: StoreError) -> Self {
         tracing::error!(error = %err, "oauth storage");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
+            errors::OAUTH_UNAVAILABLE,
             "the authorization server cannot answer right now; retry",
         )
+    }
+
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status).unwrap_or(StatusCode::BAD_REQUEST)
     }
 }
 
 impl From<StoreError> for OAuthError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Conflict(message) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", message)
-            }
+            StoreError::Conflict(message) => Self::new(errors::OAUTH_UNAVAILABLE, message),
             other => Self::store(other),
         }
     }
@@ -76,9 +75,9 @@ impl From<StoreError> for OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "error_description": self.description});
+        let body = json!({"error": self.code.error, "error_description": self.description});
         (
-            self.status,
+            self.status(),
             [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")],
             Json(body),
         )
@@ -110,12 +109,12 @@ impl IntoResponse for PageError {
             "Authorization failed",
             html! {
                 h1 { "Authorization failed" }
-                p { "Error: " code { (err.error) } }
+                p { "Error: " code { (err.code.error) } }
                 p { (err.description) }
             },
         );
         (
-            err.status,
+            err.status(),
             [(header::CACHE_CONTROL, "no-store")],
             Html(page.into_string()),
         )

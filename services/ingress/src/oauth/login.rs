@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 use tengine_control::oauth as store;
-use tengine_core::credentials::constant_time_eq;
+use tengine_core::{credentials::constant_time_eq, errors};
 use uuid::Uuid;
 
 use super::{CONSENT_TTL_SECS, OAuthError, PageError, after, consent, digest, enabled_project, secret};
@@ -63,15 +63,14 @@ async fn finish(st: &AppState, project_id: Uuid, callback: Callback) -> Result<R
         .ok_or_else(unknown)?;
     let asserted = members::check_assertion(&st.pool, project_id, &assertion)
         .await
-        .map_err(|e| OAuthError::new(axum::http::StatusCode::BAD_REQUEST, "access_denied", e.to_string()))?;
+        .map_err(|e| OAuthError::new(errors::OAUTH_ACCESS_DENIED, e.to_string()))?;
     if !asserted
         .tengine_login
         .as_deref()
         .is_some_and(|claimed| constant_time_eq(claimed, &login))
     {
         return Err(OAuthError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "access_denied",
+            errors::OAUTH_ACCESS_DENIED,
             "the member_assertion's `tengine_login` claim must equal the tengine_login of this login",
         )
         .into());

@@ -47,8 +47,7 @@ pub async fn token(
             Some("authorization_code") => exchange_code(&st, &project, &request).await,
             Some("refresh_token") => refresh(&st, &project, &request).await,
             _ => Err(OAuthError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
+                tengine_core::errors::OAUTH_UNSUPPORTED_GRANT_TYPE,
                 "grant_type must be authorization_code or refresh_token",
             )),
         }
