@@ -71,5 +71,6 @@ pub async fn revoke_grant(
     oauth::revoke_grant(&st.pool, project_id, grant_id, "revoked")
         .await
         .map_err(not_found_as("grant"))?;
+    tracing::info!(project = %project_id, grant = %grant_id, "oauth grant revoked by the admin API");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -130,10 +130,14 @@ fn check_metadata(metadata: &ClientMetadata) -> Result<(), OAuthError> {
             "only the authorization code flow is supported (grant_types authorization_code, response_types code)",
         ));
     }
-    let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.chars().count() > MAX_NAME_CHARS);
-    if too_long(&metadata.client_name) || metadata.client_uri.as_ref().is_some_and(|u| u.len() > MAX_URI_BYTES) {
+    let bad_name = |s: &String| s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control);
+    // client_uri becomes a link on the consent page: a web page only.
+    let bad_uri =
+        |u: &String| u.len() > MAX_URI_BYTES || Url::parse(u).map_or(true, |u| !matches!(u.scheme(), "https" | "http"));
+    if metadata.client_name.as_ref().is_some_and(bad_name) || metadata.client_uri.as_ref().is_some_and(bad_uri) {
         return Err(metadata_error(format!(
-            "client_name is at most {MAX_NAME_CHARS} characters and client_uri at most {MAX_URI_BYTES} bytes"
+            "client_name is at most {MAX_NAME_CHARS} characters without control characters, and client_uri an \
+             http(s) URL of at most {MAX_URI_BYTES} bytes"
         )));
     }
     if metadata.redirect_uris.is_empty() || metadata.redirect_uris.len() > MAX_REDIRECT_URIS {

@@ -81,9 +81,11 @@ pub async fn page(
     } else {
         ""
     };
+    // Scoped to the consent form's path (behind a prefix too, if public_url has one).
+    let issuer = issuer(st, project.project_id);
+    let path = Url::parse(&issuer).map_or_else(|_| format!("/oauth/{}", project.project_id), |u| u.path().to_string());
     let cookie = format!(
-        "{CSRF_COOKIE}={csrf}; Path=/oauth/{}/consent; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        project.project_id,
+        "{CSRF_COOKIE}={csrf}; Path={path}/consent; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         super::CONSENT_TTL_SECS
     );
     Ok((
@@ -187,6 +189,13 @@ async fn decide_request(
             ("iss", &iss),
         ],
     };
+    tracing::info!(
+        project = %project_id,
+        authorization = %decided.id,
+        client_id = %decided.client_id,
+        approved = approve,
+        "oauth consent decided"
+    );
     let target = with_response_params(&redirect_uri, &params, decided.state.as_deref());
     // 303: the browser follows a form POST's answer with a GET.
     Ok((

@@ -73,6 +73,7 @@ async fn exchange_code(st: &AppState, project: &ProjectOAuth, request: &TokenReq
         CodeUse::Replayed(grant) => {
             if let Some(grant) = grant {
                 store::revoke_grant(&st.pool, project.project_id, grant, "code_replayed").await?;
+                tracing::warn!(project = %project.project_id, grant = %grant, "oauth code replayed: grant revoked");
             }
             return Err(OAuthError::invalid_grant(
                 "this authorization code was already used; what it issued is revoked",
@@ -120,6 +121,8 @@ async fn exchange_code(st: &AppState, project: &ProjectOAuth, request: &TokenReq
         },
     )
     .await?;
+    tracing::info!(project = %project.project_id, grant = %grant.id, client_id = %grant.client_id,
+        member = %grant.member_id, "oauth grant created");
     issue(st, project, &grant).await
 }
 
@@ -130,6 +133,7 @@ async fn refresh(st: &AppState, project: &ProjectOAuth, request: &TokenRequest) 
         RefreshUse::Fresh(grant) => grant,
         RefreshUse::Reused(grant) => {
             store::revoke_grant(&st.pool, project.project_id, grant, "refresh_token_reused").await?;
+            tracing::warn!(project = %project.project_id, grant = %grant, "oauth refresh token reused: grant revoked");
             return Err(OAuthError::invalid_grant(
                 "this refresh token was already used: the grant is revoked, authorize again",
             ));
@@ -243,6 +247,7 @@ pub async fn revoke(
             && grant.client_id == client_id
         {
             store::revoke_grant(&st.pool, project.project_id, grant.id, "revoked").await?;
+            tracing::info!(project = %project.project_id, grant = %grant.id, "oauth grant revoked by its client");
         }
         Ok::<_, OAuthError>(Json(json!({})).into_response())
     }
