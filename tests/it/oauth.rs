@@ -464,12 +464,29 @@ async fn python_oauth_client(url: &str, client_metadata_url: Option<&str>) -> Va
     let python = std::env::var("TENGINE_TEST_PYTHON")
         .expect("TENGINE_TEST_PYTHON must point at a Python with tests/python/requirements.txt installed");
     let mut cmd = tokio::process::Command::new(workspace().join(python));
-    cmd.arg(workspace().join("tests/python/oauth_client.py"))
-        .args(["--url", url, "--tool", "whoami", "--arguments", r#"{"note": "hi"}"#])
-        .stdin(Stdio::null());
+    cmd.arg(workspace().join("tests/python/oauth_client.py"));
     if let Some(cimd) = client_metadata_url {
         cmd.args(["--client-metadata-url", cimd]);
     }
+    run_client(cmd, url).await
+}
+
+/// Runs tests/typescript/oauth_client.mjs; its JSON answer.
+async fn typescript_oauth_client(url: &str) -> Value {
+    assert!(
+        workspace()
+            .join("tests/typescript/node_modules/@modelcontextprotocol/sdk")
+            .exists(),
+        "run `npm ci` in tests/typescript (deploy/local/test does)"
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(workspace().join("tests/typescript/oauth_client.mjs"));
+    run_client(cmd, url).await
+}
+
+async fn run_client(mut cmd: tokio::process::Command, url: &str) -> Value {
+    cmd.args(["--url", url, "--tool", "whoami", "--arguments", r#"{"note": "hi"}"#])
+        .stdin(Stdio::null());
     let output = tokio::time::timeout(std::time::Duration::from_secs(90), cmd.output())
         .await
         .expect("the OAuth client finishes within 90 s")
@@ -483,12 +500,8 @@ async fn python_oauth_client(url: &str, client_metadata_url: Option<&str>) -> Va
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON output")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_connects_through_oauth_and_is_cut_off_by_revocation() {
-    let documents = DocumentServer::spawn().await;
-    let ca = documents.ca_file.to_string_lossy().to_string();
-    let setup = setup(&[("ingress.oauth_metadata_ca_file", ca.as_str())]).await;
-    let app = &setup.app;
+/// A member-only tool that names its caller, signed, with its upstream.
+async fn whoami(app: &TestApp) -> Upstream {
     let secret = signing_secret();
     let upstream = Upstream::spawn(Some(secret.clone())).await;
     app.create_tool(
@@ -501,6 +514,16 @@ async fn python_sdk_connects_through_oauth_and_is_cut_off_by_revocation() {
             .inject_member_identity(),
     )
     .await;
+    upstream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_connects_through_oauth_and_is_cut_off_by_revocation() {
+    let documents = DocumentServer::spawn().await;
+    let ca = documents.ca_file.to_string_lossy().to_string();
+    let setup = setup(&[("ingress.oauth_metadata_ca_file", ca.as_str())]).await;
+    let app = &setup.app;
+    let upstream = whoami(app).await;
 
     // Dynamic client registration.
     let out = python_oauth_client(&setup.resource, None).await;
@@ -604,6 +627,22 @@ async fn python_sdk_connects_through_oauth_and_is_cut_off_by_revocation() {
     let cimd_token = by_document["access_token"].as_str().expect("token");
     assert_eq!(mcp_status(&app.http, &setup.resource, cimd_token).await, 200);
     other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_sdk_connects_through_oauth() {
+    let setup = setup(&[]).await;
+    let upstream = whoami(&setup.app).await;
+    let out = typescript_oauth_client(&setup.resource).await;
+    assert_eq!(out["tools"], json!(["whoami"]), "{out}");
+    assert_eq!(out["call"]["isError"], false, "{out}");
+    assert_eq!(out["refreshed"], true, "the SDK refreshed on the 401: {out}");
+    assert!(out["client_id"].as_str().expect("client_id").starts_with("tng_oc_"));
+    let calls = upstream.requests();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.header("x-tengine-member-id") == Some(MEMBER)));
+    let token = out["access_token"].as_str().expect("access token");
+    assert_eq!(mcp_status(&setup.app.http, &setup.resource, token).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

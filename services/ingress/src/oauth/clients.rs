@@ -91,16 +91,20 @@ async fn register_client(st: &AppState, project_id: Uuid, body: &[u8]) -> Result
         },
     )
     .await?;
-    let answer = json!({
+    let mut answer = json!({
         "client_id": client.client_id,
         "client_id_issued_at": client.created_at.timestamp(),
-        "client_name": client.client_name,
-        "client_uri": client.client_uri,
         "redirect_uris": client.redirect_uris,
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
     });
+    // RFC 7591 §3.2.1: metadata the client did not give is absent, not null (SDKs refuse nulls).
+    for (name, value) in [("client_name", client.client_name), ("client_uri", client.client_uri)] {
+        if let Some(value) = value {
+            answer[name] = json!(value);
+        }
+    }
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
