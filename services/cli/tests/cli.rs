@@ -40,6 +40,24 @@ async fn control_plane_through_the_cli() {
             .to_string(),
     )
     .expect("write");
+    let (status, _) = app
+        .admin
+        .patch_project(
+            app.project_id,
+            json!({"oauth": {"enabled": true, "login_url": "https://app.example.com/login"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let registered: Value = app
+        .http
+        .post(format!("{}/oauth/{project}/register", app.base_url))
+        .json(&json!({"client_name": "cli test", "redirect_uris": ["https://app.example.com/cb"]}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
     let app_ref = &app;
     let run = move |args: &[&str]| tengine(app_ref, args);
     tokio::task::block_in_place(|| {
@@ -125,6 +143,12 @@ async fn control_plane_through_the_cli() {
             "k1"
         );
         assert!(run(&["members", "revoke-sessions", "--project", &project, "user-1"]).contains("user-1"));
+        let clients = json_of(&run(&["oauth", "clients", "--project", &project]));
+        assert_eq!(clients["clients"][0]["client_id"], registered["client_id"]);
+        assert_eq!(
+            json_of(&run(&["oauth", "grants", "--project", &project]))["grants"],
+            json!([])
+        );
 
         let allow = json_of(&run(&["projects", "allowlist", "--project", &project, "10.0.0.0/8"]));
         assert_eq!(allow["outbound_allowlist"], json!(["10.0.0.0/8"]));
