@@ -789,6 +789,22 @@ async fn codes_need_their_pkce_verifier_and_are_used_once() {
 
     let (verifier, challenge) = pkce();
     let code = setup.code(&client_id, &challenge).await;
+    let (status, body) = setup
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", "http://127.0.0.1:1/callback"),
+            ("code_verifier", &verifier),
+        ])
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "another redirect_uri"
+    );
+
+    let code = setup.code(&client_id, &challenge).await;
     let (status, tokens) = exchange(code.clone(), Some(verifier.clone())).await;
     assert_eq!(status, 200, "{tokens}");
     assert_eq!(tokens["token_type"], "Bearer");
@@ -855,6 +871,15 @@ async fn authorization_requests_are_checked_before_anything_is_issued() {
         assert_eq!(param(&back, "state").as_deref(), Some("st-123"));
         assert_eq!(param(&back, "iss").as_deref(), Some(setup.issuer.as_str()));
     }
+
+    // A trailing slash on the resource is tolerated.
+    let slash = format!("{}/", setup.resource);
+    let response = setup.authorize(&with(&[("resource", Some(slash.as_str()))])).await;
+    assert_eq!(response.status(), 302);
+    assert!(
+        param(&location(&response), "tengine_login").is_some(),
+        "to the login page"
+    );
 
     // The project's allow-lists: of client ids, of redirect hosts.
     for (lists, refused) in [

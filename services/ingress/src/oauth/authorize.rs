@@ -59,7 +59,8 @@ impl<E: Into<PageError>> From<E> for Refusal {
 async fn start(st: &AppState, project_id: Uuid, params: &AuthorizeParams) -> Result<Response, Refusal> {
     let project = enabled_project(st, project_id).await?;
     let client = clients::resolve(st, &project, params.client_id.as_deref().unwrap_or_default()).await?;
-    let redirect_uri = chosen_redirect_uri(&client.redirect_uris, params.redirect_uri.as_deref())?;
+    let (requested_redirect, redirect_uri) =
+        chosen_redirect_uri(&client.redirect_uris, params.redirect_uri.as_deref())?;
     allowed(&project, &client.client_id, &redirect_uri)?;
     let back = |error: &str, description: &str| {
         Refusal::Redirect(with_response_params(
@@ -83,7 +84,8 @@ async fn start(st: &AppState, project_id: Uuid, params: &AuthorizeParams) -> Res
         ));
     }
     let resource = resource_url(st, Some(project_id));
-    if params.resource.as_deref() != Some(resource.as_str()) {
+    // RFC 8707 canonical URIs have no trailing slash; one is tolerated.
+    if params.resource.as_deref().map(|r| r.strip_suffix('/').unwrap_or(r)) != Some(resource.as_str()) {
         return Err(back("invalid_target", "resource must be this project's MCP endpoint"));
     }
     if params.state.as_ref().is_some_and(|s| s.len() > MAX_STATE_BYTES) {
@@ -95,7 +97,8 @@ async fn start(st: &AppState, project_id: Uuid, params: &AuthorizeParams) -> Res
         &NewAuthorization {
             project_id,
             client_id: &client.client_id,
-            redirect_uri: redirect_uri.as_str(),
+            // As sent: the token request must repeat it exactly (RFC 6749 §4.1.3).
+            redirect_uri: requested_redirect,
             state: params.state.as_deref(),
             code_challenge: challenge,
             resource: &resource,
@@ -110,9 +113,9 @@ async fn start(st: &AppState, project_id: Uuid, params: &AuthorizeParams) -> Res
     Ok(redirect(login_url.as_str()))
 }
 
-/// The redirect URI to answer to: the requested one if registered (loopback on
-/// any port), or the only registered one when none is given.
-fn chosen_redirect_uri(registered: &[String], requested: Option<&str>) -> Result<Url, PageError> {
+/// The redirect URI to answer to, as sent and parsed: the requested one if
+/// registered (loopback on any port), or the only registered one when none is given.
+fn chosen_redirect_uri<'a>(registered: &'a [String], requested: Option<&'a str>) -> Result<(&'a str, Url), PageError> {
     let unregistered = || {
         PageError(OAuthError::invalid_request(
             "redirect_uri is not one of the client's registered redirect URIs",
@@ -131,7 +134,7 @@ fn chosen_redirect_uri(registered: &[String], requested: Option<&str>) -> Result
             )));
         }
     };
-    Url::parse(chosen).map_err(|_| unregistered())
+    Ok((chosen, Url::parse(chosen).map_err(|_| unregistered())?))
 }
 
 /// The project's client allow-lists, if it has any.
