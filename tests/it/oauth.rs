@@ -1218,3 +1218,179 @@ async fn client_metadata_documents_must_be_https_small_and_on_allowed_addresses(
     let page = response.text().await.expect("page");
     assert!(page.contains("forbidden address"), "{page}");
 }
+
+/// A headless Chromium driven through chromedriver's W3C WebDriver API (plain
+/// HTTP: no client crate needed for five commands).
+struct Chromium {
+    http: reqwest::Client,
+    session: String,
+    driver: tokio::process::Child,
+    profile: PathBuf,
+}
+
+impl Chromium {
+    async fn start() -> Self {
+        let chromedriver = std::env::var("TENGINE_TEST_CHROMEDRIVER").expect(
+            "TENGINE_TEST_CHROMEDRIVER must name chromedriver (Debian's chromium-driver; deploy/local/test installs it)",
+        );
+        let port = tengine_tests::free_port();
+        let driver = tokio::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(ready.elapsed().as_secs() < 20, "chromedriver answers within 20 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let profile = std::env::temp_dir().join(format!("tengine-chromium-{}", Uuid::new_v4()));
+        let binary = std::env::var("TENGINE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        // Headless, and quiet: without the background-networking flags Chromium
+        // keeps trying to reach Google's hosts.
+        let args = [
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let answer: Value = http
+            .post(format!("{base}/session"))
+            .json(&json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                "goog:chromeOptions": {"binary": binary, "args": args}}}}))
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("json");
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a WebDriver session: {answer}"));
+        Self {
+            http,
+            session: format!("{base}/session/{session}"),
+            driver,
+            profile,
+        }
+    }
+
+    async fn command(&self, path: &str, body: Value) -> Value {
+        let answer: Value = self
+            .http
+            .post(format!("{}{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("json");
+        answer["value"].clone()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let answer: Value = self
+            .http
+            .get(format!("{}{path}", self.session))
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("json");
+        answer["value"].clone()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self
+            .command("/element", json!({"using": "css selector", "value": css}))
+            .await;
+        let id = element
+            .as_object()
+            .and_then(|e| e.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{css} on the page: {element}"));
+        self.command(&format!("/element/{id}/click"), json!({})).await;
+    }
+
+    async fn stop(mut self) {
+        let _ = self.http.delete(&self.session).send().await;
+        let _ = self.driver.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The client's redirect URI, on loopback: the query it is sent.
+async fn redirect_catcher() -> (u16, tokio::sync::mpsc::Receiver<HashMap<String, String>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let app = Router::new().route(
+        "/callback",
+        get(move |Query(query): Query<HashMap<String, String>>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(query).await;
+                "You may close this window."
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_signs_in_and_approves_on_the_consent_page() {
+    let setup = setup(&[]).await;
+    let client_id = setup.client().await;
+    let (port, mut redirected) = redirect_catcher().await;
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let (verifier, challenge) = pkce();
+    let mut params = setup.authorize_params(&client_id, &challenge);
+    params.retain(|(k, _)| k != "redirect_uri");
+    params.push(("redirect_uri".into(), redirect_uri.clone()));
+    let authorize = reqwest::Url::parse_with_params(&format!("{}/authorize", setup.issuer), &params).expect("url");
+
+    let browser = Chromium::start().await;
+    // Authorize → the customer's login page → the callback → the consent page.
+    browser.command("/url", json!({"url": authorize.as_str()})).await;
+    let page = browser.get("/source").await;
+    assert!(
+        page.as_str()
+            .is_some_and(|p| p.contains("Raw test client") && p.contains("user-7@example.com")),
+        "the consent page: {page}"
+    );
+    browser.click("button[name=decision][value=approve]").await;
+    let query = tokio::time::timeout(std::time::Duration::from_secs(15), redirected.recv())
+        .await
+        .expect("the browser is sent back to the client within 15 s")
+        .expect("query");
+    browser.stop().await;
+    assert_eq!(query.get("state").map(String::as_str), Some("st-123"));
+    assert_eq!(query.get("iss"), Some(&setup.issuer));
+    let code = query.get("code").expect("code");
+    let (status, tokens) = setup
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("client_id", &client_id),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", &verifier),
+        ])
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().expect("access");
+    assert_eq!(mcp_status(&setup.app.http, &setup.resource, access).await, 200);
+}
