@@ -72,3 +72,17 @@ CREATE TABLE oauth_refresh_tokens (
     used_at     timestamptz
 );
 CREATE INDEX oauth_refresh_tokens_grant_idx ON oauth_refresh_tokens (grant_id);
+
+-- What happened to a project's OAuth access, newest read first: consents given
+-- or refused, grants revoked (and why).
+CREATE TABLE oauth_events (
+    id          uuid PRIMARY KEY,
+    project_id  uuid NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    at          timestamptz NOT NULL DEFAULT now(),
+    kind        text NOT NULL CHECK (kind IN ('consent_approved', 'consent_denied', 'grant_revoked')),
+    client_id   text NOT NULL,
+    member_id   text,
+    grant_id    uuid,
+    reason      text
+);
+CREATE INDEX oauth_events_project_idx ON oauth_events (project_id, at DESC);

@@ -1002,6 +1002,32 @@ async fn refresh_tokens_rotate_and_a_reused_one_kills_the_family() {
         grants["grants"][0]["revoked_reason"], "refresh_token_reused",
         "{grants}"
     );
+    let (_, events) = setup
+        .app
+        .admin
+        .get(&format!("/v1/projects/{}/oauth/events", setup.app.project_id))
+        .await;
+    let events: Vec<(String, String, String)> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("kind"), text("member_id"), text("reason"))
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                "grant_revoked".to_string(),
+                MEMBER.to_string(),
+                "refresh_token_reused".to_string()
+            ),
+            ("consent_approved".to_string(), MEMBER.to_string(), String::new()),
+        ],
+        "newest first"
+    );
 
     // RFC 7009 revocation by the client ends a grant too.
     let tokens = setup.tokens(&client_id).await;
@@ -1138,6 +1164,13 @@ async fn consent_needs_its_csrf_token_and_is_decided_once() {
         400,
         "decided already"
     );
+    let (_, events) = setup
+        .app
+        .admin
+        .get(&format!("/v1/projects/{}/oauth/events", setup.app.project_id))
+        .await;
+    assert_eq!(events["events"][0]["kind"], "consent_denied", "{events}");
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(1), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,6 +19,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("oauth_grants", "control"),
     ("oauth_authorizations", "control"),
     ("oauth_refresh_tokens", "control"),
+    ("oauth_events", "control"),
     ("runs", "projector"),
     ("run_attempts", "projector"),
     ("run_results", "projector"),

@@ -142,6 +142,11 @@ enum OAuthCommand {
         #[arg(long)]
         project: String,
     },
+    /// Consents given or refused, grants revoked and why; newest first.
+    Events {
+        #[arg(long)]
+        project: String,
+    },
     /// Revoke a grant: its access and refresh tokens stop at once.
     Revoke {
         #[arg(long)]
@@ -1033,6 +1038,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let answer = match command {
                 OAuthCommand::Clients { project } => c.get(&format!("/v1/projects/{project}/oauth/clients")).await?,
                 OAuthCommand::Grants { project } => c.get(&format!("/v1/projects/{project}/oauth/grants")).await?,
+                OAuthCommand::Events { project } => c.get(&format!("/v1/projects/{project}/oauth/events")).await?,
                 OAuthCommand::Revoke { project, grant_id } => {
                     c.delete(&format!("/v1/projects/{project}/oauth/grants/{grant_id}"))
                         .await?

@@ -418,20 +418,23 @@ pub async fn list_grants(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<Gra
     .await?)
 }
 
-/// Revokes a grant, its API key (so its access tokens stop on every instance at
-/// once) and its refresh tokens. Idempotent; the first reason stays.
+/// Revokes a grant, its API key (so its access tokens stop at once on every
+/// instance) and its refresh tokens, and records it. Idempotent: the first
+/// revocation and its reason stay.
 pub async fn revoke_grant(pool: &PgPool, project_id: Uuid, id: Uuid, reason: &str) -> StoreResult<()> {
     let mut tx = pool.begin().await?;
-    let key: Option<(Uuid,)> = sqlx::query_as(
-        "UPDATE oauth_grants SET revoked_at = COALESCE(revoked_at, now()), \
-         revoked_reason = COALESCE(revoked_reason, $3) WHERE id = $1 AND project_id = $2 RETURNING api_key_id",
+    let row: Option<(Uuid, bool, String, String)> = sqlx::query_as(
+        "WITH before AS (SELECT id, revoked_at FROM oauth_grants WHERE id = $1 AND project_id = $2 FOR UPDATE) \
+         UPDATE oauth_grants g SET revoked_at = COALESCE(g.revoked_at, now()), \
+         revoked_reason = COALESCE(g.revoked_reason, $3) FROM before WHERE g.id = before.id \
+         RETURNING g.api_key_id, before.revoked_at IS NULL, g.client_id, g.member_id",
     )
     .bind(id)
     .bind(project_id)
     .bind(reason)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((api_key_id,)) = key else {
+    let Some((api_key_id, first, client_id, member_id)) = row else {
         return Err(StoreError::NotFound);
     };
     found(
@@ -444,8 +447,86 @@ pub async fn revoke_grant(pool: &PgPool, project_id: Uuid, id: Uuid, reason: &st
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    if first {
+        insert_event(
+            &mut tx,
+            &Event {
+                project_id,
+                kind: EVENT_GRANT_REVOKED,
+                client_id: &client_id,
+                member_id: Some(&member_id),
+                grant_id: Some(id),
+                reason: Some(reason),
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+pub const EVENT_CONSENT_APPROVED: &str = "consent_approved";
+pub const EVENT_CONSENT_DENIED: &str = "consent_denied";
+pub const EVENT_GRANT_REVOKED: &str = "grant_revoked";
+
+/// Something that happened to a project's OAuth access.
+pub struct Event<'a> {
+    pub project_id: Uuid,
+    pub kind: &'static str,
+    pub client_id: &'a str,
+    pub member_id: Option<&'a str>,
+    pub grant_id: Option<Uuid>,
+    pub reason: Option<&'a str>,
+}
+
+pub async fn record_event(pool: &PgPool, event: &Event<'_>) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    insert_event(&mut conn, event).await
+}
+
+async fn insert_event(conn: &mut sqlx::PgConnection, event: &Event<'_>) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO oauth_events (id, project_id, kind, client_id, member_id, grant_id, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event.project_id)
+    .bind(event.kind)
+    .bind(storable::text(event.client_id))
+    .bind(event.member_id.map(storable::text))
+    .bind(event.grant_id)
+    .bind(event.reason.map(storable::text))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An OAuth event as the admin API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OAuthEvent {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    /// `consent_approved`, `consent_denied` or `grant_revoked`.
+    pub kind: String,
+    pub client_id: String,
+    pub member_id: Option<String>,
+    pub grant_id: Option<Uuid>,
+    /// Why a grant was revoked: `revoked` (admin API or the client), `refresh_token_reused`,
+    /// `code_replayed`, `member_sessions_revoked`.
+    pub reason: Option<String>,
+}
+
+/// A project's OAuth events, newest first, at most `limit`.
+pub async fn list_events(pool: &PgPool, project_id: Uuid, limit: i64) -> StoreResult<Vec<OAuthEvent>> {
+    projects::get(pool, project_id).await?;
+    Ok(sqlx::query_as::<_, OAuthEvent>(
+        "SELECT id, at, kind, client_id, member_id, grant_id, reason FROM oauth_events \
+         WHERE project_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(project_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 pub async fn store_refresh_token(

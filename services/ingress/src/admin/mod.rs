@@ -60,6 +60,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(approvals::reject))
         .routes(routes!(oauth::clients))
         .routes(routes!(oauth::grants))
+        .routes(routes!(oauth::events))
         .routes(routes!(oauth::revoke_grant))
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
-use tengine_control::oauth::{self, Client, Grant};
+use tengine_control::oauth::{self, Client, Grant, OAuthEvent};
 use utoipa::ToSchema;
 
 use super::{
@@ -28,6 +28,14 @@ pub struct ClientList {
 pub struct GrantList {
     grants: Vec<Grant>,
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    events: Vec<OAuthEvent>,
+}
+
+/// Events listed at most, newest first.
+const MAX_EVENTS: i64 = 1000;
 
 /// List the OAuth clients a project knows: registered (RFC 7591) or fetched (metadata documents).
 #[utoipa::path(get, path = "/v1/projects/{project_id}/oauth/clients", operation_id = "list_oauth_clients", tag = TAG,
@@ -73,4 +81,19 @@ pub async fn revoke_grant(
         .map_err(not_found_as("grant"))?;
     tracing::info!(project = %project_id, grant = %grant_id, "oauth grant revoked by the admin API");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// List a project's OAuth events, newest first (at most 1000): consents given or refused, grants revoked and why.
+#[utoipa::path(get, path = "/v1/projects/{project_id}/oauth/events", operation_id = "list_oauth_events", tag = TAG,
+    security(("admin_token" = [])), params(ProjectPath),
+    responses((status = 200, body = EventList), AdminErrors, BadRequest, NotFound))]
+pub async fn events(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Ids(ProjectPath { project_id }): Ids<ProjectPath>,
+) -> ApiResult<Json<EventList>> {
+    let events = oauth::list_events(&st.pool, project_id, MAX_EVENTS)
+        .await
+        .map_err(not_found_as("project"))?;
+    Ok(Json(EventList { events }))
 }

@@ -191,6 +191,23 @@ async fn decide_request(
             ("iss", &iss),
         ],
     };
+    let member_id = decided.member.as_ref().and_then(|m| m["id"].as_str());
+    store::record_event(
+        &st.pool,
+        &store::Event {
+            project_id,
+            kind: if approve {
+                store::EVENT_CONSENT_APPROVED
+            } else {
+                store::EVENT_CONSENT_DENIED
+            },
+            client_id: &decided.client_id,
+            member_id,
+            grant_id: None,
+            reason: None,
+        },
+    )
+    .await?;
     tracing::info!(
         project = %project_id,
         authorization = %decided.id,
