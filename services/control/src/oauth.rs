@@ -17,8 +17,8 @@ use crate::{StoreError, StoreResult, error::found, projects};
 /// Pending authorization requests one project holds at most (unauthenticated
 /// callers create them; expired ones are swept before each new one).
 pub const MAX_PENDING_AUTHORIZATIONS: i64 = 10_000;
-/// Dynamically registered clients one project holds at most.
-pub const MAX_REGISTERED_CLIENTS: i64 = 10_000;
+/// Clients (registered or fetched) one project holds at most.
+pub const MAX_CLIENTS: i64 = 10_000;
 
 /// What the authorization server needs of a project.
 #[derive(Debug, Clone)]
@@ -96,17 +96,18 @@ pub async fn client(pool: &PgPool, project_id: Uuid, client_id: &str) -> StoreRe
 }
 
 /// Stores a client; a metadata document fetched again replaces what was cached.
-/// A dynamic registration past [`MAX_REGISTERED_CLIENTS`] is a `Conflict`.
+/// A new client past [`MAX_CLIENTS`] (registered or fetched: both are created by
+/// unauthenticated requests) is a `Conflict`.
 pub async fn save_client(pool: &PgPool, project_id: Uuid, new: &NewClient<'_>) -> StoreResult<Client> {
-    if new.kind == KIND_REGISTERED {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM oauth_clients WHERE project_id = $1 AND kind = 'registered'")
-                .bind(project_id)
-                .fetch_one(pool)
-                .await?;
-        if count >= MAX_REGISTERED_CLIENTS {
+    let known = client(pool, project_id, new.client_id).await?.is_some();
+    if !known {
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM oauth_clients WHERE project_id = $1")
+            .bind(project_id)
+            .fetch_one(pool)
+            .await?;
+        if count >= MAX_CLIENTS {
             return Err(StoreError::Conflict(format!(
-                "this project already has {MAX_REGISTERED_CLIENTS} registered clients"
+                "this project already knows {MAX_CLIENTS} OAuth clients"
             )));
         }
     }
@@ -535,6 +536,11 @@ pub async fn store_refresh_token(
     token_hash: &[u8],
     expires_at: DateTime<Utc>,
 ) -> StoreResult<()> {
+    // Used tokens are kept for reuse detection until they would have expired.
+    sqlx::query("DELETE FROM oauth_refresh_tokens WHERE grant_id = $1 AND expires_at < now()")
+        .bind(grant_id)
+        .execute(pool)
+        .await?;
     sqlx::query("INSERT INTO oauth_refresh_tokens (token_hash, grant_id, expires_at) VALUES ($1, $2, $3)")
         .bind(token_hash)
         .bind(grant_id)

@@ -225,7 +225,7 @@ pub const OAUTH_NOT_FOUND: OAuthCode = OAuthCode {
 pub const OAUTH_UNAVAILABLE: OAuthCode = OAuthCode {
     error: "temporarily_unavailable",
     status: 503,
-    meaning: "storage unavailable, or too many pending authorizations or registered clients; retry later",
+    meaning: "storage unavailable, or too many pending authorizations or clients; retry later",
 };
 
 pub const OAUTH_CODES: &[OAuthCode] = &[
