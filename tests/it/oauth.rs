@@ -472,7 +472,7 @@ async fn python_oauth_client(url: &str, client_metadata_url: Option<&str>) -> Va
 }
 
 /// Runs tests/typescript/oauth_client.mjs; its JSON answer.
-async fn typescript_oauth_client(url: &str) -> Value {
+async fn typescript_oauth_client(url: &str, client_metadata_url: Option<&str>) -> Value {
     assert!(
         workspace()
             .join("tests/typescript/node_modules/@modelcontextprotocol/sdk")
@@ -481,6 +481,9 @@ async fn typescript_oauth_client(url: &str) -> Value {
     );
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(workspace().join("tests/typescript/oauth_client.mjs"));
+    if let Some(cimd) = client_metadata_url {
+        cmd.args(["--client-metadata-url", cimd]);
+    }
     run_client(cmd, url).await
 }
 
@@ -631,18 +634,28 @@ async fn python_sdk_connects_through_oauth_and_is_cut_off_by_revocation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn typescript_sdk_connects_through_oauth() {
-    let setup = setup(&[]).await;
+    let documents = DocumentServer::spawn().await;
+    let ca = documents.ca_file.to_string_lossy().to_string();
+    let setup = setup(&[("ingress.oauth_metadata_ca_file", ca.as_str())]).await;
     let upstream = whoami(&setup.app).await;
-    let out = typescript_oauth_client(&setup.resource).await;
+    let out = typescript_oauth_client(&setup.resource, None).await;
     assert_eq!(out["tools"], json!(["whoami"]), "{out}");
     assert_eq!(out["call"]["isError"], false, "{out}");
     assert_eq!(out["refreshed"], true, "the SDK refreshed on the 401: {out}");
     assert!(out["client_id"].as_str().expect("client_id").starts_with("tng_oc_"));
-    let calls = upstream.requests();
-    assert_eq!(calls.len(), 2);
-    assert!(calls.iter().all(|c| c.header("x-tengine-member-id") == Some(MEMBER)));
     let token = out["access_token"].as_str().expect("access token");
     assert_eq!(mcp_status(&setup.app.http, &setup.resource, token).await, 200);
+
+    let cimd = documents.serve("/ts/client.json", Vec::new());
+    let document = json!({"client_id": cimd, "client_name": "CIMD TypeScript client",
+        "redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"});
+    documents.serve("/ts/client.json", document.to_string().into_bytes());
+    let by_document = typescript_oauth_client(&setup.resource, Some(&cimd)).await;
+    assert_eq!(by_document["client_id"], json!(cimd), "{by_document}");
+    assert_eq!(by_document["call"]["isError"], false, "{by_document}");
+    let calls = upstream.requests();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.header("x-tengine-member-id") == Some(MEMBER)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

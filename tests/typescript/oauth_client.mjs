@@ -2,14 +2,15 @@
 // MCP authorization (OAuth 2.1) with the official TypeScript SDK's OAuth client
 // (@modelcontextprotocol/sdk 1.x, pinned in package.json): its
 // StreamableHTTPClientTransport with an `authProvider` discovers the metadata
-// from the 401, registers (dynamic client registration), runs PKCE and, after
+// from the 401, registers (dynamic client registration, or a Client ID Metadata
+// Document URL as its client_id), runs PKCE and, after
 // `finishAuth(code)`, exchanges the code; on a 401 with a refresh token it
 // refreshes. Only the person is played here: `redirectToAuthorization` hands
 // the URL to a "browser" (fetch, following redirects to the customer's login
 // page and back, approving on the consent page by posting its form with the
 // CSRF cookie, as a browser without JavaScript would).
 //
-// Usage: node oauth_client.mjs --url MCP_URL --tool NAME --arguments JSON
+// Usage: node oauth_client.mjs --url MCP_URL --tool NAME --arguments JSON [--client-metadata-url URL]
 // Prints one JSON line: {"tools", "call": {"isError", "content"}, "refreshed",
 //   "access_token", "refresh_token", "client_id"}; exit 2 on anything unexpected.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -28,7 +29,9 @@ function args() {
 }
 
 class MemoryProvider {
-  constructor() {
+  constructor(clientMetadataUrl) {
+    // When set and the server supports it, the SDK uses this URL as its client_id (CIMD).
+    if (clientMetadataUrl) this.clientMetadataUrl = clientMetadataUrl;
     this.issued = [];
     this.authorizationUrl = undefined;
     this.expectedState = undefined;
@@ -83,8 +86,8 @@ async function approve(authorizationUrl, expectedState) {
 }
 
 async function main() {
-  const { url, tool, arguments: rawArguments = '{}' } = args();
-  const provider = new MemoryProvider();
+  const { url, tool, arguments: rawArguments = '{}', 'client-metadata-url': clientMetadataUrl } = args();
+  const provider = new MemoryProvider(clientMetadataUrl);
   const connect = async () => {
     const client = new Client({ name: 'tengine-oauth-it', version: '1.0.0' });
     await client.connect(new StreamableHTTPClientTransport(new URL(url), { authProvider: provider }));
