@@ -18,11 +18,16 @@
 //     upstream CallToolResult through (`"response_mode": "mcp"` in tools.json);
 //     in text mode the client sees that JSON as one text block.
 //
-// Sampling and elicitation cannot be done by an HTTP upstream (they are requests
-// from the MCP server to the client); those endpoints answer plain text so that
-// the scenario fails on its real check ("Server did not request … from client")
-// rather than on an unknown tool. The same goes for the Tasks fixtures that would
-// ask for input (confirm_delete, multi_input, test_tool_with_task). The other Tasks
+// Multi round-trip tool calls (input-required-result-*, revision 2026-07-28):
+// the /irr/* endpoints ask through Tengine's upstream input protocol
+// (docs/upstream.md, "Asking the user for input"): an answer of type
+// application/vnd.tengine.input-required+json with inputRequests and a state,
+// and the client's answers back in the X-Tengine-Input header of the re-issued
+// call. A 2025-11-25 tool call cannot ask its client (server-to-client requests
+// on an HTTP upstream): those sampling/elicitation endpoints answer plain text so
+// that the scenario fails on its real check ("Server did not request … from
+// client") rather than on an unknown tool. The same goes for the Tasks fixtures
+// that would ask for input (confirm_delete, multi_input, test_tool_with_task). The other Tasks
 // fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
 // endpoints: whether a call becomes a task is the tool's setting in tools.json.
 // No dependencies; loopback only.
@@ -77,8 +82,109 @@ async function readJson(req) {
   }
 }
 
+// Tengine's upstream input protocol (docs/upstream.md).
+const ASK_TYPE = 'application/vnd.tengine.input-required+json';
+const ask = (inputRequests, state) => ({
+  status: 200,
+  type: ASK_TYPE,
+  body: JSON.stringify(state === undefined ? { inputRequests } : { inputRequests, state }),
+});
+// {inputResponses, state} of a re-issued call, or {} on the first round.
+function inputOf(req) {
+  const raw = req.headers['x-tengine-input'];
+  if (!raw) return {};
+  try {
+    const input = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
+    return { responses: input.inputResponses ?? {}, state: input.state ?? undefined };
+  } catch {
+    return {};
+  }
+}
+const elicit = (message, properties) => ({
+  method: 'elicitation/create',
+  params: { message, requestedSchema: { type: 'object', properties, required: Object.keys(properties) } },
+});
+const sample = (text, maxTokens) => ({
+  method: 'sampling/createMessage',
+  params: { messages: [{ role: 'user', content: { type: 'text', text } }], maxTokens },
+});
+const ROOTS = { method: 'roots/list', params: {} };
+const accepted = (response) => (response?.action === 'accept' ? (response.content ?? {}) : null);
+const sampled = (response) => response?.content?.text;
+
 // METHOD path -> handler(request, parsed body) -> {status, type, body}
 const routes = {
+  // input-required-result-basic-elicitation, -result-type, -missing-input-response,
+  // -ignore-extra-params, -validate-input
+  'GET /irr/elicitation': (req) => {
+    const name = accepted(inputOf(req).responses?.user_name)?.name;
+    if (typeof name === 'string' && name) return text(`Hello, ${name}!`);
+    return ask({ user_name: elicit('What is your name?', { name: { type: 'string' } }) });
+  },
+  // input-required-result-basic-sampling
+  'GET /irr/sampling': (req) => {
+    const answer = sampled(inputOf(req).responses?.capital_question);
+    if (typeof answer === 'string') return text(`The model answered: ${answer}`);
+    return ask({ capital_question: sample('What is the capital of France?', 100) });
+  },
+  // input-required-result-basic-list-roots
+  'GET /irr/list-roots': (req) => {
+    const roots = inputOf(req).responses?.client_roots?.roots;
+    if (Array.isArray(roots)) return text(`Client roots: ${roots.map((r) => r?.uri ?? '?').join(', ')}`);
+    return ask({ client_roots: ROOTS });
+  },
+  // input-required-result-request-state
+  'GET /irr/request-state': (req) => {
+    const { responses, state } = inputOf(req);
+    const ok = accepted(responses?.confirm);
+    if (state === 'rs-1' && ok) return text(`state-ok: the request state came back (ok=${ok.ok})`);
+    return ask({ confirm: elicit('Please confirm', { ok: { type: 'boolean' } }) }, 'rs-1');
+  },
+  // input-required-result-multiple-input-requests
+  'GET /irr/multiple-inputs': (req) => {
+    const { responses, state } = inputOf(req);
+    const name = accepted(responses?.user_name)?.name;
+    const greeting = sampled(responses?.greeting);
+    const roots = responses?.client_roots?.roots;
+    if (state === 'multi-1' && name && greeting !== undefined && Array.isArray(roots)) {
+      return text(`All inputs received: name ${name}, greeting ${greeting}, ${roots.length} root(s)`);
+    }
+    return ask(
+      {
+        user_name: elicit('What is your name?', { name: { type: 'string' } }),
+        greeting: sample('Generate a greeting', 50),
+        client_roots: ROOTS,
+      },
+      'multi-1',
+    );
+  },
+  // input-required-result-multi-round
+  'GET /irr/multi-round': (req) => {
+    const { responses, state } = inputOf(req);
+    const name = accepted(responses?.step1)?.name;
+    const color = accepted(responses?.step2)?.color;
+    if (state === 'round-2' && color) return text(`Multi-round complete: favorite color ${color}`);
+    if (state === 'round-1' && name) {
+      return ask({ step2: elicit('Step 2: What is your favorite color?', { color: { type: 'string' } }) }, 'round-2');
+    }
+    return ask({ step1: elicit('Step 1: What is your name?', { name: { type: 'string' } }) }, 'round-1');
+  },
+  // input-required-result-tampered-state (Tengine refuses an altered requestState itself)
+  'GET /irr/tampered-state': (req) => {
+    const { responses, state } = inputOf(req);
+    if (state === 'ts-1' && accepted(responses?.confirm)) return text('state accepted');
+    return ask({ confirm: elicit('Please confirm', { ok: { type: 'boolean' } }) }, 'ts-1');
+  },
+  // input-required-result-capability-check (Tengine passes on only what the client declared)
+  'GET /irr/capabilities': (req) => {
+    const { responses } = inputOf(req);
+    if (responses && Object.keys(responses).length > 0) return text('capabilities: answered');
+    return ask({
+      user_name: elicit('What is your name?', { name: { type: 'string' } }),
+      capital_question: sample('What is the capital of France?', 100),
+    });
+  },
+
   'GET /health': () => text('ok'),
 
   // tools-call-simple-text

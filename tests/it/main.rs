@@ -8,6 +8,7 @@ mod confirmations;
 mod control;
 mod docs;
 mod edges_storage;
+mod input;
 mod modern;
 mod observability;
 mod openapi;

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod arguments;
+pub mod asks;
 pub mod calls;
 pub mod catalog;
 pub mod dispatch;

@@ -264,7 +264,7 @@ fn finished(st: &AppState, tool: Option<&ToolDefinition>, outcome: &RunOutcome) 
         || outcome.error_class == Some(ErrorClass::ApprovalDenied);
     let extra = if completed {
         let result = match tool {
-            Some(tool) => results::outcome_result(st, tool, outcome),
+            Some(tool) => results::outcome_result(st, tool, outcome, None),
             None => results::text_outcome_result(outcome),
         };
         json!({"status": "completed", "result": result})

@@ -129,7 +129,17 @@ impl Call {
             Some(Answer::Declined(why)) => return Err(self.declined(&tool, why).await),
             None => return Err(self.declined(&tool, "the client could not ask the user").await),
         }
-        match self.execute(tool, arguments, key, None, progress_token, false).await? {
+        match self
+            .execute(
+                tool,
+                arguments,
+                key,
+                confirm::Admission::default(),
+                progress_token,
+                false,
+            )
+            .await?
+        {
             Accepted::Follow(answering) => answering.stream_into(self.st.clone(), tx.clone()).await,
             Accepted::Task(task) => return Err(Stop::Result(task)),
         }

@@ -174,9 +174,9 @@ impl Call {
             // 2025-11-25: the question, then the call, on the call's own stream.
             return self.confirm_in_session(tool, arguments, key, progress_token);
         }
-        let confirmation = self.confirm(&tool, &arguments, input).await?;
+        let admission = self.admit(&tool, &arguments, input).await?;
         let accepted = self
-            .execute(tool, arguments, key, confirmation, progress_token, as_task)
+            .execute(tool, arguments, key, admission, progress_token, as_task)
             .await?;
         Ok(match accepted {
             Accepted::Task(task) => jsonrpc::result(&self.id, results::decorate(task)),
@@ -191,17 +191,23 @@ impl Call {
         tool: Arc<ToolDefinition>,
         arguments: Map<String, Value>,
         key: Option<String>,
-        confirmation: Option<String>,
+        admission: confirm::Admission,
         progress_token: Option<Value>,
         as_task: bool,
     ) -> Step<Accepted> {
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
-        let lease = self.claim(&tool, &command, key, as_task).await?;
+        command.input = admission.input;
+        let asking = self.asking(&tool, &command, admission.round);
+        // Each round of an API's questions is a call of its own.
+        let round = command.input.as_ref().and(admission.nonce.as_deref());
+        let lease = self
+            .claim(&tool, &command, key, as_task, round, asking.as_ref())
+            .await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
-        if let Some(nonce) = confirmation {
-            self.spend(&nonce, run_id, lease.as_deref()).await?;
+        if let Some(nonce) = &admission.nonce {
+            self.spend(nonce, run_id, lease.as_deref()).await?;
         }
         let charge = self.charge(&tool, run_id, lease.as_deref()).await?;
         command.run_id = run_id;
@@ -233,7 +239,23 @@ impl Call {
             modern: matches!(self.era, Era::Modern { .. }),
             // A parked call waits for a person: as long as a call may wait at all.
             long_wait: parked,
+            asking,
         })))
+    }
+
+    /// What a 2026-07-28 call needs to carry the API's input requests.
+    fn asking(&self, tool: &ToolDefinition, command: &ExecuteCommand, round: u32) -> Option<crate::asks::Asking> {
+        let Era::Modern { capabilities, .. } = &self.era else {
+            return None;
+        };
+        Some(crate::asks::Asking {
+            caller: self.caller().clone(),
+            tool_id: tool.id,
+            tool_version: tool.version,
+            fingerprint: idempotency::fingerprint(&tool.name, &command.arguments),
+            capabilities: capabilities.clone(),
+            round,
+        })
     }
 
     fn caller(&self) -> &Caller {
@@ -384,6 +406,7 @@ impl Call {
             keep_result_until: client_key
                 .then(|| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl()))
                 .flatten(),
+            input: None,
         };
         if let Err(message) = command.check_fits(payload::server_max_payload(&self.st.nats)) {
             self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
@@ -400,14 +423,17 @@ impl Call {
         command: &ExecuteCommand,
         key: Option<String>,
         as_task: bool,
+        round: Option<&str>,
+        asking: Option<&crate::asks::Asking>,
     ) -> Step<Option<Box<idempotency::Lease>>> {
         let caller = self.caller();
         let scope = match (key, &self.era) {
             // Scoped to the credential (API key, and member): another caller's key never matches.
             (Some(key), _) if key.len() <= idempotency::MAX_KEY_LEN => format!(
-                "key\n{}\n{}\n{key}",
+                "key\n{}\n{}\n{key}\n{}",
                 caller.api_key_id,
-                caller.member.as_ref().map_or("", |m| m.id.as_str())
+                caller.member.as_ref().map_or("", |m| m.id.as_str()),
+                round.unwrap_or_default()
             ),
             (Some(_), _) => {
                 let max = idempotency::MAX_KEY_LEN;
@@ -442,9 +468,9 @@ impl Call {
             Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(match as_task {
                 true => match crate::tasks::retried(&self.st, caller.project_id, original).await {
                     Some(task) => task,
-                    None => follow_existing(&self.st, tool, caller.project_id, original).await,
+                    None => follow_existing(&self.st, tool, caller.project_id, original, None).await,
                 },
-                false => follow_existing(&self.st, tool, caller.project_id, original).await,
+                false => follow_existing(&self.st, tool, caller.project_id, original, asking).await,
             })),
             // Its first call holds the key and is still being queued (or gave up a
             // moment ago): answer now rather than wait on a run that may never exist.
@@ -683,14 +709,20 @@ async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<idempot
 /// log, or, while it has none, the outcome when it comes; history only once the
 /// log no longer knows the run (history may show a cancellation requested for a
 /// run whose real outcome is still to come).
-async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid, run_id: Uuid) -> Value {
+async fn follow_existing(
+    st: &AppState,
+    tool: &ToolDefinition,
+    project_id: Uuid,
+    run_id: Uuid,
+    asking: Option<&crate::asks::Asking>,
+) -> Value {
     if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
-        return results::outcome_result(st, tool, &outcome);
+        return results::outcome_result(st, tool, &outcome, asking);
     }
     let live = st.dispatcher.in_streams(project_id, run_id).await.unwrap_or(true);
     if !live {
         match history::results::recorded(&st.pool, run_id).await {
-            Ok(Some(Recorded::Kept(outcome))) => return results::outcome_result(st, tool, &outcome),
+            Ok(Some(Recorded::Kept(outcome))) => return results::outcome_result(st, tool, &outcome, asking),
             Ok(Some(Recorded::StatusOnly(status))) => return results::forgotten_result(run_id, &status),
             Ok(None) => {}
             Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
@@ -699,7 +731,7 @@ async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid,
     let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
     let deadline = tengine_core::tasks::deadline_after(wait);
     match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
-        Some(outcome) => results::outcome_result(st, tool, &outcome),
+        Some(outcome) => results::outcome_result(st, tool, &outcome, asking),
         None => results::still_running(run_id, wait),
     }
 }

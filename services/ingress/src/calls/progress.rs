@@ -52,6 +52,8 @@ pub(super) struct Answering {
     pub(super) modern: bool,
     /// Waits as long as a call may (`ingress.max_call_wait_ms`), not the tool's timeout.
     pub(super) long_wait: bool,
+    /// A 2026-07-28 call that can carry the API's input requests.
+    pub(super) asking: Option<crate::asks::Asking>,
 }
 
 impl Answering {
@@ -81,7 +83,7 @@ impl Answering {
             seq: 0,
             modern: false,
         };
-        stream_call(st, self.tool, self.following, self.caller, wait, notifier).await;
+        stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await;
     }
 
     /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
@@ -92,7 +94,15 @@ impl Answering {
             let guard = self
                 .modern
                 .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
-            let ending = follow_to_end(&st, &self.tool, self.following, &self.caller, wait).await;
+            let ending = follow_to_end(
+                &st,
+                &self.tool,
+                self.following,
+                &self.caller,
+                wait,
+                self.asking.as_ref(),
+            )
+            .await;
             if let Some(guard) = guard {
                 guard.disarm();
             }
@@ -119,7 +129,7 @@ impl Answering {
             .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
         tokio::spawn(async move {
             // A stream the client closed before the result (2026-07-28) cancels the run.
-            if stream_call(st, self.tool, self.following, self.caller, wait, notifier).await
+            if stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await
                 && let Some(guard) = guard
             {
                 guard.disarm();
@@ -210,11 +220,12 @@ async fn follow_to_end(
     mut following: Following,
     caller: &Caller,
     wait: Duration,
+    asking: Option<&crate::asks::Asking>,
 ) -> Ending {
     let deadline = tengine_core::tasks::deadline_after(wait);
     loop {
         match following.next(deadline).await {
-            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome)),
+            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome, asking)),
             Some(Signal::Cancelled) => {
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
                 return Ending::Cancelled;
@@ -223,7 +234,7 @@ async fn follow_to_end(
             None => {
                 return Ending::Result(
                     match st.dispatcher.recorded(caller.project_id, following.run_id).await {
-                        Some(outcome) => outcome_result(st, tool, &outcome),
+                        Some(outcome) => outcome_result(st, tool, &outcome, asking),
                         None => still_running(following.run_id, wait),
                     },
                 );
@@ -239,6 +250,7 @@ async fn stream_call(
     caller: Caller,
     wait: Duration,
     mut notifier: Notifier,
+    asking: Option<crate::asks::Asking>,
 ) -> bool {
     if !notifier.prime().await || !notifier.stage(1, "queued").await {
         return false;
@@ -288,7 +300,9 @@ async fn stream_call(
                 if !answered && !notifier.stage(3, "the API answered").await {
                     return false;
                 }
-                notifier.finish(outcome_result(&st, &tool, &outcome)).await;
+                notifier
+                    .finish(outcome_result(&st, &tool, &outcome, asking.as_ref()))
+                    .await;
                 return true;
             }
             Some(Signal::Cancelled) => {
@@ -298,7 +312,7 @@ async fn stream_call(
             }
             None => {
                 let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
-                    Some(outcome) => outcome_result(&st, &tool, &outcome),
+                    Some(outcome) => outcome_result(&st, &tool, &outcome, asking.as_ref()),
                     None => still_running(following.run_id, wait),
                 };
                 notifier.finish(result).await;
@@ -331,7 +345,7 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
         return;
     }
     let result = match tools::get(&st.pool, caller.project_id, &outcome.tool_name).await {
-        Ok(tool) => outcome_result(&st, &tool, &outcome),
+        Ok(tool) => outcome_result(&st, &tool, &outcome, None),
         // The tool is gone: the plain text mapping still tells the model what happened.
         Err(_) => text_outcome_result(&outcome),
     };

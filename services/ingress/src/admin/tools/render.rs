@@ -134,6 +134,7 @@ fn headers(tool: &ToolDefinition, caller: &Caller, run_id: Uuid, request: &Outbo
         chrono::Utc::now().timestamp(),
         signed,
         &[],
+        None,
     )
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
