@@ -26,8 +26,8 @@
 // call. A 2025-11-25 tool call cannot ask its client (server-to-client requests
 // on an HTTP upstream): those sampling/elicitation endpoints answer plain text so
 // that the scenario fails on its real check ("Server did not request … from
-// client") rather than on an unknown tool. The same goes for the Tasks fixtures
-// that would ask for input (confirm_delete, multi_input, test_tool_with_task). The other Tasks
+// client") rather than on an unknown tool. The same goes for test_tool_with_task
+// (input before its task exists). confirm_delete and multi_input ask as tasks. The other Tasks
 // fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
 // endpoints: whether a call becomes a task is the tool's setting in tools.json.
 // No dependencies; loopback only.
@@ -347,13 +347,29 @@ const routes = {
     return null;
   },
 
-  // tasks-mrtr-input, tasks-dispatch-and-envelope, tasks-mrtr-composition: these
-  // tools would ask the client for input (input_required tasks, InputRequiredResult);
-  // an HTTP API cannot, so they answer at once and those scenarios fail on their
-  // real check (the task never is input_required).
-  'POST /confirm-delete': (_req, body) =>
-    text(`confirm_delete: ${body.filename ?? '?'} (no confirmation can be asked by an HTTP upstream)`),
-  'POST /multi-input': () => text('multi_input: done (no input can be asked by an HTTP upstream)'),
+  // tasks-mrtr-input, tasks-dispatch-and-envelope: tasks whose API asks for input
+  // (Tengine's upstream input protocol); the task is input_required until
+  // tasks/update has answered every request, then the call goes on with the answers.
+  'POST /confirm-delete': (req, body) => {
+    const { responses } = inputOf(req);
+    if (accepted(responses?.confirm)) return text(`confirm_delete: deleted ${body.filename ?? '?'}`);
+    if (responses?.confirm) return text(`confirm_delete: ${body.filename ?? '?'} kept (not confirmed)`);
+    return ask({ confirm: elicit(`Delete ${body.filename ?? 'the file'}?`, { confirm: { type: 'boolean' } }) }, 'delete');
+  },
+  'POST /multi-input': (req) => {
+    const { responses } = inputOf(req);
+    if (responses?.name && responses?.confirm) return text('multi_input: both answers received');
+    return ask(
+      {
+        name: elicit('Your name?', { name: { type: 'string' } }),
+        confirm: elicit('Proceed?', { confirm: { type: 'boolean' } }),
+      },
+      'multi',
+    );
+  },
+  // tasks-mrtr-composition: would ask before the task exists (round 1 an
+  // InputRequiredResult, round 2 a task); a required-task tool is a task at once
+  // in Tengine, so it answers at once and the scenario fails on its real check.
   'POST /tool-with-task': () => text('test_tool_with_task: done (no input can be asked by an HTTP upstream)'),
 
   // What the tasks endpoints saw (for a person checking that cancellation reached the API).

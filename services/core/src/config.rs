@@ -118,6 +118,7 @@ pub struct StreamsConfig {
     pub idempotency_max_bytes: i64,
     pub cancelled_max_bytes: i64,
     pub approvals_max_bytes: i64,
+    pub tasks_max_bytes: i64,
     pub commands_max_bytes: i64,
     pub commands_max_msgs: i64,
     pub events_max_age_secs: u64,

@@ -34,8 +34,10 @@ const MAX_STATE_BYTES: usize = 4 * 1024;
 
 /// What an API's answer asks for.
 pub struct Ask {
-    requests: Map<String, Value>,
-    state: Option<String>,
+    /// The input requests, by key.
+    pub requests: Map<String, Value>,
+    /// The API's own state, for its next round.
+    pub state: Option<String>,
 }
 
 /// The client capability each kind of input request needs.

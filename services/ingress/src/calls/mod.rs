@@ -213,6 +213,19 @@ impl Call {
         command.run_id = run_id;
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
         let parked = tool.approval == Approval::Operator;
+        if as_task && let Err(err) = self.st.task_calls.remember(&command).await {
+            // Without its call kept, a task whose API asks could not go on.
+            tracing::error!(%run_id, error = %err, "keeping a task's call");
+            quotas::refund(&self.st.pool, self.caller().project_id, &charge).await;
+            if let Some(lease) = &lease {
+                lease.release().await;
+            }
+            return Err(RpcError::internal(
+                &self.id,
+                "the task could not be created right now; it was not run: retry",
+            )
+            .into());
+        }
         let following = if parked {
             self.park(&command, lease, charge).await?
         } else {
