@@ -179,6 +179,7 @@ impl Upstream {
             .route("/json/{bytes}", any(big_json))
             .route("/retry-after", any(retry_after))
             .route("/ask/{rounds}", any(ask))
+            .route("/ask-later/{rounds}", any(ask_later))
             .route("/{*rest}", any(echo))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -243,6 +244,19 @@ async fn echo(
     record(&inner, &method, &uri, &headers, &body);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     Json(json!({"method": method.as_str(), "path": uri.path(), "query": query, "body": parsed})).into_response()
+}
+
+/// [`ask`] after 1 s of work: a task's API that asks only once it is under way.
+async fn ask_later(
+    state: State<Arc<Inner>>,
+    rounds: Path<u32>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ask(state, rounds, method, uri, headers, body).await
 }
 
 /// An API that asks the user before it answers: round `n` (no input yet: 1)

@@ -26,8 +26,8 @@
 // call. A 2025-11-25 tool call cannot ask its client (server-to-client requests
 // on an HTTP upstream): those sampling/elicitation endpoints answer plain text so
 // that the scenario fails on its real check ("Server did not request … from
-// client") rather than on an unknown tool. The same goes for test_tool_with_task
-// (input before its task exists). confirm_delete and multi_input ask as tasks. The other Tasks
+// client") rather than on an unknown tool. confirm_delete, multi_input and
+// test_tool_with_task ask as (or before) tasks. The other Tasks
 // fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
 // endpoints: whether a call becomes a task is the tool's setting in tools.json.
 // No dependencies; loopback only.
@@ -348,17 +348,20 @@ const routes = {
   },
 
   // tasks-mrtr-input, tasks-dispatch-and-envelope: tasks whose API asks for input
-  // (Tengine's upstream input protocol); the task is input_required until
-  // tasks/update has answered every request, then the call goes on with the answers.
-  'POST /confirm-delete': (req, body) => {
+  // once under way (after 1 s, past ingress.task_input_window_ms): the task is
+  // input_required until tasks/update has answered every request, then the call
+  // goes on with the answers.
+  'POST /confirm-delete': async (req, body) => {
     const { responses } = inputOf(req);
     if (accepted(responses?.confirm)) return text(`confirm_delete: deleted ${body.filename ?? '?'}`);
     if (responses?.confirm) return text(`confirm_delete: ${body.filename ?? '?'} kept (not confirmed)`);
+    await sleep(1000);
     return ask({ confirm: elicit(`Delete ${body.filename ?? 'the file'}?`, { confirm: { type: 'boolean' } }) }, 'delete');
   },
-  'POST /multi-input': (req) => {
+  'POST /multi-input': async (req) => {
     const { responses } = inputOf(req);
     if (responses?.name && responses?.confirm) return text('multi_input: both answers received');
+    await sleep(1000);
     return ask(
       {
         name: elicit('Your name?', { name: { type: 'string' } }),
@@ -367,10 +370,14 @@ const routes = {
       'multi',
     );
   },
-  // tasks-mrtr-composition: would ask before the task exists (round 1 an
-  // InputRequiredResult, round 2 a task); a required-task tool is a task at once
-  // in Tengine, so it answers at once and the scenario fails on its real check.
-  'POST /tool-with-task': () => text('test_tool_with_task: done (no input can be asked by an HTTP upstream)'),
+  // tasks-mrtr-composition: asks at once (within ingress.task_input_window_ms), so
+  // the first call answers an InputRequiredResult; the re-issued call with the
+  // answer becomes the task, whose result greets the name.
+  'POST /tool-with-task': (req) => {
+    const name = accepted(inputOf(req).responses?.user_name)?.name;
+    if (typeof name === 'string' && name) return text(`Hello, ${name}!`);
+    return ask({ user_name: elicit('What is your name?', { name: { type: 'string' } }) }, 'with-task');
+  },
 
   // What the tasks endpoints saw (for a person checking that cancellation reached the API).
   'GET /stats': () => result(stats),

@@ -350,16 +350,16 @@ async fn update(client: &ModernClient, id: &str, task_id: &str, responses: Value
     client.send(&headers, &body).await
 }
 
-/// A task whose API asks for input waits `input_required` with the requests;
-/// `tasks/update` may answer them one at a time (the answered ones leave the
-/// list); once all are answered the call goes on as a continuation run with the
-/// answers and the API's state, round after round, to completion.
+/// A task whose API asks for input once under way waits `input_required` with
+/// the requests; `tasks/update` may answer them one at a time (the answered ones
+/// leave the list); once all are answered the call goes on as a continuation run
+/// with the answers and the API's state, round after round, to completion.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_asks_for_input_and_goes_on_once_every_request_is_answered() {
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     app.create_tool(
-        ToolSpec::post("provision", &upstream.url(), "/ask/2")
+        ToolSpec::post("provision", &upstream.url(), "/ask-later/2")
             .field("task_support", "required")
             .timeout_ms(5000),
     )
@@ -426,4 +426,49 @@ async fn a_task_asks_for_input_and_goes_on_once_every_request_is_answered() {
     // Answers for a task that waits for nothing are ignored.
     let late = update(&client, "u4", &task_id, json!({"step9": {}})).await;
     assert_eq!(late.body["result"]["resultType"], "complete", "{}", late.body);
+}
+
+/// An API that asks at once (within `ingress.task_input_window_ms`) is asked
+/// synchronously: the first call answers an `InputRequiredResult`, not a task;
+/// the re-issued call with the answers becomes the task.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_tool_whose_api_asks_at_once_asks_before_the_task_exists() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::post("greet_user", &upstream.url(), "/ask/1")
+            .field("task_support", "required")
+            .timeout_ms(5000),
+    )
+    .await;
+    let mut client = with_tasks(&app, &app.mcp_url);
+    client.capabilities = json!({"extensions": {TASKS: {}}, "elicitation": {}});
+    let first = client
+        .request(json!(1), "tools/call", json!({"name": "greet_user", "arguments": {}}))
+        .await;
+    let result = &first.body["result"];
+    assert_eq!(result["resultType"], "input_required", "{}", first.body);
+    assert!(result.get("taskId").is_none(), "{result}");
+    let second = client
+        .request(
+            json!(2),
+            "tools/call",
+            json!({"name": "greet_user", "arguments": {},
+                   "inputResponses": {"step1": {"action": "accept", "content": {"v": "Alice"}}},
+                   "requestState": result["requestState"]}),
+        )
+        .await;
+    let task = &second.body["result"];
+    assert_eq!(task["resultType"], "task", "{}", second.body);
+    assert!(task.get("requestState").is_none(), "{task}");
+    let task_id = task["taskId"].as_str().expect("taskId").to_string();
+    let done = until_done(&client, &task_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Alice"),
+        "{done}"
+    );
 }

@@ -40,7 +40,7 @@ pub use progress::resume;
 
 use crate::{
     AppState,
-    dispatch::{CallKey, Following},
+    dispatch::{CallKey, Following, Signal},
     jsonrpc::{self, RpcError, RpcResult},
     results,
     sessions::SessionStates,
@@ -233,9 +233,7 @@ impl Call {
         };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
         if as_task {
-            // The command is stored: the task (the run) is durable and readable now.
-            drop(following);
-            let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at, parked);
+            let task = self.task(&tool, &command, following, parked, asking.as_ref()).await;
             return Ok(Accepted::Task(task));
         }
         let log = match &self.era {
@@ -254,6 +252,34 @@ impl Call {
             long_wait: parked,
             asking,
         })))
+    }
+
+    /// The answer to a call that became a task: its command is stored, so the task
+    /// (the run) is durable and readable now. An API that asks for input within
+    /// `ingress.task_input_window_ms` has its requests answered first: a multi
+    /// round-trip result rather than a task (the re-issued call becomes the task).
+    async fn task(
+        &self,
+        tool: &ToolDefinition,
+        command: &ExecuteCommand,
+        mut following: Following,
+        parked: bool,
+        asking: Option<&crate::asks::Asking>,
+    ) -> Value {
+        let window = Duration::from_millis(self.st.config.ingress.task_input_window_ms);
+        if !parked && !window.is_zero() {
+            let deadline = tengine_core::tasks::deadline_after(window);
+            while let Some(signal) = following.next(deadline).await {
+                let Signal::Finished(outcome) = signal else { continue };
+                if let Some(asked) = crate::asks::answer(&self.st, &outcome, asking)
+                    && asked["resultType"] == "input_required"
+                {
+                    return asked;
+                }
+                break;
+            }
+        }
+        crate::tasks::created(&self.st, command.run_id, tool, command.accepted_at, parked)
     }
 
     /// What a 2026-07-28 call needs to carry the API's input requests.
