@@ -23,11 +23,9 @@
 // (docs/upstream.md, "Asking the user for input"): an answer of type
 // application/vnd.tengine.input-required+json with inputRequests and a state,
 // and the client's answers back in the X-Tengine-Input header of the re-issued
-// call. A 2025-11-25 tool call cannot ask its client (server-to-client requests
-// on an HTTP upstream): those sampling/elicitation endpoints answer plain text so
-// that the scenario fails on its real check ("Server did not request … from
-// client") rather than on an unknown tool. confirm_delete, multi_input and
-// test_tool_with_task ask as (or before) tasks. The other Tasks
+// call. The 2025-11-25 sampling and elicitation fixtures ask the same way (Tengine
+// relays the requests to the session's client on the call's stream);
+// confirm_delete, multi_input and test_tool_with_task ask as (or before) tasks. The other Tasks
 // fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
 // endpoints: whether a call becomes a task is the tool's setting in tools.json.
 // No dependencies; loopback only.
@@ -245,15 +243,98 @@ const routes = {
   },
 
   // tools-call-sampling / tools-call-elicitation / elicitation-sep1034-defaults /
-  // elicitation-sep1330-enums: would need server-to-client requests.
-  'POST /sampling': (_req, body) =>
-    text(`LLM response: (no sampling available to an HTTP upstream) prompt=${JSON.stringify(body.prompt ?? null)}`),
-  'POST /elicitation': (_req, body) =>
-    text(`User response: (no elicitation available to an HTTP upstream) message=${JSON.stringify(body.message ?? null)}`),
-  'GET /elicitation-sep1034-defaults': () =>
-    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
-  'GET /elicitation-sep1330-enums': () =>
-    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
+  // elicitation-sep1330-enums: the API asks (Tengine's upstream input protocol);
+  // in a 2025-11-25 session Tengine relays the request to the client on the
+  // call's stream and re-issues the call with the answer.
+  'POST /sampling': (req, body) => {
+    const answer = inputOf(req).responses?.completion;
+    if (answer) return text(`LLM response: ${answer.content?.text ?? JSON.stringify(answer)}`);
+    return ask({ completion: sample(String(body.prompt ?? ''), 100) });
+  },
+  'POST /elicitation': (req, body) => {
+    const answer = inputOf(req).responses?.user;
+    if (answer) return text(`User response: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      user: {
+        method: 'elicitation/create',
+        params: {
+          message: String(body.message ?? 'Please provide your information'),
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              username: { type: 'string', description: "User's response" },
+              email: { type: 'string', description: "User's email address" },
+            },
+            required: ['username', 'email'],
+          },
+        },
+      },
+    });
+  },
+  'GET /elicitation-sep1034-defaults': (req) => {
+    const answer = inputOf(req).responses?.defaults;
+    if (answer) return text(`Elicitation completed: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      defaults: {
+        method: 'elicitation/create',
+        params: {
+          message: 'Please review your information',
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              name: { type: 'string', default: 'John Doe' },
+              age: { type: 'integer', default: 30 },
+              score: { type: 'number', default: 95.5 },
+              status: { type: 'string', enum: ['active', 'inactive', 'pending'], default: 'active' },
+              verified: { type: 'boolean', default: true },
+            },
+          },
+        },
+      },
+    });
+  },
+  'GET /elicitation-sep1330-enums': (req) => {
+    const answer = inputOf(req).responses?.enums;
+    if (answer) return text(`Elicitation completed: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      enums: {
+        method: 'elicitation/create',
+        params: {
+          message: 'Please choose',
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              untitledSingle: { type: 'string', enum: ['option1', 'option2', 'option3'] },
+              titledSingle: {
+                type: 'string',
+                oneOf: [
+                  { const: 'value1', title: 'First Option' },
+                  { const: 'value2', title: 'Second Option' },
+                  { const: 'value3', title: 'Third Option' },
+                ],
+              },
+              legacyEnum: {
+                type: 'string',
+                enum: ['opt1', 'opt2', 'opt3'],
+                enumNames: ['Option One', 'Option Two', 'Option Three'],
+              },
+              untitledMulti: { type: 'array', items: { type: 'string', enum: ['option1', 'option2', 'option3'] } },
+              titledMulti: {
+                type: 'array',
+                items: {
+                  anyOf: [
+                    { const: 'value1', title: 'First Choice' },
+                    { const: 'value2', title: 'Second Choice' },
+                    { const: 'value3', title: 'Third Choice' },
+                  ],
+                },
+              },
+            },
+          },
+        },
+      },
+    });
+  },
 
   // json-schema-2020-12: only listed, but answer a call anyway.
   'POST /json-schema-2020-12': (_req, body) => text(`Received: ${JSON.stringify(body)}`),

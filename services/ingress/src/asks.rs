@@ -9,8 +9,9 @@
 //! state, bound to the credential, the tool and the arguments, single use. When
 //! the client re-issues the call with `inputResponses`, the API receives them
 //! and its state in `X-Tengine-Input` (signed with the request). Each round is a
-//! run of its own. A caller that cannot take part (a 2025-11-25 session, a task,
-//! a resumed stream) gets a tool error saying so.
+//! run of its own. A 2025-11-25 session is asked on the call's stream
+//! (`calls::session_input`), a task through `tasks/update` (`crate::tasks`); a
+//! caller that cannot take part gets a tool error saying so.
 
 use serde_json::{Map, Value, json};
 use tengine_core::envelope::{BodyEncoding, Caller, RunOutcome, UpstreamResponse};
@@ -41,7 +42,7 @@ pub struct Ask {
 }
 
 /// The client capability each kind of input request needs.
-fn capability_of(method: &str) -> Option<&'static str> {
+pub fn capability_of(method: &str) -> Option<&'static str> {
     match method {
         "elicitation/create" => Some("elicitation"),
         "sampling/createMessage" => Some("sampling"),
@@ -118,7 +119,8 @@ pub fn answer(st: &AppState, outcome: &RunOutcome, asking: Option<&Asking>) -> O
         (Ok(_), None) => {
             return refuse(
                 "The API asks the user for input, which cannot be given on this connection (a 2025-11-25 \
-                 session, a task or a resumed stream); call the tool over MCP revision 2026-07-28."
+                 session whose client declared no elicitation, sampling or roots, or a resumed stream); call \
+                 the tool over MCP revision 2026-07-28, or from a client that declares them."
                     .into(),
             );
         }

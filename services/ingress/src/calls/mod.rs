@@ -28,15 +28,15 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 mod confirm;
-mod elicitation;
 pub mod idempotency;
 pub mod param_headers;
 mod progress;
+mod session_input;
 
 pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
 pub(crate) use confirm::can_elicit_form;
-pub use elicitation::deliver_answer;
 pub use progress::resume;
+pub use session_input::deliver_answer;
 
 use crate::{
     AppState,
@@ -52,6 +52,7 @@ const QUEUEING: Duration = Duration::from_secs(3);
 
 /// Which revision of MCP a call came through: it decides what identifies a retry,
 /// how the answer looks and what a closed stream means.
+#[derive(Clone)]
 pub enum Era {
     /// A 2025-11-25 (or older) session: a resend with the same JSON-RPC id in the
     /// session is the same call; `notifications/cancelled` cancels.
@@ -170,9 +171,9 @@ impl Call {
         let as_task = self.gate(&tool)?;
         let arguments = self.validate(&tool, arguments).await?;
         let key = header_key.or(meta_key);
-        if self.asks_in_session(&tool) {
-            // 2025-11-25: the question, then the call, on the call's own stream.
-            return self.confirm_in_session(tool, arguments, key, progress_token);
+        if self.streams_in_session(&tool) {
+            // 2025-11-25: the call on its own stream, where its user can be asked.
+            return self.run_in_session(tool, arguments, key, progress_token);
         }
         let admission = self.admit(&tool, &arguments, input).await?;
         let accepted = self
@@ -199,9 +200,13 @@ impl Call {
         command.input = admission.input;
         let asking = self.asking(&tool, &command, admission.round);
         // Each round of an API's questions is a call of its own.
-        let round = command.input.as_ref().and(admission.nonce.as_deref());
+        let round = match (&command.input, &admission.nonce) {
+            (None, _) => None,
+            (Some(_), Some(nonce)) => Some(nonce.clone()),
+            (Some(_), None) => Some(format!("round {}", admission.round)),
+        };
         let lease = self
-            .claim(&tool, &command, key, as_task, round, asking.as_ref())
+            .claim(&tool, &command, key, as_task, round.as_deref(), asking.as_ref())
             .await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
@@ -295,6 +300,18 @@ impl Call {
             capabilities: capabilities.clone(),
             round,
         })
+    }
+
+    /// The same call again under another Run ID (the next round of an API's questions).
+    fn next_round(&self, run_id: Uuid) -> Call {
+        Call {
+            st: self.st.clone(),
+            principal: self.principal.clone(),
+            era: self.era.clone(),
+            id: self.id.clone(),
+            trace: self.trace.clone(),
+            run_id,
+        }
     }
 
     fn caller(&self) -> &Caller {
@@ -482,7 +499,10 @@ impl Call {
                 )
                 .into());
             }
-            (None, Era::Legacy { session }) => format!("request\n{}\n{}", SessionStates::key(session), self.id),
+            (None, Era::Legacy { session }) => match round {
+                None => format!("request\n{}\n{}", SessionStates::key(session), self.id),
+                Some(round) => format!("request\n{}\n{}\n{round}", SessionStates::key(session), self.id),
+            },
             // 2026-07-28 has no session: without a client key, every request is a new call.
             (None, Era::Modern { .. }) => return Ok(None),
         };

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::response::{Response, sse::Event};
+use axum::response::Response;
 use serde_json::{Value, json};
 use tengine_control::tools;
 use tengine_core::{domain::ToolDefinition, envelope::Caller};
@@ -18,7 +18,7 @@ use crate::{
     dispatch::{Following, Signal},
     jsonrpc,
     sessions::log_level_rank,
-    streams::{self, EventId, RESULT_SEQ},
+    streams::{self, Event, EventId, RESULT_SEQ},
 };
 
 /// Stages reported as progress: queued, sent to the API, answered.
@@ -70,9 +70,10 @@ impl Answering {
         })
     }
 
-    /// Follows the run on a 2025-11-25 stream that is already open (a client
-    /// approval asked on it first): progress, then the result, resumable.
-    pub(super) async fn stream_into(self, st: Arc<AppState>, tx: mpsc::Sender<Event>) {
+    /// Follows the run on a 2025-11-25 stream that is already open (the session's
+    /// user may be asked on it): progress, then the result, resumable; or, when
+    /// the API asked for input, the outcome asking (nothing sent for it).
+    pub(super) async fn stream_into(self, st: Arc<AppState>, tx: mpsc::Sender<Event>) -> Streamed {
         let wait = self.wait(&st);
         let notifier = Notifier {
             tx,
@@ -82,8 +83,9 @@ impl Answering {
             log: self.log,
             seq: 0,
             modern: false,
+            relay_asks: true,
         };
-        stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await;
+        stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await
     }
 
     /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
@@ -123,13 +125,15 @@ impl Answering {
             log: self.log,
             seq: 0,
             modern: self.modern,
+            relay_asks: false,
         };
         let guard = self
             .modern
             .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
         tokio::spawn(async move {
             // A stream the client closed before the result (2026-07-28) cancels the run.
-            if stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await
+            let streamed = stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking);
+            if !matches!(streamed.await, Streamed::Closed)
                 && let Some(guard) = guard
             {
                 guard.disarm();
@@ -144,6 +148,16 @@ enum Ending {
     Cancelled,
 }
 
+/// How a call's stream ended.
+pub(super) enum Streamed {
+    /// The client went away.
+    Closed,
+    /// With the result, or nothing (a cancelled call).
+    Ended,
+    /// The API asked for input: the caller asks the session's user (see `session_input`).
+    Asked(Box<tengine_core::envelope::RunOutcome>),
+}
+
 /// Writes a call's SSE stream.
 struct Notifier {
     tx: mpsc::Sender<Event>,
@@ -154,6 +168,9 @@ struct Notifier {
     seq: u32,
     /// 2026-07-28: no event ids (no resumption), results with `resultType`.
     modern: bool,
+    /// Hand an outcome whose API asked for input back to the caller (a session
+    /// that asks its user) instead of answering it.
+    relay_asks: bool,
 }
 
 impl Notifier {
@@ -251,9 +268,9 @@ async fn stream_call(
     wait: Duration,
     mut notifier: Notifier,
     asking: Option<crate::asks::Asking>,
-) -> bool {
+) -> Streamed {
     if !notifier.prime().await || !notifier.stage(1, "queued").await {
-        return false;
+        return Streamed::Closed;
     }
     let deadline = tengine_core::tasks::deadline_after(wait);
     let (mut sent, mut answered) = (false, false);
@@ -263,13 +280,13 @@ async fn stream_call(
             Some(Signal::Sent) if !sent => {
                 sent = true;
                 if !notifier.stage(2, "sent to the API").await {
-                    return false;
+                    return Streamed::Closed;
                 }
             }
             Some(Signal::Answered) if !answered => {
                 answered = true;
                 if !notifier.stage(3, "the API answered").await {
-                    return false;
+                    return Streamed::Closed;
                 }
             }
             Some(Signal::Upstream {
@@ -287,7 +304,7 @@ async fn stream_call(
                     upstream_progress = value;
                     let text = message.unwrap_or_else(|| format!("the API reports {progress}"));
                     if !notifier.progress(value, &text).await {
-                        return false;
+                        return Streamed::Closed;
                     }
                 }
             }
@@ -295,20 +312,29 @@ async fn stream_call(
             Some(Signal::Finished(outcome)) => {
                 // Progress must rise to the end even if a stage signal was lost.
                 if !sent && !notifier.stage(2, "sent to the API").await {
-                    return false;
+                    return Streamed::Closed;
                 }
                 if !answered && !notifier.stage(3, "the API answered").await {
-                    return false;
+                    return Streamed::Closed;
+                }
+                if notifier.relay_asks
+                    && outcome
+                        .response
+                        .as_ref()
+                        .and_then(crate::asks::parse)
+                        .is_some_and(|a| a.is_ok())
+                {
+                    return Streamed::Asked(outcome);
                 }
                 notifier
                     .finish(outcome_result(&st, &tool, &outcome, asking.as_ref()))
                     .await;
-                return true;
+                return Streamed::Ended;
             }
             Some(Signal::Cancelled) => {
                 // No response for a cancelled request: the stream just ends.
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
-                return true;
+                return Streamed::Ended;
             }
             None => {
                 let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
@@ -316,7 +342,7 @@ async fn stream_call(
                     None => still_running(following.run_id, wait),
                 };
                 notifier.finish(result).await;
-                return true;
+                return Streamed::Ended;
             }
         }
     }
