@@ -10,6 +10,7 @@ mod edges_storage;
 mod modern;
 mod observability;
 mod openapi;
+mod openapi_import;
 mod outcomes;
 mod ownership;
 mod protocol;
