@@ -168,6 +168,10 @@ async fn petstores_in_30_and_31_dry_run_apply_and_reimport_unchanged() {
         );
         assert_eq!(stored["output_schema"]["required"], json!(["name", "photoUrls"]));
         assert_eq!(stored["annotations"]["readOnlyHint"], true);
+        // The Pet's `id` is readOnly: not an argument of addPet (not sent in requests).
+        let add = tool(&app, project, "addPet").await;
+        let props = &add["input_schema"]["properties"];
+        assert!(props.get("id").is_none() && props.get("name").is_some(), "{props}");
 
         // Re-importing the same document changes nothing.
         let again = imported(&app, project, bytes.clone(), content_type, &query).await;

@@ -625,6 +625,10 @@ fn request_body(
     if let Some((properties, required_members)) = schema::object_members(&schema) {
         let mut template = Map::new();
         for (member, member_schema) in properties {
+            // "SHOULD NOT be sent as part of the request" (OpenAPI, readOnly).
+            if member_schema.get("readOnly") == Some(&Value::Bool(true)) {
+                continue;
+            }
             let argument = b.claim(&member, "body");
             template.insert(member.clone(), Value::String(format!("{{{argument}}}")));
             let is_required = required && required_members.contains(&member);

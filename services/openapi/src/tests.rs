@@ -34,6 +34,7 @@ components:
         name: {type: string, example: Rex}
         tag: {type: string, x-internal: true}
         id: {type: string, description: the body's own id}
+        created: {type: string, readOnly: true}
         tree: {$ref: '#/components/schemas/Node'}
 paths:
   /pets/{id}:
@@ -209,6 +210,7 @@ fn body_properties_become_arguments_with_collision_safe_names() {
             name: "id".into()
         }
     );
+    assert!(!props.contains_key("created"), "readOnly properties are not sent");
     assert_eq!(spec.response_mode, ResponseMode::Text, "204 has no JSON");
     let hints = spec.annotations.clone().expect("annotations");
     assert_eq!(hints.destructive_hint, Some(true));
@@ -309,4 +311,30 @@ fn recursion_remote_refs_and_depth_never_abort() {
     let inlined = schemas.inline(&deep, &mut notes);
     assert!(notes.too_deep);
     assert!(serde_json::to_string(&inlined).expect("json").len() < 1000);
+}
+
+#[test]
+fn yaml_with_unquoted_status_codes_and_hostile_aliases() {
+    let doc = parse(
+        b"openapi: 3.0.0\ninfo: {title: t, version: 1}\nservers: [{url: 'https://api.example'}]\npaths:\n  /a:\n    get:\n      responses:\n        200:\n          description: ok\n          content:\n            application/json:\n              schema: {type: object, properties: {n: {type: integer}}}\n",
+    )
+    .expect("yaml");
+    let plan = plan(&doc, &Options::default()).expect("plan");
+    let spec = &tool(&plan, "GET", "/a").spec;
+    assert_eq!(spec.response_mode, ResponseMode::Json);
+    assert_eq!(
+        spec.output_schema.as_ref().map(|s| s["properties"]["n"].clone()),
+        Some(json!({"type": "integer"}))
+    );
+    // A "billion laughs" document: refused by the parser's limits, not expanded.
+    let mut bomb = String::from("openapi: 3.0.0\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..10 {
+        let previous = level - 1;
+        bomb.push_str(&format!(
+            "a{level}: &a{level} [*a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}, *a{previous}]\n"
+        ));
+    }
+    let started = std::time::Instant::now();
+    assert!(matches!(parse(bomb.as_bytes()), Err(DocumentError::Syntax(_))));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
