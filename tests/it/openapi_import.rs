@@ -495,3 +495,81 @@ async fn documents_by_url_go_through_the_address_policy() {
         "{body}"
     );
 }
+
+/// GitHub's description carries example answers for its JSON responses. Some
+/// of them disagree with the description's own schemas (a missing required
+/// property, `null` for an object); the output schemas the import derives accept
+/// every other one: whatever they refuse, the document's schema (validated as is,
+/// its references resolved in the document) refuses too.
+#[test]
+fn github_output_schemas_refuse_no_example_answer_the_document_accepts() {
+    let bytes = package_file("@octokit/openapi/generated/api.github.com.json");
+    let document: Value = serde_json::from_slice(&bytes).expect("json");
+    let plan = tengine_openapi::plan(&document, &tengine_openapi::Options::default()).expect("plan");
+    // A JSON pointer in a URI fragment: `~` and `/` escaped, braces percent-encoded.
+    let escape = |s: &str| {
+        s.replace('~', "~0")
+            .replace('/', "~1")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+    };
+    let (mut checked, mut refused, mut wrong) = (0, 0, Vec::new());
+    for operation in &plan.operations {
+        let tengine_openapi::Outcome::Tool(tool) = &operation.outcome else {
+            continue;
+        };
+        let Some(schema) = &tool.spec.output_schema else {
+            continue;
+        };
+        let validator = jsonschema::validator_for(schema).expect("compiles");
+        let method = operation.method.to_ascii_lowercase();
+        let responses = document["paths"][&operation.path][&method]["responses"]
+            .as_object()
+            .expect("responses");
+        let (code, response) = responses
+            .iter()
+            .filter(|(code, _)| code.starts_with('2'))
+            .min_by(|a, b| a.0.cmp(b.0))
+            .expect("a 2xx response");
+        // Where the response lives, to point the reference validator at its schema.
+        let (base, response) = match response["$ref"].as_str() {
+            Some(r) => (r[1..].to_string(), document.pointer(&r[1..]).expect("response ref")),
+            None => (
+                format!("/paths/{}/{method}/responses/{code}", escape(&operation.path)),
+                response,
+            ),
+        };
+        for example in response["content"]["application/json"]["examples"]
+            .as_object()
+            .into_iter()
+            .flat_map(|e| e.values())
+        {
+            let example = match example["$ref"].as_str() {
+                Some(r) => document.pointer(&r[1..]).expect("example ref"),
+                None => example,
+            };
+            checked += 1;
+            if validator.is_valid(&example["value"]) {
+                continue;
+            }
+            refused += 1;
+            let mut root = document.clone();
+            root["$ref"] = json!(format!("#{base}/content/application~1json/schema"));
+            let reference = jsonschema::validator_for(&root).expect("the document as a schema");
+            if reference.is_valid(&example["value"]) {
+                let error = validator
+                    .iter_errors(&example["value"])
+                    .next()
+                    .map(|e| format!("{e} at {}", e.instance_path()));
+                wrong.push(format!("{} {}: {error:?}", operation.method, operation.path));
+            }
+        }
+    }
+    assert!(checked > 500, "{checked} examples");
+    assert!(refused < checked / 4, "{refused} of {checked} examples refused");
+    assert!(
+        wrong.is_empty(),
+        "refused, though the document accepts them:\n{}",
+        wrong.join("\n")
+    );
+}

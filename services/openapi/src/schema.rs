@@ -1,8 +1,8 @@
 //! Schemas made self-contained: local `$ref`s inlined (a reference back into a
 //! schema being inlined is cut to "any value" with a note), remote references
 //! never fetched, depth and size bounded, OpenAPI 3.0's dialect (`nullable`,
-//! boolean `exclusiveMinimum`) rewritten as JSON Schema, and what only documents
-//! (`example`, `xml`, `discriminator`, `x-…`) dropped.
+//! boolean `exclusiveMinimum`) rewritten as JSON Schema, `oneOf` read as `anyOf`,
+//! and what only documents (`example`, `xml`, `discriminator`, `x-…`) dropped.
 
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
@@ -192,6 +192,10 @@ impl<'d> Schemas<'d> {
             if siblings.is_empty() {
                 return target;
             }
+            // 3.0 ignores a `$ref`'s siblings, but documents write `nullable` there and mean it.
+            if self.version == Version::V30 && map.get("nullable") == Some(&Value::Bool(true)) {
+                return json!({"anyOf": [target, {"type": "null"}]});
+            }
             let extra = self.walk(&Value::Object(siblings), stack, next, budget, notes);
             return merge_siblings(target, extra);
         }
@@ -241,10 +245,23 @@ impl<'d> Schemas<'d> {
                 k if k.starts_with("x-") => continue,
                 _ => value.clone(),
             };
-            out.insert(key.clone(), kept);
+            // OpenAPI documents use `oneOf` for "one of these shapes" with overlapping
+            // alternatives (no discriminator), which JSON Schema's "exactly one" would
+            // refuse: `anyOf` accepts what the document means.
+            let key = if key == "oneOf" && !map.contains_key("anyOf") {
+                "anyOf".to_string()
+            } else {
+                key.clone()
+            };
+            out.insert(key, kept);
         }
         if self.version == Version::V30 {
             rewrite_30(map, &mut out);
+            // `nullable` without a `type` (beside `allOf`, `oneOf`…): null as an alternative.
+            if map.get("nullable") == Some(&Value::Bool(true)) && !out.contains_key("type") && !out.contains_key("enum")
+            {
+                return json!({"anyOf": [Value::Object(out), {"type": "null"}]});
+            }
         }
         Value::Object(out)
     }

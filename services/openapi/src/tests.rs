@@ -36,6 +36,8 @@ components:
         id: {type: string, description: the body's own id}
         created: {type: string, readOnly: true}
         tree: {$ref: '#/components/schemas/Node'}
+        owner: {nullable: true, allOf: [{$ref: '#/components/schemas/Node'}]}
+        kind: {oneOf: [{type: string}, {type: string, enum: [a]}]}
 paths:
   /pets/{id}:
     parameters:
@@ -178,8 +180,18 @@ fn output_schema_is_the_first_json_2xx_object_with_composition_and_cycles_cut() 
         "{again}"
     );
     assert!(again.get("properties").is_none(), "the cycle is cut");
+    // 3.0's `nullable` beside `allOf` (no `type`): null is an alternative.
+    let owner = &new_pet["properties"]["owner"];
+    assert_eq!(owner["anyOf"][1], json!({"type": "null"}), "{owner}");
+    assert_eq!(owner["anyOf"][0]["allOf"][0]["type"], json!("object"), "{owner}");
+    // Overlapping `oneOf` alternatives ("a" is both) would refuse "a": read as `anyOf`.
+    assert_eq!(
+        new_pet["properties"]["kind"],
+        json!({"anyOf": [{"type": "string"}, {"type": "string", "enum": ["a"]}]})
+    );
     // Must compile as JSON Schema (the admin API checks it too).
     assert!(serde_json::to_string(output).is_ok());
+    assert!(!output.to_string().contains("oneOf"));
 }
 
 #[test]
@@ -193,7 +205,9 @@ fn body_properties_become_arguments_with_collision_safe_names() {
     assert!(props.contains_key("id") && props.contains_key("body_id"), "{props:?}");
     assert_eq!(
         spec.body_template,
-        Some(json!({"id": "{body_id}", "name": "{name}", "tag": "{tag}", "tree": "{tree}"}))
+        Some(
+            json!({"id": "{body_id}", "kind": "{kind}", "name": "{name}", "owner": "{owner}", "tag": "{tag}", "tree": "{tree}"})
+        )
     );
     let mut required: Vec<&str> = spec.input_schema["required"]
         .as_array()
