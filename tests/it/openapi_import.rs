@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, path::PathBuf};
 
 use axum::{Router, routing::get};
 use serde_json::{Value, json};
-use tengine_tests::{TestApp, spawn_app, spawn_app_with, upstream::Upstream};
+use tengine_tests::{TestApp, ToolSpec, spawn_app, spawn_app_with, upstream::Upstream};
 use uuid::Uuid;
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
@@ -186,6 +186,59 @@ async fn petstores_in_30_and_31_dry_run_apply_and_reimport_unchanged() {
         );
         assert_eq!(tool(&app, project, "getPetById").await["version"], stored["version"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reimports_keep_operator_settings_and_names_avoid_other_tools() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let project = app.project_id;
+    // A tool registered by hand holds a name the document also uses.
+    app.admin
+        .create_tool(project, ToolSpec::get("getInventory", &upstream.url(), "/mine"))
+        .await;
+    let bytes = oas_example("3.0/json/petstore.json");
+    let query = format!("dry_run=false&base_url={}", upstream.url());
+    let report = imported(&app, project, bytes.clone(), "application/json", &query).await;
+    assert_eq!(entry(&report, "GET", "/store/inventory")["tool"], "getInventory_2");
+    assert_eq!(
+        tool(&app, project, "getInventory").await["endpoint_path"],
+        "/mine",
+        "untouched"
+    );
+
+    // The operator sets up auth, a timeout and enables the tool.
+    let (status, patched) = app
+        .admin
+        .patch_tool(
+            project,
+            "getPetById",
+            json!({"auth_strategy": "static_bearer", "auth_secret": "token-1", "timeout_ms": 5000, "enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let again = imported(&app, project, bytes.clone(), "application/json", &query).await;
+    assert_eq!(entry(&again, "GET", "/pet/{petId}")["action"], "unchanged", "{again}");
+    assert_eq!(entry(&again, "GET", "/store/inventory")["action"], "unchanged");
+
+    // The document changes the operation: the document's fields are updated, the operator's kept.
+    let mut document: Value = serde_json::from_slice(&bytes).expect("json");
+    document["paths"]["/pet/{petId}"]["get"]["summary"] = json!("Find one pet");
+    let changed = serde_json::to_vec(&document).expect("json");
+    let update = imported(&app, project, changed, "application/json", &query).await;
+    assert_eq!(count(&update, "update"), 1, "{}", update["counts"]);
+    let stored = tool(&app, project, "getPetById").await;
+    assert_eq!(stored["title"], "Find one pet");
+    assert_eq!(
+        (
+            &stored["auth_strategy"],
+            &stored["has_auth_secret"],
+            &stored["timeout_ms"],
+            &stored["enabled"]
+        ),
+        (&json!("static_bearer"), &json!(true), &json!(5000), &json!(true))
+    );
+    assert_eq!(stored["version"], patched["version"].as_i64().expect("version") + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
