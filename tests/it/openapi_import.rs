@@ -227,6 +227,7 @@ async fn reimports_keep_operator_settings_and_names_avoid_other_tools() {
     let changed = serde_json::to_vec(&document).expect("json");
     let update = imported(&app, project, changed, "application/json", &query).await;
     assert_eq!(count(&update, "update"), 1, "{}", update["counts"]);
+    assert_eq!(update["stale"], json!([]));
     let stored = tool(&app, project, "getPetById").await;
     assert_eq!(stored["title"], "Find one pet");
     assert_eq!(
@@ -239,6 +240,16 @@ async fn reimports_keep_operator_settings_and_names_avoid_other_tools() {
         (&json!("static_bearer"), &json!(true), &json!(5000), &json!(true))
     );
     assert_eq!(stored["version"], patched["version"].as_i64().expect("version") + 1);
+
+    // An operation gone from the document: its tool stays, and the report says so.
+    document["paths"]
+        .as_object_mut()
+        .expect("paths")
+        .remove("/store/inventory");
+    let shrunk = serde_json::to_vec(&document).expect("json");
+    let report = imported(&app, project, shrunk, "application/json", &query).await;
+    assert_eq!(report["stale"], json!(["getInventory_2"]));
+    tool(&app, project, "getInventory_2").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,6 +39,21 @@ fn planning(c: &mut Criterion) {
         group.bench_function(format!("parse_and_plan/{name}"), |b| {
             b.iter(|| plan(&parse(black_box(&bytes)).expect("parses"), &options).expect("plans"))
         });
+        // What the import endpoint adds before it reads the database: every
+        // tool's schemas compiled, as the admin API compiles any tool's.
+        group.bench_function(format!("parse_plan_and_compile/{name}"), |b| {
+            b.iter(|| {
+                let planned = plan(&parse(black_box(&bytes)).expect("parses"), &options).expect("plans");
+                for operation in &planned.operations {
+                    if let Outcome::Tool(tool) = &operation.outcome {
+                        let _ = black_box(jsonschema::validator_for(&tool.spec.input_schema));
+                        if let Some(output) = &tool.spec.output_schema {
+                            let _ = black_box(jsonschema::validator_for(output));
+                        }
+                    }
+                }
+            })
+        });
         group.finish();
     }
 }

@@ -180,6 +180,9 @@ pub struct ImportReport {
     /// Operations the filters left out (not listed).
     filtered_out: usize,
     operations: Vec<ImportedOperation>,
+    /// Tools imported from this API before whose operation the document no longer has (they are not
+    /// deleted); listed only by an import without filters.
+    stale: Vec<String>,
 }
 
 /// Import tools from an OpenAPI 3.0 or 3.1 document (docs/openapi-import.md).
@@ -252,6 +255,7 @@ pub async fn import(
         counts: ImportCounts::default(),
         filtered_out: plan.filtered_out,
         operations: Vec::with_capacity(plan.operations.len()),
+        stale: Vec::new(),
     };
     let mut changed = false;
     for operation in plan.operations {
@@ -346,6 +350,10 @@ pub async fn import(
             ImportAction::Failed => &mut report.counts.failed,
         };
         *counter = counter.saturating_add(1);
+    }
+    if report.filtered_out == 0 {
+        report.stale = existing.into_values().map(|t| t.name).collect();
+        report.stale.sort();
     }
     if changed {
         tools_changed(&st, project_id).await;
