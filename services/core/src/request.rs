@@ -6,7 +6,10 @@ use url::Url;
 
 use crate::{
     domain::{HttpMethod, ToolDefinition},
-    templates::{Context, TemplateError, render_header, render_json, render_path, render_query, text_of},
+    templates::{
+        Context, TemplateError, json_placeholders, placeholders, render_header, render_json, render_path, render_query,
+        text_of,
+    },
 };
 
 /// The outbound request a tool call produces, before auth and signing headers.
@@ -39,7 +42,16 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
             query.push((name.clone(), value));
         }
     }
-    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !used_in_path.contains(*name));
+    // Arguments no template places: the default query (GET, DELETE) or body (POST,
+    // PUT, PATCH) carries them. One a header or the body template uses is not sent twice.
+    let mut placed = used_in_path;
+    for template in tool.headers_template.values() {
+        placed.extend(placeholders(template).into_iter().map(|p| p.name.to_string()));
+    }
+    if let Some(template) = &tool.body_template {
+        json_placeholders(template, &mut placed);
+    }
+    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !placed.contains(*name));
     if !tool.http_method.has_body() && tool.query_template.is_empty() {
         for (name, value) in leftovers() {
             match value {

@@ -396,9 +396,6 @@ fn map_operation(schemas: &Schemas<'_>, op: &Op<'_>, options: &Options) -> Resul
         query_template.insert(param.name.to_string(), format!("{{{argument}}}"));
         b.add(&argument, schema, param.required, "query", param.name);
     }
-    // GET and DELETE without a query template send every other argument as query
-    // parameters (the templates' default), so header and body arguments would leak.
-    let leaks = !method.has_body() && query_template.is_empty();
     for param in params.iter().filter(|p| p.location == "header") {
         if IGNORED_HEADERS.contains(&param.name.to_ascii_lowercase().as_str()) {
             continue;
@@ -408,11 +405,6 @@ fn map_operation(schemas: &Schemas<'_>, op: &Op<'_>, options: &Options) -> Resul
             Some("is a header Tengine sets itself or not a valid name".to_string())
         } else if matches!(kind, Kind::Array | Kind::Object) && param.raw.get("content").is_none() {
             Some(format!("is {} (style simple): not expressible", kind_text(kind)))
-        } else if leaks {
-            Some(format!(
-                "would also be sent in the query ({} without query parameters sends every argument there)",
-                method.as_str()
-            ))
         } else {
             None
         };
@@ -431,7 +423,7 @@ fn map_operation(schemas: &Schemas<'_>, op: &Op<'_>, options: &Options) -> Resul
         )?;
     }
 
-    let body_template = request_body(schemas, op, method, leaks, &mut b, &mut headers_template)?;
+    let body_template = request_body(schemas, op, method, &mut b, &mut headers_template)?;
     let (response_mode, output_schema) = response(schemas, op.operation, &mut b.notes);
 
     let operation = op.operation;
@@ -575,7 +567,6 @@ fn request_body(
     schemas: &Schemas<'_>,
     op: &Op<'_>,
     method: HttpMethod,
-    leaks: bool,
     b: &mut Builder,
     headers: &mut BTreeMap<String, String>,
 ) -> Result<Option<Value>, String> {
@@ -606,16 +597,6 @@ fn request_body(
         )?;
         return Ok(method.has_body().then(|| json!({})));
     };
-    if leaks {
-        b.inexpressible(
-            required,
-            format!(
-                "the request body of a {} without query parameters (its arguments would be sent in the query too)",
-                method.as_str()
-            ),
-        )?;
-        return Ok(None);
-    }
     if media_type.split(';').next().unwrap_or_default().trim() != "application/json" {
         headers.insert("Content-Type".into(), media_type.clone());
     }
