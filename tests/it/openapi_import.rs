@@ -147,9 +147,17 @@ async fn petstores_in_30_and_31_dry_run_apply_and_reimport_unchanged() {
         assert_eq!(find["spec"]["base_url"], "http://petstore.swagger.io");
         assert_eq!(find["spec"]["endpoint_path"], "/v2/pet/findByStatus");
         assert_eq!(find["suggested_auth"]["strategy"], "static_bearer", "{find}");
-        // The form-encoded body of updatePetWithForm is optional: left out, with a note.
+        // updatePetWithForm's body is form-encoded: its fields are arguments, sent as a form.
         let form = entry(&dry, "POST", "/pet/{petId}");
-        assert!(form["notes"].to_string().contains("x-www-form-urlencoded"), "{form}");
+        assert_eq!(
+            form["spec"]["headers_template"],
+            json!({"Content-Type": "application/x-www-form-urlencoded"}),
+            "{form}"
+        );
+        assert_eq!(
+            form["spec"]["body_template"],
+            json!({"name": "{name}", "status": "{status}"})
+        );
 
         let query = format!("dry_run=false&base_url={}", upstream.url());
         let applied = imported(&app, project, bytes.clone(), content_type, &query).await;
@@ -297,6 +305,14 @@ async fn imported_petstore_tools_send_the_requests_the_document_describes() {
         )
         .await;
     session.call("getPetById", json!({"petId": 42})).await;
+    // A form body, encoded as the document says.
+    let result = session
+        .call(
+            "updatePetWithForm",
+            json!({"petId": 7, "name": "Rex & Co", "status": "sold"}),
+        )
+        .await;
+    assert_eq!(result["isError"], false, "{result}");
 
     let requests = upstream.requests();
     let targets: Vec<(String, String)> = requests.iter().map(|r| (r.method.clone(), r.target())).collect();
@@ -314,7 +330,16 @@ async fn imported_petstore_tools_send_the_requests_the_document_describes() {
             ("PUT".into(), "/api/user/jo%20doe%2Fx".into()),
             ("POST".into(), "/api/pet".into()),
             ("GET".into(), "/api/pet/42".into()),
+            ("POST".into(), "/api/pet/7".into()),
         ]
+    );
+    assert_eq!(
+        requests[5].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&requests[5].body),
+        "name=Rex+%26+Co&status=sold"
     );
     assert_eq!(requests[0].body, b"", "a GET has no body");
     assert_eq!(
@@ -330,7 +355,7 @@ async fn imported_petstore_tools_send_the_requests_the_document_describes() {
     // Arguments are checked against the imported schema before anything is sent.
     let refused = session.call("getPetById", json!({"petId": "forty-two"})).await;
     assert_eq!(refused["isError"], true, "{refused}");
-    assert_eq!(upstream.requests().len(), 5, "nothing sent for invalid arguments");
+    assert_eq!(upstream.requests().len(), 6, "nothing sent for invalid arguments");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,11 +81,70 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
     } else {
         None
     };
-    let body = body.map(|b| serde_json::to_vec(&b).expect("a serde_json::Value always serializes"));
+    let form = headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("content-type")
+            && value
+                .split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(FORM))
+    });
+    let body = body.map(|b| {
+        if form {
+            form_encoded(&b)
+        } else {
+            serde_json::to_vec(&b).expect("a serde_json::Value always serializes")
+        }
+    });
     Ok(RenderedRequest {
         method: tool.http_method,
         url,
         headers,
         body,
     })
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A body for `Content-Type: application/x-www-form-urlencoded`: an object's
+/// members as pairs the way query parameters are sent (arrays repeated, null left
+/// out, objects as compact JSON); anything else as its text.
+fn form_encoded(body: &Value) -> Vec<u8> {
+    let Value::Object(members) = body else {
+        return text_of(body).into_bytes();
+    };
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in members {
+        match value {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    form.append_pair(name, &text_of(item));
+                }
+            }
+            other => {
+                form.append_pair(name, &text_of(other));
+            }
+        }
+    }
+    form.finish().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn form_bodies_are_pairs_like_a_query() {
+        let body = json!({"name": "Rex & co", "tags": ["a", 1], "gone": null, "meta": {"k": true}});
+        let encoded = String::from_utf8(form_encoded(&body)).expect("utf-8");
+        let mut pairs: Vec<&str> = encoded.split('&').collect();
+        pairs.sort_unstable();
+        assert_eq!(
+            pairs,
+            ["meta=%7B%22k%22%3Atrue%7D", "name=Rex+%26+co", "tags=1", "tags=a"]
+        );
+        assert!(encoded.find("tags=a") < encoded.find("tags=1"), "array order kept");
+        assert_eq!(form_encoded(&json!("raw=1")), b"raw=1");
+    }
 }

@@ -546,10 +546,27 @@ fn parameter_schema(
     Ok((schema, kind))
 }
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A media type without its parameters, in lower case.
+fn essence(media_type: &str) -> String {
+    media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The form media type of a `content` map, if it has one (the templates send an
+/// object body form-encoded when `Content-Type` says so).
+fn form_media(content: &Map<String, Value>) -> Option<(&String, &Value)> {
+    content.iter().find(|(k, _)| essence(k) == FORM)
+}
+
 /// The JSON media type of a `content` map, if it has one: `application/json`,
 /// else any `…/json` or `…+json`.
 fn json_media(content: &Map<String, Value>) -> Option<(&String, &Value)> {
-    let essence = |k: &str| k.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     content
         .iter()
         .find(|(k, _)| essence(k) == "application/json")
@@ -582,12 +599,12 @@ fn request_body(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let Some((media_type, media)) = json_media(&content) else {
+    let Some((media_type, media)) = json_media(&content).or_else(|| form_media(&content)) else {
         let types: Vec<&str> = content.keys().map(String::as_str).collect();
         b.inexpressible(
             required,
             format!(
-                "the request body is {} (tools send JSON bodies only)",
+                "the request body is {} (tools send JSON or form-encoded bodies only)",
                 if types.is_empty() {
                     "without content".into()
                 } else {
@@ -597,12 +614,13 @@ fn request_body(
         )?;
         return Ok(method.has_body().then(|| json!({})));
     };
-    if media_type.split(';').next().unwrap_or_default().trim() != "application/json" {
+    if essence(media_type) != "application/json" {
         headers.insert("Content-Type".into(), media_type.clone());
     }
     let mut found = Notes::default();
     let schema = schemas.inline(media.get("schema").unwrap_or(&json!({})), &mut found);
     b.notes.extend(found.into_messages("request body"));
+    let form = essence(media_type) == FORM;
     if let Some((properties, required_members)) = schema::object_members(&schema) {
         let mut template = Map::new();
         for (member, member_schema) in properties {
@@ -616,6 +634,12 @@ fn request_body(
             b.add(&argument, member_schema, is_required, "body", &member);
         }
         Ok(Some(Value::Object(template)))
+    } else if form {
+        b.inexpressible(
+            required,
+            "the form-encoded request body is not an object with properties".into(),
+        )?;
+        Ok(method.has_body().then(|| json!({})))
     } else {
         if !required {
             b.notes

@@ -68,7 +68,7 @@ paths:
     post:
       operationId: getPet
       requestBody:
-        content: {application/x-www-form-urlencoded: {schema: {type: object}}}
+        content: {application/x-www-form-urlencoded: {schema: {type: object, properties: {nick: {type: string}}}}}
       responses: {"201": {description: created}}
     get:
       tags: [search]
@@ -236,11 +236,15 @@ fn skips_say_why_and_names_stay_unique() {
     assert!(skipped(&plan, "HEAD", "/pets/{id}").contains("HEAD"));
     // A required comma-separated array cannot be expressed.
     assert!(skipped(&plan, "GET", "/pets").contains("`ids`"));
-    // The form body is optional: left out (the duplicate operationId of GET /pets/{id} is renamed).
+    // A form body: its properties are arguments, sent form-encoded (the duplicate
+    // operationId of GET /pets/{id} is renamed).
     let post = tool(&plan, "POST", "/pets");
     assert_eq!(post.spec.name, "getPet");
-    assert_eq!(post.spec.body_template, Some(json!({})));
-    assert!(post.notes.iter().any(|n| n.contains("x-www-form-urlencoded")));
+    assert_eq!(post.spec.body_template, Some(json!({"nick": "{nick}"})));
+    assert_eq!(
+        post.spec.headers_template.get("Content-Type").map(String::as_str),
+        Some("application/x-www-form-urlencoded")
+    );
     assert_eq!(plan.operations.len(), 5);
 }
 
