@@ -235,7 +235,7 @@ pub async fn import(
         .await
         .map_err(ApiError::internal)??;
 
-    let mut existing: HashMap<String, ToolDefinition> = tools::imported(&st.pool, project_id, &plan.title)
+    let existing: HashMap<String, ToolDefinition> = tools::imported(&st.pool, project_id, &plan.title)
         .await?
         .into_iter()
         .filter_map(|t| {
@@ -243,9 +243,17 @@ pub async fn import(
             Some((key, t))
         })
         .collect();
-    let mut taken: HashSet<String> = tools::names(&st.pool, project_id).await?.into_iter().collect();
+    let taken: HashSet<String> = tools::names(&st.pool, project_id).await?.into_iter().collect();
     let dry_run = query.dry_run.unwrap_or(true);
-    let enable = query.enable.unwrap_or(false);
+    let mut run = Run {
+        st: &st,
+        project_id,
+        dry_run,
+        enable: query.enable.unwrap_or(false),
+        existing,
+        taken,
+        changed: false,
+    };
     let mut report = ImportReport {
         dry_run,
         openapi: plan.openapi,
@@ -257,8 +265,43 @@ pub async fn import(
         operations: Vec::with_capacity(plan.operations.len()),
         stale: Vec::new(),
     };
-    let mut changed = false;
     for operation in plan.operations {
+        let entry = run.operation(operation).await?;
+        let counter = match entry.action {
+            ImportAction::Create => &mut report.counts.create,
+            ImportAction::Update => &mut report.counts.update,
+            ImportAction::Unchanged => &mut report.counts.unchanged,
+            ImportAction::Skipped => &mut report.counts.skipped,
+            ImportAction::Failed => &mut report.counts.failed,
+        };
+        *counter = counter.saturating_add(1);
+        report.operations.push(entry);
+    }
+    if report.filtered_out == 0 {
+        report.stale = run.existing.into_values().map(|t| t.name).collect();
+        report.stale.sort();
+    }
+    if run.changed {
+        tools_changed(&st, project_id).await;
+    }
+    Ok(Json(report))
+}
+
+/// One import's state: the project's tools of this API (by `METHOD /path`) not
+/// yet matched, every name taken, whether anything was written.
+struct Run<'a> {
+    st: &'a AppState,
+    project_id: Uuid,
+    dry_run: bool,
+    enable: bool,
+    existing: HashMap<String, ToolDefinition>,
+    taken: HashSet<String>,
+    changed: bool,
+}
+
+impl Run<'_> {
+    /// What becomes of one planned operation (done unless a dry run).
+    async fn operation(&mut self, operation: tengine_openapi::Operation) -> ApiResult<ImportedOperation> {
         let mut entry = ImportedOperation {
             method: operation.method,
             path: operation.path,
@@ -276,8 +319,7 @@ pub async fn import(
         let planned = match operation.outcome {
             Outcome::Skipped(reason) => {
                 entry.reason = Some(reason);
-                report.operations.push(entry);
-                continue;
+                return Ok(entry);
             }
             Outcome::Tool(planned) => planned,
         };
@@ -287,78 +329,64 @@ pub async fn import(
             .as_ref()
             .and_then(|a| serde_json::to_value(a).ok());
         let source = serde_json::to_value(&planned.source).map_err(ApiError::internal)?;
-        let key = planned.source.key.clone();
-        match existing.remove(&key) {
+        let (st, project_id) = (self.st, self.project_id);
+        let written = match self.existing.remove(&planned.source.key) {
             Some(current) => {
                 entry.tool = Some(current.name.clone());
-                let spec = match updated_spec(&st, &current, planned.spec, enable) {
+                let spec = match updated_spec(st, &current, planned.spec, self.enable) {
                     Ok(spec) => spec,
                     Err(reason) => {
                         entry.reason = Some(reason);
-                        report.operations.push(entry);
-                        continue;
+                        return Ok(entry);
                     }
                 };
                 let changes = differences(&current, &spec, &source);
                 if changes.is_empty() {
                     entry.action = ImportAction::Unchanged;
-                } else {
-                    entry.action = ImportAction::Update;
-                    entry.changes = Some(changes);
-                    entry.source = Some(source.clone());
-                    if !dry_run {
-                        let stored =
-                            tools::replace_imported(&st.pool, &st.secrets, project_id, &current.name, &spec, &source)
-                                .await;
-                        if let Err(err) = stored {
-                            entry.action = ImportAction::Failed;
-                            entry.reason = Some(ApiError::from(err).message().to_string());
-                        } else {
-                            changed = true;
-                        }
-                    }
+                    return Ok(entry);
                 }
+                entry.action = ImportAction::Update;
+                entry.changes = Some(changes);
+                entry.source = Some(source.clone());
+                if self.dry_run {
+                    return Ok(entry);
+                }
+                tools::replace_imported(&st.pool, &st.secrets, project_id, &current.name, &spec, &source)
+                    .await
+                    .map(drop)
             }
             None => {
                 let mut spec = planned.spec;
-                spec.name = tengine_openapi::unique_name(&spec.name, &taken);
-                spec.enabled = enable;
-                taken.insert(spec.name.clone());
+                spec.name = tengine_openapi::unique_name(&spec.name, &self.taken);
+                spec.enabled = self.enable;
+                self.taken.insert(spec.name.clone());
                 entry.tool = Some(spec.name.clone());
                 entry.action = ImportAction::Create;
                 entry.source = Some(source.clone());
-                if !dry_run {
-                    match tools::create_imported(&st.pool, &st.secrets, project_id, &spec, &source).await {
-                        Ok(_) => changed = true,
-                        Err(err) => {
-                            entry.action = ImportAction::Failed;
-                            entry.reason = Some(ApiError::from(err).message().to_string());
-                        }
-                    }
-                }
+                let written = match self.dry_run {
+                    true => None,
+                    false => Some(
+                        tools::create_imported(&st.pool, &st.secrets, project_id, &spec, &source)
+                            .await
+                            .map(drop),
+                    ),
+                };
                 entry.spec = Some(spec);
+                match written {
+                    None => return Ok(entry),
+                    Some(written) => written,
+                }
+            }
+        };
+        match written {
+            Ok(()) => self.changed = true,
+            Err(err) => {
+                entry.action = ImportAction::Failed;
+                entry.reason = Some(ApiError::from(err).message().to_string());
             }
         }
-        report.operations.push(entry);
+        Ok(entry)
     }
-    for entry in &report.operations {
-        let counter = match entry.action {
-            ImportAction::Create => &mut report.counts.create,
-            ImportAction::Update => &mut report.counts.update,
-            ImportAction::Unchanged => &mut report.counts.unchanged,
-            ImportAction::Skipped => &mut report.counts.skipped,
-            ImportAction::Failed => &mut report.counts.failed,
-        };
-        *counter = counter.saturating_add(1);
-    }
-    if report.filtered_out == 0 {
-        report.stale = existing.into_values().map(|t| t.name).collect();
-        report.stale.sort();
-    }
-    if changed {
-        tools_changed(&st, project_id).await;
-    }
-    Ok(Json(report))
 }
 
 /// The plan, each tool's schemas compiled as the admin API compiles every tool's
