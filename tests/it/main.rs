@@ -12,6 +12,7 @@ mod input;
 mod modern;
 mod observability;
 mod openapi;
+mod openapi_import;
 mod outcomes;
 mod ownership;
 mod protocol;
