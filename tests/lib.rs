@@ -174,6 +174,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("streams.idempotency_max_bytes", (16 << 20).to_string()),
         ("streams.cancelled_max_bytes", (4 << 20).to_string()),
         ("streams.approvals_max_bytes", (4 << 20).to_string()),
+        ("streams.tasks_max_bytes", (4 << 20).to_string()),
     ];
     settings.extend(overrides.iter().map(|(k, v)| (*k, v.to_string())));
     let config = Config::with_overrides(&settings).expect("test configuration is valid");

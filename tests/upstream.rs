@@ -91,7 +91,19 @@ pub fn request_block(method: &str, target: &str, headers: &HeaderMap) -> Vec<u8>
         }
         block.push(b'\n');
     }
+    // A re-issued call's answers, on a line of their own, only when sent.
+    if let Some(value) = headers.get("x-tengine-input") {
+        block.extend_from_slice(b"x-tengine-input:");
+        block.extend_from_slice(value.as_bytes());
+        block.push(b'\n');
+    }
     block
+}
+
+/// The `X-Tengine-Input` of a request, decoded: `{"inputResponses", "state"}`.
+pub fn input_of(headers: &HeaderMap) -> Option<Value> {
+    let raw = headers.get("x-tengine-input")?.to_str().ok()?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(raw).ok()?).ok()
 }
 
 /// Both signature forms, as docs/upstream.md tells a receiver to check them:
@@ -166,6 +178,8 @@ impl Upstream {
             .route("/binary/{bytes}", any(binary))
             .route("/json/{bytes}", any(big_json))
             .route("/retry-after", any(retry_after))
+            .route("/ask/{rounds}", any(ask))
+            .route("/ask-later/{rounds}", any(ask_later))
             .route("/{*rest}", any(echo))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -230,6 +244,68 @@ async fn echo(
     record(&inner, &method, &uri, &headers, &body);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     Json(json!({"method": method.as_str(), "path": uri.path(), "query": query, "body": parsed})).into_response()
+}
+
+/// [`ask`] after 1 s of work: a task's API that asks only once it is under way.
+async fn ask_later(
+    state: State<Arc<Inner>>,
+    rounds: Path<u32>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ask(state, rounds, method, uri, headers, body).await
+}
+
+/// An API that asks the user before it answers: round `n` (no input yet: 1)
+/// asks for `step{n}` by elicitation, with its state `round-{n}`; once `rounds`
+/// rounds are answered it echoes every answer and the state it got back.
+async fn ask(
+    State(inner): State<Arc<Inner>>,
+    Path(rounds): Path<u32>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, &method, &uri, &headers, &body);
+    let input = input_of(&headers);
+    let answered: u32 = input
+        .as_ref()
+        .and_then(|i| i["state"].as_str())
+        .and_then(|s| s.strip_prefix("round-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if answered >= rounds {
+        return Json(json!({"done": true, "input": input})).into_response();
+    }
+    let next = answered + 1;
+    let ask = json!({
+        "inputRequests": {
+            format!("step{next}"): {
+                "method": "elicitation/create",
+                "params": {
+                    "message": format!("Step {next}?"),
+                    "requestedSchema": {"type": "object", "properties": {"v": {"type": "string"}}, "required": ["v"]}
+                }
+            },
+            "model": {
+                "method": "sampling/createMessage",
+                "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}], "maxTokens": 5}
+            }
+        },
+        "state": format!("round-{next}")
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/vnd.tengine.input-required+json",
+        )],
+        ask.to_string(),
+    )
+        .into_response()
 }
 
 async fn status(

@@ -20,6 +20,8 @@ const SIGNED_HEADERS = ["x-tengine-project-id", "x-tengine-integration-id", "x-t
 // METHOD, path?query and each signed header as received (absent: empty), one per line.
 function requestBlock(method, target, headers) {
   const lines = [method, target, ...SIGNED_HEADERS.map((name) => `${name}:${headers[name] ?? ""}`)];
+  // A re-issued call's answers, only when sent.
+  if (headers["x-tengine-input"] !== undefined) lines.push(`x-tengine-input:${headers["x-tengine-input"]}`);
   // Node decodes header values as Latin-1: this gives back the bytes received.
   return Buffer.from(lines.join("\n") + "\n", "latin1");
 }

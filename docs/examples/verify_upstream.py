@@ -29,6 +29,8 @@ SIGNED_HEADERS = ("x-tengine-project-id", "x-tengine-integration-id", "x-tengine
 def request_block(method: str, target: str, headers) -> bytes:
     """METHOD, path?query and each signed header as received (absent: empty), one per line."""
     lines = [method, target] + [f"{name}:{headers.get(name, '')}" for name in SIGNED_HEADERS]
+    if headers.get("x-tengine-input") is not None:  # a re-issued call's answers, only when sent
+        lines.append(f"x-tengine-input:{headers['x-tengine-input']}")
     # http.server decodes the request line and headers as Latin-1: this gives back the bytes received.
     return ("\n".join(lines) + "\n").encode("latin-1")
 

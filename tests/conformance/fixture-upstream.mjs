@@ -18,11 +18,14 @@
 //     upstream CallToolResult through (`"response_mode": "mcp"` in tools.json);
 //     in text mode the client sees that JSON as one text block.
 //
-// Sampling and elicitation cannot be done by an HTTP upstream (they are requests
-// from the MCP server to the client); those endpoints answer plain text so that
-// the scenario fails on its real check ("Server did not request … from client")
-// rather than on an unknown tool. The same goes for the Tasks fixtures that would
-// ask for input (confirm_delete, multi_input, test_tool_with_task). The other Tasks
+// Multi round-trip tool calls (input-required-result-*, revision 2026-07-28):
+// the /irr/* endpoints ask through Tengine's upstream input protocol
+// (docs/upstream.md, "Asking the user for input"): an answer of type
+// application/vnd.tengine.input-required+json with inputRequests and a state,
+// and the client's answers back in the X-Tengine-Input header of the re-issued
+// call. The 2025-11-25 sampling and elicitation fixtures ask the same way (Tengine
+// relays the requests to the session's client on the call's stream);
+// confirm_delete, multi_input and test_tool_with_task ask as (or before) tasks. The other Tasks
 // fixtures (greet, slow_compute, failing_job, protocol_error_job) are ordinary
 // endpoints: whether a call becomes a task is the tool's setting in tools.json.
 // No dependencies; loopback only.
@@ -77,8 +80,109 @@ async function readJson(req) {
   }
 }
 
+// Tengine's upstream input protocol (docs/upstream.md).
+const ASK_TYPE = 'application/vnd.tengine.input-required+json';
+const ask = (inputRequests, state) => ({
+  status: 200,
+  type: ASK_TYPE,
+  body: JSON.stringify(state === undefined ? { inputRequests } : { inputRequests, state }),
+});
+// {inputResponses, state} of a re-issued call, or {} on the first round.
+function inputOf(req) {
+  const raw = req.headers['x-tengine-input'];
+  if (!raw) return {};
+  try {
+    const input = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
+    return { responses: input.inputResponses ?? {}, state: input.state ?? undefined };
+  } catch {
+    return {};
+  }
+}
+const elicit = (message, properties) => ({
+  method: 'elicitation/create',
+  params: { message, requestedSchema: { type: 'object', properties, required: Object.keys(properties) } },
+});
+const sample = (text, maxTokens) => ({
+  method: 'sampling/createMessage',
+  params: { messages: [{ role: 'user', content: { type: 'text', text } }], maxTokens },
+});
+const ROOTS = { method: 'roots/list', params: {} };
+const accepted = (response) => (response?.action === 'accept' ? (response.content ?? {}) : null);
+const sampled = (response) => response?.content?.text;
+
 // METHOD path -> handler(request, parsed body) -> {status, type, body}
 const routes = {
+  // input-required-result-basic-elicitation, -result-type, -missing-input-response,
+  // -ignore-extra-params, -validate-input
+  'GET /irr/elicitation': (req) => {
+    const name = accepted(inputOf(req).responses?.user_name)?.name;
+    if (typeof name === 'string' && name) return text(`Hello, ${name}!`);
+    return ask({ user_name: elicit('What is your name?', { name: { type: 'string' } }) });
+  },
+  // input-required-result-basic-sampling
+  'GET /irr/sampling': (req) => {
+    const answer = sampled(inputOf(req).responses?.capital_question);
+    if (typeof answer === 'string') return text(`The model answered: ${answer}`);
+    return ask({ capital_question: sample('What is the capital of France?', 100) });
+  },
+  // input-required-result-basic-list-roots
+  'GET /irr/list-roots': (req) => {
+    const roots = inputOf(req).responses?.client_roots?.roots;
+    if (Array.isArray(roots)) return text(`Client roots: ${roots.map((r) => r?.uri ?? '?').join(', ')}`);
+    return ask({ client_roots: ROOTS });
+  },
+  // input-required-result-request-state
+  'GET /irr/request-state': (req) => {
+    const { responses, state } = inputOf(req);
+    const ok = accepted(responses?.confirm);
+    if (state === 'rs-1' && ok) return text(`state-ok: the request state came back (ok=${ok.ok})`);
+    return ask({ confirm: elicit('Please confirm', { ok: { type: 'boolean' } }) }, 'rs-1');
+  },
+  // input-required-result-multiple-input-requests
+  'GET /irr/multiple-inputs': (req) => {
+    const { responses, state } = inputOf(req);
+    const name = accepted(responses?.user_name)?.name;
+    const greeting = sampled(responses?.greeting);
+    const roots = responses?.client_roots?.roots;
+    if (state === 'multi-1' && name && greeting !== undefined && Array.isArray(roots)) {
+      return text(`All inputs received: name ${name}, greeting ${greeting}, ${roots.length} root(s)`);
+    }
+    return ask(
+      {
+        user_name: elicit('What is your name?', { name: { type: 'string' } }),
+        greeting: sample('Generate a greeting', 50),
+        client_roots: ROOTS,
+      },
+      'multi-1',
+    );
+  },
+  // input-required-result-multi-round
+  'GET /irr/multi-round': (req) => {
+    const { responses, state } = inputOf(req);
+    const name = accepted(responses?.step1)?.name;
+    const color = accepted(responses?.step2)?.color;
+    if (state === 'round-2' && color) return text(`Multi-round complete: favorite color ${color}`);
+    if (state === 'round-1' && name) {
+      return ask({ step2: elicit('Step 2: What is your favorite color?', { color: { type: 'string' } }) }, 'round-2');
+    }
+    return ask({ step1: elicit('Step 1: What is your name?', { name: { type: 'string' } }) }, 'round-1');
+  },
+  // input-required-result-tampered-state (Tengine refuses an altered requestState itself)
+  'GET /irr/tampered-state': (req) => {
+    const { responses, state } = inputOf(req);
+    if (state === 'ts-1' && accepted(responses?.confirm)) return text('state accepted');
+    return ask({ confirm: elicit('Please confirm', { ok: { type: 'boolean' } }) }, 'ts-1');
+  },
+  // input-required-result-capability-check (Tengine passes on only what the client declared)
+  'GET /irr/capabilities': (req) => {
+    const { responses } = inputOf(req);
+    if (responses && Object.keys(responses).length > 0) return text('capabilities: answered');
+    return ask({
+      user_name: elicit('What is your name?', { name: { type: 'string' } }),
+      capital_question: sample('What is the capital of France?', 100),
+    });
+  },
+
   'GET /health': () => text('ok'),
 
   // tools-call-simple-text
@@ -139,15 +243,98 @@ const routes = {
   },
 
   // tools-call-sampling / tools-call-elicitation / elicitation-sep1034-defaults /
-  // elicitation-sep1330-enums: would need server-to-client requests.
-  'POST /sampling': (_req, body) =>
-    text(`LLM response: (no sampling available to an HTTP upstream) prompt=${JSON.stringify(body.prompt ?? null)}`),
-  'POST /elicitation': (_req, body) =>
-    text(`User response: (no elicitation available to an HTTP upstream) message=${JSON.stringify(body.message ?? null)}`),
-  'GET /elicitation-sep1034-defaults': () =>
-    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
-  'GET /elicitation-sep1330-enums': () =>
-    text('Elicitation completed: action=cancel, content={} (no elicitation available to an HTTP upstream)'),
+  // elicitation-sep1330-enums: the API asks (Tengine's upstream input protocol);
+  // in a 2025-11-25 session Tengine relays the request to the client on the
+  // call's stream and re-issues the call with the answer.
+  'POST /sampling': (req, body) => {
+    const answer = inputOf(req).responses?.completion;
+    if (answer) return text(`LLM response: ${answer.content?.text ?? JSON.stringify(answer)}`);
+    return ask({ completion: sample(String(body.prompt ?? ''), 100) });
+  },
+  'POST /elicitation': (req, body) => {
+    const answer = inputOf(req).responses?.user;
+    if (answer) return text(`User response: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      user: {
+        method: 'elicitation/create',
+        params: {
+          message: String(body.message ?? 'Please provide your information'),
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              username: { type: 'string', description: "User's response" },
+              email: { type: 'string', description: "User's email address" },
+            },
+            required: ['username', 'email'],
+          },
+        },
+      },
+    });
+  },
+  'GET /elicitation-sep1034-defaults': (req) => {
+    const answer = inputOf(req).responses?.defaults;
+    if (answer) return text(`Elicitation completed: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      defaults: {
+        method: 'elicitation/create',
+        params: {
+          message: 'Please review your information',
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              name: { type: 'string', default: 'John Doe' },
+              age: { type: 'integer', default: 30 },
+              score: { type: 'number', default: 95.5 },
+              status: { type: 'string', enum: ['active', 'inactive', 'pending'], default: 'active' },
+              verified: { type: 'boolean', default: true },
+            },
+          },
+        },
+      },
+    });
+  },
+  'GET /elicitation-sep1330-enums': (req) => {
+    const answer = inputOf(req).responses?.enums;
+    if (answer) return text(`Elicitation completed: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
+    return ask({
+      enums: {
+        method: 'elicitation/create',
+        params: {
+          message: 'Please choose',
+          requestedSchema: {
+            type: 'object',
+            properties: {
+              untitledSingle: { type: 'string', enum: ['option1', 'option2', 'option3'] },
+              titledSingle: {
+                type: 'string',
+                oneOf: [
+                  { const: 'value1', title: 'First Option' },
+                  { const: 'value2', title: 'Second Option' },
+                  { const: 'value3', title: 'Third Option' },
+                ],
+              },
+              legacyEnum: {
+                type: 'string',
+                enum: ['opt1', 'opt2', 'opt3'],
+                enumNames: ['Option One', 'Option Two', 'Option Three'],
+              },
+              untitledMulti: { type: 'array', items: { type: 'string', enum: ['option1', 'option2', 'option3'] } },
+              titledMulti: {
+                type: 'array',
+                items: {
+                  anyOf: [
+                    { const: 'value1', title: 'First Choice' },
+                    { const: 'value2', title: 'Second Choice' },
+                    { const: 'value3', title: 'Third Choice' },
+                  ],
+                },
+              },
+            },
+          },
+        },
+      },
+    });
+  },
 
   // json-schema-2020-12: only listed, but answer a call anyway.
   'POST /json-schema-2020-12': (_req, body) => text(`Received: ${JSON.stringify(body)}`),
@@ -241,14 +428,37 @@ const routes = {
     return null;
   },
 
-  // tasks-mrtr-input, tasks-dispatch-and-envelope, tasks-mrtr-composition: these
-  // tools would ask the client for input (input_required tasks, InputRequiredResult);
-  // an HTTP API cannot, so they answer at once and those scenarios fail on their
-  // real check (the task never is input_required).
-  'POST /confirm-delete': (_req, body) =>
-    text(`confirm_delete: ${body.filename ?? '?'} (no confirmation can be asked by an HTTP upstream)`),
-  'POST /multi-input': () => text('multi_input: done (no input can be asked by an HTTP upstream)'),
-  'POST /tool-with-task': () => text('test_tool_with_task: done (no input can be asked by an HTTP upstream)'),
+  // tasks-mrtr-input, tasks-dispatch-and-envelope: tasks whose API asks for input
+  // once under way (after 1 s, past ingress.task_input_window_ms): the task is
+  // input_required until tasks/update has answered every request, then the call
+  // goes on with the answers.
+  'POST /confirm-delete': async (req, body) => {
+    const { responses } = inputOf(req);
+    if (accepted(responses?.confirm)) return text(`confirm_delete: deleted ${body.filename ?? '?'}`);
+    if (responses?.confirm) return text(`confirm_delete: ${body.filename ?? '?'} kept (not confirmed)`);
+    await sleep(1000);
+    return ask({ confirm: elicit(`Delete ${body.filename ?? 'the file'}?`, { confirm: { type: 'boolean' } }) }, 'delete');
+  },
+  'POST /multi-input': async (req) => {
+    const { responses } = inputOf(req);
+    if (responses?.name && responses?.confirm) return text('multi_input: both answers received');
+    await sleep(1000);
+    return ask(
+      {
+        name: elicit('Your name?', { name: { type: 'string' } }),
+        confirm: elicit('Proceed?', { confirm: { type: 'boolean' } }),
+      },
+      'multi',
+    );
+  },
+  // tasks-mrtr-composition: asks at once (within ingress.task_input_window_ms), so
+  // the first call answers an InputRequiredResult; the re-issued call with the
+  // answer becomes the task, whose result greets the name.
+  'POST /tool-with-task': (req) => {
+    const name = accepted(inputOf(req).responses?.user_name)?.name;
+    if (typeof name === 'string' && name) return text(`Hello, ${name}!`);
+    return ask({ user_name: elicit('What is your name?', { name: { type: 'string' } }) }, 'with-task');
+  },
 
   // What the tasks endpoints saw (for a person checking that cancellation reached the API).
   'GET /stats': () => result(stats),

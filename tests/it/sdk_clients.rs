@@ -206,6 +206,9 @@ async fn sdk_clients_confirm_calls_the_user_must_approve() {
     let upstream = Upstream::spawn(None).await;
     app.create_tool(ToolSpec::post("wire_money", &upstream.url(), "/echo").field("approval", "client"))
         .await;
+    // An API that asks the user twice before it answers.
+    app.create_tool(ToolSpec::post("onboard", &upstream.url(), "/ask/2"))
+        .await;
     for (sdk, version, refusal) in [
         (Sdk::Python, "2026-07-28", -32021),
         (Sdk::PythonLegacy, "2025-11-25", -32600),
@@ -236,6 +239,20 @@ async fn sdk_clients_confirm_calls_the_user_must_approve() {
             upstream.requests().len(),
             before + 1,
             "{sdk:?}: only the confirmed call reached the API"
+        );
+
+        // The API's own questions, two rounds, answered by the SDK's elicitation handler
+        // (2026-07-28: InputRequiredResult rounds; 2025-11-25: elicitation/create on the stream).
+        let onboarded = sdk.run(&app, &["--confirm", "yes", "call", "onboard", "{}"]).await;
+        assert_eq!(onboarded["isError"], false, "{sdk:?}: {onboarded}");
+        let text = onboarded["content"][0]["text"].as_str().unwrap_or_default();
+        let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        assert_eq!(body["done"], true, "{sdk:?}: {text}");
+        assert_eq!(body["input"]["state"], "round-2", "{sdk:?}: {text}");
+        assert_eq!(
+            upstream.requests().len(),
+            before + 4,
+            "{sdk:?}: three rounds, three requests"
         );
     }
 }

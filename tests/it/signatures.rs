@@ -386,3 +386,56 @@ async fn a_changed_target_method_body_or_identity_is_refused_by_both_examples() 
         }
     }
 }
+
+/// A re-issued call's answers (`X-Tengine-Input`) are signed on their own line:
+/// both examples verify the request as sent, and refuse it with the answers
+/// changed or removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_answers_of_an_input_round_are_signed_and_verified_by_both_examples() {
+    let app = spawn_app().await;
+    let secret = signing_secret();
+    let recorder = Upstream::spawn(Some(secret.clone())).await;
+    app.create_tool(ToolSpec::post("onboard", &recorder.url(), "/ask/1").auth_hmac(&secret))
+        .await;
+    let mut client = tengine_tests::mcp::ModernClient::new(app.http.clone(), app.mcp_url.clone(), app.api_key.clone());
+    client.capabilities = json!({"elicitation": {}, "sampling": {}});
+    let asked = client
+        .request(json!(1), "tools/call", json!({"name": "onboard", "arguments": {}}))
+        .await;
+    let state = asked.body["result"]["requestState"]
+        .as_str()
+        .expect("asked")
+        .to_string();
+    let answers = json!({"step1": {"action": "accept", "content": {"v": "é"}}});
+    let done = client
+        .request(
+            json!(2),
+            "tools/call",
+            json!({"name": "onboard", "arguments": {}, "inputResponses": answers, "requestState": state}),
+        )
+        .await;
+    assert_eq!(done.body["result"]["isError"], false, "{}", done.body);
+    let captured = recorder.requests().pop().expect("captured");
+    assert!(captured.header("x-tengine-input").is_some());
+    assert_eq!(captured.signature_valid, Some(true), "{:?}", captured.signature_error);
+    let original = Replay::of(&captured);
+    let other = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        r#"{"inputResponses":{"step1":{"action":"accept","content":{"v":"x"}}},"state":"round-1"}"#,
+    );
+    let tampered = [
+        ("answers", original.clone().with_header("x-tengine-input", Some(&other))),
+        ("answers removed", original.clone().with_header("x-tengine-input", None)),
+    ];
+    let http = reqwest::Client::new();
+    for example in [Example::Python, Example::Node] {
+        let running = example.spawn(&secret).await;
+        let (status, answer) = original.send(&http, &running).await;
+        assert_eq!(status, 200, "{example:?} refused the request as sent: {answer}");
+        for (what, replay) in &tampered {
+            let (status, answer) = replay.send(&http, &running).await;
+            assert_eq!(status, 401, "{example:?} accepted changed {what}: {answer}");
+            assert_eq!(answer["checks"]["tng3"], false, "{example:?}: {answer}");
+        }
+    }
+}

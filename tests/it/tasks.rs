@@ -11,7 +11,7 @@ use tengine_tests::{
     TestApp, ToolSpec,
     mcp::{ModernClient, Reply},
     spawn_app, spawn_app_with,
-    upstream::Upstream,
+    upstream::{Upstream, input_of},
 };
 
 const TASKS: &str = "io.modelcontextprotocol/tasks";
@@ -319,4 +319,156 @@ async fn a_task_cancelled_while_the_worker_prepares_it_never_reaches_the_api() {
         "{task}"
     );
     assert!(upstream.requests().is_empty(), "the API was called");
+}
+
+/// Polls a task until its status is `status`.
+async fn until_status(client: &ModernClient, task_id: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let task = get_task(client, json!(format!("wait-{n}")), task_id).await.body["result"].clone();
+        if task["status"] == status {
+            return task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never became {status}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn update(client: &ModernClient, id: &str, task_id: &str, responses: Value) -> Reply {
+    let body = client.body(
+        json!(id),
+        "tasks/update",
+        json!({"taskId": task_id, "inputResponses": responses}),
+    );
+    let mut headers = client.headers(&body);
+    headers.push(("mcp-name".into(), task_id.into()));
+    client.send(&headers, &body).await
+}
+
+/// A task whose API asks for input once under way waits `input_required` with
+/// the requests; `tasks/update` may answer them one at a time (the answered ones
+/// leave the list); once all are answered the call goes on as a continuation run
+/// with the answers and the API's state, round after round, to completion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_asks_for_input_and_goes_on_once_every_request_is_answered() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::post("provision", &upstream.url(), "/ask-later/2")
+            .field("task_support", "required")
+            .timeout_ms(5000),
+    )
+    .await;
+    let mut client = with_tasks(&app, &app.mcp_url);
+    client.capabilities = json!({"extensions": {TASKS: {}}, "elicitation": {}, "sampling": {}});
+    let created = client
+        .request(
+            json!(1),
+            "tools/call",
+            json!({"name": "provision", "arguments": {"size": "xl"}}),
+        )
+        .await;
+    let task_id = created.body["result"]["taskId"].as_str().expect("task").to_string();
+
+    let waiting = until_status(&client, &task_id, "input_required").await;
+    let keys: Vec<&String> = waiting["inputRequests"].as_object().expect("requests").keys().collect();
+    assert_eq!(keys, ["model", "step1"], "{waiting}");
+
+    // One answer: still waiting, for the other only.
+    let ack = update(
+        &client,
+        "u1",
+        &task_id,
+        json!({"step1": {"action": "accept", "content": {"v": "a"}}}),
+    )
+    .await;
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    assert_eq!(ack.body["result"]["resultType"], "complete", "{}", ack.body);
+    assert!(
+        ack.body["result"].get("status").is_none(),
+        "an ack, not a task: {}",
+        ack.body
+    );
+    let partial = get_task(&client, json!("g1"), &task_id).await.body["result"].clone();
+    assert_eq!(partial["status"], "input_required", "{partial}");
+    assert_eq!(
+        partial["inputRequests"].as_object().map(|r| r.len()),
+        Some(1),
+        "{partial}"
+    );
+    assert!(partial["inputRequests"]["model"].is_object(), "{partial}");
+    assert_eq!(upstream.requests().len(), 1, "nothing runs before every answer is in");
+
+    let model = json!({"model": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}});
+    update(&client, "u2", &task_id, model.clone()).await;
+    // Round two asks again (the API's own second step); answer it all at once.
+    let again = until_status(&client, &task_id, "input_required").await;
+    assert!(again["inputRequests"]["step2"].is_object(), "{again}");
+    let sent = input_of(&upstream.requests()[1].header_map()).expect("X-Tengine-Input");
+    assert_eq!(sent["state"], "round-1");
+    assert_eq!(sent["inputResponses"]["step1"]["content"]["v"], "a");
+    let mut both = model;
+    both["step2"] = json!({"action": "accept", "content": {"v": "b"}});
+    update(&client, "u3", &task_id, both).await;
+
+    let done = until_done(&client, &task_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["taskId"], task_id.as_str());
+    let body: Value =
+        serde_json::from_str(done["result"]["content"][0]["text"].as_str().unwrap_or_default()).expect("json");
+    assert_eq!(body["input"]["state"], "round-2", "{body}");
+    assert_eq!(upstream.requests().len(), 3, "three rounds, three requests");
+    // Answers for a task that waits for nothing are ignored.
+    let late = update(&client, "u4", &task_id, json!({"step9": {}})).await;
+    assert_eq!(late.body["result"]["resultType"], "complete", "{}", late.body);
+}
+
+/// An API that asks at once (within `ingress.task_input_window_ms`) is asked
+/// synchronously: the first call answers an `InputRequiredResult`, not a task;
+/// the re-issued call with the answers becomes the task.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_tool_whose_api_asks_at_once_asks_before_the_task_exists() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::post("greet_user", &upstream.url(), "/ask/1")
+            .field("task_support", "required")
+            .timeout_ms(5000),
+    )
+    .await;
+    let mut client = with_tasks(&app, &app.mcp_url);
+    client.capabilities = json!({"extensions": {TASKS: {}}, "elicitation": {}});
+    let first = client
+        .request(json!(1), "tools/call", json!({"name": "greet_user", "arguments": {}}))
+        .await;
+    let result = &first.body["result"];
+    assert_eq!(result["resultType"], "input_required", "{}", first.body);
+    assert!(result.get("taskId").is_none(), "{result}");
+    let second = client
+        .request(
+            json!(2),
+            "tools/call",
+            json!({"name": "greet_user", "arguments": {},
+                   "inputResponses": {"step1": {"action": "accept", "content": {"v": "Alice"}}},
+                   "requestState": result["requestState"]}),
+        )
+        .await;
+    let task = &second.body["result"];
+    assert_eq!(task["resultType"], "task", "{}", second.body);
+    assert!(task.get("requestState").is_none(), "{task}");
+    let task_id = task["taskId"].as_str().expect("taskId").to_string();
+    let done = until_done(&client, &task_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Alice"),
+        "{done}"
+    );
 }

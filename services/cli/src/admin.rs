@@ -54,6 +54,34 @@ impl AdminClient {
         serde_json::from_str(&text).with_context(|| format!("{method} {path}: response is not JSON"))
     }
 
+    /// POSTs a document (not JSON-encoded) with a query string; a long timeout, as
+    /// large imports take a while.
+    pub async fn post_document(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .query(query)
+            .bearer_auth(&self.token)
+            .header("Content-Type", content_type)
+            .timeout(std::time::Duration::from_secs(600))
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {}{path}", self.base))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("POST {path}: HTTP {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("POST {path}: response is not JSON"))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.request(reqwest::Method::GET, path, None).await
     }

@@ -443,6 +443,41 @@ enum ToolCommand {
         project: String,
         name: String,
     },
+    /// Import tools from an OpenAPI 3.0/3.1 document and print the report as a table
+    /// (a dry run unless --apply; see docs/openapi-import.md).
+    Import {
+        #[arg(long)]
+        project: String,
+        /// A JSON or YAML file (`-` for standard input), or an http(s) URL the server fetches.
+        document: String,
+        /// Only operations with this tag (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Only operations whose path starts with this.
+        #[arg(long)]
+        path_prefix: Option<String>,
+        /// Only this method (repeatable).
+        #[arg(long)]
+        method: Vec<String>,
+        /// Only this operationId (repeatable).
+        #[arg(long)]
+        operation_id: Vec<String>,
+        /// Put before every new tool's name.
+        #[arg(long)]
+        name_prefix: Option<String>,
+        /// The API's URL, instead of the document's servers.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Create and update the tools (without it nothing is written).
+        #[arg(long)]
+        apply: bool,
+        /// Create new tools enabled (default: disabled, for review).
+        #[arg(long)]
+        enable: bool,
+        /// Print the API's JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the request a call would send (secrets redacted), without sending it.
     Render {
         #[arg(long)]
@@ -882,6 +917,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.delete(&format!("/v1/projects/{project}/tools/{name}")).await?;
                     println!("deleted {name}");
                 }
+                ToolCommand::Import {
+                    project,
+                    document,
+                    tag,
+                    path_prefix,
+                    method,
+                    operation_id,
+                    name_prefix,
+                    base_url,
+                    apply,
+                    enable,
+                    json,
+                } => {
+                    let mut query: Vec<(&str, String)> =
+                        vec![("dry_run", (!apply).to_string()), ("enable", enable.to_string())];
+                    query.extend(tag.into_iter().map(|t| ("tag", t)));
+                    query.extend(method.into_iter().map(|m| ("method", m)));
+                    query.extend(operation_id.into_iter().map(|o| ("operation_id", o)));
+                    query.extend(path_prefix.map(|p| ("path_prefix", p)));
+                    query.extend(name_prefix.map(|p| ("name_prefix", p)));
+                    query.extend(base_url.map(|b| ("base_url", b)));
+                    let (body, content_type) = if document.starts_with("https://") || document.starts_with("http://") {
+                        query.push(("url", document));
+                        (Vec::new(), "application/json")
+                    } else {
+                        let bytes = if document == "-" {
+                            let mut buf = Vec::new();
+                            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                            buf
+                        } else {
+                            std::fs::read(&document).with_context(|| format!("reading {document}"))?
+                        };
+                        let json_like = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+                        (
+                            bytes,
+                            if json_like {
+                                "application/json"
+                            } else {
+                                "application/yaml"
+                            },
+                        )
+                    };
+                    let report = c
+                        .post_document(
+                            &format!("/v1/projects/{project}/tools/import"),
+                            &query,
+                            body,
+                            content_type,
+                        )
+                        .await?;
+                    if json {
+                        print(&report);
+                    } else {
+                        print!("{}", import_table(&report));
+                    }
+                }
                 ToolCommand::Render {
                     project,
                     name,
@@ -1048,4 +1139,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// An import report as a table: one line per operation, then the counts.
+fn import_table(report: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut rows = vec![[
+        "ACTION".to_string(),
+        "TOOL".into(),
+        "METHOD".into(),
+        "PATH".into(),
+        "DETAIL".into(),
+    ]];
+    for op in report["operations"].as_array().into_iter().flatten() {
+        let detail = match op["action"].as_str() {
+            Some("skipped" | "failed") => text(&op["reason"]),
+            Some("update") => format!(
+                "changes: {}",
+                op["changes"]
+                    .as_object()
+                    .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            ),
+            _ => op["notes"]
+                .as_array()
+                .map(|n| n.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default(),
+        };
+        rows.push([
+            text(&op["action"]),
+            text(&op["tool"]),
+            text(&op["method"]),
+            text(&op["path"]),
+            detail,
+        ]);
+    }
+    let mut widths = [0usize; 4];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row.iter()) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (width, cell) in widths.iter().zip(row.iter()) {
+            out.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    let counts = &report["counts"];
+    out.push_str(&format!(
+        "{} {}: {} create, {} update, {} unchanged, {} skipped, {} failed{}\n",
+        text(&report["title"]),
+        text(&report["openapi"]),
+        counts["create"],
+        counts["update"],
+        counts["unchanged"],
+        counts["skipped"],
+        counts["failed"],
+        if report["dry_run"] == Value::Bool(true) {
+            " (dry run: nothing written; pass --apply)"
+        } else {
+            ""
+        }
+    ));
+    out
 }

@@ -258,3 +258,81 @@ async fn dead_letters_are_listed_and_reapplied() {
         "marked re-applied: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_import_through_the_cli_prints_a_table() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let project = app.project_id.to_string();
+    let petstore = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/typescript/node_modules/@readme/oas-examples/3.0/yaml/petstore.yaml");
+    let file = petstore.to_str().expect("path").to_string();
+    let base_url = upstream.url();
+    let app_ref = &app;
+    let run = move |args: &[&str]| tengine(app_ref, args);
+    tokio::task::block_in_place(|| {
+        let table = run(&[
+            "tools",
+            "import",
+            &file,
+            "--project",
+            &project,
+            "--tag",
+            "store",
+            "--base-url",
+            &base_url,
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("ACTION") && lines[0].contains("DETAIL"), "{table}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("create") && l.contains("getOrderById")),
+            "{table}"
+        );
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.contains("4 create") && l.contains("dry run")),
+            "{table}"
+        );
+        assert_eq!(
+            json_of(&run(&["tools", "list", "--project", &project]))["tools"],
+            json!([])
+        );
+        let applied = run(&[
+            "tools",
+            "import",
+            &file,
+            "--project",
+            &project,
+            "--tag",
+            "store",
+            "--base-url",
+            &base_url,
+            "--apply",
+            "--enable",
+        ]);
+        assert!(
+            applied
+                .lines()
+                .last()
+                .is_some_and(|l| l.contains("4 create") && !l.contains("dry run"))
+        );
+        let tool = json_of(&run(&["tools", "get", "--project", &project, "getOrderById"]));
+        assert_eq!(tool["enabled"], true);
+        let again = run(&[
+            "tools",
+            "import",
+            &file,
+            "--project",
+            &project,
+            "--tag",
+            "store",
+            "--base-url",
+            &base_url,
+            "--json",
+        ]);
+        assert_eq!(json_of(&again)["counts"]["unchanged"], 4);
+    });
+}

@@ -52,6 +52,7 @@ struct ToolRow {
     task_support: String,
     approval: String,
     client_capabilities: Option<Json<Value>>,
+    source: Option<Json<Value>>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -61,7 +62,7 @@ const TOOL_COLUMNS: &str = "id, project_id, name, title, description, input_sche
      annotations, response_mode, base_url, http_method, endpoint_path, headers_template, query_template, body_template, auth_strategy, \
      auth_secret_ciphertext, auth_secret_previous_ciphertext, auth_secret_previous_expires_at, \
      timeout_ms, enabled, require_member, inject_member_identity, retry_policy, task_support, approval, \
-     client_capabilities, version, created_at, updated_at";
+     client_capabilities, source, version, created_at, updated_at";
 
 impl TryFrom<ToolRow> for ToolDefinition {
     type Error = StoreError;
@@ -100,6 +101,7 @@ impl TryFrom<ToolRow> for ToolDefinition {
             task_support: TaskSupport::parse(&row.task_support).ok_or_else(|| corrupt("task_support"))?,
             approval: Approval::parse(&row.approval).ok_or_else(|| corrupt("approval"))?,
             client_capabilities: row.client_capabilities.map(|j| j.0),
+            source: row.source.map(|j| j.0),
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -155,6 +157,27 @@ pub async fn create(
     project_id: Uuid,
     spec: &ToolSpec,
 ) -> StoreResult<ToolDefinition> {
+    insert(pool, secrets, project_id, spec, None).await
+}
+
+/// Registers a tool imported from `source` (see [`imported`]).
+pub async fn create_imported(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    spec: &ToolSpec,
+    source: &Value,
+) -> StoreResult<ToolDefinition> {
+    insert(pool, secrets, project_id, spec, Some(source)).await
+}
+
+async fn insert(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    spec: &ToolSpec,
+    source: Option<&Value>,
+) -> StoreResult<ToolDefinition> {
     projects::get(pool, project_id).await?;
     let id = Uuid::now_v7();
     let ciphertext = spec.auth_secret.as_deref().map(|s| secrets.seal(id, s)).transpose()?;
@@ -162,9 +185,9 @@ pub async fn create(
         "INSERT INTO tools (id, project_id, name, description, input_schema, base_url, http_method, \
          endpoint_path, headers_template, query_template, body_template, auth_strategy, \
          auth_secret_ciphertext, timeout_ms, enabled, title, output_schema, annotations, response_mode, \
-         require_member, inject_member_identity, retry_policy, task_support, approval, client_capabilities) \
+         require_member, inject_member_identity, retry_policy, task_support, approval, client_capabilities, source) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-         $23, $24, $25) \
+         $23, $24, $25, $26) \
          RETURNING {TOOL_COLUMNS}"
     );
     let row = bind_spec(
@@ -172,6 +195,7 @@ pub async fn create(
         spec,
         ciphertext,
     )
+    .bind(source.map(|s| Json(storable::json(s))))
     .fetch_one(pool)
     .await
     .map_err(|e| {
@@ -192,6 +216,29 @@ pub async fn replace(
     project_id: Uuid,
     name: &str,
     spec: &ToolSpec,
+) -> StoreResult<ToolDefinition> {
+    update(pool, secrets, project_id, name, spec, None).await
+}
+
+/// Replaces an imported tool's definition and its source (a re-import).
+pub async fn replace_imported(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    name: &str,
+    spec: &ToolSpec,
+    source: &Value,
+) -> StoreResult<ToolDefinition> {
+    update(pool, secrets, project_id, name, spec, Some(source)).await
+}
+
+async fn update(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    project_id: Uuid,
+    name: &str,
+    spec: &ToolSpec,
+    source: Option<&Value>,
 ) -> StoreResult<ToolDefinition> {
     let current = get(pool, project_id, name).await?;
     // A new HMAC secret with an overlap keeps the current one signing for a while;
@@ -221,7 +268,7 @@ pub async fn replace(
          require_member = $20, inject_member_identity = $21, retry_policy = $22, \
          task_support = $23, approval = $24, client_capabilities = $25, \
          auth_secret_previous_ciphertext = $26, auth_secret_previous_expires_at = $27, \
-         version = version + 1, updated_at = now() \
+         source = COALESCE($28, source), version = version + 1, updated_at = now() \
          WHERE project_id = $1 AND id = $2 RETURNING {TOOL_COLUMNS}"
     );
     let row = bind_spec(
@@ -231,6 +278,7 @@ pub async fn replace(
     )
     .bind(previous.0)
     .bind(previous.1)
+    .bind(source.map(|s| Json(storable::json(s))))
     .fetch_optional(pool)
     .await
     .map_err(|e| {
@@ -263,6 +311,28 @@ pub async fn get(pool: &PgPool, project_id: Uuid, name: &str) -> StoreResult<Too
     .await?
     .ok_or(StoreError::NotFound)?
     .try_into()
+}
+
+/// The tools a project imported from the API titled `api` (their `source.api`).
+pub async fn imported(pool: &PgPool, project_id: Uuid, api: &str) -> StoreResult<Vec<ToolDefinition>> {
+    sqlx::query_as::<_, ToolRow>(&format!(
+        "SELECT {TOOL_COLUMNS} FROM tools WHERE project_id = $1 AND source->>'api' = $2"
+    ))
+    .bind(project_id)
+    .bind(storable::text(api))
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(TryInto::try_into)
+    .collect()
+}
+
+/// Every tool name of a project (an import gives new tools names nobody has).
+pub async fn names(pool: &PgPool, project_id: Uuid) -> StoreResult<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM tools WHERE project_id = $1")
+        .bind(project_id)
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn get_by_id(pool: &PgPool, tool_id: Uuid) -> StoreResult<ToolDefinition> {

@@ -68,6 +68,9 @@ pub struct IngressConfig {
     /// A call to a tool with `task_support: optional` becomes a task (for clients
     /// that declared the tasks extension) when its `timeout_ms` is longer than this.
     pub task_after_ms: u64,
+    /// How long a call that becomes a task waits for its API to ask for input
+    /// (answered as a multi round-trip result instead of a task); 0: never.
+    pub task_input_window_ms: u64,
     /// How long a call may wait for an operator's approval before it is refused.
     pub approval_ttl_secs: u64,
     /// How long a user has to confirm a call to a tool with `approval: client`.
@@ -121,6 +124,7 @@ pub struct StreamsConfig {
     pub idempotency_max_bytes: i64,
     pub cancelled_max_bytes: i64,
     pub approvals_max_bytes: i64,
+    pub tasks_max_bytes: i64,
     pub commands_max_bytes: i64,
     pub commands_max_msgs: i64,
     pub events_max_age_secs: u64,

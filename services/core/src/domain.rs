@@ -385,6 +385,10 @@ pub struct ToolDefinition {
     pub task_support: TaskSupport,
     pub approval: Approval,
     pub client_capabilities: Option<Value>,
+    /// Where the tool was imported from (`POST …/tools/import`: the OpenAPI document's
+    /// title, `METHOD /path`, operationId, tags and where each argument goes); `null`
+    /// for tools registered one by one.
+    pub source: Option<Value>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

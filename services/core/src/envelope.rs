@@ -103,6 +103,30 @@ pub struct ExecuteCommand {
     /// until then, so a retry still gets it after the event log rolled past the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_result_until: Option<DateTime<Utc>>,
+    /// A re-issued call's answers to what the API asked (revision 2026-07-28
+    /// multi round-trip requests); the API receives them as `X-Tengine-Input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<CommandInput>,
+}
+
+/// The client's answers to the API's input requests, and the API's own state.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct CommandInput {
+    /// The client's `inputResponses`, as it sent them.
+    pub responses: serde_json::Map<String, serde_json::Value>,
+    /// The `state` the API returned with its input requests, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl CommandInput {
+    /// The `X-Tengine-Input` header value: base64url (unpadded) of
+    /// `{"inputResponses": {...}, "state": "..."}`.
+    pub fn header_value(&self) -> String {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let json = serde_json::json!({"inputResponses": self.responses, "state": self.state});
+        URL_SAFE_NO_PAD.encode(json.to_string())
+    }
 }
 
 impl ExecuteCommand {
@@ -523,6 +547,13 @@ mod tests {
                 accepted_at: Utc::now(),
                 reply_to: Some("x.reply.i.r".into()),
                 keep_result_until: Some(Utc::now()),
+                input: Some(CommandInput {
+                    responses: serde_json::json!({"k": {"action": "accept"}})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                    state: Some("s".into()),
+                }),
             },
         );
         let bytes = cmd.encode().expect("encode");

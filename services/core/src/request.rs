@@ -6,7 +6,10 @@ use url::Url;
 
 use crate::{
     domain::{HttpMethod, ToolDefinition},
-    templates::{Context, TemplateError, render_header, render_json, render_path, render_query, text_of},
+    templates::{
+        Context, TemplateError, json_placeholders, placeholders, render_header, render_json, render_path, render_query,
+        text_of,
+    },
 };
 
 /// The outbound request a tool call produces, before auth and signing headers.
@@ -39,7 +42,16 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
             query.push((name.clone(), value));
         }
     }
-    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !used_in_path.contains(*name));
+    // Arguments no template places: the default query (GET, DELETE) or body (POST,
+    // PUT, PATCH) carries them. One a header or the body template uses is not sent twice.
+    let mut placed = used_in_path;
+    for template in tool.headers_template.values() {
+        placed.extend(placeholders(template).into_iter().map(|p| p.name.to_string()));
+    }
+    if let Some(template) = &tool.body_template {
+        json_placeholders(template, &mut placed);
+    }
+    let leftovers = || ctx.arguments.iter().filter(|(name, _)| !placed.contains(*name));
     if !tool.http_method.has_body() && tool.query_template.is_empty() {
         for (name, value) in leftovers() {
             match value {
@@ -69,11 +81,70 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
     } else {
         None
     };
-    let body = body.map(|b| serde_json::to_vec(&b).expect("a serde_json::Value always serializes"));
+    let form = headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("content-type")
+            && value
+                .split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(FORM))
+    });
+    let body = body.map(|b| {
+        if form {
+            form_encoded(&b)
+        } else {
+            serde_json::to_vec(&b).expect("a serde_json::Value always serializes")
+        }
+    });
     Ok(RenderedRequest {
         method: tool.http_method,
         url,
         headers,
         body,
     })
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A body for `Content-Type: application/x-www-form-urlencoded`: an object's
+/// members as pairs the way query parameters are sent (arrays repeated, null left
+/// out, objects as compact JSON); anything else as its text.
+fn form_encoded(body: &Value) -> Vec<u8> {
+    let Value::Object(members) = body else {
+        return text_of(body).into_bytes();
+    };
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in members {
+        match value {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    form.append_pair(name, &text_of(item));
+                }
+            }
+            other => {
+                form.append_pair(name, &text_of(other));
+            }
+        }
+    }
+    form.finish().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn form_bodies_are_pairs_like_a_query() {
+        let body = json!({"name": "Rex & co", "tags": ["a", 1], "gone": null, "meta": {"k": true}});
+        let encoded = String::from_utf8(form_encoded(&body)).expect("utf-8");
+        let mut pairs: Vec<&str> = encoded.split('&').collect();
+        pairs.sort_unstable();
+        assert_eq!(
+            pairs,
+            ["meta=%7B%22k%22%3Atrue%7D", "name=Rex+%26+co", "tags=1", "tags=a"]
+        );
+        assert!(encoded.find("tags=a") < encoded.find("tags=1"), "array order kept");
+        assert_eq!(form_encoded(&json!("raw=1")), b"raw=1");
+    }
 }

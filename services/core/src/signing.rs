@@ -38,6 +38,10 @@ pub const HEADER_MEMBER_ID: &str = "X-Tengine-Member-Id";
 pub const HEADER_MEMBER_EMAIL: &str = "X-Tengine-Member-Email";
 /// Comma-separated.
 pub const HEADER_MEMBER_ROLES: &str = "X-Tengine-Member-Roles";
+/// A re-issued call's answers to what the API asked (see `CommandInput`). Signed
+/// on a line of its own after [`SIGNED_HEADERS`], only when present, so blocks
+/// of requests without it are unchanged.
+pub const HEADER_INPUT: &str = "X-Tengine-Input";
 
 /// The headers the request block covers, in this order (lower-cased in the block).
 /// The timestamp is not among them: `tng3` covers it on its line, and the Standard
@@ -68,6 +72,7 @@ pub fn identity_headers(
     inject_member: bool,
     run_id: uuid::Uuid,
     timestamp: i64,
+    input: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let run = run_id.to_string();
     let mut headers = vec![
@@ -85,6 +90,9 @@ pub fn identity_headers(
         }
         headers.push((HEADER_MEMBER_ROLES, member.roles.join(",")));
     }
+    if let Some(input) = input {
+        headers.push((HEADER_INPUT, input.to_string()));
+    }
     headers
 }
 
@@ -99,6 +107,11 @@ pub fn request_block<'a>(method: &str, target: &str, header: impl Fn(&str) -> Op
         block.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
         block.push(b':');
         block.extend_from_slice(header(name).unwrap_or_default());
+        block.push(b'\n');
+    }
+    if let Some(input) = header(HEADER_INPUT) {
+        block.extend_from_slice(b"x-tengine-input:");
+        block.extend_from_slice(input);
         block.push(b'\n');
     }
     block
@@ -136,8 +149,9 @@ pub fn outbound_headers(
     timestamp: i64,
     request: Target<'_>,
     keys: &[SigningKey],
+    input: Option<&str>,
 ) -> Vec<(&'static str, String)> {
-    let mut headers = identity_headers(caller, inject_member, run_id, timestamp);
+    let mut headers = identity_headers(caller, inject_member, run_id, timestamp, input);
     let block = request_block(request.method, request.target, |name| {
         headers
             .iter()
@@ -292,7 +306,7 @@ mod tests {
             body: br#"{"qty":1}"#,
         };
         let run = RUN.parse().expect("uuid");
-        let headers = outbound_headers(&caller(true), true, run, 1614265330, target, &[key]);
+        let headers = outbound_headers(&caller(true), true, run, 1614265330, target, &[key], None);
         let block = request_block("POST", "/orders/42?note=ship", |name| {
             header(&headers, name).map(str::as_bytes)
         });
@@ -338,7 +352,7 @@ mod tests {
         };
         let run = RUN.parse().expect("uuid");
         // A member session, but a tool without inject_member_identity.
-        let headers = outbound_headers(&caller(true), false, run, 1614265330, target, &[key]);
+        let headers = outbound_headers(&caller(true), false, run, 1614265330, target, &[key], None);
         assert_eq!(header(&headers, HEADER_MEMBER_ID), None);
         let signatures = header(&headers, HEADER_SIGNATURE).expect("signatures");
         assert!(
@@ -350,7 +364,7 @@ mod tests {
     #[test]
     fn tng3_covers_method_target_body_and_every_signed_header() {
         let key = SigningKey::parse(SECRET).expect("key");
-        let headers = |member: bool| identity_headers(&caller(member), true, RUN.parse().expect("uuid"), 1);
+        let headers = |member: bool| identity_headers(&caller(member), true, RUN.parse().expect("uuid"), 1, None);
         let sign = |method: &str, target: &str, headers: &[(&'static str, String)], body: &[u8]| {
             let block = request_block(method, target, |name| {
                 headers

@@ -138,6 +138,12 @@ impl Topology {
         format!("{}_APPROVALS", self.prefix.to_uppercase())
     }
 
+    /// The calls behind tasks (so that a task whose API asks for input can be
+    /// continued) and the task's current run.
+    pub fn tasks_bucket(&self) -> String {
+        format!("{}_TASKS", self.prefix.to_uppercase())
+    }
+
     pub fn cancelled_bucket(&self) -> String {
         format!("{}_CANCELLED", self.prefix.to_uppercase())
     }

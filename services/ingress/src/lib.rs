@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod arguments;
+pub mod asks;
 pub mod calls;
 pub mod catalog;
 pub mod dispatch;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub idempotency: calls::idempotency::Idempotency,
     pub key_limits: key_limits::KeyLimits,
     pub approvals: approvals::Approvals,
+    /// The calls behind tasks (see `tasks::TaskCalls`).
+    pub task_calls: tasks::TaskCalls,
     /// Project ids whose tools changed (fed from `{prefix}.control.tools.*`).
     pub tool_changes: broadcast::Sender<Uuid>,
     /// Cancelled when the server shuts down: ends long-lived GET streams.
@@ -129,6 +132,16 @@ impl AppState {
                 config.streams.replicas,
             )
             .await?;
+        let tasks_kv = topology
+            .ensure_bucket(
+                &js,
+                topology.tasks_bucket(),
+                // As long as a client may re-issue its call (the idempotency keys).
+                Duration::from_secs(config.ingress.idempotency_ttl_secs),
+                config.streams.tasks_max_bytes,
+                config.streams.replicas,
+            )
+            .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, commands, events, cancelled_kv, topology.clone()).await?;
 
         let oauth_roots = oauth_roots(&config.ingress.oauth_metadata_ca_file)?;
@@ -172,6 +185,7 @@ impl AppState {
             idempotency,
             key_limits,
             approvals: approvals::Approvals::new(approvals_kv),
+            task_calls: tasks::TaskCalls::new(tasks_kv),
             tool_changes,
             shutdown: CancellationToken::new(),
             topology,

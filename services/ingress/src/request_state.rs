@@ -1,6 +1,7 @@
-//! The `requestState` of a client approval (revision 2026-07-28's multi
-//! round-trip requests): what the user was asked to confirm, sealed so that any
-//! ingress can check it and nobody can alter it.
+//! The `requestState` of revision 2026-07-28's multi round-trip requests: what
+//! the user was asked (a client approval's confirmation, or the API's own input
+//! requests and its state), sealed so that any ingress can check it and nobody
+//! can alter it.
 //!
 //! `c1.<base64url(claims)>.<base64url(HMAC-SHA256)>` under a key derived from the
 //! session secret. The spec asks for integrity (HMAC or AEAD), not secrecy: the
@@ -37,6 +38,29 @@ pub struct Confirmation {
     exp: i64,
     /// Makes each state single use.
     n: String,
+    /// What was asked.
+    #[serde(default)]
+    a: Asked,
+}
+
+/// What a state's question was.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum Asked {
+    /// Tengine's confirmation of a call to a tool with `approval: client`.
+    #[default]
+    #[serde(rename = "c")]
+    Confirmation,
+    /// The API's input requests, with the state it gave (for its next round)
+    /// and how many rounds the call has taken.
+    #[serde(rename = "i")]
+    Input { state: Option<String>, round: u32 },
+}
+
+/// A checked state: its nonce (spent by the run it admits) and its question.
+#[derive(Debug, PartialEq)]
+pub struct Checked {
+    pub nonce: String,
+    pub asked: Asked,
 }
 
 /// Why a state is refused.
@@ -87,7 +111,7 @@ impl RequestStates {
     }
 
     /// A fresh state for asking the user about `subject`.
-    pub fn issue(&self, subject: &Subject<'_>) -> String {
+    pub fn issue(&self, subject: &Subject<'_>, asked: Asked) -> String {
         let mut nonce = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce);
         let claims = Confirmation {
@@ -98,6 +122,7 @@ impl RequestStates {
             f: subject.fingerprint.to_string(),
             exp: chrono::Utc::now().timestamp().saturating_add(self.ttl_secs),
             n: URL_SAFE_NO_PAD.encode(nonce),
+            a: asked,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{VERSION_TAG}.{payload}");
@@ -105,8 +130,8 @@ impl RequestStates {
         format!("{signed}.{sig}")
     }
 
-    /// The state's nonce, if it is authentic, unexpired and about `subject`.
-    pub fn check(&self, state: &str, subject: &Subject<'_>) -> Result<String, StateError> {
+    /// The state's nonce and question, if it is authentic, unexpired and about `subject`.
+    pub fn check(&self, state: &str, subject: &Subject<'_>) -> Result<Checked, StateError> {
         let claims = self.open(state).ok_or(StateError::Tampered)?;
         let member = subject.caller.member.as_ref().map(|m| m.id.as_str());
         if claims.k != subject.caller.api_key_id || claims.m.as_deref() != member {
@@ -121,7 +146,10 @@ impl RequestStates {
         if claims.exp <= chrono::Utc::now().timestamp() {
             return Err(StateError::Expired);
         }
-        Ok(claims.n)
+        Ok(Checked {
+            nonce: claims.n,
+            asked: claims.a,
+        })
     }
 
     fn open(&self, state: &str) -> Option<Confirmation> {
@@ -165,8 +193,14 @@ mod tests {
             tool_version: 3,
             fingerprint: "f",
         };
-        let state = states.issue(&subject);
-        assert!(states.check(&state, &subject).is_ok());
+        let state = states.issue(&subject, Asked::Confirmation);
+        assert_eq!(states.check(&state, &subject).map(|c| c.asked), Ok(Asked::Confirmation));
+        let asked = Asked::Input {
+            state: Some("api-state".into()),
+            round: 2,
+        };
+        let input = states.issue(&subject, asked.clone());
+        assert_eq!(states.check(&input, &subject).map(|c| c.asked), Ok(asked));
 
         let bob = caller(Some("bob"));
         let as_bob = Subject {
@@ -209,7 +243,7 @@ mod tests {
             tool_version: 1,
             fingerprint: "f",
         };
-        let state = states.issue(&subject);
+        let state = states.issue(&subject, Asked::Confirmation);
         assert_eq!(states.check(&state, &subject), Err(StateError::Expired));
     }
 }

@@ -65,8 +65,18 @@ pub(crate) fn excerpt(body: &str) -> String {
     }
 }
 
-/// What the model sees for a finished run, mapped by the tool's `response_mode`.
-pub fn outcome_result(st: &AppState, tool: &ToolDefinition, outcome: &RunOutcome) -> Value {
+/// What the model sees for a finished run, mapped by the tool's `response_mode`;
+/// for an API that asked for input, an `InputRequiredResult` when `asking` says
+/// which call can carry it (see [`crate::asks`]).
+pub fn outcome_result(
+    st: &AppState,
+    tool: &ToolDefinition,
+    outcome: &RunOutcome,
+    asking: Option<&crate::asks::Asking>,
+) -> Value {
+    if let Some(asked) = crate::asks::answer(st, outcome, asking) {
+        return asked;
+    }
     count_call(outcome.status.as_str());
     match (outcome.status, &outcome.response) {
         (RunStatus::Succeeded, Some(response)) => {

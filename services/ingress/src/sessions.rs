@@ -30,6 +30,49 @@ pub struct SessionClaims {
     /// ask through it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub e: bool,
+    /// The client declared sampling, and roots (an API's input requests may use them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub s: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub r: bool,
+}
+
+/// What a session's client can be asked, as declared at `initialize`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Askable {
+    pub elicitation: bool,
+    pub sampling: bool,
+    pub roots: bool,
+}
+
+impl Askable {
+    /// From `initialize`'s client capabilities.
+    pub fn of(capabilities: &serde_json::Map<String, serde_json::Value>) -> Self {
+        Self {
+            elicitation: crate::calls::can_elicit_form(capabilities),
+            sampling: capabilities.contains_key("sampling"),
+            roots: capabilities.contains_key("roots"),
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.elicitation || self.sampling || self.roots
+    }
+
+    /// As client capabilities (for [`crate::asks`]).
+    pub fn capabilities(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        for (name, on) in [
+            ("elicitation", self.elicitation),
+            ("sampling", self.sampling),
+            ("roots", self.roots),
+        ] {
+            if on {
+                map.insert(name.into(), serde_json::json!({}));
+            }
+        }
+        map
+    }
 }
 
 #[derive(Clone)]
@@ -52,7 +95,7 @@ impl SessionCodec {
         mac.finalize().into_bytes().to_vec()
     }
 
-    pub fn issue(&self, api_key_id: Uuid, member: Option<&str>, version: &str, elicits: bool) -> String {
+    pub fn issue(&self, api_key_id: Uuid, member: Option<&str>, version: &str, askable: Askable) -> String {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let claims = SessionClaims {
@@ -61,7 +104,9 @@ impl SessionCodec {
             iat: chrono::Utc::now().timestamp(),
             n: URL_SAFE_NO_PAD.encode(nonce),
             m: member.map(str::to_string),
-            e: elicits,
+            e: askable.elicitation,
+            s: askable.sampling,
+            r: askable.roots,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let signed = format!("{VERSION_TAG}.{payload}");
@@ -77,9 +122,13 @@ impl SessionCodec {
             .and_then(|json| serde_json::from_slice::<SessionClaims>(&json).ok())
     }
 
-    /// Whether the client of a session (already verified) can be asked with a form.
-    pub fn elicits(&self, id: &str) -> bool {
-        Self::claims(id).is_some_and(|c| c.e)
+    /// What the client of a session (already verified) can be asked.
+    pub fn askable(&self, id: &str) -> Askable {
+        Self::claims(id).map_or(Askable::default(), |c| Askable {
+            elicitation: c.e,
+            sampling: c.s,
+            roots: c.r,
+        })
     }
 
     /// When a session id (already verified) stops being valid, unix seconds.
@@ -117,7 +166,7 @@ mod tests {
     fn issue_and_verify() {
         let codec = SessionCodec::new([1; 32], 3600);
         let key = Uuid::now_v7();
-        let id = codec.issue(key, None, "2025-11-25", false);
+        let id = codec.issue(key, None, "2025-11-25", Askable::default());
         assert!(id.chars().all(|c| c.is_ascii_graphic()));
         assert_eq!(codec.verify(&id, key, None).expect("valid").v, "2025-11-25");
         assert!(codec.verify(&id, Uuid::now_v7(), None).is_none(), "bound to its key");
@@ -142,6 +191,8 @@ mod tests {
             n: "x".into(),
             m: None,
             e: false,
+            s: false,
+            r: false,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
         let signed = format!("v1.{payload}");

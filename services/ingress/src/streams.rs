@@ -5,9 +5,10 @@
 
 use std::{convert::Infallible, time::Duration};
 
-use axum::response::{
-    IntoResponse, Response,
-    sse::{Event, KeepAlive, Sse},
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,8 @@ use uuid::Uuid;
 pub const RETRY: Duration = Duration::from_millis(1000);
 /// Sequence number of the event that carries a call's result.
 pub const RESULT_SEQ: u32 = u32::MAX;
+/// A comment line after this much silence keeps idle streams (and proxies) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventId {
@@ -43,27 +46,41 @@ impl EventId {
     }
 }
 
+/// One server-sent event, already framed. Written here rather than with axum's
+/// `Event`, which cannot write the empty `data:` field of a priming event.
+#[derive(Debug, Clone)]
+pub struct Event(Bytes);
+
 /// The first event of a stream: an id and empty data, so the client can resume.
 pub fn priming(id: &EventId) -> Event {
-    Event::default().id(id.encode()).retry(RETRY).data("")
+    Event(Bytes::from(format!(
+        "id: {}\nretry: {}\ndata: \n\n",
+        id.encode(),
+        RETRY.as_millis()
+    )))
 }
 
+/// A JSON-RPC message: compact JSON has no line breaks, so it is one `data:` line.
 pub fn message(id: Option<&EventId>, message: &Value) -> Event {
-    let event = Event::default().event("message").data(message.to_string());
-    match id {
-        Some(id) => event.id(id.encode()),
-        None => event,
-    }
+    let id = id.map(|id| format!("id: {}\n", id.encode())).unwrap_or_default();
+    Event(Bytes::from(format!("event: message\n{id}data: {message}\n\n")))
 }
 
-/// An SSE response fed by a channel; it ends when the sender is dropped.
+/// An SSE response fed by a channel; it ends when the sender is dropped. A
+/// comment line after [`KEEP_ALIVE`] of silence keeps the connection open.
 pub fn response(rx: mpsc::Receiver<Event>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|event| (Ok::<_, Infallible>(event), rx))
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = tokio::select! {
+            event = rx.recv() => event?.0,
+            () = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
+        };
+        Some((Ok::<_, Infallible>(chunk), rx))
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 #[cfg(test)]
@@ -81,5 +98,19 @@ mod tests {
         assert!(raw.chars().all(|c| c.is_ascii_graphic()));
         assert_eq!(EventId::decode(&raw), Some(id));
         assert_eq!(EventId::decode("garbage"), None);
+    }
+
+    #[test]
+    fn priming_has_an_empty_data_field_and_messages_one_data_line() {
+        let id = EventId {
+            r: Uuid::nil(),
+            i: serde_json::json!(1),
+            n: 0,
+        };
+        let primed = String::from_utf8(priming(&id).0.to_vec()).expect("utf8");
+        assert_eq!(primed, format!("id: {}\nretry: 1000\ndata: \n\n", id.encode()));
+        let text = serde_json::json!({"text": "two\nlines"});
+        let framed = String::from_utf8(message(None, &text).0.to_vec()).expect("utf8");
+        assert_eq!(framed, "event: message\ndata: {\"text\":\"two\\nlines\"}\n\n");
     }
 }

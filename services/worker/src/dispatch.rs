@@ -427,6 +427,7 @@ impl Worker {
             &dispatch.credentials(),
             dispatch.tool.inject_member_identity,
             Utc::now().timestamp(),
+            command.input.as_ref().map(|input| input.header_value()).as_deref(),
         )
         .map_err(|err| Refusal::failed(ErrorClass::InvalidArguments, err))?;
         // Each attempt is a span of its own; the upstream sees it as the parent.

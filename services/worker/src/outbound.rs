@@ -57,6 +57,7 @@ pub fn signed_headers(
     credentials: &Credentials<'_>,
     inject_member: bool,
     timestamp: i64,
+    input: Option<&str>,
 ) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {
@@ -92,7 +93,7 @@ pub fn signed_headers(
         target: &target,
         body: request.body.as_deref().unwrap_or_default(),
     };
-    for (name, value) in signing::outbound_headers(caller, inject_member, run_id, timestamp, signed, &keys) {
+    for (name, value) in signing::outbound_headers(caller, inject_member, run_id, timestamp, signed, &keys, input) {
         set(name, &value)?;
     }
     Ok(headers)

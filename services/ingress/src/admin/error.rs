@@ -50,6 +50,11 @@ impl ApiError {
         Self::new(errors::INTERNAL, "internal error; see the server log")
     }
 
+    /// What the answer's `message` says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 422 `invalid_field` naming `field`.
     pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
         Self::from(FieldError {

@@ -24,7 +24,7 @@ mod usage;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{Router, extract::DefaultBodyLimit};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -52,6 +52,15 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tools::list, tools::create))
         .routes(routes!(tools::get, tools::replace, tools::patch, tools::delete))
         .routes(routes!(tools::render::render))
+        .routes({
+            // Documents are large (GitHub's is 14 MB): the only route with a body limit above axum's 2 MB.
+            let (schemas, paths, method) = routes!(tools::import::import);
+            (
+                schemas,
+                paths,
+                method.layer(DefaultBodyLimit::max(tools::import::DOCUMENT_MAX_BYTES)),
+            )
+        })
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(usage::usage))

@@ -18,15 +18,16 @@
 use serde_json::{Map, Value, json};
 use tengine_core::{
     domain::ToolDefinition,
-    envelope::{ErrorClass, RunStatus},
+    envelope::{CommandInput, ErrorClass, RunStatus},
     templates,
 };
 use uuid::Uuid;
 
 use super::{Call, Era, Step, Stop, idempotency};
 use crate::{
+    asks,
     jsonrpc::RpcError,
-    request_state::{StateError, Subject},
+    request_state::{Asked, StateError, Subject},
     results,
 };
 
@@ -139,25 +140,33 @@ pub(super) fn elicitation(tool: &ToolDefinition, arguments: &Map<String, Value>,
     })
 }
 
+/// What admits a call to run, from its multi round-trip fields.
+#[derive(Default)]
+pub(super) struct Admission {
+    /// The nonce of the state that admitted the call: spent by its run.
+    pub(super) nonce: Option<String>,
+    /// The client's answers to the API's input requests, for the API.
+    pub(super) input: Option<CommandInput>,
+    /// Rounds the call took before this one.
+    pub(super) round: u32,
+}
+
 impl Call {
-    /// The confirmation step of a tool with `approval: client`. `Ok(None)`: no
-    /// confirmation needed; `Ok(Some(nonce))`: confirmed by a state whose nonce the
-    /// run must spend (see [`Call::spend`]).
-    pub(super) async fn confirm(
+    /// The input step of a 2026-07-28 call: a client approval asked or checked
+    /// (tools with `approval: client`), or a re-issued call's answers to the API's
+    /// input requests ([`crate::asks`]) checked against their `requestState`.
+    pub(super) async fn admit(
         &self,
         tool: &ToolDefinition,
         arguments: &Map<String, Value>,
         input: Input,
-    ) -> Step<Option<String>> {
-        if tool.approval != tengine_core::domain::Approval::Client {
-            return Ok(None);
-        }
-        let capabilities = match &self.era {
-            Era::Modern { capabilities, .. } => capabilities,
-            // Asked on the call's stream before this step (`confirm_in_session`).
-            Era::Legacy { .. } => return Ok(None),
+    ) -> Step<Admission> {
+        let Era::Modern { capabilities, .. } = &self.era else {
+            // Sessions are asked on the call's stream (`confirm_in_session`).
+            return Ok(Admission::default());
         };
-        if !can_elicit_form(capabilities) {
+        let confirms = tool.approval == tengine_core::domain::Approval::Client;
+        if confirms && !can_elicit_form(capabilities) {
             let what = format!("tool `{}` (the user confirms each call)", tool.name);
             return Err(RpcError::missing_capability(&self.id, json!({"elicitation": {"form": {}}}), &what).into());
         }
@@ -168,41 +177,72 @@ impl Call {
             tool_version: tool.version,
             fingerprint: &fingerprint,
         };
-        let Some(state) = input.state else {
-            return Err(self.ask(tool, arguments, &subject, ""));
+        let responses = self.responses(input.responses)?;
+        let state = match input.state {
+            // A confirmation needs its sealed state: answers alone confirm nothing.
+            None if confirms => return Err(self.ask(tool, arguments, &subject, "")),
+            // Answers without a state are the client's word, passed on as such (the
+            // API's own state only ever comes back sealed).
+            None => {
+                let input = (!responses.is_empty()).then_some(CommandInput { responses, state: None });
+                return Ok(Admission {
+                    input,
+                    ..Admission::default()
+                });
+            }
+            Some(Value::String(state)) => state,
+            Some(_) => {
+                return Err(self
+                    .refuse_state("requestState must be the string this server returned")
+                    .into());
+            }
         };
-        let Value::String(state) = state else {
-            return Err(self
-                .refuse_state("requestState must be the string this server returned")
-                .into());
-        };
-        let nonce = match self.st.request_states.check(&state, &subject) {
-            Ok(nonce) => nonce,
-            Err(StateError::Expired) => {
+        let checked = match self.st.request_states.check(&state, &subject) {
+            Ok(checked) => checked,
+            Err(StateError::Expired) if confirms => {
                 return Err(self.ask(tool, arguments, &subject, "The earlier confirmation expired. "));
             }
-            Err(StateError::ToolChanged) => {
+            Err(StateError::ToolChanged) if confirms => {
                 return Err(self.ask(tool, arguments, &subject, "The tool changed since. "));
             }
             Err(refused) => {
                 return Err(self
-                    .refuse_state(format!(
-                        "{refused}; call the tool again without requestState to ask the user"
-                    ))
+                    .refuse_state(format!("{refused}; call the tool again without requestState"))
                     .into());
             }
         };
-        let responses = match input.responses {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(responses)) => Some(responses),
+        match checked.asked {
+            Asked::Confirmation => match answer(responses.get(CONFIRM_KEY)) {
+                // Missing or unreadable: ask again (the spec's advice), with a fresh state.
+                None => Err(self.ask(tool, arguments, &subject, "")),
+                Some(Answer::Confirmed) => Ok(Admission {
+                    nonce: Some(checked.nonce),
+                    ..Admission::default()
+                }),
+                Some(Answer::Declined(why)) => Err(self.declined(tool, why).await),
+            },
+            // The API's next round (a call it asked about was confirmed before).
+            Asked::Input { state, round } => Ok(Admission {
+                nonce: Some(checked.nonce),
+                input: Some(CommandInput { responses, state }),
+                round,
+            }),
+        }
+    }
+
+    /// `inputResponses`: an object, bounded (they travel to the API in a header).
+    fn responses(&self, responses: Option<Value>) -> Step<Map<String, Value>> {
+        let responses = match responses {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(responses)) => responses,
             Some(_) => return Err(RpcError::invalid_params(&self.id, "inputResponses must be an object").into()),
         };
-        match answer(responses.as_ref().and_then(|r| r.get(CONFIRM_KEY))) {
-            // Missing or unreadable: ask again (the spec's advice), with a fresh state.
-            None => Err(self.ask(tool, arguments, &subject, "")),
-            Some(Answer::Confirmed) => Ok(Some(nonce)),
-            Some(Answer::Declined(why)) => Err(self.declined(tool, why).await),
+        let max = asks::MAX_RESPONSES_BYTES;
+        if Value::Object(responses.clone()).to_string().len() > max {
+            let message = format!("inputResponses take more than {max} bytes as JSON");
+            return Err(RpcError::invalid_params(&self.id, message).into());
         }
+        Ok(responses)
     }
 
     /// An `InputRequiredResult` asking the user to confirm the call.
@@ -212,7 +252,7 @@ impl Call {
             "inputRequests": {
                 CONFIRM_KEY: {"method": "elicitation/create", "params": elicitation(tool, arguments, self, note)}
             },
-            "requestState": self.st.request_states.issue(subject),
+            "requestState": self.st.request_states.issue(subject, Asked::Confirmation),
         }))
     }
 
@@ -231,7 +271,7 @@ impl Call {
         Stop::Result(results::tool_result(true, message, meta))
     }
 
-    /// Spends a confirmation's nonce for `run_id`: a state confirms one run. Called
+    /// Spends a state's nonce for `run_id`: a `requestState` admits one run. Called
     /// once the call owns its key (a retry with the key follows the first run
     /// before it gets here).
     pub(super) async fn spend(&self, nonce: &str, run_id: Uuid, lease: Option<&idempotency::Lease>) -> Step<()> {
@@ -247,9 +287,8 @@ impl Call {
             Ok(None) => Ok(()),
             Ok(Some(first)) if first == run_id => Ok(()),
             Ok(Some(first)) => Err(refused(self.refuse_state(format!(
-                "this requestState was already used (run {first}): a confirmation admits one call; call the \
-                     tool again without requestState to ask the user, or re-issue with the first call's \
-                     Idempotency-Key to get its outcome"
+                "this requestState was already used (run {first}): it admits one call; call the tool again \
+                     without requestState, or re-issue with the first call's Idempotency-Key to get its outcome"
             )))
             .await),
             Err(err) => {

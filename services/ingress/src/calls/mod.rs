@@ -28,19 +28,19 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 mod confirm;
-mod elicitation;
 pub mod idempotency;
 pub mod param_headers;
 mod progress;
+mod session_input;
 
 pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
 pub(crate) use confirm::can_elicit_form;
-pub use elicitation::deliver_answer;
 pub use progress::resume;
+pub use session_input::deliver_answer;
 
 use crate::{
     AppState,
-    dispatch::{CallKey, Following},
+    dispatch::{CallKey, Following, Signal},
     jsonrpc::{self, RpcError, RpcResult},
     results,
     sessions::SessionStates,
@@ -52,6 +52,7 @@ const QUEUEING: Duration = Duration::from_secs(3);
 
 /// Which revision of MCP a call came through: it decides what identifies a retry,
 /// how the answer looks and what a closed stream means.
+#[derive(Clone)]
 pub enum Era {
     /// A 2025-11-25 (or older) session: a resend with the same JSON-RPC id in the
     /// session is the same call; `notifications/cancelled` cancels.
@@ -170,13 +171,13 @@ impl Call {
         let as_task = self.gate(&tool)?;
         let arguments = self.validate(&tool, arguments).await?;
         let key = header_key.or(meta_key);
-        if self.asks_in_session(&tool) {
-            // 2025-11-25: the question, then the call, on the call's own stream.
-            return self.confirm_in_session(tool, arguments, key, progress_token);
+        if self.streams_in_session(&tool) {
+            // 2025-11-25: the call on its own stream, where its user can be asked.
+            return self.run_in_session(tool, arguments, key, progress_token);
         }
-        let confirmation = self.confirm(&tool, &arguments, input).await?;
+        let admission = self.admit(&tool, &arguments, input).await?;
         let accepted = self
-            .execute(tool, arguments, key, confirmation, progress_token, as_task)
+            .execute(tool, arguments, key, admission, progress_token, as_task)
             .await?;
         Ok(match accepted {
             Accepted::Task(task) => jsonrpc::result(&self.id, results::decorate(task)),
@@ -191,22 +192,45 @@ impl Call {
         tool: Arc<ToolDefinition>,
         arguments: Map<String, Value>,
         key: Option<String>,
-        confirmation: Option<String>,
+        admission: confirm::Admission,
         progress_token: Option<Value>,
         as_task: bool,
     ) -> Step<Accepted> {
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
-        let lease = self.claim(&tool, &command, key, as_task).await?;
+        command.input = admission.input;
+        let asking = self.asking(&tool, &command, admission.round);
+        // Each round of an API's questions is a call of its own.
+        let round = match (&command.input, &admission.nonce) {
+            (None, _) => None,
+            (Some(_), Some(nonce)) => Some(nonce.clone()),
+            (Some(_), None) => Some(format!("round {}", admission.round)),
+        };
+        let lease = self
+            .claim(&tool, &command, key, as_task, round.as_deref(), asking.as_ref())
+            .await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
         tracing::Span::current().record("run_id", tracing::field::display(run_id));
-        if let Some(nonce) = confirmation {
-            self.spend(&nonce, run_id, lease.as_deref()).await?;
+        if let Some(nonce) = &admission.nonce {
+            self.spend(nonce, run_id, lease.as_deref()).await?;
         }
         let charge = self.charge(&tool, run_id, lease.as_deref()).await?;
         command.run_id = run_id;
         command.reply_to = Some(self.st.dispatcher.reply_subject(run_id));
         let parked = tool.approval == Approval::Operator;
+        if as_task && let Err(err) = self.st.task_calls.remember(&command).await {
+            // Without its call kept, a task whose API asks could not go on.
+            tracing::error!(%run_id, error = %err, "keeping a task's call");
+            quotas::refund(&self.st.pool, self.caller().project_id, &charge).await;
+            if let Some(lease) = &lease {
+                lease.release().await;
+            }
+            return Err(RpcError::internal(
+                &self.id,
+                "the task could not be created right now; it was not run: retry",
+            )
+            .into());
+        }
         let following = if parked {
             self.park(&command, lease, charge).await?
         } else {
@@ -214,9 +238,7 @@ impl Call {
         };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
         if as_task {
-            // The command is stored: the task (the run) is durable and readable now.
-            drop(following);
-            let task = crate::tasks::created(&self.st, run_id, &tool, command.accepted_at, parked);
+            let task = self.task(&tool, &command, following, parked, asking.as_ref()).await;
             return Ok(Accepted::Task(task));
         }
         let log = match &self.era {
@@ -233,7 +255,63 @@ impl Call {
             modern: matches!(self.era, Era::Modern { .. }),
             // A parked call waits for a person: as long as a call may wait at all.
             long_wait: parked,
+            asking,
         })))
+    }
+
+    /// The answer to a call that became a task: its command is stored, so the task
+    /// (the run) is durable and readable now. An API that asks for input within
+    /// `ingress.task_input_window_ms` has its requests answered first: a multi
+    /// round-trip result rather than a task (the re-issued call becomes the task).
+    async fn task(
+        &self,
+        tool: &ToolDefinition,
+        command: &ExecuteCommand,
+        mut following: Following,
+        parked: bool,
+        asking: Option<&crate::asks::Asking>,
+    ) -> Value {
+        let window = Duration::from_millis(self.st.config.ingress.task_input_window_ms);
+        if !parked && !window.is_zero() {
+            let deadline = tengine_core::tasks::deadline_after(window);
+            while let Some(signal) = following.next(deadline).await {
+                let Signal::Finished(outcome) = signal else { continue };
+                if let Some(asked) = crate::asks::answer(&self.st, &outcome, asking)
+                    && asked["resultType"] == "input_required"
+                {
+                    return asked;
+                }
+                break;
+            }
+        }
+        crate::tasks::created(&self.st, command.run_id, tool, command.accepted_at, parked)
+    }
+
+    /// What a 2026-07-28 call needs to carry the API's input requests.
+    fn asking(&self, tool: &ToolDefinition, command: &ExecuteCommand, round: u32) -> Option<crate::asks::Asking> {
+        let Era::Modern { capabilities, .. } = &self.era else {
+            return None;
+        };
+        Some(crate::asks::Asking {
+            caller: self.caller().clone(),
+            tool_id: tool.id,
+            tool_version: tool.version,
+            fingerprint: idempotency::fingerprint(&tool.name, &command.arguments),
+            capabilities: capabilities.clone(),
+            round,
+        })
+    }
+
+    /// The same call again under another Run ID (the next round of an API's questions).
+    fn next_round(&self, run_id: Uuid) -> Call {
+        Call {
+            st: self.st.clone(),
+            principal: self.principal.clone(),
+            era: self.era.clone(),
+            id: self.id.clone(),
+            trace: self.trace.clone(),
+            run_id,
+        }
     }
 
     fn caller(&self) -> &Caller {
@@ -384,6 +462,7 @@ impl Call {
             keep_result_until: client_key
                 .then(|| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl()))
                 .flatten(),
+            input: None,
         };
         if let Err(message) = command.check_fits(payload::server_max_payload(&self.st.nats)) {
             self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
@@ -400,14 +479,17 @@ impl Call {
         command: &ExecuteCommand,
         key: Option<String>,
         as_task: bool,
+        round: Option<&str>,
+        asking: Option<&crate::asks::Asking>,
     ) -> Step<Option<Box<idempotency::Lease>>> {
         let caller = self.caller();
         let scope = match (key, &self.era) {
             // Scoped to the credential (API key, and member): another caller's key never matches.
             (Some(key), _) if key.len() <= idempotency::MAX_KEY_LEN => format!(
-                "key\n{}\n{}\n{key}",
+                "key\n{}\n{}\n{key}\n{}",
                 caller.api_key_id,
-                caller.member.as_ref().map_or("", |m| m.id.as_str())
+                caller.member.as_ref().map_or("", |m| m.id.as_str()),
+                round.unwrap_or_default()
             ),
             (Some(_), _) => {
                 let max = idempotency::MAX_KEY_LEN;
@@ -417,7 +499,10 @@ impl Call {
                 )
                 .into());
             }
-            (None, Era::Legacy { session }) => format!("request\n{}\n{}", SessionStates::key(session), self.id),
+            (None, Era::Legacy { session }) => match round {
+                None => format!("request\n{}\n{}", SessionStates::key(session), self.id),
+                Some(round) => format!("request\n{}\n{}\n{round}", SessionStates::key(session), self.id),
+            },
             // 2026-07-28 has no session: without a client key, every request is a new call.
             (None, Era::Modern { .. }) => return Ok(None),
         };
@@ -442,9 +527,9 @@ impl Call {
             Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(match as_task {
                 true => match crate::tasks::retried(&self.st, caller.project_id, original).await {
                     Some(task) => task,
-                    None => follow_existing(&self.st, tool, caller.project_id, original).await,
+                    None => follow_existing(&self.st, tool, caller.project_id, original, None).await,
                 },
-                false => follow_existing(&self.st, tool, caller.project_id, original).await,
+                false => follow_existing(&self.st, tool, caller.project_id, original, asking).await,
             })),
             // Its first call holds the key and is still being queued (or gave up a
             // moment ago): answer now rather than wait on a run that may never exist.
@@ -683,14 +768,20 @@ async fn traced(st: &AppState, project_id: Uuid, run_id: Uuid) -> Result<idempot
 /// log, or, while it has none, the outcome when it comes; history only once the
 /// log no longer knows the run (history may show a cancellation requested for a
 /// run whose real outcome is still to come).
-async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid, run_id: Uuid) -> Value {
+async fn follow_existing(
+    st: &AppState,
+    tool: &ToolDefinition,
+    project_id: Uuid,
+    run_id: Uuid,
+    asking: Option<&crate::asks::Asking>,
+) -> Value {
     if let Some(outcome) = st.dispatcher.recorded(project_id, run_id).await {
-        return results::outcome_result(st, tool, &outcome);
+        return results::outcome_result(st, tool, &outcome, asking);
     }
     let live = st.dispatcher.in_streams(project_id, run_id).await.unwrap_or(true);
     if !live {
         match history::results::recorded(&st.pool, run_id).await {
-            Ok(Some(Recorded::Kept(outcome))) => return results::outcome_result(st, tool, &outcome),
+            Ok(Some(Recorded::Kept(outcome))) => return results::outcome_result(st, tool, &outcome, asking),
             Ok(Some(Recorded::StatusOnly(status))) => return results::forgotten_result(run_id, &status),
             Ok(None) => {}
             Err(err) => tracing::warn!(%run_id, error = %err, "reading a run's outcome from history"),
@@ -699,7 +790,7 @@ async fn follow_existing(st: &AppState, tool: &ToolDefinition, project_id: Uuid,
     let wait = Duration::from_millis(st.config.ingress.max_call_wait_ms);
     let deadline = tengine_core::tasks::deadline_after(wait);
     match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
-        Some(outcome) => results::outcome_result(st, tool, &outcome),
+        Some(outcome) => results::outcome_result(st, tool, &outcome, asking),
         None => results::still_running(run_id, wait),
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::response::{Response, sse::Event};
+use axum::response::Response;
 use serde_json::{Value, json};
 use tengine_control::tools;
 use tengine_core::{domain::ToolDefinition, envelope::Caller};
@@ -18,7 +18,7 @@ use crate::{
     dispatch::{Following, Signal},
     jsonrpc,
     sessions::log_level_rank,
-    streams::{self, EventId, RESULT_SEQ},
+    streams::{self, Event, EventId, RESULT_SEQ},
 };
 
 /// Stages reported as progress: queued, sent to the API, answered.
@@ -52,6 +52,8 @@ pub(super) struct Answering {
     pub(super) modern: bool,
     /// Waits as long as a call may (`ingress.max_call_wait_ms`), not the tool's timeout.
     pub(super) long_wait: bool,
+    /// A 2026-07-28 call that can carry the API's input requests.
+    pub(super) asking: Option<crate::asks::Asking>,
 }
 
 impl Answering {
@@ -68,9 +70,10 @@ impl Answering {
         })
     }
 
-    /// Follows the run on a 2025-11-25 stream that is already open (a client
-    /// approval asked on it first): progress, then the result, resumable.
-    pub(super) async fn stream_into(self, st: Arc<AppState>, tx: mpsc::Sender<Event>) {
+    /// Follows the run on a 2025-11-25 stream that is already open (the session's
+    /// user may be asked on it): progress, then the result, resumable; or, when
+    /// the API asked for input, the outcome asking (nothing sent for it).
+    pub(super) async fn stream_into(self, st: Arc<AppState>, tx: mpsc::Sender<Event>) -> Streamed {
         let wait = self.wait(&st);
         let notifier = Notifier {
             tx,
@@ -80,8 +83,9 @@ impl Answering {
             log: self.log,
             seq: 0,
             modern: false,
+            relay_asks: true,
         };
-        stream_call(st, self.tool, self.following, self.caller, wait, notifier).await;
+        stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await
     }
 
     /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
@@ -92,7 +96,15 @@ impl Answering {
             let guard = self
                 .modern
                 .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
-            let ending = follow_to_end(&st, &self.tool, self.following, &self.caller, wait).await;
+            let ending = follow_to_end(
+                &st,
+                &self.tool,
+                self.following,
+                &self.caller,
+                wait,
+                self.asking.as_ref(),
+            )
+            .await;
             if let Some(guard) = guard {
                 guard.disarm();
             }
@@ -113,13 +125,15 @@ impl Answering {
             log: self.log,
             seq: 0,
             modern: self.modern,
+            relay_asks: false,
         };
         let guard = self
             .modern
             .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
         tokio::spawn(async move {
             // A stream the client closed before the result (2026-07-28) cancels the run.
-            if stream_call(st, self.tool, self.following, self.caller, wait, notifier).await
+            let streamed = stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking);
+            if !matches!(streamed.await, Streamed::Closed)
                 && let Some(guard) = guard
             {
                 guard.disarm();
@@ -134,6 +148,16 @@ enum Ending {
     Cancelled,
 }
 
+/// How a call's stream ended.
+pub(super) enum Streamed {
+    /// The client went away.
+    Closed,
+    /// With the result, or nothing (a cancelled call).
+    Ended,
+    /// The API asked for input: the caller asks the session's user (see `session_input`).
+    Asked(Box<tengine_core::envelope::RunOutcome>),
+}
+
 /// Writes a call's SSE stream.
 struct Notifier {
     tx: mpsc::Sender<Event>,
@@ -144,6 +168,9 @@ struct Notifier {
     seq: u32,
     /// 2026-07-28: no event ids (no resumption), results with `resultType`.
     modern: bool,
+    /// Hand an outcome whose API asked for input back to the caller (a session
+    /// that asks its user) instead of answering it.
+    relay_asks: bool,
 }
 
 impl Notifier {
@@ -210,11 +237,12 @@ async fn follow_to_end(
     mut following: Following,
     caller: &Caller,
     wait: Duration,
+    asking: Option<&crate::asks::Asking>,
 ) -> Ending {
     let deadline = tengine_core::tasks::deadline_after(wait);
     loop {
         match following.next(deadline).await {
-            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome)),
+            Some(Signal::Finished(outcome)) => return Ending::Result(outcome_result(st, tool, &outcome, asking)),
             Some(Signal::Cancelled) => {
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
                 return Ending::Cancelled;
@@ -223,7 +251,7 @@ async fn follow_to_end(
             None => {
                 return Ending::Result(
                     match st.dispatcher.recorded(caller.project_id, following.run_id).await {
-                        Some(outcome) => outcome_result(st, tool, &outcome),
+                        Some(outcome) => outcome_result(st, tool, &outcome, asking),
                         None => still_running(following.run_id, wait),
                     },
                 );
@@ -239,9 +267,10 @@ async fn stream_call(
     caller: Caller,
     wait: Duration,
     mut notifier: Notifier,
-) -> bool {
+    asking: Option<crate::asks::Asking>,
+) -> Streamed {
     if !notifier.prime().await || !notifier.stage(1, "queued").await {
-        return false;
+        return Streamed::Closed;
     }
     let deadline = tengine_core::tasks::deadline_after(wait);
     let (mut sent, mut answered) = (false, false);
@@ -251,13 +280,13 @@ async fn stream_call(
             Some(Signal::Sent) if !sent => {
                 sent = true;
                 if !notifier.stage(2, "sent to the API").await {
-                    return false;
+                    return Streamed::Closed;
                 }
             }
             Some(Signal::Answered) if !answered => {
                 answered = true;
                 if !notifier.stage(3, "the API answered").await {
-                    return false;
+                    return Streamed::Closed;
                 }
             }
             Some(Signal::Upstream {
@@ -275,7 +304,7 @@ async fn stream_call(
                     upstream_progress = value;
                     let text = message.unwrap_or_else(|| format!("the API reports {progress}"));
                     if !notifier.progress(value, &text).await {
-                        return false;
+                        return Streamed::Closed;
                     }
                 }
             }
@@ -283,26 +312,37 @@ async fn stream_call(
             Some(Signal::Finished(outcome)) => {
                 // Progress must rise to the end even if a stage signal was lost.
                 if !sent && !notifier.stage(2, "sent to the API").await {
-                    return false;
+                    return Streamed::Closed;
                 }
                 if !answered && !notifier.stage(3, "the API answered").await {
-                    return false;
+                    return Streamed::Closed;
                 }
-                notifier.finish(outcome_result(&st, &tool, &outcome)).await;
-                return true;
+                if notifier.relay_asks
+                    && outcome
+                        .response
+                        .as_ref()
+                        .and_then(crate::asks::parse)
+                        .is_some_and(|a| a.is_ok())
+                {
+                    return Streamed::Asked(outcome);
+                }
+                notifier
+                    .finish(outcome_result(&st, &tool, &outcome, asking.as_ref()))
+                    .await;
+                return Streamed::Ended;
             }
             Some(Signal::Cancelled) => {
                 // No response for a cancelled request: the stream just ends.
                 st.dispatcher.cancel(caller.project_id, following.run_id).await;
-                return true;
+                return Streamed::Ended;
             }
             None => {
                 let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
-                    Some(outcome) => outcome_result(&st, &tool, &outcome),
+                    Some(outcome) => outcome_result(&st, &tool, &outcome, asking.as_ref()),
                     None => still_running(following.run_id, wait),
                 };
                 notifier.finish(result).await;
-                return true;
+                return Streamed::Ended;
             }
         }
     }
@@ -331,7 +371,7 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
         return;
     }
     let result = match tools::get(&st.pool, caller.project_id, &outcome.tool_name).await {
-        Ok(tool) => outcome_result(&st, &tool, &outcome),
+        Ok(tool) => outcome_result(&st, &tool, &outcome, None),
         // The tool is gone: the plain text mapping still tells the model what happened.
         Err(_) => text_outcome_result(&outcome),
     };

@@ -76,17 +76,14 @@ pub(crate) fn initialize(
         .with_instructions("Tools of this project are HTTP APIs registered in Tengine. Each call is recorded with a Run ID (see _meta).");
     let caller = &principal.caller;
     let member = caller.member.as_ref().map(|m| m.id.as_str());
-    // Client approvals ask a session's user through form elicitation, when declared.
-    let elicits = serde_json::to_value(&params.capabilities)
-        .ok()
-        .and_then(|c| match c {
-            Value::Object(c) => Some(crate::calls::can_elicit_form(&c)),
-            _ => None,
-        })
-        .unwrap_or(false);
+    // What the session's user can be asked (client approvals, an API's input requests).
+    let askable = match serde_json::to_value(&params.capabilities) {
+        Ok(Value::Object(capabilities)) => crate::sessions::Askable::of(&capabilities),
+        _ => crate::sessions::Askable::default(),
+    };
     let session = st
         .sessions
-        .issue(caller.api_key_id, member, &version.to_string(), elicits);
+        .issue(caller.api_key_id, member, &version.to_string(), askable);
     let mut response = jsonrpc::result(
         id,
         serde_json::to_value(result).map_err(|e| RpcError::internal(id, e.to_string()))?,

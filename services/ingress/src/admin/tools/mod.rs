@@ -2,6 +2,7 @@
 //! every open `GET /mcp` stream of the project); `render` shows the request a call
 //! would send.
 
+pub mod import;
 pub mod render;
 
 use std::sync::Arc;

@@ -58,7 +58,7 @@ pub struct RenderedRequest {
     /// shown.
     #[schema(value_type = Vec<Vec<String>>)]
     headers: Vec<(String, String)>,
-    /// The JSON body, or `null` without one.
+    /// The JSON body (a form-encoded one as a string), or `null` without one.
     body: Option<Value>,
 }
 
@@ -109,7 +109,10 @@ pub async fn render(
     let body = request
         .body
         .as_ref()
-        .map(|b| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null));
+        // A form-encoded body is shown as its text.
+        .map(|b| {
+            serde_json::from_slice::<Value>(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()))
+        });
     Ok(Json(RenderedRequest {
         method: request.method.as_str(),
         url: request.url.to_string(),
@@ -134,6 +137,7 @@ fn headers(tool: &ToolDefinition, caller: &Caller, run_id: Uuid, request: &Outbo
         chrono::Utc::now().timestamp(),
         signed,
         &[],
+        None,
     )
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
