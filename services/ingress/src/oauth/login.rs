@@ -63,7 +63,10 @@ async fn finish(st: &AppState, project_id: Uuid, callback: Callback) -> Result<R
         .ok_or_else(unknown)?;
     let asserted = members::check_assertion(&st.pool, project_id, &assertion)
         .await
-        .map_err(|e| OAuthError::new(errors::OAUTH_ACCESS_DENIED, e.to_string()))?;
+        .map_err(|e| match e {
+            members::MemberError::Store(err) => OAuthError::store(err),
+            refused => OAuthError::new(errors::OAUTH_ACCESS_DENIED, refused.to_string()),
+        })?;
     if !asserted
         .tengine_login
         .as_deref()
