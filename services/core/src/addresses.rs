@@ -56,6 +56,31 @@ fn blocked(ip: IpAddr) -> bool {
 }
 
 impl Policy {
+    /// A project's policy: `allow_all` from the deployment, its outbound
+    /// allow-list (entries that are not networks are ignored; the admin API
+    /// refuses them when they are set).
+    pub fn for_project(allow_all: bool, allowlist: &[String]) -> Self {
+        Self {
+            allow_all,
+            allowlist: allowlist.iter().filter_map(|n| n.parse().ok()).collect(),
+        }
+    }
+
+    /// A URL whose host is a literal IP never goes through [`PolicyResolver`]:
+    /// that address is checked here (a refusal says why).
+    pub fn check_literal_host(&self, url: &url::Url) -> Result<(), String> {
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        if self.permits(literal) {
+            Ok(())
+        } else {
+            Err(Self::refusal(literal))
+        }
+    }
+
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

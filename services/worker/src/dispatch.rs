@@ -366,20 +366,10 @@ impl Worker {
     /// The pooled client of the project's address policy; a literal IP (which never
     /// goes through the policy's resolver) is checked here.
     fn client_for(&self, request: &RenderedRequest, allowlist: &[String]) -> Result<reqwest::Client, Refusal> {
-        let policy = addresses::Policy {
-            allow_all: self.config.allow_private_upstreams,
-            allowlist: allowlist.iter().filter_map(|n| n.parse().ok()).collect(),
-        };
-        let literal = match request.url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !policy.permits(ip)
-        {
-            return Err(Refusal::failed(ErrorClass::Forbidden, addresses::Policy::refusal(ip)));
-        }
+        let policy = addresses::Policy::for_project(self.config.allow_private_upstreams, allowlist);
+        policy
+            .check_literal_host(&request.url)
+            .map_err(|refused| Refusal::failed(ErrorClass::Forbidden, refused))?;
         let connect_timeout = Duration::from_millis(self.config.worker.connect_timeout_ms);
         self.clients
             .try_get_with(policy.clone(), || outbound::client(connect_timeout, policy))

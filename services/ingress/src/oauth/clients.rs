@@ -265,24 +265,10 @@ async fn fetch_document(st: &AppState, project: &ProjectOAuth, client_id: &str) 
     if url.path() == "/" || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return Err("must have a path, and no fragment or credentials".into());
     }
-    let policy = Policy {
-        allow_all: st.config.allow_private_upstreams,
-        allowlist: project
-            .outbound_allowlist
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
-    };
-    let literal = match url.host() {
-        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-        _ => None,
-    };
-    if let Some(ip) = literal
-        && !policy.permits(ip)
-    {
-        return Err(format!("is on a forbidden address: {}", Policy::refusal(ip)));
-    }
+    let policy = Policy::for_project(st.config.allow_private_upstreams, &project.outbound_allowlist);
+    policy
+        .check_literal_host(&url)
+        .map_err(|refused| format!("is on a forbidden address: {refused}"))?;
     let client = http_client(st, policy).map_err(|e| format!("cannot be fetched ({e})"))?;
     let response = client
         .get(url)

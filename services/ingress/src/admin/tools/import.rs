@@ -479,13 +479,9 @@ async fn fetch(st: &AppState, project_id: Uuid, raw: &str) -> ApiResult<Bytes> {
     let url = url::Url::parse(raw).map_err(|e| refused(format!("is not a URL ({e})")))?;
     let insecure = st.config.allow_insecure_upstreams;
     let project = tengine_control::projects::get(&st.pool, project_id).await?;
-    let policy = Policy {
-        allow_all: st.config.allow_private_upstreams,
-        allowlist: project
-            .outbound_allowlist
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
+    let policy = Policy::for_project(st.config.allow_private_upstreams, &project.outbound_allowlist);
+    let resolver = PolicyResolver {
+        policy: Arc::new(policy.clone()),
     };
     // A literal IP never goes through the resolver: checked here, and on redirects.
     let check = move |url: &url::Url| -> Result<(), String> {
@@ -494,29 +490,12 @@ async fn fetch(st: &AppState, project_id: Uuid, raw: &str) -> ApiResult<Bytes> {
             "http" if insecure => {}
             _ => return Err("must be https (http only with allow_insecure_upstreams)".into()),
         }
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        match literal {
-            Some(ip) if !policy.permits(ip) => Err(Policy::refusal(ip)),
-            _ => Ok(()),
-        }
+        policy.check_literal_host(url)
     };
     check(&url).map_err(&refused)?;
     let redirect_check = check.clone();
     let client = reqwest::Client::builder()
-        .dns_resolver(Arc::new(PolicyResolver {
-            policy: Arc::new(Policy {
-                allow_all: st.config.allow_private_upstreams,
-                allowlist: project
-                    .outbound_allowlist
-                    .iter()
-                    .filter_map(|n| n.parse().ok())
-                    .collect(),
-            }),
-        }))
+        .dns_resolver(Arc::new(resolver))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= FETCH_REDIRECTS {
                 attempt.error("too many redirects")
