@@ -12,6 +12,7 @@ pub mod arguments;
 pub mod asks;
 pub mod calls;
 pub mod catalog;
+pub mod console;
 pub mod dispatch;
 pub mod jsonrpc;
 pub mod key_limits;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub secrets: SecretBox,
     pub sessions: SessionCodec,
+    /// Signs console session cookies.
+    pub console: console::ConsoleSessions,
     pub members: members::MemberTokens,
     /// Seals and checks the `requestState` of client approvals.
     pub request_states: request_state::RequestStates,
@@ -170,12 +173,14 @@ impl AppState {
             config.ingress.session_writes_per_second,
             config.ingress.max_streams_per_key,
         );
+        let console = console::ConsoleSessions::new(&config.session_secret_bytes()?, &config.admin_token);
         let state = Arc::new(Self {
             config,
             pool,
             nats,
             secrets,
             sessions,
+            console,
             members,
             request_states,
             session_states,
@@ -220,6 +225,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(mcp::project_delete),
         )
         .merge(oauth::routes())
+        .merge(console::routes())
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .merge(admin::routes())

@@ -50,6 +50,11 @@ impl ApiError {
         Self::new(errors::INTERNAL, "internal error; see the server log")
     }
 
+    /// The answer's HTTP status.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     /// What the answer's `message` says.
     pub fn message(&self) -> &str {
         &self.message

@@ -18,8 +18,8 @@ mod members;
 mod oauth;
 mod openapi;
 mod projects;
-mod runs;
-mod tools;
+pub(crate) mod runs;
+pub(crate) mod tools;
 mod usage;
 
 use std::sync::Arc;

@@ -55,11 +55,11 @@ pub struct RunList {
     next_cursor: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, run_id: Uuid) -> String {
+pub(crate) fn encode_cursor(at: DateTime<Utc>, run_id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{run_id}", at.to_rfc3339()))
 }
 
-fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub(crate) fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
     let (at, id) = raw.split_once('|')?;
     Some((

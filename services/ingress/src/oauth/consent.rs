@@ -225,7 +225,7 @@ async fn decide_request(
 }
 
 /// A cookie's value. Hand-parsed: one cookie of base64url characters, no crate needed.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -140,17 +140,26 @@ pub async fn patch(
     Ids(ToolPath { project_id, name }): Ids<ToolPath>,
     JsonBody(patch): JsonBody<Map<String, Value>>,
 ) -> ApiResult<Json<ToolDefinition>> {
-    let current = tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?;
+    apply_patch(&st, project_id, &name, patch).await.map(Json)
+}
+
+/// PATCH's work, shared with the console's enable switch (one code path: the
+/// same validation, and the same `list_changed` announcement).
+pub(crate) async fn apply_patch(
+    st: &AppState,
+    project_id: Uuid,
+    name: &str,
+    patch: Map<String, Value>,
+) -> ApiResult<ToolDefinition> {
+    let current = tools::get(&st.pool, project_id, name).await.map_err(tool_not_found)?;
     let mut document = spec_document(&current);
     for (key, value) in patch {
         document[key] = value;
     }
     let spec: ToolSpec =
         serde_json::from_value(document).map_err(|e| ApiError::bad_request(format!("invalid tool fields: {e}")))?;
-    let spec = validated(&st, spec)?;
-    store_replacement(&st, project_id, &name, &current, &spec)
-        .await
-        .map(Json)
+    let spec = validated(st, spec)?;
+    store_replacement(st, project_id, name, &current, &spec).await
 }
 
 /// Delete a tool.

@@ -1,0 +1,51 @@
+//! The web console under `/console`: server-rendered HTML (maud), no JavaScript,
+//! no external resources. One module per screen; each adds its routes to
+//! [`routes`] and renders its body into [`layout::page`] (or
+//! [`layout::project_page`] for a project's screens).
+
+pub mod auth;
+mod error;
+mod layout;
+mod placeholder;
+mod projects;
+mod runs;
+mod tools;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+
+pub use auth::ConsoleSessions;
+pub use error::ConsoleError;
+
+use crate::AppState;
+
+/// Rows shown per list page at most (lists paginate past it).
+const PAGE_MAX: usize = 100;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/console", get(projects::list))
+        .route("/console/sign-in", get(auth::sign_in_page).post(auth::sign_in))
+        .route("/console/sign-out", post(auth::sign_out))
+        .route("/console/projects/{project_id}", get(projects::overview))
+        .route("/console/projects/{project_id}/tools", get(tools::list))
+        .route(
+            "/console/projects/{project_id}/tools/{name}/enabled",
+            post(tools::set_enabled),
+        )
+        .route("/console/projects/{project_id}/runs", get(runs::list))
+        .route("/console/projects/{project_id}/runs/{run_id}", get(runs::detail))
+        .route("/console/projects/{project_id}/{screen}", get(placeholder::screen))
+}
+
+/// The console's base path (`/console`, behind public_url's path prefix if any).
+pub fn base(st: &AppState) -> String {
+    let prefix = url::Url::parse(&st.config.ingress.public_url)
+        .map(|u| u.path().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    format!("{prefix}/console")
+}

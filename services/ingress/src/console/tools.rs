@@ -1,0 +1,97 @@
+//! The Tools screen: a project's tools and an enable switch per row. The switch
+//! is a form button (`role="switch"`, named `Enable <tool>`), so it works
+//! without JavaScript; it goes through the admin API's PATCH path, which
+//! announces `list_changed` to open MCP sessions.
+
+use std::sync::Arc;
+
+use axum::{
+    Form,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tengine_control::tools;
+use tengine_core::domain::ToolDefinition;
+use uuid::Uuid;
+
+use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
+use crate::{AppState, admin::tools::apply_patch};
+
+/// `GET /console/projects/{id}/tools`.
+pub async fn list(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path(project_id): Path<Uuid>,
+) -> Result<Response, ConsoleError> {
+    let project = projects::find(&st, project_id).await?;
+    let limit = i64::try_from(PAGE_MAX).unwrap_or(100).saturating_add(1);
+    let found = tools::list(&st.pool, project_id, false, None, limit).await?;
+    let more = found.len() > PAGE_MAX;
+    let body = html! {
+        @if found.is_empty() { p { "No tools yet." } }
+        @else {
+            table {
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" } th scope="col" { "Enabled" } } }
+                tbody { @for tool in found.iter().take(PAGE_MAX) { (row(&session, project_id, tool)) } }
+            }
+        }
+        @if more { p { "Only the first " (PAGE_MAX) " tools are shown." } }
+    };
+    Ok(layout::project_page(&session, &project, "Tools", body))
+}
+
+fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition) -> Markup {
+    let action = format!("{}/projects/{project_id}/tools/{}/enabled", session.base, tool.name);
+    html! {
+        tr {
+            th scope="row" { code { (tool.name) } }
+            td.wrap { code { (tool.http_method.as_str()) " " (tool.base_url.trim_end_matches('/')) (tool.endpoint_path) } }
+            td { (tool.auth_strategy.as_str()) }
+            td {
+                form method="post" action=(action) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" role="switch" name="enabled" value=(if tool.enabled { "false" } else { "true" })
+                        aria-checked=(tool.enabled) aria-label=(format!("Enable {}", tool.name)) {
+                        (if tool.enabled { "On" } else { "Off" })
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Toggle {
+    csrf: Option<String>,
+    enabled: Option<String>,
+}
+
+/// `POST /console/projects/{id}/tools/{name}/enabled`: sets `enabled`, back to the list.
+pub async fn set_enabled(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path((project_id, name)): Path<(Uuid, String)>,
+    Form(form): Form<Toggle>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(form.csrf.as_deref())?;
+    let enabled = match form.enabled.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => {
+            return Err(ConsoleError::new(
+                StatusCode::BAD_REQUEST,
+                "enabled must be `true` or `false`",
+            ));
+        }
+    };
+    let mut patch = Map::new();
+    patch.insert("enabled".into(), Value::Bool(enabled));
+    apply_patch(&st, project_id, &name, patch).await?;
+    tracing::info!(project = %project_id, tool = %name, enabled, "console: tool switched");
+    let back = format!("{}/projects/{project_id}/tools", session.base);
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
+}
