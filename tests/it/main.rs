@@ -3,8 +3,10 @@
 mod admin;
 mod approvals;
 mod bodies;
+mod browser;
 mod calls;
 mod confirmations;
+mod console;
 mod control;
 mod docs;
 mod edges_storage;

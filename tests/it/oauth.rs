@@ -29,6 +29,8 @@ use tengine_tests::{TestApp, ToolSpec, mcp::RawSession, signing_secret, spawn_ap
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+use crate::browser::Chromium;
+
 const MEMBER: &str = "user-7";
 /// Never contacted: flows stop at the redirect to it.
 const REDIRECT_URI: &str = "http://127.0.0.1:53682/callback";
@@ -1263,117 +1265,6 @@ async fn client_metadata_documents_must_be_https_small_and_on_allowed_addresses(
     assert_eq!(response.status(), 401);
     let page = response.text().await.expect("page");
     assert!(page.contains("forbidden address"), "{page}");
-}
-
-/// A headless Chromium driven through chromedriver's W3C WebDriver API (plain
-/// HTTP: no client crate needed for five commands).
-struct Chromium {
-    http: reqwest::Client,
-    session: String,
-    driver: tokio::process::Child,
-    profile: PathBuf,
-}
-
-impl Chromium {
-    async fn start() -> Self {
-        let chromedriver = std::env::var("TENGINE_TEST_CHROMEDRIVER").expect(
-            "TENGINE_TEST_CHROMEDRIVER must name chromedriver (Debian's chromium-driver; deploy/local/test installs it)",
-        );
-        let port = tengine_tests::free_port();
-        let driver = tokio::process::Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let ready = Instant::now();
-        while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(ready.elapsed().as_secs() < 20, "chromedriver answers within 20 s");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let profile = std::env::temp_dir().join(format!("tengine-chromium-{}", Uuid::new_v4()));
-        let binary = std::env::var("TENGINE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        // Headless, and quiet: without the background-networking flags Chromium
-        // keeps trying to reach Google's hosts.
-        let args = [
-            "--headless=new".to_string(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-quic".into(),
-            "--no-first-run".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            format!("--user-data-dir={}", profile.display()),
-        ];
-        let answer: Value = http
-            .post(format!("{base}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
-                "goog:chromeOptions": {"binary": binary, "args": args}}}}))
-            .send()
-            .await
-            .expect("new session")
-            .json()
-            .await
-            .expect("json");
-        let session = answer["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a WebDriver session: {answer}"));
-        Self {
-            http,
-            session: format!("{base}/session/{session}"),
-            driver,
-            profile,
-        }
-    }
-
-    async fn command(&self, path: &str, body: Value) -> Value {
-        let answer: Value = self
-            .http
-            .post(format!("{}{path}", self.session))
-            .json(&body)
-            .send()
-            .await
-            .expect("webdriver")
-            .json()
-            .await
-            .expect("json");
-        answer["value"].clone()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let answer: Value = self
-            .http
-            .get(format!("{}{path}", self.session))
-            .send()
-            .await
-            .expect("webdriver")
-            .json()
-            .await
-            .expect("json");
-        answer["value"].clone()
-    }
-
-    async fn click(&self, css: &str) {
-        let element = self
-            .command("/element", json!({"using": "css selector", "value": css}))
-            .await;
-        let id = element
-            .as_object()
-            .and_then(|e| e.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("{css} on the page: {element}"));
-        self.command(&format!("/element/{id}/click"), json!({})).await;
-    }
-
-    async fn stop(mut self) {
-        let _ = self.http.delete(&self.session).send().await;
-        let _ = self.driver.kill().await;
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
 }
 
 /// The client's redirect URI, on loopback: the query it is sent.

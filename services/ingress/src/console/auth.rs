@@ -219,15 +219,14 @@ pub async fn sign_in(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f
     let session = set_cookie(&st, SESSION_COOKIE, &value, &base, IDLE_SECS);
     let cleared = set_cookie(&st, SIGN_IN_COOKIE, "", &format!("{base}/sign-in"), 0);
     tracing::info!("console sign-in");
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, base),
-            (header::SET_COOKIE, session),
-            (header::SET_COOKIE, cleared),
-        ],
-    )
-        .into_response()
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, base)]).into_response();
+    // Appended: a header array would keep only the last `Set-Cookie`.
+    for cookie in [session, cleared] {
+        if let Ok(value) = header::HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,281 @@
+//! The web console in a real browser: headless Chromium (through chromedriver)
+//! against the whole system. An operator signs in with the admin token, finds
+//! the project, switches a tool off (an MCP client's `tools/list` loses it) and
+//! reads a call's run and its attempts. Refusals (wrong token, missing CSRF
+//! token, no session) are checked with raw HTTP too. Screenshots of every
+//! screen go to `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+
+use std::path::PathBuf;
+
+use reqwest::{header, redirect::Policy};
+use serde_json::{Value, json};
+use tengine_tests::{
+    ADMIN_TOKEN, TestApp, ToolSpec,
+    mcp::{RawSession, run_id},
+    spawn_app,
+    upstream::Upstream,
+};
+
+use crate::browser::Chromium;
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    dir
+}
+
+async fn tool_names(session: &mut RawSession) -> Vec<String> {
+    let reply = session.request("tools/list", json!({})).await;
+    reply.body["result"]["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two tools and one finished call of `lookup`: (the MCP session, its run id).
+async fn project_with_a_run(app: &TestApp, upstream: &Upstream) -> (RawSession, String) {
+    for name in ["lookup", "archive"] {
+        app.create_tool(ToolSpec::get(name, &upstream.url(), "/items").description("a console test tool"))
+            .await;
+    }
+    let mut session = app.session();
+    session.initialize().await;
+    let result = session.call("lookup", json!({})).await;
+    assert_eq!(result["isError"], false, "{result}");
+    let run = run_id(&result);
+    app.admin.finished_run(&run).await;
+    (session, run)
+}
+
+/// Asserts a page shows no secret, and keeps its source.
+async fn checked_page(browser: &Chromium, app: &TestApp, pages: &mut Vec<String>) -> String {
+    let source = browser.source().await;
+    assert!(!source.contains(ADMIN_TOKEN), "a page shows the admin token");
+    assert!(!source.contains(&app.api_key), "a page shows an API key's secret");
+    pages.push(source.clone());
+    source
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (mut session, run) = project_with_a_run(&app, &upstream).await;
+    let shots = screenshots();
+    let mut pages = Vec::new();
+    let browser = Chromium::start().await;
+
+    // Unauthenticated: sent to sign-in, which has one password field.
+    browser.open(&format!("{}/console", app.base_url)).await;
+    assert!(
+        browser.url().await.ends_with("/console/sign-in"),
+        "{}",
+        browser.url().await
+    );
+    assert_eq!(browser.count("input[type=password]").await, 1);
+    browser.type_into("input[type=password]", "not-the-admin-token").await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for("[role=alert]").await;
+    let refused = checked_page(&browser, &app, &mut pages).await;
+    assert!(refused.contains("That is not the admin token."), "{refused}");
+    browser.screenshot(&shots.join("sign-in.png")).await;
+
+    browser.type_into("input[type=password]", ADMIN_TOKEN).await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/console").await;
+    checked_page(&browser, &app, &mut pages).await;
+    browser.screenshot(&shots.join("projects.png")).await;
+
+    browser.click_link("test").await;
+    browser.wait_for_url(&app.project_id.to_string()).await;
+    for screen in ["Overview", "Tools", "Runs", "Usage", "Credentials", "Settings"] {
+        browser.find("link text", screen).await;
+    }
+    checked_page(&browser, &app, &mut pages).await;
+    browser.screenshot(&shots.join("overview.png")).await;
+
+    // Tools: the switch's accessible name, and switching it off.
+    browser.click_link("Tools").await;
+    browser.wait_for_url("/tools").await;
+    let switch = "button[role=switch][aria-label='Enable lookup']";
+    assert_eq!(browser.accessible_name(switch).await, "Enable lookup");
+    assert!(tool_names(&mut session).await.contains(&"lookup".to_string()));
+    browser.click(switch).await;
+    browser
+        .wait_for("button[role=switch][aria-label='Enable lookup'][aria-checked=false]")
+        .await;
+    let tools = checked_page(&browser, &app, &mut pages).await;
+    assert_eq!(
+        browser
+            .count("button[role=switch][aria-label='Enable lookup'][aria-checked=false]")
+            .await,
+        1,
+        "{tools}"
+    );
+    assert_eq!(
+        browser.count("button[role=switch][aria-checked=true]").await,
+        1,
+        "archive stays on"
+    );
+    assert_eq!(
+        tool_names(&mut session).await,
+        vec!["archive".to_string()],
+        "tools/list lost lookup"
+    );
+    browser.screenshot(&shots.join("tools.png")).await;
+
+    // Runs: the call, then its detail with the attempt.
+    browser.click_link("Runs").await;
+    browser.wait_for_url("/runs").await;
+    let runs = checked_page(&browser, &app, &mut pages).await;
+    assert!(runs.contains(&run) && runs.contains("succeeded"), "{runs}");
+    browser.screenshot(&shots.join("runs.png")).await;
+    browser.click_link(&run).await;
+    browser.wait_for_url(&run).await;
+    let detail = checked_page(&browser, &app, &mut pages).await;
+    assert!(detail.contains("Attempt 1") && detail.contains("HTTP 200"), "{detail}");
+    browser.screenshot(&shots.join("run.png")).await;
+    // Filters live in the URL.
+    browser
+        .open(&format!(
+            "{}/console/projects/{}/runs?status=failed",
+            app.base_url, app.project_id
+        ))
+        .await;
+    let failed = checked_page(&browser, &app, &mut pages).await;
+    assert!(failed.contains("No runs match.") && !failed.contains(&run), "{failed}");
+
+    browser.click("header button[type=submit]").await;
+    browser.wait_for_url("/console/sign-in").await;
+    browser
+        .open(&format!("{}/console/projects/{}/tools", app.base_url, app.project_id))
+        .await;
+    assert!(browser.url().await.ends_with("/console/sign-in"), "the session is over");
+    browser.stop().await;
+    assert!(pages.len() >= 7);
+}
+
+/// A cookie's `name=value` from a response's `Set-Cookie` headers, and the whole header.
+fn set_cookie(response: &reqwest::Response, name: &str) -> (String, String) {
+    let header = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name} is set"))
+        .to_string();
+    let pair = header.split(';').next().unwrap_or_default().to_string();
+    (pair, header)
+}
+
+/// The value of the hidden `csrf` field of a page.
+fn csrf_field(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    page[start..].split('"').next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forms_need_their_csrf_token_and_pages_a_session() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (_session, _run) = project_with_a_run(&app, &upstream).await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let console = format!("{}/console", app.base_url);
+    let tools = format!("{console}/projects/{}/tools", app.project_id);
+
+    let anonymous = http.get(&tools).send().await.expect("get");
+    assert_eq!(anonymous.status(), 303);
+    assert!(
+        anonymous.headers()[header::LOCATION]
+            .to_str()
+            .unwrap_or_default()
+            .ends_with("/console/sign-in")
+    );
+
+    // Sign-in without the form's CSRF token (even with the right admin token): refused.
+    let bare = http
+        .post(format!("{console}/sign-in"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bare.status(), 403);
+    assert!(bare.headers().get(header::SET_COOKIE).is_none());
+
+    let page = http.get(format!("{console}/sign-in")).send().await.expect("get");
+    let (sign_in_cookie, _) = set_cookie(&page, "tengine_console_sign_in");
+    let csrf = csrf_field(&page.text().await.expect("page"));
+    let signed_in = http
+        .post(format!("{console}/sign-in"))
+        .header(header::COOKIE, &sign_in_cookie)
+        .form(&[("csrf", csrf.as_str()), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(signed_in.status(), 303);
+    let (session, attributes) = set_cookie(&signed_in, "tengine_console");
+    assert!(!session.contains(ADMIN_TOKEN), "the cookie never holds the token");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Max-Age=1800"] {
+        assert!(attributes.contains(attribute), "{attributes}");
+    }
+
+    let page = http
+        .get(&tools)
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 200);
+    let csrf = csrf_field(&page.text().await.expect("page"));
+    let switch = format!("{tools}/lookup/enabled");
+    for form in [
+        vec![("enabled", "false")],
+        vec![("enabled", "false"), ("csrf", "forged")],
+    ] {
+        let refused = http
+            .post(&switch)
+            .header(header::COOKIE, &session)
+            .form(&form)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(refused.status(), 403, "{form:?}");
+    }
+    let (_, tool) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/lookup", app.project_id))
+        .await;
+    assert_eq!(tool["enabled"], Value::Bool(true), "a refused form changes nothing");
+
+    let accepted = http
+        .post(&switch)
+        .header(header::COOKIE, &session)
+        .form(&[("enabled", "false"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(accepted.status(), 303);
+    let (_, tool) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/lookup", app.project_id))
+        .await;
+    assert_eq!(tool["enabled"], Value::Bool(false));
+
+    // A forged session cookie is no session.
+    let forged = http
+        .get(&tools)
+        .header(header::COOKIE, format!("{session}x"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(forged.status(), 303);
+}
