@@ -49,7 +49,26 @@ async fn project_with_a_run(app: &TestApp, upstream: &Upstream) -> (RawSession, 
     assert_eq!(result["isError"], false, "{result}");
     let run = run_id(&result);
     app.admin.finished_run(&run).await;
+    // The hourly usage the Tools screen counts is projected too.
+    app.admin.wait_for_projector().await;
     (session, run)
+}
+
+/// The session's GET stream, subscribed (it carries `list_changed`).
+async fn list_changes(app: &TestApp, session: &RawSession) -> reqwest::Response {
+    let stream = app
+        .http
+        .get(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session.session_id.clone().expect("a session"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stream.status(), 200);
+    // Let the stream subscribe before the change.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream
 }
 
 /// Asserts a page shows no secret, and keeps its source.
@@ -104,7 +123,14 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     browser.wait_for_url("/tools").await;
     let switch = "button[role=switch][aria-label='Enable lookup']";
     assert_eq!(browser.accessible_name(switch).await, "Enable lookup");
+    let listing = checked_page(&browser, &app, &mut pages).await;
+    // Calls and errors over 24 h: lookup's one call, none of archive.
+    assert!(
+        listing.contains("<td>none</td><td>0</td><td>0</td>") && listing.contains("<td>none</td><td>1</td><td>0</td>"),
+        "{listing}"
+    );
     assert!(tool_names(&mut session).await.contains(&"lookup".to_string()));
+    let mut stream = list_changes(&app, &session).await;
     browser.click(switch).await;
     browser
         .wait_for("button[role=switch][aria-label='Enable lookup'][aria-checked=false]")
@@ -121,6 +147,15 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
         browser.count("button[role=switch][aria-checked=true]").await,
         1,
         "archive stays on"
+    );
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("list_changed within 5 s")
+        .expect("read")
+        .expect("data");
+    assert!(
+        String::from_utf8_lossy(&chunk).contains("notifications/tools/list_changed"),
+        "the open session is told"
     );
     assert_eq!(
         tool_names(&mut session).await,

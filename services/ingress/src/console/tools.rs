@@ -14,8 +14,10 @@ use axum::{
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tengine_control::tools;
+use std::collections::HashMap;
+use tengine_control::{principals::ReadScope, tools};
 use tengine_core::domain::ToolDefinition;
+use tengine_projector::history;
 use uuid::Uuid;
 
 use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
@@ -31,12 +33,15 @@ pub async fn list(
     let limit = i64::try_from(PAGE_MAX).unwrap_or(100).saturating_add(1);
     let found = tools::list(&st.pool, project_id, false, None, limit).await?;
     let more = found.len() > PAGE_MAX;
+    let shown = &found[..found.len().min(PAGE_MAX)];
+    let usage = day_usage(&st, project_id, shown).await?;
     let body = html! {
         @if found.is_empty() { p { "No tools yet." } }
         @else {
             table {
-                thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" } th scope="col" { "Enabled" } } }
-                tbody { @for tool in found.iter().take(PAGE_MAX) { (row(&session, project_id, tool)) } }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" }
+                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } } }
+                tbody { @for tool in shown { (row(&session, project_id, tool, usage.get(&tool.name).copied().unwrap_or_default())) } }
             }
         }
         @if more { p { "Only the first " (PAGE_MAX) " tools are shown." } }
@@ -44,13 +49,43 @@ pub async fn list(
     Ok(layout::project_page(&session, &project, "Tools", body))
 }
 
-fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition) -> Markup {
+/// Calls and failures per tool over the last 24 whole hours (from the hourly
+/// usage table: one grouped query for the tools on the page).
+async fn day_usage(
+    st: &AppState,
+    project_id: Uuid,
+    shown: &[ToolDefinition],
+) -> Result<HashMap<String, (i64, i64)>, ConsoleError> {
+    let scope = ReadScope {
+        tools: Some(shown.iter().map(|t| t.name.clone()).collect()),
+        ..ReadScope::everything()
+    };
+    let from = chrono::Utc::now().checked_sub_signed(chrono::Duration::hours(24));
+    let rows = history::usage::summed(&st.pool, project_id, &scope, from, None, &["tool"]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let name = row["tool"].as_str()?.to_string();
+            Some((
+                name,
+                (
+                    row["calls"].as_i64().unwrap_or(0),
+                    row["failures"].as_i64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
+}
+
+fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition, (calls, errors): (i64, i64)) -> Markup {
     let action = format!("{}/projects/{project_id}/tools/{}/enabled", session.base, tool.name);
     html! {
         tr {
             th scope="row" { code { (tool.name) } }
             td.wrap { code { (tool.http_method.as_str()) " " (tool.base_url.trim_end_matches('/')) (tool.endpoint_path) } }
             td { (tool.auth_strategy.as_str()) }
+            td { (calls) }
+            td { (errors) }
             td {
                 form method="post" action=(action) {
                     input type="hidden" name="csrf" value=(session.csrf);
