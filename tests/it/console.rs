@@ -215,6 +215,46 @@ fn csrf_field(page: &str) -> String {
     page[start..].split('"').next().unwrap_or_default().to_string()
 }
 
+/// Signs in over raw HTTP: the session cookie's `name=value`, and its `Set-Cookie` header.
+async fn sign_in(http: &reqwest::Client, console: &str) -> (String, String) {
+    let page = http.get(format!("{console}/sign-in")).send().await.expect("get");
+    let (sign_in_cookie, _) = set_cookie(&page, "tengine_console_sign_in");
+    let csrf = csrf_field(&page.text().await.expect("page"));
+    let signed_in = http
+        .post(format!("{console}/sign-in"))
+        .header(header::COOKIE, &sign_in_cookie)
+        .form(&[("csrf", csrf.as_str()), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(signed_in.status(), 303);
+    set_cookie(&signed_in, "tengine_console")
+}
+
+/// A console page's status and HTML.
+async fn page(http: &reqwest::Client, url: &str, session: &str) -> (u16, String) {
+    let response = http.get(url).header(header::COOKIE, session).send().await.expect("get");
+    (response.status().as_u16(), response.text().await.expect("page"))
+}
+
+/// The run ids a Runs page links to, and its *Older runs* link.
+fn runs_of(page: &str) -> (Vec<String>, Option<String>) {
+    let runs = page
+        .split("/runs/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    let next = page
+        .split("rel=\"next\"")
+        .next()
+        .filter(|_| page.contains("rel=\"next\""))
+        .and_then(|before| before.rsplit("href=\"").next())
+        .and_then(|rest| rest.split('"').next())
+        .map(|href| href.replace("&amp;", "&"));
+    (runs, next)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forms_need_their_csrf_token_and_pages_a_session() {
     let app = spawn_app().await;
@@ -246,18 +286,7 @@ async fn forms_need_their_csrf_token_and_pages_a_session() {
     assert_eq!(bare.status(), 403);
     assert!(bare.headers().get(header::SET_COOKIE).is_none());
 
-    let page = http.get(format!("{console}/sign-in")).send().await.expect("get");
-    let (sign_in_cookie, _) = set_cookie(&page, "tengine_console_sign_in");
-    let csrf = csrf_field(&page.text().await.expect("page"));
-    let signed_in = http
-        .post(format!("{console}/sign-in"))
-        .header(header::COOKIE, &sign_in_cookie)
-        .form(&[("csrf", csrf.as_str()), ("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(signed_in.status(), 303);
-    let (session, attributes) = set_cookie(&signed_in, "tengine_console");
+    let (session, attributes) = sign_in(&http, &console).await;
     assert!(!session.contains(ADMIN_TOKEN), "the cookie never holds the token");
     for attribute in ["HttpOnly", "SameSite=Strict", "Max-Age=1800"] {
         assert!(attributes.contains(attribute), "{attributes}");
@@ -313,4 +342,74 @@ async fn forms_need_their_csrf_token_and_pages_a_session() {
         .await
         .expect("get");
     assert_eq!(forged.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_project() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (mut session, first) = project_with_a_run(&app, &upstream).await;
+    app.create_tool(
+        ToolSpec::get("flaky", &upstream.url(), "/status/503")
+            .description("always 503")
+            .retry(json!({"max_attempts": 3, "initial_backoff_ms": 10})),
+    )
+    .await;
+    let failed = session.call("flaky", json!({})).await;
+    assert_eq!(failed["isError"], true, "{failed}");
+    let flaky = run_id(&failed);
+    let second = run_id(&session.call("lookup", json!({})).await);
+    for run in [&flaky, &second] {
+        app.admin.finished_run(run).await;
+    }
+    // Another project's run, of a tool of the same name.
+    let other = app.admin.create_project("other").await;
+    let key = app.admin.create_api_key(other, &[]).await;
+    app.admin
+        .create_tool(
+            other,
+            ToolSpec::get("lookup", &upstream.url(), "/items").description("other"),
+        )
+        .await;
+    let mut theirs = RawSession::new(app.http.clone(), app.mcp_url.clone(), key.key.clone());
+    theirs.initialize().await;
+    let foreign = run_id(&theirs.call("lookup", json!({})).await);
+    app.admin.finished_run(&foreign).await;
+
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let console = format!("{}/console", app.base_url);
+    let (cookie, _) = sign_in(&http, &console).await;
+    let runs = format!("{console}/projects/{}/runs", app.project_id);
+
+    // One run a page, newest first, to the end by the cursor.
+    let mut seen = Vec::new();
+    let mut next = Some(format!("{runs}?limit=1"));
+    while let Some(url) = next {
+        let (status, html) = page(&http, &url, &cookie).await;
+        assert_eq!(status, 200, "{html}");
+        let (found, older) = runs_of(&html);
+        assert_eq!(found.len(), 1, "{html}");
+        seen.extend(found);
+        next = older.map(|href| format!("{}{href}", app.base_url));
+        assert!(seen.len() <= 3, "the cursor ends: {seen:?}");
+    }
+    assert_eq!(seen, vec![second.clone(), flaky.clone(), first.clone()]);
+
+    let (_, filtered) = page(&http, &format!("{runs}?tool=flaky&status=failed"), &cookie).await;
+    assert_eq!(runs_of(&filtered).0, vec![flaky.clone()], "{filtered}");
+    let (status, _) = page(&http, &format!("{runs}?status=nonsense"), &cookie).await;
+    assert_eq!(status, 400);
+
+    let (status, detail) = page(&http, &format!("{runs}/{flaky}"), &cookie).await;
+    assert_eq!(status, 200);
+    for shown in ["failed", "Attempt 1", "Attempt 3", "HTTP 503"] {
+        assert!(detail.contains(shown), "{shown}: {detail}");
+    }
+    let (status, _) = page(&http, &format!("{runs}/{foreign}"), &cookie).await;
+    assert_eq!(status, 404, "another project's run is not shown under this one");
+    let (_, all) = page(&http, &runs, &cookie).await;
+    assert!(!all.contains(&foreign));
 }

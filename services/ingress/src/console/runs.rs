@@ -24,6 +24,7 @@ use crate::{
     admin::runs::{decode_cursor, encode_cursor},
 };
 
+/// Runs a page by default and at most (`?limit=` asks for fewer).
 const PAGE_SIZE: usize = 50;
 const STATUSES: [&str; 7] = [
     "accepted",
@@ -42,12 +43,18 @@ pub struct Filters {
     tool: Option<String>,
     status: Option<String>,
     cursor: Option<String>,
+    /// 1–50, default 50.
+    limit: Option<usize>,
 }
 
 impl Filters {
     /// Empty fields (a submitted form's blanks) mean no filter.
     fn field(value: Option<&String>) -> Option<String> {
         value.map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    fn page_size(&self) -> usize {
+        self.limit.unwrap_or(PAGE_SIZE).clamp(1, PAGE_SIZE)
     }
 
     fn run_filter(&self) -> Result<RunFilter, ConsoleError> {
@@ -76,7 +83,7 @@ impl Filters {
             tool_name: tool,
             status,
             before,
-            limit: i64::try_from(PAGE_SIZE).unwrap_or(50).saturating_add(1),
+            limit: i64::try_from(self.page_size()).unwrap_or(50).saturating_add(1),
             ..RunFilter::default()
         })
     }
@@ -92,8 +99,9 @@ pub async fn list(
     let project = projects::find(&st, project_id).await?;
     let filter = filters.run_filter()?;
     let mut runs = history::runs::list(&st.pool, project_id, &ReadScope::everything(), &filter).await?;
-    let next = (runs.len() > PAGE_SIZE).then(|| {
-        runs.truncate(PAGE_SIZE);
+    let size = filters.page_size();
+    let next = (runs.len() > size).then(|| {
+        runs.truncate(size);
         runs.last().map(|r| encode_cursor(r.accepted_at, r.run_id))
     });
     let root = format!("{}/projects/{project_id}/runs", session.base);
@@ -102,7 +110,7 @@ pub async fn list(
         @if runs.is_empty() { p { "No runs match." } }
         @else { (table(&root, &runs)) }
         @if let Some(cursor) = next.flatten() {
-            p { a href=(next_page(&root, &filter, &cursor)) rel="next" { "Older runs" } }
+            p { a href=(next_page(&root, &filter, size, &cursor)) rel="next" { "Older runs" } }
         }
     };
     Ok(layout::project_page(&session, &project, "Runs", body))
@@ -129,13 +137,16 @@ fn filter_form(root: &str, filter: &RunFilter) -> Markup {
     }
 }
 
-fn next_page(root: &str, filter: &RunFilter, cursor: &str) -> String {
+fn next_page(root: &str, filter: &RunFilter, size: usize, cursor: &str) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(tool) = &filter.tool_name {
         query.append_pair("tool", tool);
     }
     if let Some(status) = &filter.status {
         query.append_pair("status", status);
+    }
+    if size != PAGE_SIZE {
+        query.append_pair("limit", &size.to_string());
     }
     query.append_pair("cursor", cursor);
     format!("{root}?{}", query.finish())
