@@ -185,6 +185,15 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     let failed = checked_page(&browser, &app, &mut pages).await;
     assert!(failed.contains("No runs match.") && !failed.contains(&run), "{failed}");
 
+    for screen in ["Usage", "Credentials", "Settings"] {
+        browser.click_link(screen).await;
+        browser.wait_for_url(&screen.to_lowercase()).await;
+        let shown = checked_page(&browser, &app, &mut pages).await;
+        assert!(shown.contains("not built yet"), "{shown}");
+        browser
+            .screenshot(&shots.join(format!("{}.png", screen.to_lowercase())))
+            .await;
+    }
     browser.click("header button[type=submit]").await;
     browser.wait_for_url("/console/sign-in").await;
     browser
@@ -375,6 +384,7 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     theirs.initialize().await;
     let foreign = run_id(&theirs.call("lookup", json!({})).await);
     app.admin.finished_run(&foreign).await;
+    app.admin.wait_for_projector().await;
 
     let http = reqwest::Client::builder()
         .redirect(Policy::none())
@@ -412,4 +422,10 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     assert_eq!(status, 404, "another project's run is not shown under this one");
     let (_, all) = page(&http, &runs, &cookie).await;
     assert!(!all.contains(&foreign));
+
+    // The overview counts this project's three calls, one failed (not the other project's).
+    let (_, overview) = page(&http, &format!("{console}/projects/{}", app.project_id), &cookie).await;
+    let day = "<th scope=\"row\">24 hours</th><td>3</td><td>1</td><td>33.3 %</td>";
+    assert!(overview.contains(day), "{overview}");
+    assert!(overview.contains("<code>flaky</code>: 1 errors"), "{overview}");
 }

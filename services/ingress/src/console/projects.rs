@@ -6,8 +6,13 @@ use axum::{
     extract::{Path, State},
     response::Response,
 };
-use maud::html;
-use tengine_control::projects::{self, Project};
+use maud::{Markup, html};
+use serde_json::Value;
+use tengine_control::{
+    principals::ReadScope,
+    projects::{self, Project},
+};
+use tengine_projector::history::usage;
 use uuid::Uuid;
 
 use super::{ConsoleError, PAGE_MAX, auth::Session, layout};
@@ -37,15 +42,28 @@ pub async fn find(st: &AppState, project_id: Uuid) -> Result<Project, ConsoleErr
         .map_err(|_| ConsoleError::not_found("project"))
 }
 
-/// `GET /console/projects/{id}`: the project's settings at a glance (the
-/// overview's figures are not built yet).
+/// `GET /console/projects/{id}`: calls, errors and mean latency over 24 h and
+/// 7 days, the tools failing most, and the project's settings at a glance.
 pub async fn overview(
     session: Session,
     State(st): State<Arc<AppState>>,
     Path(project_id): Path<Uuid>,
 ) -> Result<Response, ConsoleError> {
     let project = find(&st, project_id).await?;
+    let day = Totals::since(&st, project_id, 24).await?;
+    let week = Totals::since(&st, project_id, 24 * 7).await?;
+    let failing = failing_tools(&st, project_id).await?;
     let body = html! {
+        table {
+            caption { "Calls (whole hours)" }
+            thead { tr { th scope="col" { "Period" } th scope="col" { "Calls" } th scope="col" { "Errors" }
+                th scope="col" { "Error rate" } th scope="col" { "Mean latency" } } }
+            tbody { (day.row("24 hours")) (week.row("7 days")) }
+        }
+        h2 { "Tools failing most (7 days)" }
+        @if failing.is_empty() { p { "No failures." } }
+        @else { ol { @for (tool, failures) in &failing { li { code { (tool) } ": " (failures) " errors" } } } }
+        h2 { "Settings" }
         dl {
             dt { "Project ID" } dd { code { (project.id) } }
             dt { "Created" } dd { (project.created_at.to_rfc3339()) }
@@ -53,7 +71,50 @@ pub async fn overview(
             dd { (project.monthly_call_limit.map_or("unlimited".to_string(), |n| n.to_string())) }
             dt { "Stores bodies" } dd { (if project.store_bodies { "yes" } else { "no" }) }
         }
-        p { "Calls, error rate and latency figures are not built yet." }
     };
     Ok(layout::project_page(&session, &project, "Overview", body))
+}
+
+/// Calls of a period, summed from the hourly usage.
+#[derive(Default)]
+struct Totals {
+    calls: i64,
+    failures: i64,
+    latency_ms_sum: i64,
+}
+
+impl Totals {
+    async fn since(st: &AppState, project_id: Uuid, hours: i64) -> Result<Self, ConsoleError> {
+        let from = chrono::Utc::now().checked_sub_signed(chrono::Duration::hours(hours));
+        let rows = usage::summed(&st.pool, project_id, &ReadScope::everything(), from, None, &[]).await?;
+        let number = |row: &Value, key: &str| row[key].as_i64().unwrap_or(0);
+        Ok(rows.first().map_or_else(Self::default, |row| Self {
+            calls: number(row, "calls"),
+            failures: number(row, "failures"),
+            latency_ms_sum: number(row, "latency_ms_sum"),
+        }))
+    }
+
+    fn row(&self, period: &str) -> Markup {
+        let rate = (self.calls > 0).then(|| format!("{:.1} %", self.failures as f64 * 100.0 / self.calls as f64));
+        let mean = self.latency_ms_sum.checked_div(self.calls).map(|ms| format!("{ms} ms"));
+        html! {
+            tr { th scope="row" { (period) } td { (self.calls) } td { (self.failures) }
+                td { (rate.unwrap_or_else(|| "–".into())) } td { (mean.unwrap_or_else(|| "–".into())) } }
+        }
+    }
+}
+
+/// The five tools with the most failures over 7 days.
+async fn failing_tools(st: &AppState, project_id: Uuid) -> Result<Vec<(String, i64)>, ConsoleError> {
+    let from = chrono::Utc::now().checked_sub_signed(chrono::Duration::days(7));
+    let rows = usage::summed(&st.pool, project_id, &ReadScope::everything(), from, None, &["tool"]).await?;
+    let mut failing: Vec<(String, i64)> = rows
+        .iter()
+        .filter_map(|row| Some((row["tool"].as_str()?.to_string(), row["failures"].as_i64()?)))
+        .filter(|(_, failures)| *failures > 0)
+        .collect();
+    failing.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    failing.truncate(5);
+    Ok(failing)
 }
