@@ -185,11 +185,17 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     let failed = checked_page(&browser, &app, &mut pages).await;
     assert!(failed.contains("No runs match.") && !failed.contains(&run), "{failed}");
 
-    for screen in ["Usage", "Credentials", "Settings"] {
+    // Credentials shows a key by its prefix only (checked_page: never the secret).
+    let prefix = &app.api_key[..12];
+    for (screen, shows) in [
+        ("Usage", "not built yet"),
+        ("Credentials", prefix),
+        ("Settings", "Bodies and redaction"),
+    ] {
         browser.click_link(screen).await;
         browser.wait_for_url(&screen.to_lowercase()).await;
         let shown = checked_page(&browser, &app, &mut pages).await;
-        assert!(shown.contains("not built yet"), "{shown}");
+        assert!(shown.contains(shows), "{screen} shows {shows}: {shown}");
         browser
             .screenshot(&shots.join(format!("{}.png", screen.to_lowercase())))
             .await;

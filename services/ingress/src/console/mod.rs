@@ -4,11 +4,13 @@
 //! [`layout::project_page`] for a project's screens).
 
 pub mod auth;
+mod credentials;
 mod error;
 mod layout;
 mod placeholder;
 mod projects;
 mod runs;
+mod settings;
 mod tools;
 
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/console/projects/{project_id}/runs", get(runs::list))
         .route("/console/projects/{project_id}/runs/{run_id}", get(runs::detail))
+        .route("/console/projects/{project_id}/credentials", get(credentials::show))
+        .route("/console/projects/{project_id}/settings", get(settings::show))
         .route("/console/projects/{project_id}/{screen}", get(placeholder::screen))
 }
 
