@@ -364,6 +364,11 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     let app = spawn_app().await;
     let upstream = Upstream::spawn(None).await;
     let (mut session, first) = project_with_a_run(&app, &upstream).await;
+    let (status, body) = app
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true, "redact_fields": ["path"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
     app.create_tool(
         ToolSpec::get("flaky", &upstream.url(), "/status/503")
             .description("always 503")
@@ -424,6 +429,13 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     for shown in ["failed", "Attempt 1", "Attempt 3", "HTTP 503"] {
         assert!(detail.contains(shown), "{shown}: {detail}");
     }
+    // The kept response body, redacted as the project says.
+    let (_, kept) = page(&http, &format!("{runs}/{second}"), &cookie).await;
+    assert!(kept.contains("Bodies") && kept.contains("[REDACTED]"), "{kept}");
+    assert!(
+        !kept.contains("/items"),
+        "the redacted field's value is not shown: {kept}"
+    );
     let (status, _) = page(&http, &format!("{runs}/{foreign}"), &cookie).await;
     assert_eq!(status, 404, "another project's run is not shown under this one");
     let (_, all) = page(&http, &runs, &cookie).await;

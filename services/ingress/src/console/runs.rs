@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tengine_control::principals::ReadScope;
 use tengine_projector::history::{
     self,
-    runs::{AttemptRecord, RunFilter, RunRecord},
+    runs::{AttemptRecord, BodiesRecord, RunFilter, RunRecord},
 };
 use url::form_urlencoded;
 use uuid::Uuid;
@@ -35,6 +35,8 @@ const STATUSES: [&str; 7] = [
     "cancelled",
     "revoked",
 ];
+/// Characters of a stored body shown at most (the rest is through the admin API).
+const BODY_SHOWN_MAX: usize = 16 * 1024;
 /// Longest tool filter accepted (tool names are shorter).
 const MAX_FILTER_LEN: usize = 128;
 
@@ -192,6 +194,7 @@ pub async fn detail(
     if run.project_id != project_id {
         return Err(ConsoleError::not_found("run"));
     }
+    let bodies = history::runs::bodies(&st.pool, run_id).await?;
     let body = html! {
         h2 { "Run " code { (run.run_id) } }
         dl {
@@ -209,9 +212,28 @@ pub async fn detail(
         }
         h2 { "Attempts" }
         (timeline(&attempts))
+        @if let Some(bodies) = &bodies { (stored_bodies(bodies)) }
         p { a href=(format!("{}/projects/{project_id}/runs", session.base)) { "All runs" } }
     };
     Ok(layout::project_page(&session, &project, "Runs", body))
+}
+
+/// The bodies run history kept (already redacted and capped by the project's settings).
+fn stored_bodies(bodies: &BodiesRecord) -> Markup {
+    let shown = |body: &Option<String>| {
+        body.as_deref().map(|b| match b.char_indices().nth(BODY_SHOWN_MAX) {
+            Some((cut, _)) => format!("{}…", &b[..cut]),
+            None => b.to_string(),
+        })
+    };
+    html! {
+        h2 { "Bodies" }
+        @if bodies.bodies_truncated == Some(true) { p { "Cut to the project's body size limit." } }
+        h3 { "Request" }
+        @match shown(&bodies.request_body) { Some(body) => pre { (body) }, None => p { "None." } }
+        h3 { "Response" }
+        @match shown(&bodies.response_body) { Some(body) => pre { (body) }, None => p { "None." } }
+    }
 }
 
 fn timeline(attempts: &[AttemptRecord]) -> Markup {
