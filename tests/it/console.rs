@@ -188,7 +188,7 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     // Credentials shows a key by its prefix only (checked_page: never the secret).
     let prefix = &app.api_key[..12];
     for (screen, shows) in [
-        ("Usage", "not built yet"),
+        ("Usage", "<code>lookup</code></th><td>1</td><td>0</td>"),
         ("Credentials", prefix),
         ("Settings", "Bodies and redaction"),
     ] {
@@ -429,6 +429,37 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     for shown in ["failed", "Attempt 1", "Attempt 3", "HTTP 503"] {
         assert!(detail.contains(shown), "{shown}: {detail}");
     }
+    // Usage as CSV: the same rows as the Usage screen.
+    let csv = http
+        .get(format!(
+            "{console}/projects/{}/usage.csv?by=tool&period=day",
+            app.project_id
+        ))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await.expect("csv");
+    assert!(csv.starts_with("tool,calls,errors,mean_latency_ms\r\n"), "{csv}");
+    assert!(
+        csv.contains("\"flaky\",1,1,") && csv.contains("\"lookup\",2,0,"),
+        "{csv}"
+    );
+    let (status, _) = page(
+        &http,
+        &format!("{console}/projects/{}/usage?by=nonsense", app.project_id),
+        &cookie,
+    )
+    .await;
+    assert_eq!(status, 400);
+
     // The kept response body, redacted as the project says.
     let (_, kept) = page(&http, &format!("{runs}/{second}"), &cookie).await;
     assert!(kept.contains("Bodies") && kept.contains("[REDACTED]"), "{kept}");

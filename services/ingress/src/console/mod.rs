@@ -7,11 +7,11 @@ pub mod auth;
 mod credentials;
 mod error;
 mod layout;
-mod placeholder;
 mod projects;
 mod runs;
 mod settings;
 mod tools;
+mod usage;
 
 use std::sync::Arc;
 
@@ -41,9 +41,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/console/projects/{project_id}/runs", get(runs::list))
         .route("/console/projects/{project_id}/runs/{run_id}", get(runs::detail))
+        .route("/console/projects/{project_id}/usage", get(usage::show))
+        .route("/console/projects/{project_id}/usage.csv", get(usage::csv))
         .route("/console/projects/{project_id}/credentials", get(credentials::show))
         .route("/console/projects/{project_id}/settings", get(settings::show))
-        .route("/console/projects/{project_id}/{screen}", get(placeholder::screen))
 }
 
 /// The console's base path (`/console`, behind public_url's path prefix if any).
