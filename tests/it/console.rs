@@ -200,6 +200,25 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
             .screenshot(&shots.join(format!("{}.png", screen.to_lowercase())))
             .await;
     }
+    // Revoking the key, after a confirmation: the MCP client is refused at once.
+    browser.click_link("Credentials").await;
+    browser.wait_for_url("/credentials").await;
+    browser.click(&format!("a[aria-label='Revoke {prefix}']")).await;
+    browser.wait_for_url("/revoke").await;
+    checked_page(&browser, &app, &mut pages).await;
+    browser.screenshot(&shots.join("revoke.png")).await;
+    browser.click("main form button[type=submit]").await;
+    browser.wait_for_url("/credentials").await;
+    let revoked = checked_page(&browser, &app, &mut pages).await;
+    assert_eq!(
+        browser.count(&format!("a[aria-label='Revoke {prefix}']")).await,
+        0,
+        "{revoked}"
+    );
+    assert!(revoked.contains(" UTC</td></tr>"), "the time it took effect: {revoked}");
+    let refused = session.request("tools/list", json!({})).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+
     browser.click("header button[type=submit]").await;
     browser.wait_for_url("/console/sign-in").await;
     browser
@@ -348,6 +367,21 @@ async fn forms_need_their_csrf_token_and_pages_a_session() {
         .get(&format!("/v1/projects/{}/tools/lookup", app.project_id))
         .await;
     assert_eq!(tool["enabled"], Value::Bool(false));
+
+    let revoke = format!(
+        "{console}/projects/{}/api-keys/{}/revoke",
+        app.project_id, app.api_key_id
+    );
+    let refused = http
+        .post(&revoke)
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 403);
+    let mut mcp = app.session();
+    mcp.initialize().await;
 
     // A forged session cookie is no session.
     let forged = http

@@ -145,8 +145,13 @@ pub async fn revoke(
     State(st): State<Arc<AppState>>,
     Ids(ApiKeyPath { project_id, key_id }): Ids<ApiKeyPath>,
 ) -> ApiResult<StatusCode> {
+    revoke_key(&st, project_id, key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revocation's work, shared with the console.
+pub(crate) async fn revoke_key(st: &AppState, project_id: Uuid, key_id: Uuid) -> ApiResult<()> {
     api_keys::revoke(&st.pool, project_id, key_id)
         .await
-        .map_err(not_found_as("API key"))?;
-    Ok(StatusCode::NO_CONTENT)
+        .map_err(not_found_as("API key"))
 }

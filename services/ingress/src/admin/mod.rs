@@ -5,7 +5,7 @@
 //! JSON error answer. The routes and the OpenAPI document (`openapi`, served at
 //! `GET /v1/openapi.json`) come from one list, `api()`.
 
-mod api_keys;
+pub(crate) mod api_keys;
 mod approvals;
 mod auth;
 pub mod error;

@@ -1,19 +1,23 @@
-//! The Credentials screen (read-only for now): the project's integrations with
-//! the tools each may call, and its API keys by display prefix (a key's secret
-//! is shown once, at creation through the admin API, never here).
+//! The Credentials screen: the project's integrations with the tools each may
+//! call, and its API keys by display prefix (a key's secret is shown once, at
+//! creation through the admin API, never here), each revocable after a
+//! confirmation page (the admin API's revocation path: it takes effect at once).
 
 use std::sync::Arc;
 
 use axum::{
+    Form,
     extract::{Path, State},
-    response::Response,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
+use serde::Deserialize;
 use tengine_control::{api_keys, integrations};
 use uuid::Uuid;
 
 use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
-use crate::AppState;
+use crate::{AppState, admin::api_keys::revoke_key};
 
 /// `GET /console/projects/{id}/credentials`.
 pub async fn show(
@@ -28,9 +32,8 @@ pub async fn show(
         h2 { "Integrations" }
         (integration_table(&integrations))
         h2 { "API keys" }
-        (key_table(&keys, &integrations))
-        p { "Create and revoke keys with " code { "POST /v1/projects/{id}/api-keys" } " and "
-            code { "DELETE /v1/projects/{id}/api-keys/{key_id}" } "." }
+        (key_table(&session.base, project_id, &keys, &integrations))
+        p { "Create keys with " code { "POST /v1/projects/{id}/api-keys" } "." }
     };
     Ok(layout::project_page(&session, &project, "Credentials", body))
 }
@@ -60,7 +63,12 @@ fn integration_table(all: &[integrations::Integration]) -> Markup {
     }
 }
 
-fn key_table(keys: &[api_keys::ApiKey], integrations: &[integrations::Integration]) -> Markup {
+fn key_table(
+    base: &str,
+    project_id: Uuid,
+    keys: &[api_keys::ApiKey],
+    integrations: &[integrations::Integration],
+) -> Markup {
     let integration_name = |id: Uuid| {
         integrations
             .iter()
@@ -81,7 +89,13 @@ fn key_table(keys: &[api_keys::ApiKey], integrations: &[integrations::Integratio
                             td { (integration_name(key.integration_id)) }
                             td { (key.scopes.join(", ")) }
                             td { (key.created_at.format("%Y-%m-%d %H:%M UTC")) }
-                            td { (key.revoked_at.map_or("–".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())) }
+                            td {
+                                @match key.revoked_at {
+                                    Some(at) => (at.format("%Y-%m-%d %H:%M:%S UTC")),
+                                    None => a href=(format!("{base}/projects/{project_id}/api-keys/{}/revoke", key.id))
+                                        aria-label=(format!("Revoke {}", key.display_prefix)) { "Revoke…" },
+                                }
+                            }
                         }
                     }
                 }
@@ -89,4 +103,54 @@ fn key_table(keys: &[api_keys::ApiKey], integrations: &[integrations::Integratio
             @if keys.len() > PAGE_MAX { p { "Showing " (PAGE_MAX) " of " (keys.len()) " keys." } }
         }
     }
+}
+
+/// The key named in the path, of this project, or 404.
+async fn find_key(st: &AppState, project_id: Uuid, key_id: Uuid) -> Result<api_keys::ApiKey, ConsoleError> {
+    api_keys::list(&st.pool, project_id)
+        .await?
+        .into_iter()
+        .find(|k| k.id == key_id)
+        .ok_or_else(|| ConsoleError::not_found("API key"))
+}
+
+/// `GET /console/projects/{id}/api-keys/{key_id}/revoke`: the confirmation.
+pub async fn confirm_revoke(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path((project_id, key_id)): Path<(Uuid, Uuid)>,
+) -> Result<Response, ConsoleError> {
+    let project = projects::find(&st, project_id).await?;
+    let key = find_key(&st, project_id, key_id).await?;
+    let action = format!("{}/projects/{project_id}/api-keys/{key_id}/revoke", session.base);
+    let body = html! {
+        h2 { "Revoke the key " code { (key.display_prefix) "…" } " (" (key.name) ")?" }
+        p { "It stops working at once, with its open MCP sessions and member sessions. This cannot be undone." }
+        form method="post" action=(action) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            button type="submit" { "Revoke" }
+            " "
+            a href=(format!("{}/projects/{project_id}/credentials", session.base)) { "Cancel" }
+        }
+    };
+    Ok(layout::project_page(&session, &project, "Credentials", body))
+}
+
+#[derive(Deserialize)]
+pub struct Confirmed {
+    csrf: Option<String>,
+}
+
+/// `POST /console/projects/{id}/api-keys/{key_id}/revoke`: revokes, back to the list.
+pub async fn revoke(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path((project_id, key_id)): Path<(Uuid, Uuid)>,
+    Form(form): Form<Confirmed>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(form.csrf.as_deref())?;
+    revoke_key(&st, project_id, key_id).await?;
+    tracing::info!(project = %project_id, key = %key_id, "console: API key revoked");
+    let back = format!("{}/projects/{project_id}/credentials", session.base);
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
 }
