@@ -163,6 +163,16 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
         "tools/list lost lookup"
     );
     browser.screenshot(&shots.join("tools.png")).await;
+    // Deleting a tool, after a confirmation: gone from the table and from tools/list.
+    browser.click("a[aria-label='Delete archive']").await;
+    browser.wait_for_url("/archive/delete").await;
+    checked_page(&browser, &app, &mut pages).await;
+    browser.screenshot(&shots.join("tool-delete.png")).await;
+    browser.click("main form button[type=submit]").await;
+    browser.wait_for_url("/tools").await;
+    browser.wait_for("button[aria-label='Enable lookup']").await;
+    assert_eq!(browser.count("button[aria-label='Enable archive']").await, 0);
+    assert!(tool_names(&mut session).await.is_empty(), "archive deleted, lookup off");
 
     // Runs: the call, then its detail with the attempt.
     browser.click_link("Runs").await;

@@ -39,6 +39,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/console/projects/{project_id}/tools/{name}/enabled",
             post(tools::set_enabled),
         )
+        .route(
+            "/console/projects/{project_id}/tools/{name}/delete",
+            get(tools::confirm_delete).post(tools::delete),
+        )
         .route("/console/projects/{project_id}/runs", get(runs::list))
         .route("/console/projects/{project_id}/runs/{run_id}", get(runs::detail))
         .route("/console/projects/{project_id}/usage", get(usage::show))

@@ -1,7 +1,8 @@
 //! The Tools screen: a project's tools and an enable switch per row. The switch
 //! is a form button (`role="switch"`, named `Enable <tool>`), so it works
 //! without JavaScript; it goes through the admin API's PATCH path, which
-//! announces `list_changed` to open MCP sessions.
+//! announces `list_changed` to open MCP sessions. Deleting a tool asks for
+//! confirmation on a page of its own, then goes through the admin API's DELETE.
 
 use std::sync::Arc;
 
@@ -21,7 +22,10 @@ use tengine_projector::history;
 use uuid::Uuid;
 
 use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
-use crate::{AppState, admin::tools::apply_patch};
+use crate::{
+    AppState,
+    admin::tools::{apply_patch, delete_tool},
+};
 
 /// `GET /console/projects/{id}/tools`.
 pub async fn list(
@@ -40,7 +44,7 @@ pub async fn list(
         @else {
             table {
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" }
-                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } } }
+                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } th scope="col" { "Delete" } } }
                 tbody { @for tool in shown { (row(&session, project_id, tool, usage.get(&tool.name).copied().unwrap_or_default())) } }
             }
         }
@@ -95,6 +99,8 @@ fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition, (calls, error
                     }
                 }
             }
+            td { a href=(format!("{}/projects/{project_id}/tools/{}/delete", session.base, tool.name))
+                aria-label=(format!("Delete {}", tool.name)) { "Delete…" } }
         }
     }
 }
@@ -127,6 +133,49 @@ pub async fn set_enabled(
     patch.insert("enabled".into(), Value::Bool(enabled));
     apply_patch(&st, project_id, &name, patch).await?;
     tracing::info!(project = %project_id, tool = %name, enabled, "console: tool switched");
+    let back = format!("{}/projects/{project_id}/tools", session.base);
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
+}
+
+/// `GET /console/projects/{id}/tools/{name}/delete`: the confirmation.
+pub async fn confirm_delete(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path((project_id, name)): Path<(Uuid, String)>,
+) -> Result<Response, ConsoleError> {
+    let project = projects::find(&st, project_id).await?;
+    let tool = tools::get(&st.pool, project_id, &name)
+        .await
+        .map_err(|_| ConsoleError::not_found("tool"))?;
+    let tools_page = format!("{}/projects/{project_id}/tools", session.base);
+    let body = html! {
+        h2 { "Delete the tool " code { (tool.name) } "?" }
+        p { "MCP clients stop seeing it at once; its run history stays. This cannot be undone." }
+        form method="post" action=(format!("{tools_page}/{}/delete", tool.name)) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            button type="submit" { "Delete" }
+            " "
+            a href=(tools_page) { "Cancel" }
+        }
+    };
+    Ok(layout::project_page(&session, &project, "Tools", body))
+}
+
+#[derive(Deserialize)]
+pub struct Confirmed {
+    csrf: Option<String>,
+}
+
+/// `POST /console/projects/{id}/tools/{name}/delete`: deletes, back to the list.
+pub async fn delete(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path((project_id, name)): Path<(Uuid, String)>,
+    Form(form): Form<Confirmed>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(form.csrf.as_deref())?;
+    delete_tool(&st, project_id, &name).await?;
+    tracing::info!(project = %project_id, tool = %name, "console: tool deleted");
     let back = format!("{}/projects/{project_id}/tools", session.base);
     Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
 }

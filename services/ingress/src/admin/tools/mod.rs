@@ -171,12 +171,18 @@ pub async fn delete(
     State(st): State<Arc<AppState>>,
     Ids(ToolPath { project_id, name }): Ids<ToolPath>,
 ) -> ApiResult<StatusCode> {
-    validate_tool_name(&name).map_err(|_| ApiError::not_found("tool"))?;
-    tools::delete(&st.pool, project_id, &name)
+    delete_tool(&st, project_id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// DELETE's work, shared with the console (the same `list_changed` announcement).
+pub(crate) async fn delete_tool(st: &AppState, project_id: Uuid, name: &str) -> ApiResult<()> {
+    validate_tool_name(name).map_err(|_| ApiError::not_found("tool"))?;
+    tools::delete(&st.pool, project_id, name)
         .await
         .map_err(tool_not_found)?;
-    tools_changed(&st, project_id).await;
-    Ok(StatusCode::NO_CONTENT)
+    tools_changed(st, project_id).await;
+    Ok(())
 }
 
 /// Stores `spec` in place of `current` (PUT and PATCH), keeping its secret when allowed.
