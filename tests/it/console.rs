@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tengine_tests::{
     ADMIN_TOKEN, TestApp, ToolSpec,
     mcp::{RawSession, run_id},
-    spawn_app,
+    spawn_app, spawn_app_with,
     upstream::Upstream,
 };
 
@@ -521,4 +521,26 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
     let day = "<th scope=\"row\">24 hours</th><td>3</td><td>1</td><td>33.3 %</td>";
     assert!(overview.contains(day), "{overview}");
     assert!(overview.contains("<code>flaky</code>: 1 errors"), "{overview}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_an_https_prefix_cookies_are_secure_and_links_carry_the_prefix() {
+    // A proxy serves the ingress at https://console.example/tengine (no traffic goes there).
+    let app = spawn_app_with(&[("ingress.public_url", "https://console.example/tengine")]).await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let page = http
+        .get(format!("{}/console/sign-in", app.base_url))
+        .send()
+        .await
+        .expect("get");
+    let (_, cookie) = set_cookie(&page, "tengine_console_sign_in");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    assert!(cookie.contains("Path=/tengine/console/sign-in"), "{cookie}");
+    let html = page.text().await.expect("page");
+    assert!(html.contains("action=\"/tengine/console/sign-in\""), "{html}");
+    let anonymous = http.get(format!("{}/console", app.base_url)).send().await.expect("get");
+    assert_eq!(anonymous.headers()[header::LOCATION], "/tengine/console/sign-in");
 }
