@@ -465,6 +465,21 @@ async fn runs_page_by_cursor_filter_in_the_url_show_attempts_and_stay_in_their_p
 
     let (_, filtered) = page(&http, &format!("{runs}?tool=flaky&status=failed"), &cookie).await;
     assert_eq!(runs_of(&filtered).0, vec![flaky.clone()], "{filtered}");
+    let (_, nobody) = page(&http, &format!("{runs}?member=nobody"), &cookie).await;
+    assert!(nobody.contains("No runs match."), "{nobody}");
+    let jump = http
+        .get(format!("{runs}?run={flaky}"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(jump.status(), 303);
+    assert!(
+        jump.headers()[header::LOCATION]
+            .to_str()
+            .unwrap_or_default()
+            .ends_with(&format!("/runs/{flaky}"))
+    );
     let (status, _) = page(&http, &format!("{runs}?status=nonsense"), &cookie).await;
     assert_eq!(status, 400);
 

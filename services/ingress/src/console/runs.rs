@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Path, Query, State},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -37,13 +37,16 @@ const STATUSES: [&str; 7] = [
 ];
 /// Characters of a stored body shown at most (the rest is through the admin API).
 const BODY_SHOWN_MAX: usize = 16 * 1024;
-/// Longest tool filter accepted (tool names are shorter).
+/// Longest tool or member filter accepted.
 const MAX_FILTER_LEN: usize = 128;
 
 #[derive(Deserialize, Default)]
 pub struct Filters {
     tool: Option<String>,
     status: Option<String>,
+    member: Option<String>,
+    /// A run id: straight to its page.
+    run: Option<String>,
     cursor: Option<String>,
     /// 1–50, default 50.
     limit: Option<usize>,
@@ -62,10 +65,14 @@ impl Filters {
     fn run_filter(&self) -> Result<RunFilter, ConsoleError> {
         let tool = Self::field(self.tool.as_ref());
         let status = Self::field(self.status.as_ref());
-        if tool.as_ref().is_some_and(|t| t.len() > MAX_FILTER_LEN) {
+        let member = Self::field(self.member.as_ref());
+        if [&tool, &member]
+            .iter()
+            .any(|f| f.as_ref().is_some_and(|f| f.len() > MAX_FILTER_LEN))
+        {
             return Err(ConsoleError::new(
                 axum::http::StatusCode::BAD_REQUEST,
-                "the tool filter is too long",
+                "the tool and member filters are 128 characters at most",
             ));
         }
         if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
@@ -84,6 +91,7 @@ impl Filters {
         Ok(RunFilter {
             tool_name: tool,
             status,
+            member_id: member,
             before,
             limit: i64::try_from(self.page_size()).unwrap_or(50).saturating_add(1),
             ..RunFilter::default()
@@ -91,7 +99,7 @@ impl Filters {
     }
 }
 
-/// `GET /console/projects/{id}/runs?tool=&status=&cursor=`.
+/// `GET /console/projects/{id}/runs?tool=&status=&member=&run=&limit=&cursor=`.
 pub async fn list(
     session: Session,
     State(st): State<Arc<AppState>>,
@@ -99,6 +107,9 @@ pub async fn list(
     Query(filters): Query<Filters>,
 ) -> Result<Response, ConsoleError> {
     let project = projects::find(&st, project_id).await?;
+    if let Some(run) = Filters::field(filters.run.as_ref()) {
+        return jump(&session, project_id, &run);
+    }
     let filter = filters.run_filter()?;
     let mut runs = history::runs::list(&st.pool, project_id, &ReadScope::everything(), &filter).await?;
     let size = filters.page_size();
@@ -118,6 +129,14 @@ pub async fn list(
     Ok(layout::project_page(&session, &project, "Runs", body))
 }
 
+/// The run-id box: to the run's page (which says whether it exists here).
+fn jump(session: &Session, project_id: Uuid, run: &str) -> Result<Response, ConsoleError> {
+    let run = Uuid::parse_str(run)
+        .map_err(|_| ConsoleError::new(axum::http::StatusCode::BAD_REQUEST, "a run ID is a UUID"))?;
+    let target = format!("{}/projects/{project_id}/runs/{run}", session.base);
+    Ok(axum::response::Redirect::to(&target).into_response())
+}
+
 fn filter_form(root: &str, filter: &RunFilter) -> Markup {
     html! {
         form.filters method="get" action=(root) role="search" {
@@ -134,6 +153,14 @@ fn filter_form(root: &str, filter: &RunFilter) -> Markup {
                     }
                 }
             }
+            div {
+                label for="member" { "Member" }
+                input id="member" name="member" value=(filter.member_id.as_deref().unwrap_or_default());
+            }
+            div {
+                label for="run" { "Run ID" }
+                input id="run" name="run" size="36";
+            }
             button type="submit" { "Filter" }
         }
     }
@@ -146,6 +173,9 @@ fn next_page(root: &str, filter: &RunFilter, size: usize, cursor: &str) -> Strin
     }
     if let Some(status) = &filter.status {
         query.append_pair("status", status);
+    }
+    if let Some(member) = &filter.member_id {
+        query.append_pair("member", member);
     }
     if size != PAGE_SIZE {
         query.append_pair("limit", &size.to_string());
