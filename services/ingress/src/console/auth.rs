@@ -229,9 +229,10 @@ pub async fn sign_in(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f
     response
 }
 
+/// A form that carries nothing but its CSRF token (sign-out, confirmations).
 #[derive(Deserialize)]
 pub struct CsrfForm {
-    csrf: Option<String>,
+    pub csrf: Option<String>,
 }
 
 /// `POST /console/sign-out`: clears the session cookie.

@@ -12,11 +12,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
-use serde::Deserialize;
 use tengine_control::{api_keys, integrations};
 use uuid::Uuid;
 
-use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
+use super::{
+    ConsoleError, PAGE_MAX,
+    auth::{CsrfForm, Session},
+    layout, projects,
+};
 use crate::{AppState, admin::api_keys::revoke_key};
 
 /// `GET /console/projects/{id}/credentials`.
@@ -136,17 +139,12 @@ pub async fn confirm_revoke(
     Ok(layout::project_page(&session, &project, "Credentials", body))
 }
 
-#[derive(Deserialize)]
-pub struct Confirmed {
-    csrf: Option<String>,
-}
-
 /// `POST /console/projects/{id}/api-keys/{key_id}/revoke`: revokes, back to the list.
 pub async fn revoke(
     session: Session,
     State(st): State<Arc<AppState>>,
     Path((project_id, key_id)): Path<(Uuid, Uuid)>,
-    Form(form): Form<Confirmed>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     session.check_csrf(form.csrf.as_deref())?;
     revoke_key(&st, project_id, key_id).await?;

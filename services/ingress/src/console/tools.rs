@@ -21,7 +21,11 @@ use tengine_core::domain::ToolDefinition;
 use tengine_projector::history;
 use uuid::Uuid;
 
-use super::{ConsoleError, PAGE_MAX, auth::Session, layout, projects};
+use super::{
+    ConsoleError, PAGE_MAX,
+    auth::{CsrfForm, Session},
+    layout, projects,
+};
 use crate::{
     AppState,
     admin::tools::{apply_patch, delete_tool},
@@ -161,17 +165,12 @@ pub async fn confirm_delete(
     Ok(layout::project_page(&session, &project, "Tools", body))
 }
 
-#[derive(Deserialize)]
-pub struct Confirmed {
-    csrf: Option<String>,
-}
-
 /// `POST /console/projects/{id}/tools/{name}/delete`: deletes, back to the list.
 pub async fn delete(
     session: Session,
     State(st): State<Arc<AppState>>,
     Path((project_id, name)): Path<(Uuid, String)>,
-    Form(form): Form<Confirmed>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     session.check_csrf(form.csrf.as_deref())?;
     delete_tool(&st, project_id, &name).await?;
