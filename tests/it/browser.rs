@@ -158,6 +158,16 @@ impl Chromium {
             .to_string()
     }
 
+    /// The rendered text of the element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        let id = self.find("css selector", css).await;
+        self.get(&format!("/element/{id}/text"))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub async fn source(&self) -> String {
         self.get("/source").await.as_str().unwrap_or_default().to_string()
     }

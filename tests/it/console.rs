@@ -229,6 +229,23 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     let refused = session.request("tools/list", json!({})).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
 
+    // A new key: its secret shown once, and it works.
+    browser.type_into("#key-name", "console key").await;
+    browser.click("form[action$='/api-keys'] button[type=submit]").await;
+    browser.wait_for("#new-key").await;
+    let secret = browser.text("#new-key").await;
+    assert!(secret.starts_with("tengine_"), "{secret}");
+    browser.screenshot(&shots.join("key-created.png")).await;
+    let mut fresh = RawSession::new(app.http.clone(), app.mcp_url.clone(), secret.clone());
+    fresh.initialize().await;
+    browser.click_link("Credentials").await;
+    browser.wait_for_url("/credentials").await;
+    let listed = checked_page(&browser, &app, &mut pages).await;
+    assert!(
+        listed.contains(&secret[..12]) && !listed.contains(&secret),
+        "listed by prefix only"
+    );
+
     browser.click("header button[type=submit]").await;
     browser.wait_for_url("/console/sign-in").await;
     browser

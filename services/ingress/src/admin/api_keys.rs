@@ -43,6 +43,15 @@ pub struct NewApiKey {
 }
 
 impl NewApiKey {
+    /// A key of the project's default integration (the console's form).
+    pub(crate) fn in_default_integration(name: String, scopes: Vec<String>) -> Self {
+        Self {
+            name,
+            integration_id: None,
+            scopes: Some(scopes),
+        }
+    }
+
     pub(super) fn checked_name(&self) -> ApiResult<()> {
         Ok(validate_name("name", &self.name, true)?)
     }
@@ -112,13 +121,18 @@ pub async fn create(
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
     OptionalJsonBody(input): OptionalJsonBody<NewApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
-    input.checked_name()?;
-    projects::exists(&st, project_id).await?;
-    let scopes = input.scopes()?;
-    let (record, key) = api_keys::create(&st.pool, project_id, input.integration_id, &input.name, &scopes)
-        .await
-        .map_err(not_found_as("integration"))?;
+    let (record, key) = create_key(&st, project_id, &input).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey::new(record, key, None))))
+}
+
+/// Creation's work, shared with the console: the record and the plaintext key.
+pub(crate) async fn create_key(st: &AppState, project_id: Uuid, input: &NewApiKey) -> ApiResult<(ApiKey, String)> {
+    input.checked_name()?;
+    projects::exists(st, project_id).await?;
+    let scopes = input.scopes()?;
+    api_keys::create(&st.pool, project_id, input.integration_id, &input.name, &scopes)
+        .await
+        .map_err(not_found_as("integration"))
 }
 
 /// List a project's API keys (with `display_prefix` and `revoked_at`, never the key).

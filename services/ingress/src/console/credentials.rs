@@ -20,7 +20,11 @@ use super::{
     auth::{CsrfForm, Session},
     layout, projects,
 };
-use crate::{AppState, admin::api_keys::revoke_key};
+use crate::{
+    AppState,
+    admin::api_keys::{NewApiKey, create_key, revoke_key},
+};
+use serde::Deserialize;
 
 /// `GET /console/projects/{id}/credentials`.
 pub async fn show(
@@ -36,7 +40,7 @@ pub async fn show(
         (integration_table(&integrations))
         h2 { "API keys" }
         (key_table(&session.base, project_id, &keys, &integrations))
-        p { "Create keys with " code { "POST /v1/projects/{id}/api-keys" } "." }
+        (new_key_form(&session, project_id))
     };
     Ok(layout::project_page(&session, &project, "Credentials", body))
 }
@@ -151,4 +155,55 @@ pub async fn revoke(
     tracing::info!(project = %project_id, key = %key_id, "console: API key revoked");
     let back = format!("{}/projects/{project_id}/credentials", session.base);
     Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
+}
+
+fn new_key_form(session: &Session, project_id: Uuid) -> Markup {
+    html! {
+        h2 { "New API key" }
+        form method="post" action=(format!("{}/projects/{project_id}/api-keys", session.base)) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            label for="key-name" { "Key name" }
+            input id="key-name" name="name" maxlength="200";
+            fieldset {
+                legend { "Scopes (default integration)" }
+                label { input type="checkbox" name="call" value="on" checked; " call: MCP calls" }
+                label { input type="checkbox" name="read" value="on"; " read: the project's run history and usage" }
+            }
+            p { button type="submit" { "Create key" } }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NewKeyForm {
+    csrf: Option<String>,
+    name: Option<String>,
+    call: Option<String>,
+    read: Option<String>,
+}
+
+/// `POST /console/projects/{id}/api-keys`: creates a key and shows its secret, this once.
+pub async fn create(
+    session: Session,
+    State(st): State<Arc<AppState>>,
+    Path(project_id): Path<Uuid>,
+    Form(form): Form<NewKeyForm>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(form.csrf.as_deref())?;
+    let project = projects::find(&st, project_id).await?;
+    let scopes = [("call", &form.call), ("read", &form.read)]
+        .into_iter()
+        .filter(|(_, on)| on.is_some())
+        .map(|(scope, _)| scope.to_string())
+        .collect();
+    let input = NewApiKey::in_default_integration(form.name.unwrap_or_default(), scopes);
+    let (record, key) = create_key(&st, project_id, &input).await?;
+    tracing::info!(project = %project_id, key = %record.id, "console: API key created");
+    let body = html! {
+        h2 { "Key " code { (record.display_prefix) "…" } " created" }
+        p role="status" { strong { "Store this key now: it is shown once and only its hash is kept." } }
+        p { code id="new-key" { (key) } }
+        p { a href=(format!("{}/projects/{project_id}/credentials", session.base)) { "Back to credentials" } }
+    };
+    Ok(layout::project_page(&session, &project, "Credentials", body))
 }

@@ -48,6 +48,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/projects/{project_id}/usage", get(usage::show))
         .route("/console/projects/{project_id}/usage.csv", get(usage::csv))
         .route("/console/projects/{project_id}/credentials", get(credentials::show))
+        .route("/console/projects/{project_id}/api-keys", post(credentials::create))
         .route(
             "/console/projects/{project_id}/api-keys/{key_id}/revoke",
             get(credentials::confirm_revoke).post(credentials::revoke),
