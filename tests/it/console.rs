@@ -410,6 +410,31 @@ async fn forms_need_their_csrf_token_and_pages_a_session() {
     let mut mcp = app.session();
     mcp.initialize().await;
 
+    // A refused key name: the form again, as sent, with the server's message beside the field.
+    let long = "x".repeat(201);
+    let refused = http
+        .post(format!("{console}/projects/{}/api-keys", app.project_id))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf.as_str()), ("name", long.as_str()), ("read", "on")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 422);
+    let html = refused.text().await.expect("page");
+    assert!(
+        html.contains("without control characters") && html.contains("role=\"alert\""),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("value=\"{long}\"")) && html.contains("aria-invalid=\"true\""),
+        "{html}"
+    );
+    let (_, keys) = app
+        .admin
+        .get(&format!("/v1/projects/{}/api-keys", app.project_id))
+        .await;
+    assert_eq!(keys["api_keys"].as_array().map(Vec::len), Some(1), "no key was created");
+
     // A forged session cookie is no session.
     let forged = http
         .get(&tools)

@@ -55,6 +55,11 @@ impl ApiError {
         StatusCode::from_u16(self.code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// The field an `invalid_field` error names.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
     /// What the answer's `message` says.
     pub fn message(&self) -> &str {
         &self.message

@@ -32,7 +32,35 @@ pub async fn show(
     State(st): State<Arc<AppState>>,
     Path(project_id): Path<Uuid>,
 ) -> Result<Response, ConsoleError> {
-    let project = projects::find(&st, project_id).await?;
+    render(&st, &session, project_id, &KeyFormState::default()).await
+}
+
+/// What the new-key form holds: empty, or as sent with the server's message.
+struct KeyFormState {
+    name: String,
+    call: bool,
+    read: bool,
+    problem: Option<String>,
+}
+
+impl Default for KeyFormState {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            call: true,
+            read: false,
+            problem: None,
+        }
+    }
+}
+
+async fn render(
+    st: &AppState,
+    session: &Session,
+    project_id: Uuid,
+    form: &KeyFormState,
+) -> Result<Response, ConsoleError> {
+    let project = projects::find(st, project_id).await?;
     let integrations = integrations::list(&st.pool, project_id).await?;
     let keys = api_keys::list(&st.pool, project_id).await?;
     let body = html! {
@@ -40,9 +68,9 @@ pub async fn show(
         (integration_table(&integrations))
         h2 { "API keys" }
         (key_table(&session.base, project_id, &keys, &integrations))
-        (new_key_form(&session, project_id))
+        (new_key_form(session, project_id, form))
     };
-    Ok(layout::project_page(&session, &project, "Credentials", body))
+    Ok(layout::project_page(session, &project, "Credentials", body))
 }
 
 fn integration_table(all: &[integrations::Integration]) -> Markup {
@@ -157,17 +185,20 @@ pub async fn revoke(
     Ok((StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response())
 }
 
-fn new_key_form(session: &Session, project_id: Uuid) -> Markup {
+fn new_key_form(session: &Session, project_id: Uuid, form: &KeyFormState) -> Markup {
     html! {
         h2 { "New API key" }
         form method="post" action=(format!("{}/projects/{project_id}/api-keys", session.base)) {
             input type="hidden" name="csrf" value=(session.csrf);
             label for="key-name" { "Key name" }
-            input id="key-name" name="name" maxlength="200";
+            input id="key-name" name="name" maxlength="200" value=(form.name)
+                aria-invalid=[form.problem.as_ref().map(|_| "true")]
+                aria-describedby=[form.problem.as_ref().map(|_| "key-name-problem")];
+            @if let Some(problem) = &form.problem { p id="key-name-problem" role="alert" { (problem) } }
             fieldset {
                 legend { "Scopes (default integration)" }
-                label { input type="checkbox" name="call" value="on" checked; " call: MCP calls" }
-                label { input type="checkbox" name="read" value="on"; " read: the project's run history and usage" }
+                label { input type="checkbox" name="call" value="on" checked[form.call]; " call: MCP calls" }
+                label { input type="checkbox" name="read" value="on" checked[form.read]; " read: the project's run history and usage" }
             }
             p { button type="submit" { "Create key" } }
         }
@@ -196,8 +227,24 @@ pub async fn create(
         .filter(|(_, on)| on.is_some())
         .map(|(scope, _)| scope.to_string())
         .collect();
-    let input = NewApiKey::in_default_integration(form.name.unwrap_or_default(), scopes);
-    let (record, key) = create_key(&st, project_id, &input).await?;
+    let name = form.name.unwrap_or_default();
+    let input = NewApiKey::in_default_integration(name.clone(), scopes);
+    let (record, key) = match create_key(&st, project_id, &input).await {
+        Ok(created) => created,
+        // A refused field: the form again, as sent, with the server's message beside it.
+        Err(err) if err.field().is_some() => {
+            let state = KeyFormState {
+                name,
+                call: form.call.is_some(),
+                read: form.read.is_some(),
+                problem: Some(format!("{}: {}", err.field().unwrap_or_default(), err.message())),
+            };
+            let mut page = render(&st, &session, project_id, &state).await?;
+            *page.status_mut() = err.status();
+            return Ok(page);
+        }
+        Err(err) => return Err(err.into()),
+    };
     tracing::info!(project = %project_id, key = %record.id, "console: API key created");
     let body = html! {
         h2 { "Key " code { (record.display_prefix) "…" } " created" }
