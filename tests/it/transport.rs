@@ -272,3 +272,47 @@ async fn one_session_alternates_between_instances_across_a_restart() {
     }
     restarted.stop().await;
 }
+
+/// A refusal sent before the body is read (a 401 asking for a token, a body too
+/// large) closes its connection and says so: a client that then retries (with
+/// its token) on a pooled connection must get an answer, not a dropped request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_before_the_body_is_read_closes_its_connection() {
+    let app = spawn_app().await;
+    // One connection at most: the retry goes where the refusal came from, unless closed.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let padding = "x".repeat(256 * 1024);
+    let body = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": padding}}))
+        .expect("json");
+    for _ in 0..5 {
+        let refused = http
+            .post(&app.mcp_url)
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the refusal is answered");
+        assert_eq!(refused.status(), 401);
+        assert_eq!(
+            refused.headers().get("connection").and_then(|v| v.to_str().ok()),
+            Some("close"),
+            "the unread body makes the connection unusable"
+        );
+        let init = json!({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let retried = http
+            .post(&app.mcp_url)
+            .bearer_auth(&app.api_key)
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .json(&init)
+            .send()
+            .await
+            .expect("the retry with the token is answered");
+        assert_eq!(retried.status(), 200);
+    }
+}

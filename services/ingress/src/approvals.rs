@@ -331,6 +331,9 @@ async fn refuse(
         error: Some(payload::bounded_error(format!("{why}; the API was not called"))),
         ..refused_outcome(command, Utc::now())
     };
+    // The decision goes into the log before the outcome: history never shows the
+    // run finished while its approval still reads pending.
+    decided(st, command, decision, by, reason).await;
     if let Err(err) = st
         .dispatcher
         .publish(command.caller.project_id, RunEvent::Finished(outcome.clone()))
@@ -339,7 +342,6 @@ async fn refuse(
         st.approvals.untake(command.run_id, parked, revision).await;
         return Err(DecisionError::Unavailable(err.to_string()));
     }
-    decided(st, command, decision, by, reason).await;
     if let Some(reply_to) = &command.reply_to {
         st.dispatcher.reply(reply_to, outcome).await;
     }

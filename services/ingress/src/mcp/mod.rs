@@ -252,13 +252,10 @@ fn method_label(method: &str) -> &'static str {
 }
 
 async fn handle_post(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> RpcResult<Response> {
-    check_host_and_origin(st, headers)?;
-    let authenticating = std::time::Instant::now();
-    let principal = authenticate(st, endpoint, headers).await?;
-    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "auth", authenticating);
-    check_accept(headers)?;
-    check_content_type(headers)?;
-    let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
+    let (principal, bytes) = match admit_post(st, endpoint, headers, body).await {
+        Ok(admitted) => admitted,
+        Err(err) => return Ok(closing(err.into_response())),
+    };
     let incoming = jsonrpc::parse(&bytes)?;
     if let Incoming::Request { method, .. } | Incoming::Notification { method, .. } = &incoming {
         metrics::counter!(prometheus::MCP_REQUESTS, "method" => method_label(method)).increment(1);
@@ -277,6 +274,34 @@ async fn handle_post(st: &Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap
         Incoming::Notification { method, params } => notification(st, headers, &principal, &method, params).await,
         Incoming::Request { id, method, params } => request(st, headers, principal, id, &method, params).await,
     }
+}
+
+/// The checks a POST passes before its body is read, then the body.
+async fn admit_post(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> RpcResult<(Principal, axum::body::Bytes)> {
+    check_host_and_origin(st, headers)?;
+    let authenticating = std::time::Instant::now();
+    let principal = authenticate(st, endpoint, headers).await?;
+    prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "auth", authenticating);
+    check_accept(headers)?;
+    check_content_type(headers)?;
+    let bytes = read_body(body, headers, st.config.ingress.max_request_bytes).await?;
+    Ok((principal, bytes))
+}
+
+/// A refusal sent before the request body was read (or while it was too large):
+/// the connection cannot carry another request, so it says so. Without it a
+/// client would send its next request (the retry with a token after a 401) on a
+/// connection the server is closing, and get no answer.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 /// A notification: the session is checked like for any other message, then 202.
