@@ -277,7 +277,7 @@ impl Worker {
         Some((outcome, pending))
     }
 
-    /// Stores the outcome, replies, waits for the attempt events, then acks.
+    /// Waits for the attempt events, stores the outcome, replies, then acks.
     async fn finish(
         &self,
         command: &ExecuteCommand,
@@ -285,6 +285,12 @@ impl Worker {
         outcome: RunOutcome,
         pending: Vec<tokio::task::JoinHandle<()>>,
     ) {
+        // A run's attempt events are in the log before its outcome: the projector
+        // counts a run's usage (the bytes of its attempts) when it applies the
+        // outcome, so an attempt logged after it would be missing from usage.
+        let settling = std::time::Instant::now();
+        futures::future::join_all(pending).await;
+        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "attempt_events", settling);
         let storing = std::time::Instant::now();
         // Storing may take a while (retries): the command stays ours meanwhile.
         let Some(outcome) = self.keeping_claim(message, self.store_outcome(outcome)).await else {
@@ -293,11 +299,7 @@ impl Worker {
             return;
         };
         self.reply(command, &outcome).await;
-        // Attempt events are in the log before the command leaves the queue.
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "store_outcome", storing);
-        let settling = std::time::Instant::now();
-        futures::future::join_all(pending).await;
-        prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "attempt_events", settling);
         let acking = std::time::Instant::now();
         let acked = message.double_ack().await;
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "ack", acking);
