@@ -97,12 +97,17 @@ fn parse_body(response: &UpstreamResponse) -> Result<Ask, String> {
 
 /// The call an ask answers, to seal the next round's `requestState`: only a
 /// 2026-07-28 `tools/call` answered directly has one.
+///
+/// It holds the call's arguments (moved out of its command once queued): the
+/// digest the next `requestState` is bound to is computed only when the API
+/// asks, not on every call.
 #[derive(Clone)]
 pub struct Asking {
     pub caller: Caller,
     pub tool_id: Uuid,
+    pub tool_name: String,
     pub tool_version: i64,
-    pub fingerprint: String,
+    pub arguments: Map<String, Value>,
     /// The client capabilities declared on the request.
     pub capabilities: Map<String, Value>,
     /// Rounds the call has taken before this one.
@@ -150,11 +155,12 @@ pub fn answer(st: &AppState, outcome: &RunOutcome, asking: Option<&Asking>) -> O
             needed.join(", ")
         ));
     }
+    let fingerprint = crate::calls::idempotency::fingerprint(&asking.tool_name, &asking.arguments);
     let subject = Subject {
         caller: &asking.caller,
         tool_id: asking.tool_id,
         tool_version: asking.tool_version,
-        fingerprint: &asking.fingerprint,
+        fingerprint: &fingerprint,
     };
     let asked = Asked::Input {
         state: ask.state,

@@ -198,7 +198,6 @@ impl Call {
     ) -> Step<Accepted> {
         let mut command = self.command(&tool, arguments, key.is_some()).await?;
         command.input = admission.input;
-        let asking = self.asking(&tool, &command, admission.round);
         // Each round of an API's questions is a call of its own.
         let round = match (&command.input, &admission.nonce) {
             (None, _) => None,
@@ -206,7 +205,7 @@ impl Call {
             (Some(_), None) => Some(format!("round {}", admission.round)),
         };
         let lease = self
-            .claim(&tool, &command, key, as_task, round.as_deref(), asking.as_ref())
+            .claim(&tool, &command, key, as_task, round.as_deref(), admission.round)
             .await?;
         // A claim taken over keeps the Run ID it was first given.
         let run_id = lease.as_ref().map_or(self.run_id, |lease| lease.run_id);
@@ -237,6 +236,8 @@ impl Call {
             self.enqueue(&command, lease, charge).await?
         };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
+        // Queued: the command's arguments are no longer needed but to seal an API's questions.
+        let asking = self.asking(&tool, std::mem::take(&mut command.arguments), admission.round);
         if as_task {
             let task = self.task(&tool, &command, following, parked, asking.as_ref()).await;
             return Ok(Accepted::Task(task));
@@ -288,15 +289,16 @@ impl Call {
     }
 
     /// What a 2026-07-28 call needs to carry the API's input requests.
-    fn asking(&self, tool: &ToolDefinition, command: &ExecuteCommand, round: u32) -> Option<crate::asks::Asking> {
+    fn asking(&self, tool: &ToolDefinition, arguments: Map<String, Value>, round: u32) -> Option<crate::asks::Asking> {
         let Era::Modern { capabilities, .. } = &self.era else {
             return None;
         };
         Some(crate::asks::Asking {
             caller: self.caller().clone(),
             tool_id: tool.id,
+            tool_name: tool.name.clone(),
             tool_version: tool.version,
-            fingerprint: idempotency::fingerprint(&tool.name, &command.arguments),
+            arguments,
             capabilities: capabilities.clone(),
             round,
         })
@@ -480,7 +482,7 @@ impl Call {
         key: Option<String>,
         as_task: bool,
         round: Option<&str>,
-        asking: Option<&crate::asks::Asking>,
+        rounds_before: u32,
     ) -> Step<Option<Box<idempotency::Lease>>> {
         let caller = self.caller();
         let scope = match (key, &self.era) {
@@ -529,7 +531,11 @@ impl Call {
                     Some(task) => task,
                     None => follow_existing(&self.st, tool, caller.project_id, original, None).await,
                 },
-                false => follow_existing(&self.st, tool, caller.project_id, original, asking).await,
+                false => {
+                    // A retry may get the API's questions again: sealed for this call.
+                    let asking = self.asking(tool, command.arguments.clone(), rounds_before);
+                    follow_existing(&self.st, tool, caller.project_id, original, asking.as_ref()).await
+                }
             })),
             // Its first call holds the key and is still being queued (or gave up a
             // moment ago): answer now rather than wait on a run that may never exist.
