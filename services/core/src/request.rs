@@ -44,12 +44,21 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
     }
     // Arguments no template places: the default query (GET, DELETE) or body (POST,
     // PUT, PATCH) carries them. One a header or the body template uses is not sent twice.
+    // Only a request whose default query or body carries them needs to know which
+    // arguments the templates place (the common templated tool skips this walk).
+    let carries_leftovers = if tool.http_method.has_body() {
+        tool.body_template.is_none()
+    } else {
+        tool.query_template.is_empty()
+    };
     let mut placed = used_in_path;
-    for template in tool.headers_template.values() {
-        placed.extend(placeholders(template).into_iter().map(|p| p.name.to_string()));
-    }
-    if let Some(template) = &tool.body_template {
-        json_placeholders(template, &mut placed);
+    if carries_leftovers {
+        for template in tool.headers_template.values() {
+            placed.extend(placeholders(template).into_iter().map(|p| p.name.to_string()));
+        }
+        if let Some(template) = &tool.body_template {
+            json_placeholders(template, &mut placed);
+        }
     }
     let leftovers = || ctx.arguments.iter().filter(|(name, _)| !placed.contains(*name));
     if !tool.http_method.has_body() && tool.query_template.is_empty() {
