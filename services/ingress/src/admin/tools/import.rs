@@ -495,6 +495,9 @@ async fn fetch(st: &AppState, project_id: Uuid, raw: &str) -> ApiResult<Bytes> {
     check(&url).map_err(&refused)?;
     let redirect_check = check.clone();
     let client = reqwest::Client::builder()
+        // A proxy from the environment would be the address checked, not the document's host.
+        .no_proxy()
+        .user_agent(concat!("tengine/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(Arc::new(resolver))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= FETCH_REDIRECTS {
