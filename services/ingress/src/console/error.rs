@@ -28,6 +28,15 @@ impl ConsoleError {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
 
+    /// For a lookup: not found names `what` (404); any other storage error is a
+    /// logged 503, never a 404 that hides an outage.
+    pub fn missing(what: &'static str) -> impl Fn(StoreError) -> Self {
+        move |err| match err {
+            StoreError::NotFound => Self::not_found(what),
+            other => Self::from(other),
+        }
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
     }

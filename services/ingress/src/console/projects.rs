@@ -39,7 +39,7 @@ pub async fn list(session: Session, State(st): State<Arc<AppState>>) -> Result<R
 pub async fn find(st: &AppState, project_id: Uuid) -> Result<Project, ConsoleError> {
     projects::get(&st.pool, project_id)
         .await
-        .map_err(|_| ConsoleError::not_found("project"))
+        .map_err(ConsoleError::missing("project"))
 }
 
 /// `GET /console/projects/{id}`: calls, errors and mean latency over 24 h and

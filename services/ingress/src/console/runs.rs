@@ -219,7 +219,7 @@ pub async fn detail(
     let project = projects::find(&st, project_id).await?;
     let (run, attempts) = history::runs::get(&st.pool, run_id)
         .await
-        .map_err(|_| ConsoleError::not_found("run"))?;
+        .map_err(ConsoleError::missing("run"))?;
     // Another project's run looks absent.
     if run.project_id != project_id {
         return Err(ConsoleError::not_found("run"));

@@ -150,7 +150,7 @@ pub async fn confirm_delete(
     let project = projects::find(&st, project_id).await?;
     let tool = tools::get(&st.pool, project_id, &name)
         .await
-        .map_err(|_| ConsoleError::not_found("tool"))?;
+        .map_err(ConsoleError::missing("tool"))?;
     let tools_page = format!("{}/projects/{project_id}/tools", session.base);
     let body = html! {
         h2 { "Delete the tool " code { (tool.name) } "?" }
