@@ -283,6 +283,19 @@ impl TestApp {
         }
     }
 
+    /// Starts another worker of this cluster; it stops when the returned sender is
+    /// dropped or set.
+    pub async fn spawn_worker(&self) -> watch::Sender<bool> {
+        let worker = tengine_worker::Worker::connect(self.config.clone())
+            .await
+            .expect("extra worker connects");
+        let (stop, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = worker.run(stopped(rx)).await;
+        });
+        stop
+    }
+
     /// Registers a tool in the test project; panics unless it is created.
     pub async fn create_tool(&self, spec: ToolSpec) -> Value {
         self.admin.create_tool(self.project_id, spec).await

@@ -8,7 +8,7 @@ use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
 use tengine_tests::{
     TestApp, ToolSpec,
-    mcp::{RawSession, run_id},
+    mcp::{ModernClient, RawSession, run_id},
     spawn_app, spawn_app_with,
     upstream::Upstream,
 };
@@ -792,4 +792,127 @@ async fn assertions_with_control_characters_or_hostile_times_are_refused() {
     // A member id with a character that is not a control character is fine.
     let (status, body) = exchange(&app, &app.api_key, &backend.sign(&claims(p, "ü␀"))).await;
     assert_eq!(status, 201, "{body}");
+}
+
+/// Credentials and tools live in memory on every ingress and worker
+/// (`tengine_control::freshness`), yet while calls flow at 1,000/s through two
+/// ingress and two workers, no call sent after the revocation answered is
+/// admitted on either instance, and no run of the revoked key reaches the API
+/// unless history says it succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_under_load_admits_nothing_after_it_answered_on_any_instance() {
+    const CALLERS: usize = 40;
+    const EVERY: Duration = Duration::from_millis(40);
+    let app = spawn_app_with(&[("worker.concurrency", "64")]).await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo").body_template(json!({"run": "{run.id}"})))
+        .await;
+    let second = app.spawn_ingress(None).await;
+    let _worker = app.spawn_worker().await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await;
+    let urls = [app.mcp_url.clone(), format!("{}/mcp", second.base_url)];
+
+    let started = Instant::now();
+    let until = started + Duration::from_millis(2600);
+    let mut callers = Vec::new();
+    for n in 0..CALLERS {
+        let client = ModernClient::new(app.http.clone(), urls[n % 2].clone(), key.key.clone());
+        callers.push(tokio::spawn(async move {
+            let mut calls = Vec::new();
+            let mut ticks = tokio::time::interval(EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut id = 0u64;
+            while Instant::now() < until {
+                ticks.tick().await;
+                id += 1;
+                let sent = Instant::now();
+                let reply = client
+                    .request(json!(id), "tools/call", json!({"name": "echo", "arguments": {}}))
+                    .await;
+                let run = reply.body["result"]["_meta"]["tengine.dev/runId"]
+                    .as_str()
+                    .map(str::to_string);
+                calls.push((sent, reply.status, run));
+            }
+            calls
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revoking = Instant::now();
+    let (status, _) = app.admin.revoke_api_key(app.project_id, key.id).await;
+    assert_eq!(status, 204);
+    let answered = Instant::now();
+    let mut calls = Vec::new();
+    for caller in callers {
+        calls.extend(caller.await.expect("caller"));
+    }
+
+    let admitted: Vec<_> = calls.iter().filter(|(_, _, run)| run.is_some()).collect();
+    let late: Vec<_> = admitted.iter().filter(|(sent, _, _)| *sent >= answered).collect();
+    let after = calls.iter().filter(|(sent, _, _)| *sent >= answered).count();
+    let refused_after = calls
+        .iter()
+        .filter(|(sent, status, _)| *sent >= answered && *status == 401)
+        .count();
+    let mut statuses = std::collections::BTreeMap::new();
+    for (_, status, run) in &calls {
+        *statuses.entry((*status, run.is_some())).or_insert(0) += 1;
+    }
+    println!("revocation under load: (HTTP status, admitted) → calls: {statuses:?}");
+    let last_admitted = admitted
+        .iter()
+        .map(|(sent, _, _)| *sent)
+        .max()
+        .expect("calls were admitted");
+    println!(
+        "revocation under load: {} calls in {:?} ({:.0}/s), {} admitted; the revocation took {:?}; {} calls \
+         sent after it answered, {} refused with 401; the last admitted call was sent {:?} before it answered",
+        calls.len(),
+        until - started,
+        calls.len() as f64 / (until - started).as_secs_f64(),
+        admitted.len(),
+        answered - revoking,
+        after,
+        refused_after,
+        answered.saturating_duration_since(last_admitted),
+    );
+    assert!(
+        late.is_empty(),
+        "{} calls sent after the revocation answered were admitted",
+        late.len()
+    );
+    assert!(after > 0, "no call was sent after the revocation answered");
+    assert_eq!(
+        refused_after, after,
+        "every call after the revocation is refused as unauthorized"
+    );
+
+    // Every admitted run is in history; those that reached the API succeeded, and no
+    // run that history calls revoked was sent.
+    app.admin.wait_for_projector().await;
+    let sent: std::collections::HashSet<String> = upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["run"].as_str().map(str::to_string))
+        .collect();
+    let mut revoked = 0;
+    for (_, _, run) in &admitted {
+        let run = run.as_deref().expect("admitted");
+        let record = app.admin.finished_run(run).await;
+        match record["status"].as_str() {
+            Some("succeeded") => assert!(sent.contains(run), "a succeeded run never reached the API: {record}"),
+            Some("revoked") => {
+                revoked += 1;
+                assert!(!sent.contains(run), "a revoked run reached the API: {record}");
+            }
+            _ => panic!("unexpected run: {record}"),
+        }
+    }
+    assert_eq!(
+        sent.len(),
+        admitted.len() - revoked,
+        "every API request is a succeeded run's"
+    );
+    println!("revocation under load: {revoked} admitted runs ended revoked before calling the API");
+    second.stop().await;
 }

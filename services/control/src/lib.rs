@@ -9,6 +9,7 @@
 
 pub mod api_keys;
 mod error;
+pub mod freshness;
 pub mod integrations;
 pub mod member_keys;
 pub mod members;

@@ -13,7 +13,10 @@ use tengine_core::{
 };
 use uuid::Uuid;
 
-use crate::StoreResult;
+use crate::{
+    StoreResult,
+    freshness::{FreshCache, Freshness},
+};
 
 /// An authenticated caller and what its integration may see.
 #[derive(Debug, Clone)]
@@ -87,8 +90,6 @@ type KeyRow = (
     Vec<String>,
     Option<i64>,
     Option<i32>,
-    DateTime<Utc>,
-    DateTime<Utc>,
 );
 
 /// A credential query: a live key with its integration and its project's quota
@@ -98,15 +99,14 @@ macro_rules! key_query {
     ($rest:literal) => {
         concat!(
             "SELECT k.project_id, k.integration_id, k.id, i.allowed_tools, k.scopes, p.monthly_call_limit, \
-             p.member_calls_per_minute, date_trunc('month', now(), 'UTC'), date_trunc('minute', now()) \
-             FROM api_keys k JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id ",
+             p.member_calls_per_minute FROM api_keys k JOIN integrations i ON i.id = k.integration_id JOIN projects p ON p.id = k.project_id ",
             $rest
         )
     };
 }
 
 fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
-    let (project_id, integration_id, api_key_id, allowed_tools, scopes, monthly, per_minute, month, minute) = row;
+    let (project_id, integration_id, api_key_id, allowed_tools, scopes, monthly, per_minute) = row;
     Principal {
         caller: Caller {
             project_id,
@@ -116,7 +116,7 @@ fn principal_of(row: KeyRow, member: Option<Member>) -> Principal {
         },
         allowed_tools,
         scopes,
-        limits: (monthly, per_minute, month, minute),
+        limits: (monthly, per_minute),
     }
 }
 
@@ -172,4 +172,98 @@ pub async fn current(pool: &PgPool, caller: &Caller) -> StoreResult<Option<Princ
         }
     };
     Ok(principal)
+}
+
+/// Credentials in memory on every ingress and worker, current by
+/// [`crate::freshness`]: a revoked key, integration or member session is refused
+/// from the moment its revocation answered, without a query per call.
+pub struct Principals {
+    pool: PgPool,
+    /// Live API keys by the hash of their secret (unknown secrets are not kept:
+    /// anyone can make them up).
+    by_secret: FreshCache<Vec<u8>, Principal>,
+    /// By key id and, for member sessions, the member and the session's issue time
+    /// (the member itself is the token's, set on each use).
+    by_key: FreshCache<KeyOf, Option<Principal>>,
+}
+
+/// A key id and, for a member session, the member's id and the session's issue time.
+type KeyOf = (Uuid, Option<(String, DateTime<Utc>)>);
+
+/// Credentials kept per instance at most.
+const KEPT: u64 = 100_000;
+
+impl Principals {
+    pub fn new(pool: PgPool, freshness: Freshness) -> Self {
+        Self {
+            pool,
+            by_secret: FreshCache::new(freshness.clone(), KEPT),
+            by_key: FreshCache::new(freshness, KEPT),
+        }
+    }
+
+    /// [`authenticate_api_key`], from memory when current.
+    pub async fn api_key(&self, key: &str) -> StoreResult<Option<Principal>> {
+        let found = self
+            .by_secret
+            .get(credentials::hash_api_key(key), || async {
+                match authenticate_api_key(&self.pool, key).await? {
+                    Some(p) => {
+                        let project = p.caller.project_id;
+                        Ok((p, Some(project)))
+                    }
+                    None => Err(crate::StoreError::NotFound),
+                }
+            })
+            .await;
+        match found {
+            Ok(principal) => Ok(Some(principal)),
+            Err(crate::StoreError::NotFound) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// [`authenticate_member`], from memory when current.
+    pub async fn member(&self, api_key_id: Uuid, member: Member) -> StoreResult<Option<Principal>> {
+        let key = (api_key_id, Some((member.id.clone(), member.session_issued_at)));
+        let found = self
+            .by_key
+            .get(key, || async {
+                let found = authenticate_member(&self.pool, api_key_id, member.clone()).await?;
+                // A refusal is kept only under the project it is known for.
+                let project = found.as_ref().map(|p| p.caller.project_id);
+                Ok((found.map(without_member), project))
+            })
+            .await?;
+        Ok(found.map(|p| with_member(p, member)))
+    }
+
+    /// [`current`], from memory when current.
+    pub async fn current(&self, caller: &Caller) -> StoreResult<Option<Principal>> {
+        let key = (
+            caller.api_key_id,
+            caller.member.as_ref().map(|m| (m.id.clone(), m.session_issued_at)),
+        );
+        let found = self
+            .by_key
+            .get(key, || async {
+                let found = current(&self.pool, caller).await?;
+                Ok((found.map(without_member), Some(caller.project_id)))
+            })
+            .await?;
+        Ok(match (&caller.member, found) {
+            (Some(member), Some(p)) => Some(with_member(p, member.clone())),
+            (_, found) => found,
+        })
+    }
+}
+
+fn without_member(mut principal: Principal) -> Principal {
+    principal.caller.member = None;
+    principal
+}
+
+fn with_member(mut principal: Principal, member: Member) -> Principal {
+    principal.caller.member = Some(member);
+    principal
 }

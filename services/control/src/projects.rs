@@ -6,7 +6,13 @@ use sqlx::PgPool;
 use tengine_core::{bodies::BodyPolicy, storable};
 use uuid::Uuid;
 
-use crate::{StoreError, StoreResult, error::found};
+use std::sync::Arc;
+
+use crate::{
+    StoreError, StoreResult,
+    error::found,
+    freshness::{FreshCache, Freshness},
+};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Project {
@@ -191,4 +197,28 @@ pub async fn runtime(pool: &PgPool, project_id: Uuid) -> StoreResult<ProjectRunt
             bodies: store.then(|| BodyPolicy::new(max_bytes, &redact)),
         })
         .unwrap_or_default())
+}
+
+/// Projects' runtime settings in memory on every worker, current by [`crate::freshness`].
+pub struct Runtimes {
+    pool: PgPool,
+    cache: FreshCache<Uuid, Arc<ProjectRuntime>>,
+}
+
+impl Runtimes {
+    pub fn new(pool: PgPool, freshness: Freshness) -> Self {
+        Self {
+            pool,
+            cache: FreshCache::new(freshness, 10_000),
+        }
+    }
+
+    /// [`runtime`], from memory when current.
+    pub async fn get(&self, project_id: Uuid) -> StoreResult<Arc<ProjectRuntime>> {
+        self.cache
+            .get(project_id, || async {
+                Ok((Arc::new(runtime(&self.pool, project_id).await?), Some(project_id)))
+            })
+            .await
+    }
 }

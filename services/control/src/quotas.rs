@@ -67,18 +67,24 @@ fn rate_scope(caller: &Caller) -> (String, String) {
     }
 }
 
-/// A project's limits (monthly calls, calls per minute per member), and the current
-/// month and minute by the database's clock: read with the caller's credential
-/// (`principals::Principal::limits`), so checking quotas adds no query when none is set.
-pub type Limits = (Option<i64>, Option<i32>, DateTime<Utc>, DateTime<Utc>);
+/// A project's limits (monthly calls, calls per minute per member): read with the
+/// caller's credential (`principals::Principal::limits`), so checking quotas adds no
+/// query when none is set.
+pub type Limits = (Option<i64>, Option<i32>);
 
 /// Counts one call against the caller's limits, or says which limit it exceeds
 /// (then nothing is counted). Without limits nothing is counted and no query is made.
 pub async fn charge(pool: &PgPool, caller: &Caller, limits: Limits) -> StoreResult<Verdict> {
-    let (monthly, per_minute, month, minute) = limits;
+    let (monthly, per_minute) = limits;
     if monthly.is_none() && per_minute.is_none() {
         return Ok(Verdict::Allowed(Charge::default()));
     }
+    let mut tx = pool.begin().await?;
+    // The windows by the database's clock, the same for every instance.
+    let (month, minute): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT date_trunc('month', now(), 'UTC'), date_trunc('minute', now())")
+            .fetch_one(&mut *tx)
+            .await?;
     let (rate_scope, rate_subject) = rate_scope(caller);
     let checks = [
         (
@@ -100,7 +106,6 @@ pub async fn charge(pool: &PgPool, caller: &Caller, limits: Limits) -> StoreResu
             rate_subject,
         ),
     ];
-    let mut tx = pool.begin().await?;
     let mut charge = Charge::default();
     for (limit, value, scope, window, resets_at, subject) in checks {
         let Some(value) = value else { continue };

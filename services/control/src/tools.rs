@@ -2,7 +2,7 @@
 //! or id, listed, deleted; their secrets sealed under the master key and
 //! resealed when it changes.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::{
     StoreError, StoreResult,
     error::{found, unique_violation},
+    freshness::{FreshCache, Freshness},
     projects,
 };
 
@@ -398,4 +399,47 @@ pub async fn list(
     .into_iter()
     .map(TryInto::try_into)
     .collect()
+}
+
+/// Tool definitions in memory on every ingress and worker, current by
+/// [`crate::freshness`]: a tool disabled, changed or deleted is seen as such from
+/// the moment the change answered. Unknown tools are not kept (a tool created a
+/// moment ago is found at once).
+pub struct Cached {
+    pool: PgPool,
+    by_name: FreshCache<(Uuid, String), Arc<ToolDefinition>>,
+    by_id: FreshCache<Uuid, Arc<ToolDefinition>>,
+}
+
+/// Tools kept per instance at most (per index).
+const KEPT: u64 = 10_000;
+
+impl Cached {
+    pub fn new(pool: PgPool, freshness: Freshness) -> Self {
+        Self {
+            pool,
+            by_name: FreshCache::new(freshness.clone(), KEPT),
+            by_id: FreshCache::new(freshness, KEPT),
+        }
+    }
+
+    /// [`get`], from memory when current.
+    pub async fn get(&self, project_id: Uuid, name: &str) -> StoreResult<Arc<ToolDefinition>> {
+        self.by_name
+            .get((project_id, name.to_string()), || async {
+                Ok((Arc::new(get(&self.pool, project_id, name).await?), Some(project_id)))
+            })
+            .await
+    }
+
+    /// [`get_by_id`], from memory when current.
+    pub async fn by_id(&self, tool_id: Uuid) -> StoreResult<Arc<ToolDefinition>> {
+        self.by_id
+            .get(tool_id, || async {
+                let tool = get_by_id(&self.pool, tool_id).await?;
+                let project = tool.project_id;
+                Ok((Arc::new(tool), Some(project)))
+            })
+            .await
+    }
 }

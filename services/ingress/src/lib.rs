@@ -11,7 +11,6 @@ pub mod approvals;
 pub mod arguments;
 pub mod asks;
 pub mod calls;
-pub mod catalog;
 pub mod console;
 pub mod dispatch;
 pub mod jsonrpc;
@@ -22,6 +21,7 @@ pub mod oauth;
 pub mod request_state;
 pub mod results;
 pub mod sessions;
+mod settle;
 pub mod streams;
 pub mod tasks;
 
@@ -65,7 +65,9 @@ pub struct AppState {
     pub session_states: SessionStates,
     pub dispatcher: Dispatcher,
     pub validators: Validators,
-    pub catalog: catalog::ToolCatalog,
+    /// Tool definitions and credentials in memory, current by `tengine_control::freshness`.
+    pub tools: tengine_control::tools::Cached,
+    pub principals: tengine_control::principals::Principals,
     pub idempotency: calls::idempotency::Idempotency,
     pub key_limits: key_limits::KeyLimits,
     pub approvals: approvals::Approvals,
@@ -147,6 +149,10 @@ impl AppState {
             .await?;
         let dispatcher = Dispatcher::start(nats.clone(), js, commands, events, cancelled_kv, topology.clone()).await?;
 
+        let shutdown = CancellationToken::new();
+        let freshness = tengine_control::freshness::Freshness::start(pool.clone(), shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("listening for control changes in PostgreSQL: {e}"))?;
         let oauth_roots = oauth_roots(&config.ingress.oauth_metadata_ca_file)?;
         let (tool_changes, _) = broadcast::channel(1024);
         let mut changes = nats
@@ -154,12 +160,9 @@ impl AppState {
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to tool changes: {e}"))?;
         let feed = tool_changes.clone();
-        let catalog = catalog::ToolCatalog::default();
-        let forget = catalog.clone();
         tokio::spawn(async move {
             while let Some(message) = changes.next().await {
                 if let Some(project) = message.subject.rsplit('.').next().and_then(|p| Uuid::parse_str(p).ok()) {
-                    forget.forget_project(project);
                     let _ = feed.send(project);
                 }
             }
@@ -174,6 +177,8 @@ impl AppState {
             config.ingress.max_streams_per_key,
         );
         let console = console::ConsoleSessions::new(&config.session_secret_bytes()?, &config.admin_token);
+        let tools = tengine_control::tools::Cached::new(pool.clone(), freshness.clone());
+        let principals = tengine_control::principals::Principals::new(pool.clone(), freshness);
         let state = Arc::new(Self {
             config,
             pool,
@@ -186,13 +191,14 @@ impl AppState {
             session_states,
             dispatcher,
             validators: Validators::new(10_000),
-            catalog,
+            tools,
+            principals,
             idempotency,
             key_limits,
             approvals: approvals::Approvals::new(approvals_kv),
             task_calls: tasks::TaskCalls::new(tasks_kv),
             tool_changes,
-            shutdown: CancellationToken::new(),
+            shutdown,
             topology,
             oauth_roots,
         });
@@ -224,11 +230,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(mcp::project_post)
                 .delete(mcp::project_delete),
         )
-        .merge(oauth::routes())
-        .merge(console::routes())
+        .merge(
+            oauth::routes()
+                .merge(console::routes())
+                .merge(admin::routes())
+                .route_layer(axum::middleware::from_fn(settle::settle_writes)),
+        )
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
-        .merge(admin::routes())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let path = request
                 .extensions()

@@ -295,7 +295,7 @@ async fn describe_run(
     let tool = |name: &str| {
         let st = st.clone();
         let name = name.to_string();
-        async move { st.catalog.get(&st.pool, project_id, &name).await.ok() }
+        async move { st.tools.get(project_id, &name).await.ok() }
     };
     let mut task = match state {
         State::Working {

@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use tengine_control::{
     StoreError, StoreResult,
     principals::{self, Principal},
-    projects, tools,
 };
 use tengine_core::{
     bodies::BodyPolicy,
@@ -133,7 +132,7 @@ impl Drop for AbortGuard {
 /// Everything the attempts of one delivery share, prepared once.
 pub(crate) struct Dispatch<'a> {
     command: &'a ExecuteCommand,
-    tool: ToolDefinition,
+    tool: std::sync::Arc<ToolDefinition>,
     request: RenderedRequest,
     client: reqwest::Client,
     secret: Option<String>,
@@ -177,10 +176,11 @@ impl Dispatch<'_> {
 }
 
 /// Whether a run may (still) call the API, from the tool and the caller's
-/// credential as PostgreSQL holds them now (nothing is cached, so a revocation
-/// counts from the next check, which comes before every attempt).
+/// credential as PostgreSQL holds them now (in memory only while provably current,
+/// `tengine_control::freshness`: a revocation counts from the next check, which
+/// comes before every attempt).
 enum Access {
-    Allowed(Box<ToolDefinition>),
+    Allowed(std::sync::Arc<ToolDefinition>),
     /// Why not: the tool was disabled or deleted, or the caller lost access.
     Revoked(String),
     /// It could not be checked (the database failed); the message says what.
@@ -189,7 +189,7 @@ enum Access {
 
 fn access(
     command: &ExecuteCommand,
-    tool: StoreResult<ToolDefinition>,
+    tool: StoreResult<std::sync::Arc<ToolDefinition>>,
     principal: StoreResult<Option<Principal>>,
 ) -> Access {
     let tool = match tool {
@@ -203,7 +203,7 @@ fn access(
         }
     };
     match principal.map(|p| principals::revocation(p, &tool)) {
-        Ok(None) => Access::Allowed(Box::new(tool)),
+        Ok(None) => Access::Allowed(tool),
         Ok(Some(reason)) => Access::Revoked(reason),
         Err(err) => {
             tracing::error!(error = %err, "checking the caller's credential");
@@ -215,8 +215,8 @@ fn access(
 /// The tool and the caller's credential as they stand now.
 async fn current_access(worker: &Worker, command: &ExecuteCommand) -> Access {
     let (tool, principal) = tokio::join!(
-        tools::get_by_id(&worker.pool, command.tool_id),
-        principals::current(&worker.pool, &command.caller),
+        worker.tools.by_id(command.tool_id),
+        worker.principals.current(&command.caller),
     );
     access(command, tool, principal)
 }
@@ -300,7 +300,7 @@ impl Worker {
         let looking_up = std::time::Instant::now();
         let (access, project, cancelled) = tokio::join!(
             current_access(self, command),
-            projects::runtime(&self.pool, command.caller.project_id),
+            self.runtimes.get(command.caller.project_id),
             self.is_cancelled(command.run_id),
         );
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);
@@ -308,7 +308,7 @@ impl Worker {
             return Err(Refusal::cancelled());
         }
         let tool = match access {
-            Access::Allowed(tool) => *tool,
+            Access::Allowed(tool) => tool,
             Access::Revoked(reason) => {
                 return Err(Refusal::revoked(format!(
                     "{reason} since the call was accepted; the API was not called"
@@ -339,10 +339,12 @@ impl Worker {
                 )
             })?),
         };
-        // An expired previous secret was already dropped when the tool was loaded.
+        // The previous secret only until its overlap ends (the definition may be
+        // older than that, in memory).
         let previous = tool
             .auth_secret_previous_ciphertext
             .as_deref()
+            .filter(|_| tool.previous_secret_expires_at.is_some_and(|at| at > Utc::now()))
             .and_then(|sealed| self.secrets.open(tool.id, sealed).ok());
         let project = project.map_err(|err| {
             tracing::error!(error = %err, "loading the project's outbound allow-list");
@@ -358,7 +360,7 @@ impl Worker {
             client,
             secret,
             previous,
-            bodies: project.bodies,
+            bodies: project.bodies.clone(),
             retry,
         })
     }

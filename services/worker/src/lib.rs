@@ -49,6 +49,19 @@ pub struct Worker {
     cancelled: jetstream::kv::Store,
     /// Runs this worker is executing, each with the token that aborts it.
     aborts: dispatch::Aborts,
+    /// Tools, credentials and project settings in memory, current by
+    /// `tengine_control::freshness` (no query per call, revocation still immediate).
+    tools: tengine_control::tools::Cached,
+    principals: tengine_control::principals::Principals,
+    runtimes: tengine_control::projects::Runtimes,
+    /// Ends the freshness listener with the worker.
+    background: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
 }
 
 impl Worker {
@@ -67,7 +80,15 @@ impl Worker {
         payload::check_response_limit(config.worker.max_response_bytes, payload::server_max_payload(&nats))
             .map_err(anyhow::Error::msg)?;
         let cancelled = topology.ensure_cancelled_bucket(&js, &config.streams).await?;
+        let background = tokio_util::sync::CancellationToken::new();
+        let freshness = tengine_control::freshness::Freshness::start(pool.clone(), background.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("listening for control changes in PostgreSQL: {e}"))?;
         Ok(Arc::new(Self {
+            tools: tengine_control::tools::Cached::new(pool.clone(), freshness.clone()),
+            principals: tengine_control::principals::Principals::new(pool.clone(), freshness.clone()),
+            runtimes: tengine_control::projects::Runtimes::new(pool.clone(), freshness),
+            background,
             config,
             pool,
             nats,

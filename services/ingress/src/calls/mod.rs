@@ -350,7 +350,7 @@ impl Call {
     /// The tool by name, if it is enabled and the caller may use it.
     async fn resolve(&self, name: &str) -> Step<Arc<ToolDefinition>> {
         let loading = std::time::Instant::now();
-        let tool = self.st.catalog.get(&self.st.pool, self.caller().project_id, name).await;
+        let tool = self.st.tools.get(self.caller().project_id, name).await;
         prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "tool", loading);
         let principal = &self.principal;
         match tool {

@@ -2,7 +2,7 @@
 //! against PostgreSQL on every request; 401s name where the metadata is.
 
 use axum::http::{HeaderMap, StatusCode, header};
-use tengine_control::principals::{self, Principal};
+use tengine_control::principals::Principal;
 use tengine_core::{credentials, errors};
 
 use super::Endpoint;
@@ -72,9 +72,9 @@ async fn authenticate_any(st: &AppState, endpoint: Endpoint, headers: &HeaderMap
                 true,
             ));
         }
-        principals::authenticate_member(&st.pool, verified.api_key_id, verified.member).await
+        st.principals.member(verified.api_key_id, verified.member).await
     } else if credentials::looks_like_api_key(token) {
-        principals::authenticate_api_key(&st.pool, token).await
+        st.principals.api_key(token).await
     } else {
         return Err(unauthorized(
             st,

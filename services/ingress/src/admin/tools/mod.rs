@@ -221,8 +221,8 @@ fn validated(st: &AppState, spec: ToolSpec) -> ApiResult<ToolSpec> {
 
 /// Tells every ingress (and so every open GET stream of the project) that its tools changed.
 async fn tools_changed(st: &AppState, project_id: Uuid) {
-    // This instance forgets at once (the next call sees the change); the others on the broadcast.
-    st.catalog.forget_project(project_id);
+    // Definitions in memory are current without this (`tengine_control::freshness`);
+    // it tells open MCP sessions, which send `list_changed`.
     let subject = st.topology.tools_changed_subject(project_id);
     if let Err(err) = st.nats.publish(subject, bytes::Bytes::new()).await {
         tracing::warn!(error = %err, "announcing a tool change failed");
