@@ -59,6 +59,7 @@ pub async fn publish(app: &TestApp) -> Poison {
             latency_ms: 1,
             bodies: None,
             keep_result_until: None,
+            last_attempt: None,
         }),
     ];
     for event in events {

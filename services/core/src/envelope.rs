@@ -447,6 +447,42 @@ pub struct RunOutcome {
     /// Copied from the command: history keeps this outcome until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_result_until: Option<DateTime<Utc>>,
+    /// The attempt that ended the run, if it made one. History records it from
+    /// here: it has no `AttemptFinished` event of its own (one stored message less
+    /// per call; earlier attempts, which were retried, do have theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<AttemptReport>,
+}
+
+/// One attempt's answer, as history records it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct AttemptReport {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub http_status: Option<u16>,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+impl AttemptReport {
+    /// The report as the event of its own that history also reads.
+    pub fn into_event(self, run_id: Uuid, project_id: Uuid) -> RunEvent {
+        RunEvent::AttemptFinished {
+            run_id,
+            project_id,
+            attempt: self.attempt,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            http_status: self.http_status,
+            error_class: self.error_class,
+            error: self.error,
+            bytes_out: self.bytes_out,
+            bytes_in: self.bytes_in,
+        }
+    }
 }
 
 /// What became of a parked call.

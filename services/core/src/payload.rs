@@ -163,6 +163,7 @@ mod tests {
             latency_ms: u64::MAX,
             bodies: Some(bodies),
             keep_result_until: Some(Utc::now()),
+            last_attempt: None,
         }
     }
 

@@ -228,7 +228,12 @@ pub async fn approve(st: &AppState, run_id: Uuid, by: &str, note: Option<String>
     // The same Run ID (and Nats-Msg-Id): approved twice, it would be stored once.
     if let Err(err) = st
         .dispatcher
-        .enqueue(&command, &TraceContext::default(), Duration::from_secs(3))
+        .enqueue(
+            &command,
+            &TraceContext::default(),
+            Duration::from_secs(3),
+            Duration::ZERO,
+        )
         .await
     {
         st.approvals.untake(run_id, parked, revision).await;
@@ -308,6 +313,7 @@ fn refused_outcome(command: &ExecuteCommand, finished_at: DateTime<Utc>) -> RunO
         .unwrap_or(0),
         bodies: None,
         keep_result_until: command.keep_result_until,
+        last_attempt: None,
     }
 }
 

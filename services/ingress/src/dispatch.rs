@@ -55,6 +55,9 @@ pub struct CallKey {
 struct Registry {
     runs: HashMap<Uuid, mpsc::Sender<Signal>>,
     calls: HashMap<CallKey, Uuid>,
+    /// Runs whose `Accepted` event waits (see [`Dispatcher::enqueue`]): whether
+    /// their outcome came back meanwhile.
+    accepting: HashMap<Uuid, bool>,
 }
 
 #[derive(Clone)]
@@ -144,6 +147,11 @@ impl Dispatcher {
                         },
                     ),
                     RunEvent::Finished(outcome) => {
+                        if let Ok(mut registry) = reply_registry.lock()
+                            && let Some(finished) = registry.accepting.get_mut(&outcome.run_id)
+                        {
+                            *finished = true;
+                        }
                         send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome)))
                     }
                     _ => {}
@@ -203,11 +211,18 @@ impl Dispatcher {
     /// Stores the command and the `Accepted` event. The call counts as accepted
     /// once this returns `Ok`. Publishing stops after `within` (the caller's
     /// idempotency lease): a later publish could race a retry's takeover.
+    ///
+    /// With `accepted_after` (a call whose outcome comes back here), the `Accepted`
+    /// event is stored only if the run has not finished by then: the `Finished`
+    /// event carries everything history needs, and the queued command stands for
+    /// the run until its outcome is stored (`in_streams`), so a quick call costs one
+    /// stored message less and history shows a slow one from then on.
     pub async fn enqueue(
         &self,
         command: &ExecuteCommand,
         trace: &TraceContext,
         within: Duration,
+        accepted_after: Duration,
     ) -> Result<(), bus::BusError> {
         // The command carries the caller's trace to the worker in its headers.
         let mut headers = async_nats::HeaderMap::new();
@@ -251,14 +266,31 @@ impl Dispatcher {
         // (its Rejected event may fail too) would leave the run "accepted" in history
         // forever. It is stored in the background: the call does not wait for it, and
         // if it is lost the worker's Finished event carries everything history needs.
-        queue().await?;
-        let (js, topology, project_id, run_id) = (
+        let run_id = command.run_id;
+        let waits = !accepted_after.is_zero();
+        if waits && let Ok(mut registry) = self.registry.lock() {
+            registry.accepting.insert(run_id, false);
+        }
+        if let Err(err) = queue().await {
+            if let Ok(mut registry) = self.registry.lock() {
+                registry.accepting.remove(&run_id);
+            }
+            return Err(err);
+        }
+        let (js, topology, project_id, registry) = (
             self.js.clone(),
             self.topology.clone(),
             command.caller.project_id,
-            command.run_id,
+            self.registry.clone(),
         );
         tokio::spawn(async move {
+            if waits {
+                tokio::time::sleep(accepted_after).await;
+                let finished = registry.lock().ok().and_then(|mut r| r.accepting.remove(&run_id));
+                if finished == Some(true) {
+                    return;
+                }
+            }
             if let Err(err) = bus::publish_event(&js, &topology, project_id, accepted).await {
                 tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
             }

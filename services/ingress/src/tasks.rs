@@ -543,7 +543,7 @@ async fn continue_task(st: &AppState, principal: &Principal, id: &Value, answere
     })?;
     if let Err(err) = st
         .dispatcher
-        .enqueue(&next, &TraceContext::default(), Duration::from_secs(3))
+        .enqueue(&next, &TraceContext::default(), Duration::from_secs(3), Duration::ZERO)
         .await
     {
         tracing::error!(%task_id, error = %err, "queueing a task's continuation");

@@ -29,7 +29,8 @@ pub(crate) struct Grouped<'a> {
     started: BTreeMap<(Uuid, u32), (DateTime<Utc>, NaiveDate)>,
     /// run → (earliest start, highest attempt) for the run row.
     running: BTreeMap<Uuid, (DateTime<Utc>, u32)>,
-    attempt_finished: BTreeMap<(Uuid, u32), &'a RunEvent>,
+    /// Retried attempts' own events, and the last attempt carried by `Finished`.
+    attempt_finished: BTreeMap<(Uuid, u32), std::borrow::Cow<'a, RunEvent>>,
     finished: BTreeMap<Uuid, &'a RunOutcome>,
     /// Rare kinds, applied one by one.
     others: Vec<&'a RunEvent>,
@@ -55,9 +56,15 @@ impl<'a> Grouped<'a> {
                 run.1 = run.1.max(*attempt);
             }
             RunEvent::AttemptFinished { run_id, attempt, .. } => {
-                self.attempt_finished.insert((*run_id, *attempt), event);
+                self.attempt_finished
+                    .insert((*run_id, *attempt), std::borrow::Cow::Borrowed(event));
             }
             RunEvent::Finished(outcome) => {
+                if let Some(last) = &outcome.last_attempt {
+                    let event = last.clone().into_event(outcome.run_id, outcome.caller.project_id);
+                    self.attempt_finished
+                        .insert((outcome.run_id, last.attempt), std::borrow::Cow::Owned(event));
+                }
                 self.finished.insert(outcome.run_id, outcome);
             }
             RunEvent::UpstreamProgress { .. } => {}
@@ -157,7 +164,7 @@ impl<'a> Grouped<'a> {
         }
         sqlx::query(&format!(
             "UPDATE runs SET status = CASE WHEN {STATUS_RANK} < 2 THEN 'running' ELSE runs.status END, \
-             started_at = COALESCE(runs.started_at, x.s), attempts = GREATEST(runs.attempts, x.a), \
+             started_at = LEAST(runs.started_at, x.s), attempts = GREATEST(runs.attempts, x.a), \
              updated_at = now() \
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::date[]) AS x(r, s, a, d) \
              WHERE runs.run_id = x.r AND runs.day = x.d"
@@ -189,7 +196,7 @@ impl<'a> Grouped<'a> {
                 bytes_out,
                 bytes_in,
                 ..
-            } = event
+            } = &**event
             {
                 rows.run.push(*run_id);
                 rows.attempt.push(attempt_no(*attempt));
@@ -248,6 +255,7 @@ impl<'a> Grouped<'a> {
             rows.latency.push(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
             rows.attempts.push(attempt_no(outcome.attempts));
             rows.accepted.push(outcome.accepted_at);
+            rows.started.push(outcome.last_attempt.as_ref().map(|a| a.started_at));
             rows.finished.push(outcome.finished_at);
             rows.member
                 .push(outcome.caller.member.as_ref().map(|m| storable::owned(&m.id)));
@@ -271,17 +279,18 @@ impl<'a> Grouped<'a> {
         sqlx::query(
             "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
              http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-             bodies_truncated, day, response_size, response_truncated) \
+             bodies_truncated, day, response_size, response_truncated, started_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
              $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
-             $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[]) \
+             $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[], \
+             $21::timestamptz[]) \
              ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
              request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
              bodies_truncated = EXCLUDED.bodies_truncated, response_size = EXCLUDED.response_size, \
              response_truncated = EXCLUDED.response_truncated, \
              error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
              attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, \
-             updated_at = now()",
+             started_at = LEAST(runs.started_at, EXCLUDED.started_at), updated_at = now()",
         )
         .bind(&rows.run)
         .bind(&rows.project)
@@ -303,6 +312,7 @@ impl<'a> Grouped<'a> {
         .bind(&rows.day)
         .bind(&rows.response_size)
         .bind(&rows.response_truncated)
+        .bind(&rows.started)
         .execute(&mut **tx)
         .await?;
         keep_results(tx, self.finished.values().copied()).await?;
@@ -389,6 +399,7 @@ struct FinishedRows {
     latency: Vec<i64>,
     attempts: Vec<i32>,
     accepted: Vec<DateTime<Utc>>,
+    started: Vec<Option<DateTime<Utc>>>,
     finished: Vec<DateTime<Utc>>,
     member: Vec<Option<String>>,
     request_body: Vec<Option<String>>,

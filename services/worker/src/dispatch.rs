@@ -16,7 +16,7 @@ use tengine_control::{
 use tengine_core::{
     bodies::BodyPolicy,
     domain::{HttpMethod, RetryPolicy, ToolDefinition},
-    envelope::{ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
+    envelope::{AttemptReport, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     payload, prometheus,
     request::RenderedRequest,
     telemetry::{self, TraceContext},
@@ -28,6 +28,10 @@ use tracing::Instrument;
 use tengine_core::addresses;
 
 use crate::{Worker, outbound};
+
+/// How long an attempt runs before history is told (an `AttemptStarted` event):
+/// most calls end sooner and need no message for it.
+const SHOWN_RUNNING_AFTER: Duration = Duration::from_millis(250);
 
 /// Why a run ends without calling the API (again).
 pub(crate) struct Refusal {
@@ -258,11 +262,11 @@ impl Worker {
             {
                 return self.refused(command, number.saturating_sub(1), refusal);
             }
-            let result = match self
+            let (result, report) = match self
                 .make_http_call(&dispatch, number, message, remote, pending, &aborting.token)
                 .await
             {
-                Ok(Some(result)) => result,
+                Ok(Some(answered)) => answered,
                 Ok(None) => return self.refused(command, number, Refusal::aborted(number)),
                 Err(refusal) => return self.refused(command, delivery, refusal),
             };
@@ -277,8 +281,11 @@ impl Worker {
             };
             // A cancelled call is not retried: it ends with the answer it has.
             if wait.is_none() || self.is_cancelled(command.run_id).await {
-                return self.handle_answered_dispatch(&dispatch, number, result);
+                return self.handle_answered_dispatch(&dispatch, number, result, report);
             }
+            // Retried: this attempt's answer is stored on its own (the outcome carries the last).
+            let (run_id, project_id) = (command.run_id, command.caller.project_id);
+            pending.push(self.log_attempt(project_id, report.into_event(run_id, project_id)));
             let wait = wait.unwrap_or_default();
             tracing::info!(attempt = number, ?wait, error = ?result.error, "retrying");
             let waiting = async {
@@ -410,7 +417,7 @@ impl Worker {
         remote: &TraceContext,
         pending: &mut Vec<tokio::task::JoinHandle<()>>,
         abort: &CancellationToken,
-    ) -> Result<Option<outbound::AttemptResult>, Refusal> {
+    ) -> Result<Option<(outbound::AttemptResult, AttemptReport)>, Refusal> {
         let command = dispatch.command;
         let mut headers = outbound::signed_headers(
             &dispatch.request,
@@ -432,7 +439,16 @@ impl Worker {
             attempt: number,
             started_at,
         };
-        pending.push(self.log_attempt(command.caller.project_id, started.clone()));
+        // Stored only if the API is still answering after a while: history shows a
+        // long call as running, and a quick one costs no message for it.
+        let answering = CancellationToken::new();
+        let _answered = answering.clone().drop_guard();
+        pending.push(self.log_attempt_after(
+            command.caller.project_id,
+            started.clone(),
+            SHOWN_RUNNING_AFTER,
+            answering,
+        ));
         self.notify(command, started).await;
 
         // The API's own progress goes to the waiting ingress as it arrives.
@@ -491,11 +507,12 @@ impl Worker {
         metrics::counter!(prometheus::ATTEMPTS, "outcome" => result.error_class.map_or("ok", ErrorClass::as_str))
             .increment(1);
         metrics::histogram!(prometheus::UPSTREAM_SECONDS).record(result.elapsed.as_secs_f64());
-        let finished = attempt_finished(command, number, started_at, &result);
-        pending.push(self.log_attempt(command.caller.project_id, finished.clone()));
-        self.notify(command, finished).await;
+        let report = attempt_report(number, started_at, &result);
+        let (run_id, project_id) = (command.run_id, command.caller.project_id);
+        self.notify(command, report.clone().into_event(run_id, project_id))
+            .await;
         tracing::debug!(attempt = number, elapsed = ?result.elapsed, "attempt finished");
-        Ok(Some(result))
+        Ok(Some((result, report)))
     }
 
     /// The outcome of the last attempt made: succeeded on a 2xx, else failed (a
@@ -506,6 +523,7 @@ impl Worker {
         dispatch: &Dispatch<'_>,
         number: u32,
         result: outbound::AttemptResult,
+        report: AttemptReport,
     ) -> RunOutcome {
         let bodies = dispatch.bodies.as_ref().map(|policy| {
             let response_bytes = result.response.as_ref().map_or(0, |r| r.body.len());
@@ -522,6 +540,7 @@ impl Worker {
         outcome.error = result.error.map(payload::bounded_error);
         outcome.response = result.response;
         outcome.bodies = bodies;
+        outcome.last_attempt = Some(report);
         outcome
     }
 
@@ -555,19 +574,13 @@ impl Worker {
             .unwrap_or(0),
             bodies: None,
             keep_result_until: command.keep_result_until,
+            last_attempt: None,
         }
     }
 }
 
-fn attempt_finished(
-    command: &ExecuteCommand,
-    number: u32,
-    started_at: DateTime<Utc>,
-    result: &outbound::AttemptResult,
-) -> RunEvent {
-    RunEvent::AttemptFinished {
-        run_id: command.run_id,
-        project_id: command.caller.project_id,
+fn attempt_report(number: u32, started_at: DateTime<Utc>, result: &outbound::AttemptResult) -> AttemptReport {
+    AttemptReport {
         attempt: number,
         started_at,
         finished_at: Utc::now(),

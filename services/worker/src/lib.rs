@@ -426,6 +426,29 @@ impl Worker {
         )
     }
 
+    /// Stores an attempt event after `after`, unless `cancelled` first; awaited before the ack.
+    fn log_attempt_after(
+        &self,
+        project_id: uuid::Uuid,
+        event: RunEvent,
+        after: Duration,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (js, topology) = (self.js.clone(), self.topology.clone());
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = cancelled.cancelled() => return,
+                    () = tokio::time::sleep(after) => {}
+                }
+                if let Err(err) = bus::publish_event(&js, &topology, project_id, event).await {
+                    tracing::warn!(error = %err, "could not log an attempt event");
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
     /// Runs `work` while sending progress acks, so the command stays ours (no
     /// redelivery, no second call) however long the API or a backoff takes.
     async fn keeping_claim<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {

@@ -49,6 +49,9 @@ use crate::{
 const MAX_TOOL_NAME_IN_HISTORY: usize = 200;
 /// How long a call without a claim may keep publishing its command.
 const QUEUEING: Duration = Duration::from_secs(3);
+/// How long a call answered on this instance runs before its `Accepted` event is
+/// stored (see `Dispatcher::enqueue`).
+const ACCEPTED_AFTER: Duration = Duration::from_millis(250);
 
 /// Which revision of MCP a call came through: it decides what identifies a retry,
 /// how the answer looks and what a closed stream means.
@@ -233,7 +236,7 @@ impl Call {
         let following = if parked {
             self.park(&command, lease, charge).await?
         } else {
-            self.enqueue(&command, lease, charge).await?
+            self.enqueue(&command, lease, charge, as_task).await?
         };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
         // Queued: the command's arguments are no longer needed but to seal an API's questions.
@@ -616,6 +619,7 @@ impl Call {
         command: &ExecuteCommand,
         lease: Option<Box<idempotency::Lease>>,
         charge: Charge,
+        as_task: bool,
     ) -> Step<Following> {
         let run_id = command.run_id;
         let cancellable = match &self.era {
@@ -626,7 +630,14 @@ impl Call {
         let enqueueing = std::time::Instant::now();
         // Only while the lease holds: after it, a retry may take the key over.
         let within = lease.as_ref().map_or(QUEUEING, |lease| lease.remaining());
-        let enqueued = self.st.dispatcher.enqueue(command, &self.trace, within).await;
+        // A task's run is in history at once (tasks/get may come next); a call
+        // answered here only if it outlasts `ACCEPTED_AFTER`.
+        let accepted_after = if as_task { Duration::ZERO } else { ACCEPTED_AFTER };
+        let enqueued = self
+            .st
+            .dispatcher
+            .enqueue(command, &self.trace, within, accepted_after)
+            .await;
         prometheus::stage(prometheus::INGRESS_STAGE_SECONDS, "enqueue", enqueueing);
         // Queued or not, this call is done with the key: the run (if stored) is its trace.
         drop(lease);
