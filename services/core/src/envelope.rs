@@ -451,7 +451,7 @@ pub struct RunOutcome {
     /// here: it has no `AttemptFinished` event of its own (one stored message less
     /// per call; earlier attempts, which were retried, do have theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_attempt: Option<AttemptReport>,
+    pub last_attempt: Option<Box<AttemptReport>>,
 }
 
 /// One attempt's answer, as history records it.

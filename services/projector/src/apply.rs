@@ -61,7 +61,7 @@ impl<'a> Grouped<'a> {
             }
             RunEvent::Finished(outcome) => {
                 if let Some(last) = &outcome.last_attempt {
-                    let event = last.clone().into_event(outcome.run_id, outcome.caller.project_id);
+                    let event = (**last).clone().into_event(outcome.run_id, outcome.caller.project_id);
                     self.attempt_finished
                         .insert((outcome.run_id, last.attempt), std::borrow::Cow::Owned(event));
                 }

@@ -540,7 +540,7 @@ impl Worker {
         outcome.error = result.error.map(payload::bounded_error);
         outcome.response = result.response;
         outcome.bodies = bodies;
-        outcome.last_attempt = Some(report);
+        outcome.last_attempt = Some(Box::new(report));
         outcome
     }
 
