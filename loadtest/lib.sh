@@ -14,6 +14,7 @@ mkdir -p "$OUT"
 L_INGRESS_PORT="${TENGINE_LOAD_INGRESS_PORT:-18700}"
 L_UPSTREAM_PORT="${TENGINE_LOAD_UPSTREAM_PORT:-18790}"
 L_PROJECTOR_PORT=18710
+L_INGRESS_METRICS_PORT=18711
 L_WORKER_BASE_PORT=18720
 L_PIDS=()
 
@@ -51,7 +52,7 @@ cluster_env() {
     export TENGINE_STREAMS__COMMANDS_MAX_BYTES=$((256 << 20)) TENGINE_STREAMS__EVENTS_MAX_BYTES=$((2048 << 20))
     export TENGINE_INGRESS__LISTEN="127.0.0.1:$L_INGRESS_PORT"
     export TENGINE_INGRESS__PUBLIC_URL="http://127.0.0.1:$L_INGRESS_PORT"
-    export TENGINE_INGRESS__METRICS_LISTEN="127.0.0.1:0"
+    export TENGINE_INGRESS__METRICS_LISTEN="127.0.0.1:$L_INGRESS_METRICS_PORT"
     export TENGINE_PROJECTOR__HEALTH_LISTEN="127.0.0.1:$L_PROJECTOR_PORT"
     export RUST_LOG="${RUST_LOG:-warn}"
     export TENGINE_ADMIN_URL="http://127.0.0.1:$L_INGRESS_PORT"
@@ -134,3 +135,17 @@ projector_lag() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 md() { printf '%s\n' "$*" | tee -a "$OUT/results.md"; }
+
+# stage_means URL METRIC: the mean time per stage (ms) of a stage histogram scraped
+# from a /metrics endpoint, and how many times each stage ran, as "stage ms (count)".
+stage_means() {
+    curl -sS --max-time 5 "$1" | python3 -c "
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r'$2_(sum|count)\{[^}]*stage=\"([^\"]+)\"[^}]*\} ([0-9.e+-]+)', line)
+    if m:
+        (sums if m.group(1) == 'sum' else counts)[m.group(2)] = float(m.group(3))
+print(', '.join(f'{k} {1000 * sums[k] / counts[k]:.3f} ms' for k in sums if counts.get(k)))
+"
+}

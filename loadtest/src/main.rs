@@ -51,6 +51,14 @@ enum Command {
         #[arg(long, env = "TENGINE_NATS_PREFIX")]
         prefix: String,
     },
+    /// Print the messages ever stored in each stream of a NATS prefix (its last
+    /// sequence number), as JSON: the difference of two readings is what was stored.
+    Stored {
+        #[arg(long, env = "TENGINE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        #[arg(long, env = "TENGINE_NATS_PREFIX")]
+        prefix: String,
+    },
     /// Create a project, an API key and a tool named `load` calling UPSTREAM/call; prints shell exports.
     Setup {
         #[arg(long, env = "TENGINE_ADMIN_URL", default_value = "http://127.0.0.1:8700")]
@@ -143,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 .await;
             Ok(())
         }
+        Command::Stored { nats_url, prefix } => stored(&nats_url, &prefix).await,
         Command::Setup {
             admin_url,
             admin_token,
@@ -150,6 +159,21 @@ async fn main() -> anyhow::Result<()> {
             timeout_ms,
         } => setup(&admin_url, &admin_token, &upstream, timeout_ms).await,
     }
+}
+
+async fn stored(nats_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let mut counts = serde_json::Map::new();
+    for name in tengine_core::Topology::new(prefix).streams() {
+        // A stream not created (yet) has stored nothing.
+        let last = match js.get_stream(&name).await {
+            Ok(mut stream) => stream.info().await.map(|info| info.state.last_sequence).unwrap_or(0),
+            Err(_) => 0,
+        };
+        counts.insert(name, json!(last));
+    }
+    println!("{}", Value::Object(counts));
+    Ok(())
 }
 
 fn http_client(pool: usize) -> anyhow::Result<reqwest::Client> {

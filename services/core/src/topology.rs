@@ -279,11 +279,24 @@ impl Topology {
 
     /// Deletes this prefix's streams (and with them their consumers). Tests only.
     pub async fn delete_all(&self, js: &jetstream::Context) {
-        let _ = js.delete_stream(self.commands_stream()).await;
-        let _ = js.delete_stream(self.events_stream()).await;
-        let _ = js.delete_key_value(self.sessions_bucket()).await;
-        let _ = js.delete_key_value(self.cancelled_bucket()).await;
-        let _ = js.delete_key_value(self.idempotency_bucket()).await;
+        for stream in self.streams() {
+            let _ = js.delete_stream(stream).await;
+        }
+    }
+
+    /// Every JetStream stream of this prefix, the KV buckets' own (`KV_…`) included.
+    pub fn streams(&self) -> Vec<String> {
+        let buckets = [
+            self.sessions_bucket(),
+            self.cancelled_bucket(),
+            self.idempotency_bucket(),
+            self.approvals_bucket(),
+            self.tasks_bucket(),
+        ];
+        [self.commands_stream(), self.events_stream()]
+            .into_iter()
+            .chain(buckets.into_iter().map(|bucket| format!("KV_{bucket}")))
+            .collect()
     }
 }
 

@@ -233,10 +233,25 @@ impl Call {
             )
             .into());
         }
-        let following = if parked {
-            self.park(&command, lease, charge).await?
+        // 2026-07-28: a client that goes away cancels its call. Armed before the
+        // command is stored: this request's future may be dropped at any await from
+        // here on, and a run queued after its client left must not reach the API.
+        let gone = (matches!(self.era, Era::Modern { .. }) && !as_task)
+            .then(|| progress::CancelOnDrop::new(&self.st, self.caller(), run_id));
+        let queued = if parked {
+            self.park(&command, lease, charge).await
         } else {
-            self.enqueue(&command, lease, charge, as_task).await?
+            self.enqueue(&command, lease, charge, as_task).await
+        };
+        let following = match queued {
+            Ok(following) => following,
+            // Not queued (or not confirmed: then a retry with the key follows the run).
+            Err(err) => {
+                if let Some(gone) = gone {
+                    gone.disarm();
+                }
+                return Err(err);
+            }
         };
         tracing::info!(%run_id, tool = %tool.name, project_id = %self.caller().project_id, "run accepted");
         // Queued: the command's arguments are no longer needed but to seal an API's questions.
@@ -260,6 +275,7 @@ impl Call {
             // A parked call waits for a person: as long as a call may wait at all.
             long_wait: parked,
             asking,
+            cancel_on_drop: gone,
         })))
     }
 

@@ -54,6 +54,8 @@ pub(super) struct Answering {
     pub(super) long_wait: bool,
     /// A 2026-07-28 call that can carry the API's input requests.
     pub(super) asking: Option<crate::asks::Asking>,
+    /// 2026-07-28: cancels the run if the client goes away before its answer.
+    pub(super) cancel_on_drop: Option<CancelOnDrop>,
 }
 
 impl Answering {
@@ -93,9 +95,7 @@ impl Answering {
         let wait = self.wait(&st);
         if self.progress_token.is_none() && !self.log {
             // 2026-07-28: a client that goes away (this future is dropped) cancels.
-            let guard = self
-                .modern
-                .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
+            let guard = self.cancel_on_drop;
             let ending = follow_to_end(
                 &st,
                 &self.tool,
@@ -127,9 +127,7 @@ impl Answering {
             modern: self.modern,
             relay_asks: false,
         };
-        let guard = self
-            .modern
-            .then(|| CancelOnDrop::new(&st, &self.caller, self.following.run_id));
+        let guard = self.cancel_on_drop;
         tokio::spawn(async move {
             // A stream the client closed before the result (2026-07-28) cancels the run.
             let streamed = stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking);
@@ -388,7 +386,7 @@ pub async fn resume(st: Arc<AppState>, caller: Caller, event: EventId, tx: mpsc:
 /// its response stream. Only a run that has not reached the API stops (the worker
 /// checks the mark before every attempt); one in flight runs to its outcome, which
 /// a re-issued call with the same key then gets.
-struct CancelOnDrop {
+pub(super) struct CancelOnDrop {
     st: Arc<AppState>,
     project_id: Uuid,
     run_id: Uuid,
@@ -396,7 +394,7 @@ struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
-    fn new(st: &Arc<AppState>, caller: &Caller, run_id: Uuid) -> Self {
+    pub(super) fn new(st: &Arc<AppState>, caller: &Caller, run_id: Uuid) -> Self {
         Self {
             st: st.clone(),
             project_id: caller.project_id,
@@ -405,7 +403,7 @@ impl CancelOnDrop {
         }
     }
 
-    fn disarm(mut self) {
+    pub(super) fn disarm(mut self) {
         self.armed = false;
     }
 }
