@@ -44,6 +44,7 @@ pub async fn publish(app: &TestApp) -> Poison {
             caller: caller.clone(),
             tool_name: "hand_made".into(),
             accepted_at,
+            origin: None,
         },
         RunEvent::Finished(RunOutcome {
             run_id: fixable,

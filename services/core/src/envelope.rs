@@ -107,6 +107,24 @@ pub struct ExecuteCommand {
     /// multi round-trip requests); the API receives them as `X-Tengine-Input`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<CommandInput>,
+    /// Where the call came from, for run history (copied into `Accepted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<RunOrigin>,
+}
+
+/// What run history shows of a call's origin; every field optional, so messages
+/// of older ingresses (without it) still decode.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct RunOrigin {
+    /// The W3C trace id (hex) the call ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The client's idempotency key, as it sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The run this one re-drives (runs it again with its arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_of: Option<Uuid>,
 }
 
 /// The client's answers to the API's input requests, and the API's own state.
@@ -358,6 +376,9 @@ pub enum RunEvent {
         caller: Caller,
         tool_name: String,
         accepted_at: DateTime<Utc>,
+        /// From the command; absent in events of older ingresses.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<RunOrigin>,
     },
     /// The ingress refused a call before queueing it (unknown tool, bad arguments).
     Rejected {
@@ -477,6 +498,13 @@ pub struct RunBodies {
     pub response: Option<String>,
     /// Whether either body was cut to the project's `body_max_bytes`.
     pub truncated: bool,
+    /// The call's arguments (a JSON object), redacted like the bodies: what a
+    /// re-drive runs again. Absent in events of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// Whether redaction or the size cap changed `arguments` (they cannot be re-driven).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arguments_altered: bool,
 }
 
 impl RunEvent {
@@ -553,6 +581,11 @@ mod tests {
                         .cloned()
                         .unwrap_or_default(),
                     state: Some("s".into()),
+                }),
+                origin: Some(RunOrigin {
+                    trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+                    idempotency_key: Some("k".into()),
+                    redrive_of: Some(Uuid::now_v7()),
                 }),
             },
         );
