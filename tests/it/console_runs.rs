@@ -236,9 +236,276 @@ async fn a_redrive_is_a_new_run_through_the_call_path_once_per_key() {
         op["responses"]["409"].is_object() && op["responses"]["202"].is_object(),
         "{op}"
     );
-    let _ = header::LOCATION;
-    let _ = Policy::none();
-    let _ = ADMIN_TOKEN;
-    let _ = Chromium::start;
-    let _ = screenshots;
+}
+
+const SECRET: &str = "console-upstream-secret-4711";
+
+/// Asserts a page shows no secret and nothing of the other project, and keeps its source.
+async fn checked(browser: &Chromium, app: &TestApp, foreign: &[&str]) -> String {
+    let source = browser.source().await;
+    for secret in [ADMIN_TOKEN, app.api_key.as_str(), SECRET] {
+        assert!(!source.contains(secret), "a page shows a secret: {source}");
+    }
+    for other in foreign {
+        assert!(
+            !source.contains(other),
+            "a page shows another project's {other}: {source}"
+        );
+    }
+    source
+}
+
+/// Empties a field, then types into it.
+async fn replace_text(browser: &Chromium, css: &str, text: &str) {
+    let id = browser.find("css selector", css).await;
+    browser.command(&format!("/element/{id}/clear"), json!({})).await;
+    browser.type_into(css, text).await;
+}
+
+/// Waits (up to 10 s) until the element's text contains `needle`.
+async fn wait_for_text(browser: &Chromium, css: &str, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = browser.text(css).await;
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(start.elapsed().as_secs() < 10, "{css} never shows {needle:?}: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (status, body) = app
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Another project, with a tool and a run: none of it may show here.
+    let other = app.admin.create_project("elsewhere").await;
+    let key = app.admin.create_api_key(other, &[]).await;
+    app.admin
+        .create_tool(
+            other,
+            ToolSpec::get("foreign_tool", &upstream.url(), "/items").description("theirs"),
+        )
+        .await;
+    let mut theirs = RawSession::new(app.http.clone(), app.mcp_url.clone(), key.key.clone());
+    theirs.initialize().await;
+    let foreign_run = run_id(&theirs.call("foreign_tool", json!({})).await);
+    let foreign = ["foreign_tool", foreign_run.as_str()];
+
+    let shots = screenshots();
+    let browser = Chromium::start().await;
+    browser.open(&format!("{}/console/sign-in", app.base_url)).await;
+    browser.type_into("input[type=password]", ADMIN_TOKEN).await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/console").await;
+    browser
+        .open(&format!("{}/console/projects/{}/tools", app.base_url, app.project_id))
+        .await;
+    browser.click_link("New tool").await;
+    browser.wait_for_url("/tools/new").await;
+
+    // The form, with the live preview beside it.
+    browser.type_into("#name", "flaky").await;
+    browser.type_into("#description", "fails once, then answers").await;
+    browser.type_into("#base_url", &upstream.url()).await;
+    browser.type_into("#endpoint_path", "/flaky/1/503").await;
+    replace_text(
+        &browser,
+        "#input_schema",
+        r#"{"type": "object", "properties": {"q": {"type": "string"}}}"#,
+    )
+    .await;
+    browser.click("#auth_strategy option[value=static_bearer]").await;
+    browser.type_into("#auth_secret", SECRET).await;
+    replace_text(&browser, "#example_arguments", r#"{"q": "hello"}"#).await;
+    let preview = wait_for_text(&browser, "#preview", "q=hello").await;
+    assert!(
+        preview.starts_with(&format!("GET {}/flaky/1/503?q=hello", upstream.url())),
+        "{preview}"
+    );
+    assert!(preview.contains("Authorization: Bearer <redacted>"), "{preview}");
+    checked(&browser, &app, &foreign).await;
+    browser.screenshot(&shots.join("tool-new.png")).await;
+
+    // A value the server refuses: its message beside the field, everything typed kept.
+    browser.type_into("#retry_max_attempts", "11").await;
+    browser.click("button[value=save]").await;
+    browser.wait_for("#retry_max_attempts-problem").await;
+    let refused = checked(&browser, &app, &foreign).await;
+    assert!(
+        browser
+            .text("#retry_max_attempts-problem")
+            .await
+            .contains("must be between 1 and 10"),
+        "{refused}"
+    );
+    assert_eq!(browser.count("#retry_max_attempts[aria-invalid=true]").await, 1);
+    assert_eq!(browser.count("#name[value=flaky]").await, 1, "{refused}");
+    assert!(
+        refused.contains("/flaky/1/503") && refused.contains("fails once, then answers"),
+        "{refused}"
+    );
+    assert_eq!(browser.count("#retry_max_attempts[value='11']").await, 1, "{refused}");
+    browser.screenshot(&shots.join("tool-refused.png")).await;
+    let (status, _) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/flaky", app.project_id))
+        .await;
+    assert_eq!(status, 404, "a refused form creates nothing");
+
+    replace_text(&browser, "#retry_max_attempts", "3").await;
+    browser.type_into("#retry_initial_backoff_ms", "10").await;
+    // The secret is not sent back with a refused form: typed again.
+    browser.type_into("#auth_secret", SECRET).await;
+    browser.click("button[value=save]").await;
+    browser.wait_for_url("/tools").await;
+    browser.wait_for("a[aria-label='Edit flaky']").await;
+    let (_, tool) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/flaky", app.project_id))
+        .await;
+    assert_eq!(
+        (tool["version"].as_i64(), tool["has_auth_secret"].as_bool()),
+        (Some(1), Some(true)),
+        "{tool}"
+    );
+    assert_eq!(tool["retry"]["max_attempts"], 3, "{tool}");
+
+    // Editing: the stored values in the form, the secret kept when left empty.
+    browser.click("a[aria-label='Edit flaky']").await;
+    browser.wait_for_url("/flaky/edit").await;
+    assert_eq!(browser.count("#endpoint_path[value='/flaky/1/503']").await, 1);
+    replace_text(&browser, "#description", "fails once, then recovers").await;
+    checked(&browser, &app, &foreign).await;
+    browser.screenshot(&shots.join("tool-edit.png")).await;
+    browser.click("button[value=save]").await;
+    browser.wait_for_url("/tools").await;
+    let (_, tool) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/flaky", app.project_id))
+        .await;
+    assert_eq!(tool["version"], 2, "{tool}");
+    assert_eq!(tool["description"], "fails once, then recovers");
+    assert_eq!(tool["has_auth_secret"], true, "{tool}");
+
+    // Runs: the live tail shows a new call without a reload.
+    browser.click_link("Runs").await;
+    browser.wait_for_url("/runs").await;
+    wait_for_text(&browser, "#tail-status", "Live").await;
+    let mut session = app.session();
+    session.initialize().await;
+    let result = session.call("flaky", json!({"q": "hello"})).await;
+    assert_eq!(result["isError"], false, "{result}");
+    let run = run_id(&result);
+    let row = format!("#run-{run}");
+    browser.wait_for(&row).await;
+    wait_for_text(&browser, &row, "succeeded").await;
+    assert!(browser.url().await.ends_with("/runs"), "no reload, no navigation");
+    checked(&browser, &app, &foreign).await;
+    browser.screenshot(&shots.join("runs-live.png")).await;
+
+    // The run's page: attempts with the retry and its reason, the rendered request.
+    browser.click_link(&run).await;
+    browser.wait_for_url(&run).await;
+    let detail = checked(&browser, &app, &foreign).await;
+    let timeline = browser.text("#timeline").await;
+    for shown in [
+        "Queued",
+        "Attempt 1",
+        "with HTTP 503",
+        "Retried after upstream_status: the API answered HTTP 503, backoff",
+        "Attempt 2",
+        "with HTTP 200",
+    ] {
+        assert!(timeline.contains(shown), "{shown}: {timeline}");
+    }
+    let request = browser.text("#rendered-request").await;
+    assert!(
+        request.contains("q=hello") && request.contains("Bearer <redacted>"),
+        "{request}"
+    );
+    assert!(detail.contains("recovered"), "the response body: {detail}");
+    browser.screenshot(&shots.join("run-detail.png")).await;
+
+    // Re-drive, after a confirmation: the new run links to the old one and back.
+    browser.click(&format!("a[aria-label='Re-drive run {run}']")).await;
+    browser.wait_for_url("/redrive").await;
+    assert!(browser.text("#redrive-arguments").await.contains("hello"));
+    checked(&browser, &app, &foreign).await;
+    browser.screenshot(&shots.join("run-redrive.png")).await;
+    browser.click("main form button[type=submit]").await;
+    browser.wait_for("#redrive-of").await;
+    let new_url = browser.url().await;
+    let new_run = new_url.rsplit('/').next().unwrap_or_default().to_string();
+    assert_ne!(new_run, run);
+    assert!(browser.text("#redrive-of").await.contains(&run));
+    app.admin.finished_run(&new_run).await;
+    browser
+        .open(&format!(
+            "{}/console/projects/{}/runs/{new_run}",
+            app.base_url, app.project_id
+        ))
+        .await;
+    let redriven = checked(&browser, &app, &foreign).await;
+    assert!(browser.text("#timeline").await.contains("Attempt 2"), "{redriven}");
+    browser.screenshot(&shots.join("run-redriven.png")).await;
+    browser.click_link(&run).await;
+    browser.wait_for("#redrives").await;
+    assert!(browser.text("#redrives").await.contains(&new_run));
+    let (_, listed) = app.admin.get(&format!("/v1/runs/{new_run}")).await;
+    assert_eq!(listed["redrive_of"], run.as_str());
+
+    // Another project's run is not shown under this one.
+    browser
+        .open(&format!(
+            "{}/console/projects/{}/runs/{foreign_run}",
+            app.base_url, app.project_id
+        ))
+        .await;
+    assert!(browser.source().await.contains("run not found"));
+    browser.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_serves_its_own_script_and_the_tail_needs_a_session() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let console = format!("{}/console", app.base_url);
+    let script = http
+        .get(format!("{console}/assets/console.js"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/javascript")
+    );
+    assert!(script.text().await.expect("script").contains("EventSource"));
+    let tail = http
+        .get(format!("{console}/projects/{}/runs.stream", app.project_id))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(tail.status(), 303, "no session: to sign-in");
+    let sign_in = http.get(format!("{console}/sign-in")).send().await.expect("get");
+    let csp = sign_in.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self';") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
 }

@@ -1,4 +1,4 @@
-//! The Runs screen's live tail: `GET …/runs/tail` streams (server-sent events)
+//! The Runs screen's live tail: `GET …/runs.stream` streams (server-sent events)
 //! each run of the page's filters that is new or changed, as its rendered table
 //! row (`console.js` puts it in place). It reads run history once a second, as
 //! the page would on Refresh; a stream ends after a few minutes (the browser
@@ -82,7 +82,7 @@ impl Tail {
     }
 }
 
-/// `GET /console/projects/{id}/runs/tail?<the page's filters>`.
+/// `GET /console/projects/{id}/runs.stream?<the page's filters>`.
 pub async fn tail(
     session: Session,
     State(st): State<Arc<AppState>>,

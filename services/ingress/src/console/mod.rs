@@ -74,7 +74,7 @@ fn tools_and_runs() -> Router<Arc<AppState>> {
             get(tool_form::edit).post(tool_form::update),
         )
         .route("/console/projects/{project_id}/tools/preview", post(tool_form::preview))
-        .route("/console/projects/{project_id}/runs/tail", get(live::tail))
+        .route("/console/projects/{project_id}/runs.stream", get(live::tail))
         .route(
             "/console/projects/{project_id}/runs/{run_id}/redrive",
             get(redrive::confirm).post(redrive::redrive),

@@ -191,7 +191,7 @@ pub async fn list(
         format!("{root}?{query}")
     };
     // The first page follows new runs live; older pages stay as they are.
-    let tail = filter.before.is_none().then(|| format!("{root}/tail?{query}"));
+    let tail = filter.before.is_none().then(|| format!("{root}.stream?{query}"));
     let body = html! {
         (filter_form(&root, &filter, &integrations))
         p {
