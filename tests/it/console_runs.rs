@@ -407,6 +407,11 @@ async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one
     browser.wait_for(&row).await;
     wait_for_text(&browser, &row, "succeeded").await;
     assert!(browser.url().await.ends_with("/runs"), "no reload, no navigation");
+    assert_eq!(
+        browser.count("#no-runs").await,
+        0,
+        "the empty note goes with the first row"
+    );
     checked(&browser, &app, &foreign).await;
     browser.screenshot(&shots.join("runs-live.png")).await;
 

@@ -645,6 +645,53 @@ mod tests {
     }
 
     #[test]
+    fn accepted_events_and_bodies_of_older_services_still_decode() {
+        // As an ingress and a worker before `origin` and the kept arguments wrote them.
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Before {
+            Accepted {
+                run_id: Uuid,
+                caller: Caller,
+                tool_name: String,
+                accepted_at: DateTime<Utc>,
+            },
+        }
+        #[derive(Serialize)]
+        struct BodiesBefore {
+            request: Option<String>,
+            response: Option<String>,
+            truncated: bool,
+        }
+        let old = Envelope {
+            v: ENVELOPE_VERSION,
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+            body: Before::Accepted {
+                run_id: Uuid::now_v7(),
+                caller: caller(),
+                tool_name: "t".into(),
+                accepted_at: Utc::now(),
+            },
+        };
+        let mut out = Vec::new();
+        let mut serializer = rmp_serde::Serializer::new(&mut out)
+            .with_struct_map()
+            .with_human_readable();
+        old.serialize(&mut serializer).expect("encode");
+        let decoded = EventEnvelope::decode(&out).expect("decode");
+        assert!(matches!(decoded.body, RunEvent::Accepted { origin: None, .. }));
+        let bodies = serde_json::to_value(BodiesBefore {
+            request: None,
+            response: Some("ok".into()),
+            truncated: false,
+        })
+        .expect("json");
+        let bodies: RunBodies = serde_json::from_value(bodies).expect("decode");
+        assert_eq!((bodies.arguments, bodies.arguments_altered), (None, false));
+    }
+
+    #[test]
     fn event_round_trips_and_version_is_checked() {
         let ev = Envelope::new(
             Uuid::now_v7(),

@@ -20,6 +20,8 @@
       if (!row || !row.id) return;
       var old = document.getElementById(row.id);
       if (old) old.replaceWith(row); else body.insertBefore(row, body.firstElementChild);
+      var empty = document.getElementById("no-runs");
+      if (empty) empty.remove();
     });
     source.onopen = function () { say("Live: new runs appear as they come."); };
     source.onerror = function () { say("Live updates paused, reconnecting; Refresh reloads."); };

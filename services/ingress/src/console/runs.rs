@@ -198,7 +198,7 @@ pub async fn list(
             a href=(here) { "Refresh" }
             @if tail.is_some() { " " span #tail-status role="status" aria-live="polite" {} }
         }
-        @if runs.is_empty() { p { "No runs match." } }
+        @if runs.is_empty() { p #no-runs { "No runs match." } }
         (table(&root, &runs, tail.as_deref()))
         @if let Some(cursor) = next.flatten() {
             p { a href=(next_page(&root, &filter, size, &cursor)) rel="next" { "Older runs" } }
