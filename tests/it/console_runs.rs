@@ -477,6 +477,193 @@ async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one
     browser.stop().await;
 }
 
+/// A cookie's `name=value` from a response's `Set-Cookie` headers.
+fn cookie(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("{name} is set"))
+        .to_string()
+}
+
+/// The value of the hidden `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a csrf field") + marker.len();
+    page[start..].split('"').next().unwrap_or_default().to_string()
+}
+
+/// Signs in over raw HTTP: the session cookie's `name=value`.
+async fn signed_in(http: &reqwest::Client, console: &str) -> String {
+    let page = http.get(format!("{console}/sign-in")).send().await.expect("get");
+    let pending = cookie(&page, "tengine_console_sign_in");
+    let csrf = csrf_of(&page.text().await.expect("page"));
+    let answer = http
+        .post(format!("{console}/sign-in"))
+        .header(header::COOKIE, &pending)
+        .form(&[("csrf", csrf.as_str()), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status(), 303);
+    cookie(&answer, "tengine_console")
+}
+
+async fn get_page(http: &reqwest::Client, url: &str, session: &str) -> (u16, String) {
+    let response = http.get(url).header(header::COOKIE, session).send().await.expect("get");
+    (response.status().as_u16(), response.text().await.expect("page"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_javascript_the_preview_button_and_filters_work() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (_session, run) = project_with_a_retried_run(&app, &upstream).await;
+    app.admin.wait_for_projector().await;
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let console = format!("{}/console", app.base_url);
+    let session = signed_in(&http, &console).await;
+    let tools = format!("{console}/projects/{}/tools", app.project_id);
+    let (status, form) = get_page(&http, &format!("{tools}/new"), &session).await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&form);
+    let url = upstream.url();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "draft"),
+        ("http_method", "GET"),
+        ("base_url", url.as_str()),
+        ("endpoint_path", "/items/{id}"),
+        (
+            "input_schema",
+            r#"{"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}"#,
+        ),
+        ("auth_strategy", "static_bearer"),
+        ("auth_secret", SECRET),
+        ("response_mode", "text"),
+        ("approval", "none"),
+        ("example_arguments", r#"{"id": "42"}"#),
+        ("action", "preview"),
+    ];
+    // The Preview button: the page again, with the preview; nothing saved.
+    let previewed = http
+        .post(format!("{tools}/new"))
+        .header(header::COOKIE, &session)
+        .form(&fields)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(previewed.status(), 200);
+    let page = previewed.text().await.expect("page");
+    assert!(page.contains(&format!("GET {url}/items/42")), "{page}");
+    assert!(
+        page.contains("Bearer &lt;redacted&gt;") && !page.contains(SECRET),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"draft\""),
+        "the form keeps what was typed: {page}"
+    );
+    let (status, _) = app
+        .admin
+        .get(&format!("/v1/projects/{}/tools/draft", app.project_id))
+        .await;
+    assert_eq!(status, 404, "a preview saves nothing");
+    // The live preview's endpoint: a fragment; the arguments checked against the draft's schema.
+    let mut bad = fields.to_vec();
+    bad.retain(|(k, _)| *k != "example_arguments");
+    bad.push(("example_arguments", "{}"));
+    let fragment = http
+        .post(format!("{tools}/preview"))
+        .header(header::COOKIE, &session)
+        .form(&bad)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(fragment.status(), 200);
+    let fragment = fragment.text().await.expect("fragment");
+    assert!(
+        fragment.contains("id") && fragment.contains("required") && !fragment.contains("<html"),
+        "{fragment}"
+    );
+    let forged = http
+        .post(format!("{tools}/preview"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", "forged"), ("name", "draft")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), 403);
+    // A JSON field that does not parse: its message beside it, the typed text kept.
+    let mut broken = fields.to_vec();
+    broken.retain(|(k, _)| *k != "input_schema" && *k != "action");
+    broken.push(("input_schema", "{not json"));
+    broken.push(("action", "save"));
+    let refused = http
+        .post(format!("{tools}/new"))
+        .header(header::COOKIE, &session)
+        .form(&broken)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 422);
+    let page = refused.text().await.expect("page");
+    assert!(
+        page.contains("id=\"input_schema-problem\"") && page.contains("is not JSON"),
+        "{page}"
+    );
+    assert!(
+        page.contains("{not json</textarea>") && !page.contains(SECRET),
+        "{page}"
+    );
+
+    // Filters: integration and time range, in the URL.
+    let runs = format!("{console}/projects/{}/runs", app.project_id);
+    let (_, project) = app.admin.get(&format!("/v1/projects/{}", app.project_id)).await;
+    let integration = project["default_integration_id"]
+        .as_str()
+        .expect("integration")
+        .to_string();
+    for (query, shown) in [
+        (format!("integration={integration}&from=2000-01-01T00%3A00"), true),
+        (format!("integration={}", uuid::Uuid::now_v7()), false),
+        ("to=2000-01-01T00%3A00".to_string(), false),
+        ("from=2999-01-01T00%3A00%3A00Z".to_string(), false),
+    ] {
+        let (status, html) = get_page(&http, &format!("{runs}?{query}"), &session).await;
+        assert_eq!(status, 200, "{query}: {html}");
+        assert_eq!(html.contains(&run), shown, "{query}: {html}");
+        assert!(html.contains("href=\"") && html.contains("Refresh"), "{html}");
+    }
+    let (status, html) = get_page(&http, &format!("{runs}?from=yesterday"), &session).await;
+    assert_eq!(status, 400, "{html}");
+    // The live tail's stream: the run's row, as an event.
+    let mut stream = http
+        .get(format!("{runs}.stream?integration={integration}"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("an event within 5 s")
+        .expect("read")
+        .expect("data");
+    let event = String::from_utf8_lossy(&chunk).to_string();
+    assert!(
+        event.contains("event: run") && event.contains(&format!("id=\"run-{run}\"")),
+        "{event}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_serves_its_own_script_and_the_tail_needs_a_session() {
     let app = spawn_app().await;
