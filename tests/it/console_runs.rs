@@ -701,3 +701,87 @@ async fn the_console_serves_its_own_script_and_the_tail_needs_a_session() {
         "{csp}"
     );
 }
+
+/// The project's waiting calls, once there are `n` of them.
+async fn waiting_calls(app: &TestApp, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = app
+            .admin
+            .get(&format!("/v1/projects/{}/approvals", app.project_id))
+            .await;
+        let list = body["approvals"].as_array().cloned().unwrap_or_default();
+        if list.len() == n {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} waiting calls: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redrive_of_a_guarded_tool_waits_for_an_operator_like_any_call() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let (status, _) = app
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true}))
+        .await;
+    assert_eq!(status, 200);
+    app.create_tool(
+        ToolSpec::post("refund", &upstream.url(), "/echo")
+            .schema(json!({"type": "object", "properties": {"order": {"type": "integer"}}}))
+            .field("approval", "operator"),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let waiting = tokio::spawn(async move { session.call("refund", json!({"order": 42})).await });
+    let first = waiting_calls(&app, 1).await[0]["run_id"]
+        .as_str()
+        .expect("run")
+        .to_string();
+    let (status, _) = app.admin.post(&format!("/v1/runs/{first}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let result = waiting.await.expect("call");
+    assert_eq!(result["isError"], false, "{result}");
+    app.admin.finished_run(&first).await;
+
+    // The re-drive is parked too: nothing reaches the API before an operator decides.
+    let before = upstream.requests().len();
+    let (status, redriven) = redrive(&app, app.project_id, &first, Some("guarded")).await;
+    assert_eq!(status, 202, "{redriven}");
+    let new = redriven["run_id"].as_str().expect("run").to_string();
+    let parked = waiting_calls(&app, 1).await;
+    assert_eq!(parked[0]["run_id"], new.as_str());
+    assert_eq!(parked[0]["arguments"], json!({"order": 42}), "the original's arguments");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(upstream.requests().len(), before);
+    let (status, _) = app.admin.post(&format!("/v1/runs/{new}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let done = app.admin.finished_run(&new).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(upstream.requests().len(), before + 1);
+    app.admin.wait_for_projector().await;
+    let (_, done) = app.admin.get(&format!("/v1/runs/{new}")).await;
+    assert_eq!(done["redrive_of"], first.as_str(), "{done}");
+
+    // Its page shows the operator's decision in the timeline.
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let console = format!("{}/console", app.base_url);
+    let cookie = signed_in(&http, &console).await;
+    let (status, page) = get_page(
+        &http,
+        &format!("{console}/projects/{}/runs/{new}", app.project_id),
+        &cookie,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Approval: approved by admin"), "{page}");
+}

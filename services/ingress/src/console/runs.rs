@@ -475,6 +475,14 @@ fn timeline(run: &RunRecord, attempts: &[AttemptRecord]) -> Markup {
     html! {
         ol #timeline {
             li { "Queued " (run.accepted_at.to_rfc3339()) }
+            @if let Some(approval) = &run.approval {
+                li {
+                    "Approval: " (approval.0["state"].as_str().unwrap_or("pending"))
+                    @if let Some(by) = approval.0["by"].as_str() { " by " (by) }
+                    @if let Some(at) = approval.0["decided_at"].as_str() { " at " (at) }
+                    @if let Some(reason) = approval.0["reason"].as_str() { " (" (reason) ")" }
+                }
+            }
             @for (i, a) in attempts.iter().enumerate() {
                 @if let Some(previous) = i.checked_sub(1).and_then(|p| attempts.get(p)) {
                     li.retry {
