@@ -44,6 +44,7 @@ pub async fn publish(app: &TestApp) -> Poison {
             caller: caller.clone(),
             tool_name: "hand_made".into(),
             accepted_at,
+            origin: None,
         },
         RunEvent::Finished(RunOutcome {
             run_id: fixable,
@@ -60,6 +61,7 @@ pub async fn publish(app: &TestApp) -> Poison {
             bodies: None,
             keep_result_until: None,
             last_attempt: None,
+            origin: None,
         }),
     ];
     for event in events {

@@ -32,12 +32,30 @@ impl AdminClient {
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        self.send(method, path, body, None).await
+    }
+
+    /// POSTs without a body, with an `Idempotency-Key` if given.
+    pub async fn post_keyed(&self, path: &str, key: Option<&str>) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::POST, path, None, key).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(body);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
         }
         let response = request
             .send()

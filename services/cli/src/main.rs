@@ -507,6 +507,16 @@ enum RunCommand {
     Get {
         run_id: String,
     },
+    /// Run a finished run's call again, as a new run (same checks as an MCP call by its caller;
+    /// needs the arguments run history kept: projects that store bodies).
+    Redrive {
+        #[arg(long)]
+        project: String,
+        run_id: String,
+        /// A retry with the same key answers the same new run instead of running it twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -1099,6 +1109,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print(&c.get(&path).await?)
                 }
                 RunCommand::Get { run_id } => print(&c.get(&format!("/v1/runs/{run_id}")).await?),
+                RunCommand::Redrive {
+                    project,
+                    run_id,
+                    idempotency_key,
+                } => print(
+                    &c.post_keyed(
+                        &format!("/v1/projects/{project}/runs/{run_id}/redrive"),
+                        idempotency_key.as_deref(),
+                    )
+                    .await?,
+                ),
             }
             Ok(())
         }

@@ -336,3 +336,80 @@ async fn openapi_import_through_the_cli_prints_a_table() {
         assert_eq!(json_of(&again)["counts"]["unchanged"], 4);
     });
 }
+
+/// The `tengine` command's output and whether it succeeded (for refusals).
+fn tengine_outcome(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tengine"))
+        .args(args)
+        .env("TENGINE_ADMIN_URL", &app.admin.base_url)
+        .env("TENGINE_ADMIN_TOKEN", &app.admin.token)
+        .output()
+        .expect("run tengine");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_redrive_runs_a_call_again_once_per_key() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    let project = app.project_id.to_string();
+    let (status, _) = app
+        .admin
+        .patch_project(app.project_id, json!({"store_bodies": true}))
+        .await;
+    assert_eq!(status, 200);
+    app.create_tool(
+        ToolSpec::get("lookup", &upstream.url(), "/items")
+            .schema(json!({"type": "object", "properties": {"q": {"type": "string"}}})),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let first = tengine_tests::mcp::run_id(&session.call("lookup", json!({"q": "cli"})).await);
+    app.admin.finished_run(&first).await;
+    let app_ref = &app;
+    let (again, retried, refused) = tokio::task::block_in_place(|| {
+        let redrive = |key: &str| {
+            json_of(&tengine(
+                app_ref,
+                &[
+                    "runs",
+                    "redrive",
+                    "--project",
+                    &project,
+                    &first,
+                    "--idempotency-key",
+                    key,
+                ],
+            ))
+        };
+        let again = redrive("cli-1");
+        let retried = redrive("cli-1");
+        let refused = tengine_outcome(
+            app_ref,
+            &[
+                "runs",
+                "redrive",
+                "--project",
+                &project,
+                "0190a1b2-0000-7000-8000-000000000003",
+            ],
+        );
+        (again, retried, refused)
+    });
+    let new = again["run_id"].as_str().expect("a run id").to_string();
+    assert_ne!(new, first);
+    assert_eq!(again["redrive_of"], first.as_str());
+    assert_eq!(retried["run_id"], new.as_str(), "the same key: the same run");
+    let done = app.admin.finished_run(&new).await;
+    assert_eq!(
+        (done["status"].as_str(), done["redrive_of"].as_str()),
+        (Some("succeeded"), Some(first.as_str()))
+    );
+    assert!(!refused.0 && refused.1.contains("404"), "{}", refused.1);
+}

@@ -69,7 +69,26 @@ impl BodyPolicy {
             request,
             response,
             truncated,
+            ..RunBodies::default()
         }
+    }
+
+    /// Adds the call's arguments to `bodies` (what a re-drive runs again), redacted
+    /// like the bodies, within `max_bytes` and what `budget` leaves after them.
+    /// Arguments that redaction changed are kept redacted, for reading, and flagged;
+    /// arguments too large are not kept, and flagged.
+    pub fn keep_arguments(&self, bodies: &mut RunBodies, arguments: &serde_json::Map<String, Value>, budget: usize) {
+        let original = Value::Object(arguments.clone());
+        let mut redacted = original.clone();
+        redact_value(&mut redacted, &self.redact, &mut Vec::new());
+        let text = redacted.to_string();
+        let used = [&bodies.request, &bodies.response]
+            .iter()
+            .map(|b| b.as_ref().map_or(0, String::len))
+            .fold(0usize, usize::saturating_add);
+        let room = self.max_bytes.min(budget.saturating_sub(used));
+        bodies.arguments_altered = redacted != original || text.len() > room;
+        bodies.arguments = (text.len() <= room).then_some(text);
     }
 
     fn redact(&self, bytes: &[u8]) -> String {
@@ -154,6 +173,25 @@ mod tests {
         assert_eq!(value["number"], "keep");
         assert_eq!(value["items"][0]["password"], REDACTED);
         assert!(!kept.truncated);
+    }
+
+    #[test]
+    fn keeps_arguments_redacted_and_flags_what_cannot_be_run_again() {
+        let policy = BodyPolicy::new(64, &["password".into()]);
+        let args = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let mut kept = RunBodies::default();
+        policy.keep_arguments(&mut kept, &args(json!({"q": "x"})), usize::MAX);
+        assert_eq!(
+            (kept.arguments.as_deref(), kept.arguments_altered),
+            (Some(r#"{"q":"x"}"#), false)
+        );
+        policy.keep_arguments(&mut kept, &args(json!({"q": "x", "password": "p"})), usize::MAX);
+        assert_eq!(kept.arguments.as_deref(), Some(r#"{"password":"[REDACTED]","q":"x"}"#));
+        assert!(kept.arguments_altered);
+        policy.keep_arguments(&mut kept, &args(json!({"q": "y".repeat(100)})), usize::MAX);
+        assert_eq!((kept.arguments.as_deref(), kept.arguments_altered), (None, true));
+        policy.keep_arguments(&mut kept, &args(json!({"q": "x"})), 4);
+        assert_eq!((kept.arguments.as_deref(), kept.arguments_altered), (None, true));
     }
 
     #[test]

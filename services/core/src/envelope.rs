@@ -107,6 +107,24 @@ pub struct ExecuteCommand {
     /// multi round-trip requests); the API receives them as `X-Tengine-Input`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<CommandInput>,
+    /// Where the call came from, for run history (copied into `Accepted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<RunOrigin>,
+}
+
+/// What run history shows of a call's origin; every field optional, so messages
+/// of older ingresses (without it) still decode.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct RunOrigin {
+    /// The W3C trace id (hex) the call ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The client's idempotency key, as it sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The run this one re-drives (runs it again with its arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_of: Option<Uuid>,
 }
 
 /// The client's answers to the API's input requests, and the API's own state.
@@ -358,6 +376,9 @@ pub enum RunEvent {
         caller: Caller,
         tool_name: String,
         accepted_at: DateTime<Utc>,
+        /// From the command; absent in events of older ingresses.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<RunOrigin>,
     },
     /// The ingress refused a call before queueing it (unknown tool, bad arguments).
     Rejected {
@@ -452,6 +473,9 @@ pub struct RunOutcome {
     /// per call; earlier attempts, which were retried, do have theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt: Option<Box<AttemptReport>>,
+    /// Copied from the command, for history: a quick call has no `Accepted` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<RunOrigin>>,
 }
 
 /// One attempt's answer, as history records it.
@@ -513,6 +537,13 @@ pub struct RunBodies {
     pub response: Option<String>,
     /// Whether either body was cut to the project's `body_max_bytes`.
     pub truncated: bool,
+    /// The call's arguments (a JSON object), redacted like the bodies: what a
+    /// re-drive runs again. Absent in events of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// Whether redaction or the size cap changed `arguments` (they cannot be re-driven).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arguments_altered: bool,
 }
 
 impl RunEvent {
@@ -590,6 +621,11 @@ mod tests {
                         .unwrap_or_default(),
                     state: Some("s".into()),
                 }),
+                origin: Some(RunOrigin {
+                    trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+                    idempotency_key: Some("k".into()),
+                    redrive_of: Some(Uuid::now_v7()),
+                }),
             },
         );
         let bytes = cmd.encode().expect("encode");
@@ -645,6 +681,53 @@ mod tests {
         assert_eq!(decoded.body.encoding, BodyEncoding::Text);
         assert!(!decoded.body.truncated);
         assert_eq!(decoded.body.size, None);
+    }
+
+    #[test]
+    fn accepted_events_and_bodies_of_older_services_still_decode() {
+        // As an ingress and a worker before `origin` and the kept arguments wrote them.
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Before {
+            Accepted {
+                run_id: Uuid,
+                caller: Caller,
+                tool_name: String,
+                accepted_at: DateTime<Utc>,
+            },
+        }
+        #[derive(Serialize)]
+        struct BodiesBefore {
+            request: Option<String>,
+            response: Option<String>,
+            truncated: bool,
+        }
+        let old = Envelope {
+            v: ENVELOPE_VERSION,
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+            body: Before::Accepted {
+                run_id: Uuid::now_v7(),
+                caller: caller(),
+                tool_name: "t".into(),
+                accepted_at: Utc::now(),
+            },
+        };
+        let mut out = Vec::new();
+        let mut serializer = rmp_serde::Serializer::new(&mut out)
+            .with_struct_map()
+            .with_human_readable();
+        old.serialize(&mut serializer).expect("encode");
+        let decoded = EventEnvelope::decode(&out).expect("decode");
+        assert!(matches!(decoded.body, RunEvent::Accepted { origin: None, .. }));
+        let bodies = serde_json::to_value(BodiesBefore {
+            request: None,
+            response: Some("ok".into()),
+            truncated: false,
+        })
+        .expect("json");
+        let bodies: RunBodies = serde_json::from_value(bodies).expect("decode");
+        assert_eq!((bodies.arguments, bodies.arguments_altered), (None, false));
     }
 
     #[test]

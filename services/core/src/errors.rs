@@ -61,6 +61,16 @@ pub const INVALID_ARGUMENTS: AdminCode = AdminCode {
     status: 422,
     meaning: "render: the arguments fail the tool's schema or a template",
 };
+pub const REDRIVE_UNAVAILABLE: AdminCode = AdminCode {
+    code: "redrive_unavailable",
+    status: 409,
+    meaning: "re-drive: the run has not finished, or its arguments were not kept whole (bodies not stored, redacted or cut)",
+};
+pub const REDRIVE_REFUSED: AdminCode = AdminCode {
+    code: "redrive_refused",
+    status: 422,
+    meaning: "re-drive: the call path refused the new call (tool, credential, arguments, quota, approval); the message says why",
+};
 pub const INTERNAL: AdminCode = AdminCode {
     code: "internal",
     status: 500,
@@ -76,6 +86,8 @@ pub const ADMIN_CODES: &[AdminCode] = &[
     CONFLICT,
     INVALID_FIELD,
     INVALID_ARGUMENTS,
+    REDRIVE_UNAVAILABLE,
+    REDRIVE_REFUSED,
     INTERNAL,
 ];
 

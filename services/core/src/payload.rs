@@ -164,6 +164,7 @@ mod tests {
             bodies: Some(bodies),
             keep_result_until: Some(Utc::now()),
             last_attempt: None,
+            origin: None,
         }
     }
 

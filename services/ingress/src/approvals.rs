@@ -314,6 +314,7 @@ fn refused_outcome(command: &ExecuteCommand, finished_at: DateTime<Utc>) -> RunO
         bodies: None,
         keep_result_until: command.keep_result_until,
         last_attempt: None,
+        origin: command.origin.clone().map(Box::new),
     }
 }
 

@@ -84,6 +84,13 @@ impl Validators {
     }
 }
 
+/// The schema violations of `arguments` against a schema not yet stored (the
+/// console's tool editor previews a draft; drafts are not cached).
+pub fn check_draft(schema: &Value, arguments: &Value) -> Result<Vec<String>, String> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| format!("input_schema does not compile: {e}"))?;
+    Ok(Validators::problems(&validator, arguments, "(arguments)"))
+}
+
 /// Registration-time check that a schema compiles.
 pub fn compiles(schema: &Value) -> Result<(), String> {
     jsonschema::validator_for(schema).map(|_| ()).map_err(|e| e.to_string())

@@ -232,6 +232,7 @@ impl Dispatcher {
             caller: command.caller.clone(),
             tool_name: command.tool_name.clone(),
             accepted_at: command.accepted_at,
+            origin: command.origin.clone(),
         };
         // The command's Nats-Msg-Id is the run id: publishing it again after an
         // unconfirmed attempt stores it at most once.

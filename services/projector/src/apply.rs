@@ -100,8 +100,14 @@ impl<'a> Grouped<'a> {
                 caller,
                 tool_name,
                 accepted_at,
+                origin,
             } = event
             {
+                let origin = origin.clone().unwrap_or_default();
+                rows.trace.push(origin.trace_id.as_deref().map(storable::owned));
+                rows.idempotency_key
+                    .push(origin.idempotency_key.as_deref().map(storable::owned));
+                rows.redrive_of.push(origin.redrive_of);
                 rows.run.push(*run_id);
                 rows.project.push(caller.project_id);
                 rows.integration.push(caller.integration_id);
@@ -114,11 +120,14 @@ impl<'a> Grouped<'a> {
         }
         sqlx::query(
             "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, \
-             member_id, day) \
-             SELECT r, p, i, k, t, 'accepted', a, m, d FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
-             $5::text[], $6::timestamptz[], $7::text[], $8::date[]) AS x(r, p, i, k, t, a, m, d) \
+             member_id, day, trace_id, idempotency_key, redrive_of) \
+             SELECT r, p, i, k, t, 'accepted', a, m, d, tr, ik, rd FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], \
+             $4::uuid[], $5::text[], $6::timestamptz[], $7::text[], $8::date[], $9::text[], $10::text[], \
+             $11::uuid[]) AS x(r, p, i, k, t, a, m, d, tr, ik, rd) \
              ON CONFLICT (run_id, day) DO UPDATE SET accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), \
-             updated_at = now()",
+             trace_id = COALESCE(runs.trace_id, EXCLUDED.trace_id), \
+             idempotency_key = COALESCE(runs.idempotency_key, EXCLUDED.idempotency_key), \
+             redrive_of = COALESCE(runs.redrive_of, EXCLUDED.redrive_of), updated_at = now()",
         )
         .bind(&rows.run)
         .bind(&rows.project)
@@ -128,6 +137,9 @@ impl<'a> Grouped<'a> {
         .bind(&rows.at)
         .bind(&rows.member)
         .bind(&rows.day)
+        .bind(&rows.trace)
+        .bind(&rows.idempotency_key)
+        .bind(&rows.redrive_of)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -265,6 +277,9 @@ impl<'a> Grouped<'a> {
             rows.response_body
                 .push(bodies.and_then(|b| b.response.as_deref()).map(storable::owned));
             rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
+            rows.arguments
+                .push(bodies.and_then(|b| b.arguments.as_deref()).map(storable::owned));
+            rows.arguments_altered.push(bodies.map(|b| b.arguments_altered));
             rows.response_size.push(
                 outcome
                     .response
@@ -275,22 +290,33 @@ impl<'a> Grouped<'a> {
             rows.response_truncated
                 .push(outcome.response.as_ref().map(|r| r.truncated));
             rows.day.push(retention::uuid_day(outcome.run_id));
+            // Also here: a quick call's `Accepted` event is not stored (see the ingress's dispatch).
+            let origin = outcome.origin.as_deref().cloned().unwrap_or_default();
+            rows.trace.push(origin.trace_id.as_deref().map(storable::owned));
+            rows.idempotency_key
+                .push(origin.idempotency_key.as_deref().map(storable::owned));
+            rows.redrive_of.push(origin.redrive_of);
         }
         sqlx::query(
             "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
              http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-             bodies_truncated, day, response_size, response_truncated, started_at) \
+             bodies_truncated, day, response_size, response_truncated, arguments, arguments_altered, started_at, \
+             trace_id, idempotency_key, redrive_of) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
              $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
              $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[], \
-             $21::timestamptz[]) \
+             $21::text[], $22::bool[], $23::timestamptz[], $24::text[], $25::text[], $26::uuid[]) \
              ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
              request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
+             arguments = EXCLUDED.arguments, arguments_altered = EXCLUDED.arguments_altered, \
              bodies_truncated = EXCLUDED.bodies_truncated, response_size = EXCLUDED.response_size, \
              response_truncated = EXCLUDED.response_truncated, \
              error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
              attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, \
-             started_at = LEAST(runs.started_at, EXCLUDED.started_at), updated_at = now()",
+             started_at = LEAST(runs.started_at, EXCLUDED.started_at), \
+             trace_id = COALESCE(runs.trace_id, EXCLUDED.trace_id), \
+             idempotency_key = COALESCE(runs.idempotency_key, EXCLUDED.idempotency_key), \
+             redrive_of = COALESCE(runs.redrive_of, EXCLUDED.redrive_of), updated_at = now()",
         )
         .bind(&rows.run)
         .bind(&rows.project)
@@ -312,7 +338,12 @@ impl<'a> Grouped<'a> {
         .bind(&rows.day)
         .bind(&rows.response_size)
         .bind(&rows.response_truncated)
+        .bind(&rows.arguments)
+        .bind(&rows.arguments_altered)
         .bind(&rows.started)
+        .bind(&rows.trace)
+        .bind(&rows.idempotency_key)
+        .bind(&rows.redrive_of)
         .execute(&mut **tx)
         .await?;
         keep_results(tx, self.finished.values().copied()).await?;
@@ -369,6 +400,9 @@ struct AcceptedRows {
     at: Vec<DateTime<Utc>>,
     member: Vec<Option<String>>,
     day: Vec<NaiveDate>,
+    trace: Vec<Option<String>>,
+    idempotency_key: Vec<Option<String>>,
+    redrive_of: Vec<Option<Uuid>>,
 }
 
 #[derive(Default)]
@@ -408,6 +442,11 @@ struct FinishedRows {
     day: Vec<NaiveDate>,
     response_size: Vec<Option<i64>>,
     response_truncated: Vec<Option<bool>>,
+    arguments: Vec<Option<String>>,
+    arguments_altered: Vec<Option<bool>>,
+    trace: Vec<Option<String>>,
+    idempotency_key: Vec<Option<String>>,
+    redrive_of: Vec<Option<Uuid>>,
 }
 
 /// Upper bounds (ms) of the usage latency buckets; the last bucket is "more".

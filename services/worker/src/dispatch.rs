@@ -528,7 +528,9 @@ impl Worker {
         let bodies = dispatch.bodies.as_ref().map(|policy| {
             let response_bytes = result.response.as_ref().map_or(0, |r| r.body.len());
             let budget = payload::bodies_budget(payload::server_max_payload(&self.nats), response_bytes);
-            policy.capture(dispatch.request.body.as_deref(), result.response.as_ref(), budget)
+            let mut kept = policy.capture(dispatch.request.body.as_deref(), result.response.as_ref(), budget);
+            policy.keep_arguments(&mut kept, &dispatch.command.arguments, budget);
+            kept
         });
         let status = if result.error_class.is_none() {
             RunStatus::Succeeded
@@ -575,6 +577,7 @@ impl Worker {
             bodies: None,
             keep_result_until: command.keep_result_until,
             last_attempt: None,
+            origin: command.origin.clone().map(Box::new),
         }
     }
 }

@@ -18,6 +18,7 @@ mod members;
 mod oauth;
 mod openapi;
 mod projects;
+pub(crate) mod redrive;
 pub(crate) mod runs;
 pub(crate) mod tools;
 mod usage;
@@ -63,6 +64,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         })
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
+        .routes(routes!(redrive::redrive))
         .routes(routes!(usage::usage))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::approve))

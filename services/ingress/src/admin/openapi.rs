@@ -178,4 +178,6 @@ error_sets! {
     InvalidField => [INVALID_FIELD];
     /// `render`: a field, or the arguments against the tool's schema and templates.
     RenderRefused => [INVALID_FIELD, INVALID_ARGUMENTS];
+    /// Re-drive: the run cannot be run again, or the call path refused it.
+    RedriveErrors => [REDRIVE_UNAVAILABLE, REDRIVE_REFUSED];
 }

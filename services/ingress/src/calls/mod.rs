@@ -18,7 +18,7 @@ use tengine_control::{
 };
 use tengine_core::{
     domain::{Approval, TaskSupport, ToolDefinition},
-    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunStatus},
+    envelope::{Caller, ErrorClass, ExecuteCommand, RunEvent, RunOrigin, RunStatus},
     errors, payload, prometheus,
     telemetry::TraceContext,
     templates,
@@ -31,6 +31,7 @@ mod confirm;
 pub mod idempotency;
 pub mod param_headers;
 mod progress;
+pub mod redrive;
 mod session_input;
 
 pub use crate::results::{META_HTTP_STATUS, META_RUN_ID, META_STATUS};
@@ -124,6 +125,8 @@ struct Call {
     id: Value,
     trace: TraceContext,
     run_id: Uuid,
+    /// A re-drive's original run (see [`redrive`]).
+    redrive_of: Option<Uuid>,
 }
 
 pub fn call_key(session: &str, request_id: &Value) -> CallKey {
@@ -149,6 +152,7 @@ pub async fn call_tool(st: Arc<AppState>, request: CallRequest) -> RpcResult<Res
         id: request.id,
         trace: request.trace,
         run_id,
+        redrive_of: None,
     };
     let answer = call.run(request.params, request.idempotency_key).instrument(span).await;
     metrics::histogram!(prometheus::CALL_SECONDS).record(started.elapsed().as_secs_f64());
@@ -199,7 +203,7 @@ impl Call {
         progress_token: Option<Value>,
         as_task: bool,
     ) -> Step<Accepted> {
-        let mut command = self.command(&tool, arguments, key.is_some()).await?;
+        let mut command = self.command(&tool, arguments, key.as_deref()).await?;
         command.input = admission.input;
         // Each round of an API's questions is a call of its own.
         let round = match (&command.input, &admission.nonce) {
@@ -332,6 +336,7 @@ impl Call {
             id: self.id.clone(),
             trace: self.trace.clone(),
             run_id,
+            redrive_of: self.redrive_of,
         }
     }
 
@@ -466,9 +471,15 @@ impl Call {
         &self,
         tool: &ToolDefinition,
         arguments: Map<String, Value>,
-        client_key: bool,
+        client_key: Option<&str>,
     ) -> Step<ExecuteCommand> {
         let accepted_at = Utc::now();
+        let trace_id = tengine_core::telemetry::trace_id(&tracing::Span::current(), &self.trace);
+        let origin = RunOrigin {
+            trace_id: (!trace_id.is_empty()).then_some(trace_id),
+            idempotency_key: client_key.map(str::to_string),
+            redrive_of: self.redrive_of,
+        };
         let command = ExecuteCommand {
             run_id: self.run_id,
             caller: self.caller().clone(),
@@ -481,9 +492,9 @@ impl Call {
             // A client's own key outlives the event log's guarantee: history keeps the
             // outcome for as long as the key maps to the run.
             keep_result_until: client_key
-                .then(|| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl()))
-                .flatten(),
+                .and_then(|_| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl())),
             input: None,
+            origin: Some(origin),
         };
         if let Err(message) = command.check_fits(payload::server_max_payload(&self.st.nats)) {
             self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;

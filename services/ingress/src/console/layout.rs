@@ -96,7 +96,7 @@ fn respond(session: &Session, markup: Markup) -> Response {
 }
 
 /// No caching of pages that show project data; no framing; nothing loaded from
-/// anywhere; forms post only here.
+/// anywhere else (scripts only the console's own, `assets`); forms post only here.
 pub fn secure_headers(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -104,7 +104,8 @@ pub fn secure_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'",
         ),
     );
 }

@@ -3,13 +3,17 @@
 //! [`routes`] and renders its body into [`layout::page`] (or
 //! [`layout::project_page`] for a project's screens).
 
+mod assets;
 pub mod auth;
 mod credentials;
 mod error;
 mod layout;
+mod live;
 mod projects;
+mod redrive;
 mod runs;
 mod settings;
+mod tool_form;
 mod tools;
 mod usage;
 
@@ -54,6 +58,27 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(credentials::confirm_revoke).post(credentials::revoke),
         )
         .route("/console/projects/{project_id}/settings", get(settings::show))
+        .merge(tools_and_runs())
+}
+
+/// The tool editor, the Runs live tail and re-drive, and the script they use.
+fn tools_and_runs() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/console/assets/console.js", get(assets::script_file))
+        .route(
+            "/console/projects/{project_id}/tools/new",
+            get(tool_form::new).post(tool_form::create),
+        )
+        .route(
+            "/console/projects/{project_id}/tools/{name}/edit",
+            get(tool_form::edit).post(tool_form::update),
+        )
+        .route("/console/projects/{project_id}/tools/preview", post(tool_form::preview))
+        .route("/console/projects/{project_id}/runs.stream", get(live::tail))
+        .route(
+            "/console/projects/{project_id}/runs/{run_id}/redrive",
+            get(redrive::confirm).post(redrive::redrive),
+        )
 }
 
 /// The console's base path (`/console`, behind public_url's path prefix if any).

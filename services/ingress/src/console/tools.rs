@@ -1,4 +1,5 @@
-//! The Tools screen: a project's tools and an enable switch per row. The switch
+//! The Tools screen: a project's tools, an enable switch per row, and links to
+//! the tool editor (`tool_form`: new and edit). The switch
 //! is a form button (`role="switch"`, named `Enable <tool>`), so it works
 //! without JavaScript; it goes through the admin API's PATCH path, which
 //! announces `list_changed` to open MCP sessions. Deleting a tool asks for
@@ -44,11 +45,12 @@ pub async fn list(
     let shown = &found[..found.len().min(PAGE_MAX)];
     let usage = day_usage(&st, project_id, shown).await?;
     let body = html! {
+        p { a href=(format!("{}/projects/{project_id}/tools/new", session.base)) { "New tool" } }
         @if found.is_empty() { p { "No tools yet." } }
         @else {
             table {
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" }
-                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } th scope="col" { "Delete" } } }
+                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } th scope="col" { "Edit" } th scope="col" { "Delete" } } }
                 tbody { @for tool in shown { (row(&session, project_id, tool, usage.get(&tool.name).copied().unwrap_or_default())) } }
             }
         }
@@ -103,6 +105,8 @@ fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition, (calls, error
                     }
                 }
             }
+            td { a href=(format!("{}/projects/{project_id}/tools/{}/edit", session.base, tool.name))
+                aria-label=(format!("Edit {}", tool.name)) { "Edit…" } }
             td { a href=(format!("{}/projects/{project_id}/tools/{}/delete", session.base, tool.name))
                 aria-label=(format!("Delete {}", tool.name)) { "Delete…" } }
         }

@@ -37,6 +37,12 @@ pub struct RunRecord {
     /// "expired", "expires_at", "by", "reason", "decided_at"}`.
     #[schema(value_type = Option<Object>)]
     pub approval: Option<sqlx::types::Json<serde_json::Value>>,
+    /// The W3C trace id the call ran under.
+    pub trace_id: Option<String>,
+    /// The client's idempotency key, as it sent it.
+    pub idempotency_key: Option<String>,
+    /// The run this one re-drives.
+    pub redrive_of: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -76,7 +82,7 @@ macro_rules! history_error_sql {
 const RUN_COLUMNS: &str = concat!(
     "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
      error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, response_size, \
-     response_truncated, approval, ",
+     response_truncated, approval, trace_id, idempotency_key, redrive_of, ",
     history_error_sql!(),
     " AS history_error"
 );
@@ -192,4 +198,38 @@ pub async fn bodies(pool: &PgPool, run_id: Uuid) -> StoreResult<Option<BodiesRec
     .bind(run_id)
     .fetch_optional(pool)
     .await?)
+}
+
+/// The runs that re-drive `run_id` (oldest first, 100 at most).
+pub async fn redrives(pool: &PgPool, project_id: Uuid, run_id: Uuid) -> StoreResult<Vec<(Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT run_id, status FROM runs WHERE redrive_of = $1 AND project_id = $2 \
+         ORDER BY accepted_at, run_id LIMIT 100",
+    )
+    .bind(run_id)
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The arguments history kept of a run (projects with `store_bodies`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeptArguments {
+    /// A JSON object, redacted like the bodies.
+    pub arguments: Option<String>,
+    /// Redaction or the size cap changed them.
+    pub arguments_altered: Option<bool>,
+}
+
+pub async fn arguments(pool: &PgPool, run_id: Uuid) -> StoreResult<KeptArguments> {
+    Ok(sqlx::query_as::<_, KeptArguments>(&format!(
+        "SELECT arguments, arguments_altered FROM runs WHERE {RUN_KEY}"
+    ))
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(KeptArguments {
+        arguments: None,
+        arguments_altered: None,
+    }))
 }

@@ -38,14 +38,21 @@ pub async fn create(
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
     JsonBody(spec): JsonBody<ToolSpec>,
 ) -> ApiResult<(StatusCode, Json<ToolDefinition>)> {
-    let spec = validated(&st, spec)?;
+    let tool = create_tool(&st, project_id, spec).await?;
+    Ok((StatusCode::CREATED, Json(tool)))
+}
+
+/// POST's work, shared with the console's tool editor (the same validation and
+/// the same `list_changed` announcement).
+pub(crate) async fn create_tool(st: &AppState, project_id: Uuid, spec: ToolSpec) -> ApiResult<ToolDefinition> {
+    let spec = validated(st, spec)?;
     if spec.auth_strategy != AuthStrategy::None && spec.auth_secret.is_none() {
         return Err(secret_required(&spec));
     }
-    projects::exists(&st, project_id).await?;
+    projects::exists(st, project_id).await?;
     let tool = tools::create(&st.pool, &st.secrets, project_id, &spec).await?;
-    tools_changed(&st, project_id).await;
-    Ok((StatusCode::CREATED, Json(tool)))
+    tools_changed(st, project_id).await;
+    Ok(tool)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -123,11 +130,19 @@ pub async fn replace(
     Ids(ToolPath { project_id, name }): Ids<ToolPath>,
     JsonBody(spec): JsonBody<ToolSpec>,
 ) -> ApiResult<Json<ToolDefinition>> {
-    let spec = validated(&st, spec)?;
-    let current = tools::get(&st.pool, project_id, &name).await.map_err(tool_not_found)?;
-    store_replacement(&st, project_id, &name, &current, &spec)
-        .await
-        .map(Json)
+    replace_tool(&st, project_id, &name, spec).await.map(Json)
+}
+
+/// PUT's work, shared with the console's tool editor.
+pub(crate) async fn replace_tool(
+    st: &AppState,
+    project_id: Uuid,
+    name: &str,
+    spec: ToolSpec,
+) -> ApiResult<ToolDefinition> {
+    let spec = validated(st, spec)?;
+    let current = tools::get(&st.pool, project_id, name).await.map_err(tool_not_found)?;
+    store_replacement(st, project_id, name, &current, &spec).await
 }
 
 /// Change the top-level fields given and keep the others; validated like PUT.
@@ -202,7 +217,7 @@ async fn store_replacement(
 }
 
 /// The spec checked by the tool model, and its schemas compiled.
-fn validated(st: &AppState, spec: ToolSpec) -> ApiResult<ToolSpec> {
+pub(crate) fn validated(st: &AppState, spec: ToolSpec) -> ApiResult<ToolSpec> {
     let spec = spec.validate(st.config.allow_insecure_upstreams)?;
     let schemas = [
         ("input_schema", Some(&spec.input_schema)),
@@ -251,7 +266,7 @@ pub(super) fn tool_not_found(e: StoreError) -> ApiError {
 }
 
 /// The writable fields of a stored tool, as a spec document (no secret).
-fn spec_document(tool: &ToolDefinition) -> Value {
+pub(crate) fn spec_document(tool: &ToolDefinition) -> Value {
     json!({
         "name": tool.name,
         "title": tool.title,

@@ -52,14 +52,14 @@ pub struct RenderMember {
 /// The request as it would be sent.
 #[derive(Serialize, ToSchema)]
 pub struct RenderedRequest {
-    method: &'static str,
-    url: String,
+    pub(crate) method: &'static str,
+    pub(crate) url: String,
     /// `[name, value]` pairs in sending order; the automatic `Content-Type` and `User-Agent` are not
     /// shown.
     #[schema(value_type = Vec<Vec<String>>)]
-    headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// The JSON body (a form-encoded one as a string), or `null` without one.
-    body: Option<Value>,
+    pub(crate) body: Option<Value>,
 }
 
 /// Show the request a call would send, without sending it.
@@ -80,32 +80,48 @@ pub async fn render(
     let tool = tengine_control::tools::get(&st.pool, project_id, &name)
         .await
         .map_err(tool_not_found)?;
+    let problems = st
+        .validators
+        .check(&tool, &Value::Object(input.arguments.clone()))
+        .map_err(ApiError::internal)?;
+    let member = input.member.map(|m| Member {
+        id: m.id,
+        email: m.email,
+        roles: m.roles,
+        session_issued_at: chrono::Utc::now(),
+    });
+    preview(&st, &tool, &input.arguments, member, problems).await.map(Json)
+}
+
+/// The request a call of `tool` with `arguments` would send, secrets redacted:
+/// `render`'s work, shared with the console (its tool editor's live preview and a
+/// run's page). `problems` are the arguments' schema violations, found by the
+/// caller (a saved tool's validator is cached, a draft's is not).
+pub(crate) async fn preview(
+    st: &AppState,
+    tool: &ToolDefinition,
+    arguments: &Map<String, Value>,
+    member: Option<Member>,
+    problems: Vec<String>,
+) -> ApiResult<RenderedRequest> {
+    let project_id = tool.project_id;
     let project = projects::get(&st.pool, project_id).await?;
     let caller = Caller {
         project_id,
         integration_id: project.default_integration_id,
         api_key_id: Uuid::nil(),
-        member: input.member.map(|m| Member {
-            id: m.id,
-            email: m.email,
-            roles: m.roles,
-            session_issued_at: chrono::Utc::now(),
-        }),
+        member,
     };
     let run_id = Uuid::now_v7();
-    let problems = st
-        .validators
-        .check(&tool, &Value::Object(input.arguments.clone()))
-        .map_err(ApiError::internal)?;
     if !problems.is_empty() {
         return Err(ApiError::new(errors::INVALID_ARGUMENTS, problems.join("; ")));
     }
     let ctx = templates::Context {
-        arguments: &input.arguments,
+        arguments,
         reserved: templates::reserved_variables(&caller, run_id),
     };
-    let request = request::render(&tool, &ctx).map_err(|e| ApiError::new(errors::INVALID_ARGUMENTS, e.to_string()))?;
-    let headers = headers(&tool, &caller, run_id, &request);
+    let request = request::render(tool, &ctx).map_err(|e| ApiError::new(errors::INVALID_ARGUMENTS, e.to_string()))?;
+    let headers = headers(tool, &caller, run_id, &request);
     let body = request
         .body
         .as_ref()
@@ -113,12 +129,12 @@ pub async fn render(
         .map(|b| {
             serde_json::from_slice::<Value>(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()))
         });
-    Ok(Json(RenderedRequest {
+    Ok(RenderedRequest {
         method: request.method.as_str(),
         url: request.url.to_string(),
         headers,
         body,
-    }))
+    })
 }
 
 /// The headers the worker would send: identity and webhook-id (for this render's
