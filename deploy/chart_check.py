@@ -4,7 +4,7 @@ object against Kubernetes's schemas (kubernetes-validate, strict), asserts what 
 chart promises, and writes the probe contract the Rust test starts the binaries
 with (services/cli/tests/probes.rs).
 
-Usage: python chart_check.py CONTRACT_OUT   (run by deploy/check)
+Usage: python chart_check.py CONTRACT_OUT RENDERED_DIR   (run by deploy/check)
 """
 
 from __future__ import annotations
@@ -42,16 +42,18 @@ def check(ok: bool, what: str) -> None:
         failures.append(what)
 
 
-def render(values: dict) -> list[dict]:
+def render(values: dict) -> tuple[list[dict], str]:
+    """The objects, and the manifest text as Helm would send it."""
     chart = helm.Chart.load(str(CHART))
     chart.validate_schema(values)
     manifests = chart.render(values, name="tengine", namespace="tengine", is_install=True)
-    docs = []
+    docs, texts = [], []
     for path, text in sorted(manifests.items()):
-        if not path.endswith((".yaml", ".yml")):
+        if not path.endswith((".yaml", ".yml")) or not text.strip():
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)
-    return docs
+        texts.append(f"# Source: {path}\n{text.strip()}\n")
+    return docs, "---\n".join(texts)
 
 
 def validate(label: str, docs: list[dict]) -> int:
@@ -171,7 +173,7 @@ def assert_chart(label: str, values: dict, docs: list[dict]) -> dict:
 
 
 def main() -> int:
-    out = Path(sys.argv[1])
+    out, rendered_dir = Path(sys.argv[1]), Path(sys.argv[2])
     # Without secrets or an existing Secret, rendering must fail (no secret is ever generated).
     try:
         render({})
@@ -183,7 +185,9 @@ def main() -> int:
     for values_file in sorted((CHART / "ci").glob("*-values.yaml")):
         label = values_file.stem
         values = helm.values_from_yaml(values_file.read_text())
-        docs = render(values)
+        docs, text = render(values)
+        rendered_dir.mkdir(parents=True, exist_ok=True)
+        (rendered_dir / f"{label}.yaml").write_text(text)
         total += len(docs)
         skipped += validate(label, docs)
         found = assert_chart(label, values, docs)

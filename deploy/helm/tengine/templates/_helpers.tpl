@@ -7,9 +7,13 @@
 {{- end -}}
 
 {{- define "tengine.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "tengine.versionLabels" . }}
+{{- end -}}
+
+{{- define "tengine.versionLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
@@ -131,8 +135,8 @@ affinity:
 
 {{- define "tengine.podMeta" -}}
 labels:
-  {{- include "tengine.labels" .root | nindent 2 }}
   {{- include "tengine.selector" . | nindent 2 }}
+  {{- include "tengine.versionLabels" .root | nindent 2 }}
   {{- with .root.Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
