@@ -184,7 +184,10 @@ impl Install {
             }
         }
         let probe = |kind: &str| {
-            let probe = spec.probes.get(kind).unwrap_or_else(|| panic!("{service} has no {kind}"));
+            let probe = spec
+                .probes
+                .get(kind)
+                .unwrap_or_else(|| panic!("{service} has no {kind}"));
             let port = moved.get(&probe.port).unwrap_or_else(|| {
                 panic!(
                     "{service}'s {kind} names port {}, which none of its listeners ({own}*LISTEN) uses",
@@ -196,7 +199,9 @@ impl Install {
         let live = probe("livenessProbe");
         let ready = probe("readinessProbe");
         let http = spec.ports.get("http").map(|p| {
-            let port = moved.get(p).unwrap_or_else(|| panic!("{service}'s http port {p} is no listener"));
+            let port = moved
+                .get(p)
+                .unwrap_or_else(|| panic!("{service}'s http port {p} is no listener"));
             format!("http://127.0.0.1:{port}")
         });
         Running {

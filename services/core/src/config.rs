@@ -394,12 +394,16 @@ mod tests {
         .expect("read");
         assert_eq!(found, vec![("master_key", "a2V5".to_owned())]);
         let err = secrets_from_files(
-            [var("TENGINE_ADMIN_TOKEN_FILE", &key), ("TENGINE_ADMIN_TOKEN".into(), "x".into())].into_iter(),
+            [
+                var("TENGINE_ADMIN_TOKEN_FILE", &key),
+                ("TENGINE_ADMIN_TOKEN".into(), "x".into()),
+            ]
+            .into_iter(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("not both"), "{err}");
-        let err = secrets_from_files([var("TENGINE_SESSION_SECRET_FILE", &dir.join("missing"))].into_iter())
-            .unwrap_err();
+        let err =
+            secrets_from_files([var("TENGINE_SESSION_SECRET_FILE", &dir.join("missing"))].into_iter()).unwrap_err();
         assert!(err.to_string().contains("TENGINE_SESSION_SECRET_FILE"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

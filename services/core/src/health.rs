@@ -115,14 +115,11 @@ pub async fn schema_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
             Err(e) => return Err(e),
         };
-    Ok(MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .all(|m| {
-            applied
-                .iter()
-                .any(|(version, checksum)| *version == m.version && checksum.as_slice() == &*m.checksum)
-        }))
+    Ok(MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).all(|m| {
+        applied
+            .iter()
+            .any(|(version, checksum)| *version == m.version && checksum.as_slice() == &*m.checksum)
+    }))
 }
 
 /// `/healthz/live`, `/healthz/ready`, `/health` and `/metrics`.
@@ -132,7 +129,11 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
         async move {
             let checks = readiness.check().await;
             let ok = checks.ready();
-            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             let body = json!({
                 "status": if ok { "ok" } else { "degraded" },
                 "service": readiness.service,
