@@ -180,6 +180,12 @@ def main() -> int:
         failures.append("defaults without secrets rendered")
     except helm.HelmError as e:  # type: ignore[attr-defined]
         check("secrets.databaseUrl" in str(e), f"defaults without secrets: {e}")
+    # A secret through `config` would land in the ConfigMap: the schema refuses it.
+    try:
+        render({"secrets": {"existingSecret": "s"}, "config": {"TENGINE_MASTER_KEY": "x"}})
+        failures.append("a secret setting in config was accepted")
+    except helm.HelmError as e:  # type: ignore[attr-defined]
+        check("TENGINE_MASTER_KEY" in str(e) or "config" in str(e), f"secret in config: {e}")
     contract = None
     total = skipped = 0
     for values_file in sorted((CHART / "ci").glob("*-values.yaml")):
