@@ -3,6 +3,7 @@
 mod admin;
 mod demo;
 mod export;
+mod healthcheck;
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
@@ -45,6 +46,14 @@ enum Command {
     Dev,
     /// Apply database migrations and exit.
     Migrate,
+    /// GET a URL: exit 0 on a 2xx answer, 1 otherwise (container health checks; the image has no curl).
+    Healthcheck {
+        /// e.g. http://127.0.0.1:8701/healthz/ready
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Tool secrets at rest.
     Secrets {
         #[command(subcommand)]
@@ -555,42 +564,27 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+// Each service opens its probes' listener before connecting: live answers at once,
+// ready says what it still waits for (a dependency, the migrations).
+
 async fn run_ingress(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.ingress.listen)
         .await
         .with_context(|| format!("binding the ingress on {}", config.ingress.listen))?;
+    tengine_core::health::spawn_probes(config.ingress.metrics_listen, &config, "ingress").await?;
     let state = tengine_ingress::AppState::connect(config).await?;
-    tengine_ingress::spawn_operator_listener(&state).await?;
     tengine_ingress::serve(listener, state, wait_for(stop)).await
 }
 
 async fn run_worker(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let health = config.worker.health_listen;
+    tengine_core::health::spawn_probes(config.worker.health_listen, &config, "worker").await?;
     let worker = tengine_worker::Worker::connect(config).await?;
-    let probe = worker.clone();
-    tengine_core::health::spawn(
-        health,
-        tengine_core::health::router("worker", move || {
-            let probe = probe.clone();
-            async move { probe.health().await }
-        }),
-    )
-    .await?;
     worker.run(wait_for(stop)).await
 }
 
 async fn run_projector(config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let health = config.projector.health_listen;
+    tengine_core::health::spawn_probes(config.projector.health_listen, &config, "projector").await?;
     let projector = tengine_projector::Projector::connect(config).await?;
-    let probe = projector.clone();
-    tengine_core::health::spawn(
-        health,
-        tengine_core::health::router("projector", move || {
-            let probe = probe.clone();
-            async move { probe.health().await }
-        }),
-    )
-    .await?;
     projector.run(wait_for(stop)).await
 }
 
@@ -752,6 +746,9 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Healthcheck { url, timeout_ms } => {
+            std::process::exit(healthcheck::run(&url, std::time::Duration::from_millis(timeout_ms)).await)
+        }
         Command::Projector {
             command: Some(ProjectorCommand::Rebuild),
         } => {

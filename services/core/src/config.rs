@@ -1,6 +1,7 @@
 //! One typed configuration tree, layered like svix: built-in defaults
 //! (`config.default.toml`), then an optional file (`TENGINE_CONFIG`), then
-//! `TENGINE_`-prefixed environment variables (`__` separates nested keys).
+//! `TENGINE_`-prefixed environment variables (`__` separates nested keys), then
+//! the secrets named by `TENGINE_<KEY>_FILE` (mounted Secrets, systemd credentials).
 
 use std::{net::SocketAddr, str::FromStr};
 
@@ -12,6 +13,19 @@ use figment::{
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../config.default.toml");
+
+/// The settings that may hold a secret (a password in a URL, a token, a key): each is
+/// also read from the file named by `TENGINE_<KEY>_FILE`, so that it never has to be
+/// in the environment or a config file. Setting both is refused (which one wins would
+/// be a guess).
+pub const FILE_SECRETS: &[&str] = &[
+    "database_url",
+    "nats_url",
+    "admin_token",
+    "master_key",
+    "previous_master_keys",
+    "session_secret",
+];
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
@@ -150,6 +164,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("TENGINE_").split("__").ignore(&["config"]));
+        for (key, value) in secrets_from_files(std::env::vars())? {
+            figment = figment.merge((key, parse_value(&value)));
+        }
         Self::from_figment(figment)
     }
 
@@ -157,9 +174,7 @@ impl Config {
     pub fn with_overrides(overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         for (key, value) in overrides {
-            // Parsed like environment values: "true" is a bool, "5" a number.
-            let value = figment::value::Value::from_str(value).unwrap_or_else(|_| value.as_str().into());
-            figment = figment.merge((*key, value));
+            figment = figment.merge((*key, parse_value(value)));
         }
         Self::from_figment(figment)
     }
@@ -262,6 +277,34 @@ impl Config {
     }
 }
 
+/// Parsed like environment values: "true" is a bool, "5" a number, `["a"]` a list.
+fn parse_value(value: &str) -> figment::value::Value {
+    figment::value::Value::from_str(value).unwrap_or_else(|_| value.into())
+}
+
+/// The `FILE_SECRETS` given as files among `vars` (the environment): each file's
+/// content without its trailing line break.
+fn secrets_from_files(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let vars: std::collections::HashMap<String, String> = vars.collect();
+    let mut secrets = Vec::new();
+    for key in FILE_SECRETS {
+        let direct = format!("TENGINE_{}", key.to_uppercase());
+        let file_var = format!("{direct}_FILE");
+        let Some(path) = vars.get(&file_var) else {
+            continue;
+        };
+        if vars.contains_key(&direct) {
+            return Err(ConfigError::Invalid(format!("set {direct} or {file_var}, not both")));
+        }
+        let value = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Invalid(format!("{file_var}: reading {path}: {e}")))?;
+        secrets.push((*key, value.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(secrets)
+}
+
 fn decode_key32(name: &str, value: &str) -> Result<[u8; 32], ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
@@ -331,6 +374,38 @@ mod tests {
         assert!(err.to_string().contains("idempotency_ttl_secs"), "{err}");
         let err = Config::with_overrides(&[("ingress.idempotency_lease_ms", "10".into())]).unwrap_err();
         assert!(err.to_string().contains("idempotency_lease_ms"), "{err}");
+    }
+
+    #[test]
+    fn secrets_from_files_only_for_secrets_and_never_twice() {
+        let dir = std::env::temp_dir().join(format!("tengine-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = dir.join("master_key");
+        std::fs::write(&key, "a2V5\n").expect("write");
+        let var = |k: &str, v: &std::path::Path| (k.to_owned(), v.display().to_string());
+        let found = secrets_from_files(
+            [
+                var("TENGINE_MASTER_KEY_FILE", &key),
+                // Not a secret: a path setting whose name ends in _FILE stays a path.
+                var("TENGINE_INGRESS__OAUTH_METADATA_CA_FILE", &key),
+            ]
+            .into_iter(),
+        )
+        .expect("read");
+        assert_eq!(found, vec![("master_key", "a2V5".to_owned())]);
+        let err = secrets_from_files(
+            [
+                var("TENGINE_ADMIN_TOKEN_FILE", &key),
+                ("TENGINE_ADMIN_TOKEN".into(), "x".into()),
+            ]
+            .into_iter(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err =
+            secrets_from_files([var("TENGINE_SESSION_SECRET_FILE", &dir.join("missing"))].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("TENGINE_SESSION_SECRET_FILE"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

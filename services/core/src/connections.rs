@@ -30,6 +30,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("running migrations: {e}"))
 }
 
+/// Without `run_migrations`, someone else migrates (`tengine migrate`: the Helm
+/// chart's hook Job, the compose file's `migrate` service): a service started first
+/// waits for it (its readiness probe says `schema: false` meanwhile) rather than
+/// failing on a missing table later.
+async fn wait_for_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let mut logged = false;
+    loop {
+        if crate::health::schema_current(pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the schema version: {e}"))?
+        {
+            return Ok(());
+        }
+        if !logged {
+            tracing::warn!("the database schema is not current; waiting for `tengine migrate`");
+            logged = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub struct Connections {
     pub pool: PgPool,
     pub nats: async_nats::Client,
@@ -45,6 +66,8 @@ impl Connections {
         let pool = connect_postgres(&config.database_url, pool_size).await?;
         if config.run_migrations {
             migrate(&pool).await?;
+        } else {
+            wait_for_schema(&pool).await?;
         }
         let nats = connect_nats(&config.nats_url, service).await?;
         let js = jetstream::new(nats.clone());

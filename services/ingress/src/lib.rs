@@ -262,17 +262,11 @@ async fn protected_resource(State(st): State<Arc<AppState>>) -> impl IntoRespons
 }
 
 /// The operator listener (`ingress.metrics_listen`, loopback by default): `/metrics`
-/// and `/health`, apart from the MCP listener that faces clients.
+/// and the probes (`tengine_core::health`), apart from the MCP listener that faces
+/// clients. `tengine ingress` opens it before connecting (see `tengine_core::health`);
+/// this is for embedders that connected first (the tests).
 pub async fn spawn_operator_listener(state: &Arc<AppState>) -> anyhow::Result<std::net::SocketAddr> {
-    let probe = state.clone();
-    tengine_core::health::spawn(
-        state.config.ingress.metrics_listen,
-        tengine_core::health::router("ingress", move || {
-            let probe = probe.clone();
-            async move { tengine_core::connections::healthy(&probe.nats, &probe.pool).await }
-        }),
-    )
-    .await
+    tengine_core::health::spawn_probes(state.config.ingress.metrics_listen, &state.config, "ingress").await
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
