@@ -148,6 +148,18 @@ impl Chromium {
             .await;
     }
 
+    /// Empties the input or textarea matching `css`.
+    pub async fn clear(&self, css: &str) {
+        let id = self.find("css selector", css).await;
+        self.command(&format!("/element/{id}/clear"), json!({})).await;
+    }
+
+    /// Replaces the value of the input or textarea matching `css`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        self.clear(css).await;
+        self.type_into(css, text).await;
+    }
+
     /// The accessible name the browser computes for the element matching `css`.
     pub async fn accessible_name(&self, css: &str) -> String {
         let id = self.find("css selector", css).await;

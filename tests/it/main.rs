@@ -7,6 +7,7 @@ mod browser;
 mod calls;
 mod confirmations;
 mod console;
+mod console_screens;
 mod control;
 mod docs;
 mod edges_storage;

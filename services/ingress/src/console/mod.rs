@@ -7,9 +7,11 @@ pub mod auth;
 mod credentials;
 mod error;
 mod layout;
+mod members;
 mod projects;
 mod runs;
 mod settings;
+mod snippets;
 mod tools;
 mod usage;
 
@@ -53,7 +55,25 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/console/projects/{project_id}/api-keys/{key_id}/revoke",
             get(credentials::confirm_revoke).post(credentials::revoke),
         )
-        .route("/console/projects/{project_id}/settings", get(settings::show))
+        .merge(screens())
+}
+
+/// Overview, Usage, Credentials and Settings: their forms and pages.
+fn screens() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/console/projects/{project_id}/settings",
+            get(settings::show).post(settings::save),
+        )
+        .route("/console/projects/{project_id}/member-keys", post(members::add))
+        .route(
+            "/console/projects/{project_id}/member-keys/revoke",
+            post(members::revoke),
+        )
+        .route(
+            "/console/projects/{project_id}/members/revoke",
+            post(members::revoke_sessions),
+        )
 }
 
 /// The console's base path (`/console`, behind public_url's path prefix if any).

@@ -20,7 +20,9 @@ use crate::AppState;
 
 /// `GET /console`: every project, as a link named by its name.
 pub async fn list(session: Session, State(st): State<Arc<AppState>>) -> Result<Response, ConsoleError> {
-    let all = projects::list(&st.pool).await?;
+    let mut all = projects::list(&st.pool).await?;
+    // A project key's session sees its own project only.
+    all.retain(|project| session.may_see(project.id));
     let total = all.len();
     let body = html! {
         h1 { "Projects" }
