@@ -148,6 +148,29 @@ impl Chromium {
             .await;
     }
 
+    /// Runs axe-core (the npm package in tests/typescript, injected through
+    /// WebDriver's execute-script: the pages' CSP allows no script of their own)
+    /// over the page and fails on any serious or critical violation.
+    pub async fn assert_accessible(&self, screen: &str) {
+        let axe = axe_source();
+        let script = format!(
+            "{axe}\n;const done = arguments[arguments.length - 1];\n\
+             axe.run(document).then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')\n\
+               .map(v => ({{id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.html).slice(0, 5)}}))),\n\
+               e => done({{error: String(e)}}));"
+        );
+        let found = self
+            .command("/execute/async", json!({"script": script, "args": []}))
+            .await;
+        assert!(found.is_array(), "axe ran on {screen}: {found}");
+        assert_eq!(
+            found.as_array().map(Vec::len),
+            Some(0),
+            "serious or critical accessibility violations on {screen}: {}",
+            serde_json::to_string_pretty(&found).unwrap_or_default()
+        );
+    }
+
     /// Empties the input or textarea matching `css`.
     pub async fn clear(&self, css: &str) {
         let id = self.find("css selector", css).await;
@@ -229,4 +252,20 @@ impl Chromium {
         let _ = self.driver.kill().await;
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// axe-core's browser build: `TENGINE_TEST_AXE` if set, else the npm package
+/// installed in tests/typescript (`npm ci` there; deploy/local/test does it).
+fn axe_source() -> String {
+    let path = std::env::var("TENGINE_TEST_AXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("typescript/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "axe-core at {}: {err} (run `npm ci` in tests/typescript)",
+            path.display()
+        )
+    })
 }

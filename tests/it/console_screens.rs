@@ -12,7 +12,12 @@ use std::path::PathBuf;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{header, redirect::Policy};
 use serde_json::{Value, json};
-use tengine_tests::{ADMIN_TOKEN, TestApp, mcp::RawSession, spawn_app};
+use tengine_tests::{
+    ADMIN_TOKEN, TestApp, ToolSpec,
+    mcp::{RawSession, run_id},
+    spawn_app,
+    upstream::Upstream,
+};
 use uuid::Uuid;
 
 use crate::browser::Chromium;
@@ -23,9 +28,11 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-/// The page's source, after checking it shows none of `secrets`.
+/// The page's source, after checking it shows none of `secrets` and axe-core
+/// finds nothing serious on it.
 async fn shown(browser: &Chromium, secrets: &[&str]) -> String {
     let source = browser.source().await;
+    browser.assert_accessible(&browser.url().await).await;
     for secret in secrets {
         assert!(!source.contains(secret), "a page shows a secret: {source}");
     }
@@ -90,8 +97,9 @@ async fn settings_are_edited_with_the_servers_messages_and_persisted() {
     // Not a number at all: refused beside that field too.
     browser.fill("#body_max_bytes", "lots").await;
     browser.click("main form button[type=submit]").await;
-    browser.wait_for("#body_max_bytes-problem").await;
+    browser.wait_for("#body_max_bytes[value='lots']").await;
     assert!(browser.text("#body_max_bytes-problem").await.contains("whole number"));
+    shown(&browser, &secrets).await;
 
     // A good form: saved, and what the admin API answers.
     browser.fill("#body_max_bytes", "2048").await;
@@ -179,6 +187,7 @@ async fn credentials_show_snippets_and_manage_member_keys_and_members() {
     let private_pem = browser.text("#new-private-key").await;
     assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{private_pem}");
     browser.screenshot(&shots.join("member-key-created.png")).await;
+    browser.assert_accessible("member key created").await;
     browser.open(&credentials).await;
     let listed = shown(&browser, &[ADMIN_TOKEN, app.api_key.as_str(), private_pem.trim()]).await;
     assert!(listed.contains("<code>backend-1</code>"), "{listed}");
@@ -222,6 +231,7 @@ async fn credentials_show_snippets_and_manage_member_keys_and_members() {
         .click("form[action$='/members/revoke'] button[type=submit]")
         .await;
     browser.wait_for("#member_id-problem").await;
+    shown(&browser, &secrets).await;
 
     // Revoking the member key: new assertions signed with it are refused.
     browser.open(&credentials).await;
@@ -390,5 +400,128 @@ async fn a_read_key_signs_in_read_only_to_its_own_project() {
         .await
         .expect("get");
     assert_eq!(ended.status(), 303, "a revoked key's session is over");
+    browser.stop().await;
+}
+
+/// A console page over raw HTTP with a session cookie: (status, body).
+async fn raw_get(http: &reqwest::Client, url: &str, session: &str) -> (u16, String) {
+    let response = http.get(url).header(header::COOKIE, session).send().await.expect("get");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// The number in an "≈ 12.3 ms" cell.
+fn milliseconds(cell: &str) -> f64 {
+    cell.trim_start_matches('≈')
+        .trim()
+        .trim_end_matches("ms")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a latency: {cell:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overview_and_usage_show_real_calls_percentiles_lag_and_queue_depth() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    for (name, path) in [
+        ("quick", "/items"),
+        ("sluggish", "/slow/400"),
+        ("broken", "/status/404"),
+        ("hanging", "/slow/4000"),
+    ] {
+        app.create_tool(ToolSpec::get(name, &upstream.url(), path).description("an overview test tool"))
+            .await;
+    }
+    // Eight quick calls, two of 400 ms, one failing: p50 is a quick one, p95 a slow one.
+    let mut session = app.session();
+    session.initialize().await;
+    let mut last = String::new();
+    for (tool, times) in [("quick", 8), ("sluggish", 2), ("broken", 1)] {
+        for _ in 0..times {
+            let result = session.call(tool, json!({})).await;
+            assert_eq!(result["isError"], tool == "broken", "{result}");
+            last = run_id(&result);
+        }
+    }
+    app.admin.finished_run(&last).await;
+    app.admin.wait_for_projector().await;
+    // A call in flight while the overview is read: one command being executed.
+    let mut waiting = app.session();
+    waiting.initialize().await;
+    let in_flight = tokio::spawn(async move { waiting.call("hanging", json!({})).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+
+    let browser = Chromium::start().await;
+    let secrets = [ADMIN_TOKEN, app.api_key.as_str()];
+    let shots = screenshots();
+    sign_in(&browser, &app, ADMIN_TOKEN).await;
+    let root = format!("{}/console/projects/{}", app.base_url, app.project_id);
+    browser.open(&root).await;
+    browser.wait_for("#p50-day").await;
+    let overview = shown(&browser, &secrets).await;
+    let (p50, p95) = (
+        milliseconds(&browser.text("#p50-day").await),
+        milliseconds(&browser.text("#p95-day").await),
+    );
+    assert!(p50 < 200.0, "p50 is a quick call's: {p50} ms");
+    assert!(p95 >= 360.0, "p95 is a 400 ms call's (within 10 %): {p95} ms");
+    assert_eq!(
+        milliseconds(&browser.text("#p95-week").await),
+        p95,
+        "the same calls over 7 days"
+    );
+    let depth = browser.text("#queue-depth").await;
+    assert!(depth.contains("1 being executed"), "{depth}");
+    let lag = browser.text("#projector-lag").await;
+    assert!(lag.starts_with(char::is_numeric), "{lag}");
+    assert!(overview.contains("<code>broken</code>: 1 errors"), "{overview}");
+    browser.screenshot(&shots.join("overview-percentiles.png")).await;
+    let finished = in_flight.await.expect("the slow call");
+    assert_eq!(finished["isError"], false, "{finished}");
+    app.admin.finished_run(&run_id(&finished)).await;
+    app.admin.wait_for_projector().await;
+
+    // Usage by tool: a chart (an image with a title and a description) and the same numbers in a table.
+    browser.open(&format!("{root}/usage?by=tool&period=day")).await;
+    browser.wait_for("svg[role=img]").await;
+    let usage = shown(&browser, &secrets).await;
+    assert_eq!(
+        browser.accessible_name("svg[role=img]").await.trim(),
+        "Calls and errors over the last 24 hours by tool"
+    );
+    assert!(usage.contains("4 bars: 12 calls and 1 errors in all"), "{usage}");
+    for row in [
+        "<code>quick</code></th><td>8</td><td>0</td>",
+        "<code>sluggish</code></th><td>2</td><td>0</td>",
+        "<code>broken</code></th><td>1</td><td>1</td>",
+    ] {
+        assert!(usage.contains(row), "{row}: {usage}");
+    }
+    browser.screenshot(&shots.join("usage-chart.png")).await;
+    browser.open(&format!("{root}/usage?by=hour&period=week")).await;
+    browser.wait_for("svg[role=img]").await;
+    shown(&browser, &secrets).await;
+
+    // The CSV: what the page shows.
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let (_, cookie) = raw_sign_in(&http, &format!("{}/console", app.base_url), ADMIN_TOKEN).await;
+    let (status, csv) = raw_get(
+        &http,
+        &format!("{root}/usage.csv?by=tool&period=day"),
+        &cookie.expect("a session"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for line in [
+        "tool,calls,errors,mean_latency_ms",
+        "\"broken\",1,1,",
+        "\"quick\",8,0,",
+        "\"sluggish\",2,0,",
+    ] {
+        assert!(csv.contains(line), "{line}: {csv}");
+    }
     browser.stop().await;
 }

@@ -116,7 +116,7 @@ pub fn section(session: &Session, project_id: Uuid, keys: &[MemberKey], forms: &
                 input type="hidden" name="csrf" value=(session.csrf);
                 p {
                     label for="member_id" { "Member id" }
-                    input id="member_id" name="member_id" maxlength="256" value=(member.member_id)
+                    input id="member_id" name="member_id" value=(member.member_id)
                         aria-invalid=[member.problem.as_ref().map(|_| "true")]
                         aria-describedby=[member.problem.as_ref().map(|_| "member_id-problem")];
                     @if let Some(m) = &member.problem { span.problem id="member_id-problem" role="alert" { "member_id: " (m) } }

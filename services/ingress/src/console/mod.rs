@@ -4,6 +4,7 @@
 //! [`layout::project_page`] for a project's screens).
 
 pub mod auth;
+mod chart;
 mod credentials;
 mod error;
 mod layout;
