@@ -171,6 +171,38 @@ impl Chromium {
         );
     }
 
+    /// Presses and releases one key (a WebDriver key code: `\u{E004}` Tab,
+    /// `\u{E007}` Enter) wherever the focus is, as a keyboard user would.
+    pub async fn press(&self, key: &str) {
+        self.command(
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+        )
+        .await;
+    }
+
+    /// The `id`, or else the text, of the focused element.
+    pub async fn focused(&self) -> String {
+        let element = self.get("/element/active").await;
+        let id = element
+            .as_object()
+            .and_then(|e| e.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("a focused element: {element}"))
+            .to_string();
+        let attribute = self.get(&format!("/element/{id}/attribute/id")).await;
+        match attribute.as_str() {
+            Some(found) if !found.is_empty() => found.to_string(),
+            _ => self
+                .get(&format!("/element/{id}/text"))
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
     /// Empties the input or textarea matching `css`.
     pub async fn clear(&self, css: &str) {
         let id = self.find("css selector", css).await;

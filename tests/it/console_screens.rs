@@ -501,6 +501,14 @@ async fn overview_and_usage_show_real_calls_percentiles_lag_and_queue_depth() {
     browser.open(&format!("{root}/usage?by=hour&period=week")).await;
     browser.wait_for("svg[role=img]").await;
     shown(&browser, &secrets).await;
+    browser.open(&format!("{root}/usage?by=day&period=month")).await;
+    browser.wait_for("svg[role=img]").await;
+    let by_day = shown(&browser, &secrets).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        by_day.contains(&format!("<code>{today}</code></th><td>12</td><td>1</td>")),
+        "{by_day}"
+    );
 
     // The CSV: what the page shows.
     let http = reqwest::Client::builder()
@@ -523,5 +531,57 @@ async fn overview_and_usage_show_real_calls_percentiles_lag_and_queue_depth() {
     ] {
         assert!(csv.contains(line), "{line}: {csv}");
     }
+    browser.stop().await;
+}
+
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_screens_work_from_the_keyboard() {
+    let app = spawn_app().await;
+    let browser = Chromium::start().await;
+    // Sign-in: the token, then Enter.
+    browser.open(&format!("{}/console/sign-in", app.base_url)).await;
+    browser.type_into("input[type=password]", ADMIN_TOKEN).await;
+    browser.press(ENTER).await;
+    browser.wait_for_url("/console").await;
+
+    // Settings: Tab moves through the fields in order; Enter in a field saves.
+    browser
+        .open(&format!(
+            "{}/console/projects/{}/settings",
+            app.base_url, app.project_id
+        ))
+        .await;
+    browser.click("#monthly_call_limit").await;
+    assert_eq!(browser.focused().await, "monthly_call_limit");
+    browser.press(TAB).await;
+    assert_eq!(browser.focused().await, "member_calls_per_minute");
+    browser.type_into("#member_calls_per_minute", "60").await;
+    browser.press(ENTER).await;
+    browser.wait_for("#member_calls_per_minute[value='60']").await;
+    let (_, project) = app.admin.get(&format!("/v1/projects/{}", app.project_id)).await;
+    assert_eq!(project["member_calls_per_minute"], 60, "{project}");
+
+    // Credentials: from the kid field, Tab reaches the key, then the button; Enter adds the key.
+    browser
+        .open(&format!(
+            "{}/console/projects/{}/credentials",
+            app.base_url, app.project_id
+        ))
+        .await;
+    browser.type_into("#kid", "keyboard-1").await;
+    browser.press(TAB).await;
+    assert_eq!(browser.focused().await, "public_key");
+    browser.press(TAB).await;
+    assert_eq!(browser.focused().await, "Add member key");
+    browser.press(ENTER).await;
+    browser.wait_for("#new-private-key").await;
+    let (_, keys) = app
+        .admin
+        .get(&format!("/v1/projects/{}/member-keys", app.project_id))
+        .await;
+    assert_eq!(keys["member_keys"][0]["kid"], "keyboard-1", "{keys}");
     browser.stop().await;
 }

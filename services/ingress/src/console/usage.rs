@@ -49,7 +49,10 @@ impl UsageQuery {
             .map(|(name, _)| *name)
             .find(|name| *name == by)
             .ok_or_else(|| {
-                ConsoleError::new(StatusCode::BAD_REQUEST, "by must be tool, member, integration or hour")
+                ConsoleError::new(
+                    StatusCode::BAD_REQUEST,
+                    "by must be tool, member, integration, hour or day",
+                )
             })?;
         let period = self.period.as_deref().filter(|p| !p.is_empty()).unwrap_or("day");
         let period = PERIODS

@@ -12,6 +12,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("member", "member_id"),
     ("integration", "integration_id::text"),
     ("hour", "hour::text"),
+    ("day", "(hour AT TIME ZONE 'UTC')::date::text"),
 ];
 
 /// Usage of a project in `[from, to)`, summed over everything not in `group_by`.
