@@ -184,7 +184,7 @@ impl FromRequestParts<Arc<AppState>> for Session {
             let Some(project) = key_project(st, &claims.who).await? else {
                 return Err(Redirect::to(&format!("{base}/sign-in")).into_response());
             };
-            read_only_allows(parts, &base, project)?;
+            read_only_allows(parts, &base, project).map_err(IntoResponse::into_response)?;
             Some(project)
         };
         let value = st.console.value(&claims.nonce, claims.issued, now, &claims.who);
@@ -213,18 +213,18 @@ async fn key_project(st: &AppState, key_id: &str) -> Result<Option<Uuid>, Respon
 }
 
 /// A read-only session reads its own project only, and sends no form but sign-out.
-fn read_only_allows(parts: &Parts, base: &str, project: Uuid) -> Result<(), Response> {
+fn read_only_allows(parts: &Parts, base: &str, project: Uuid) -> Result<(), ConsoleError> {
     let path = parts.uri.path();
     let reads = parts.method == Method::GET || parts.method == Method::HEAD;
     if !reads && path != format!("{base}/sign-out") {
-        return Err(ConsoleError::forbidden(READ_ONLY).into_response());
+        return Err(ConsoleError::forbidden(READ_ONLY));
     }
     let other_project = path
         .strip_prefix(&format!("{base}/projects/"))
         .and_then(|rest| rest.split('/').next())
         .is_some_and(|id| id != project.to_string());
     if other_project {
-        return Err(ConsoleError::not_found("project").into_response());
+        return Err(ConsoleError::not_found("project"));
     }
     Ok(())
 }
@@ -362,10 +362,10 @@ mod tests {
 
     #[test]
     fn sessions_verify_expire_and_are_bound_to_the_keys() {
-        let sessions = ConsoleSessions::new(&[1; 32], "admin");
+        let sessions = ConsoleSessions::new(&[1; 32], "s3cret-token");
         let t = 1_000_000;
         let value = sessions.value("nonce", t, t, ADMIN);
-        assert!(!value.contains("admin"));
+        assert!(!value.contains("s3cret-token"));
         assert!(sessions.verify(&value, t + 10).is_some());
         assert!(sessions.verify(&value, t + IDLE_SECS + 1).is_none(), "idle");
         let refreshed = sessions.value("nonce", t, t + MAX_AGE_SECS, ADMIN);
@@ -378,11 +378,17 @@ mod tests {
             "admin token"
         );
         assert!(
-            ConsoleSessions::new(&[2; 32], "admin").verify(&value, t).is_none(),
+            ConsoleSessions::new(&[2; 32], "s3cret-token")
+                .verify(&value, t)
+                .is_none(),
             "secret"
         );
         let forged = value.replacen(&t.to_string(), &(t + 5).to_string(), 1);
         assert!(sessions.verify(&forged, t + 10).is_none());
         assert_ne!(sessions.csrf("a"), sessions.csrf("b"));
+        // Who signed in is signed too: an admin session cannot be forged from a key's.
+        let key_session = sessions.value("nonce", t, t, "0190a4d2-0000-7000-8000-000000000000");
+        let forged = key_session.replace("0190a4d2-0000-7000-8000-000000000000", ADMIN);
+        assert!(sessions.verify(&forged, t + 1).is_none());
     }
 }

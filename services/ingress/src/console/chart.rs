@@ -30,7 +30,7 @@ pub fn bars(id: &str, title: &str, bars: &[Bar<'_>]) -> Markup {
     let rows = i64::try_from(shown.len()).unwrap_or(0);
     let height = rows.saturating_mul(BAR_HEIGHT + GAP).saturating_add(GAP + 20);
     let span = WIDTH - LABEL_WIDTH - 60;
-    let scale = |n: i64| n.clamp(0, max).saturating_mul(span) / max;
+    let scale = |n: i64| n.clamp(0, max).saturating_mul(span).checked_div(max).unwrap_or(0);
     let more =
         (bars.len() > BARS_MAX).then(|| format!(" The chart shows the first {BARS_MAX} of {} rows.", bars.len()));
     html! {
@@ -46,14 +46,14 @@ pub fn bars(id: &str, title: &str, bars: &[Bar<'_>]) -> Markup {
                 @for (i, bar) in shown.iter().enumerate() {
                     @let y = i64::try_from(i).unwrap_or(0).saturating_mul(BAR_HEIGHT + GAP).saturating_add(GAP);
                     g {
-                        text x=(LABEL_WIDTH - 8) y=(y + BAR_HEIGHT - 4) text-anchor="end" font-size="13" fill="#1b1b1f" {
+                        text x=(LABEL_WIDTH - 8) y=(y.saturating_add(BAR_HEIGHT - 4)) text-anchor="end" font-size="13" fill="#1b1b1f" {
                             (shorten(bar.label))
                         }
                         rect x=(LABEL_WIDTH) y=(y) width=(scale(bar.calls).max(1)) height=(BAR_HEIGHT) fill=(CALLS_COLOUR) {}
                         @if bar.errors > 0 {
                             rect x=(LABEL_WIDTH) y=(y) width=(scale(bar.errors).max(1)) height=(BAR_HEIGHT) fill=(ERRORS_COLOUR) {}
                         }
-                        text x=(LABEL_WIDTH + scale(bar.calls) + 6) y=(y + BAR_HEIGHT - 4) font-size="13" fill="#1b1b1f" {
+                        text x=(LABEL_WIDTH.saturating_add(scale(bar.calls)).saturating_add(6)) y=(y.saturating_add(BAR_HEIGHT - 4)) font-size="13" fill="#1b1b1f" {
                             (bar.calls)
                         }
                     }
