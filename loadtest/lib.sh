@@ -6,7 +6,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../deploy/local/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../deploy/local/lib.sh"
 
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 LOAD="$BIN/tengine-load"
 OUT="${TENGINE_LOAD_OUT:-$STATE/loadtest}"
 mkdir -p "$OUT"

@@ -10,6 +10,7 @@
 //! - `setup`: a project, an API key and a tool pointing at an upstream, through
 //!   the admin API.
 
+mod console;
 mod mcp;
 mod report;
 
@@ -44,6 +45,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Time the web console's pages (p50/p95 per page) for a project.
+    Console(console::ConsoleArgs),
     /// Delete the JetStream streams and KV buckets of a NATS prefix (after a scenario).
     Teardown {
         #[arg(long, env = "TENGINE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -143,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Sessions(args) => sessions(args).await,
+        Command::Console(args) => console::run(args).await,
         Command::Upstream { listen, delay_ms } => upstream(listen, delay_ms).await,
         Command::Teardown { nats_url, prefix } => {
             let client = async_nats::connect(&nats_url).await?;

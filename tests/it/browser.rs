@@ -148,6 +148,73 @@ impl Chromium {
             .await;
     }
 
+    /// Runs axe-core (the npm package in tests/typescript, injected through
+    /// WebDriver's execute-script: the pages' CSP allows no script of their own)
+    /// over the page and fails on any serious or critical violation.
+    pub async fn assert_accessible(&self, screen: &str) {
+        let axe = axe_source();
+        let script = format!(
+            "{axe}\n;const done = arguments[arguments.length - 1];\n\
+             axe.run(document).then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')\n\
+               .map(v => ({{id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.html).slice(0, 5)}}))),\n\
+               e => done({{error: String(e)}}));"
+        );
+        let found = self
+            .command("/execute/async", json!({"script": script, "args": []}))
+            .await;
+        assert!(found.is_array(), "axe ran on {screen}: {found}");
+        assert_eq!(
+            found.as_array().map(Vec::len),
+            Some(0),
+            "serious or critical accessibility violations on {screen}: {}",
+            serde_json::to_string_pretty(&found).unwrap_or_default()
+        );
+    }
+
+    /// Presses and releases one key (a WebDriver key code: `\u{E004}` Tab,
+    /// `\u{E007}` Enter) wherever the focus is, as a keyboard user would.
+    pub async fn press(&self, key: &str) {
+        self.command(
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+        )
+        .await;
+    }
+
+    /// The `id`, or else the text, of the focused element.
+    pub async fn focused(&self) -> String {
+        let element = self.get("/element/active").await;
+        let id = element
+            .as_object()
+            .and_then(|e| e.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("a focused element: {element}"))
+            .to_string();
+        let attribute = self.get(&format!("/element/{id}/attribute/id")).await;
+        match attribute.as_str() {
+            Some(found) if !found.is_empty() => found.to_string(),
+            _ => self
+                .get(&format!("/element/{id}/text"))
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
+    /// Empties the input or textarea matching `css`.
+    pub async fn clear(&self, css: &str) {
+        let id = self.find("css selector", css).await;
+        self.command(&format!("/element/{id}/clear"), json!({})).await;
+    }
+
+    /// Replaces the value of the input or textarea matching `css`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        self.clear(css).await;
+        self.type_into(css, text).await;
+    }
+
     /// The accessible name the browser computes for the element matching `css`.
     pub async fn accessible_name(&self, css: &str) -> String {
         let id = self.find("css selector", css).await;
@@ -217,4 +284,20 @@ impl Chromium {
         let _ = self.driver.kill().await;
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// axe-core's browser build: `TENGINE_TEST_AXE` if set, else the npm package
+/// installed in tests/typescript (`npm ci` there; deploy/local/test does it).
+fn axe_source() -> String {
+    let path = std::env::var("TENGINE_TEST_AXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("typescript/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "axe-core at {}: {err} (run `npm ci` in tests/typescript)",
+            path.display()
+        )
+    })
 }

@@ -74,6 +74,7 @@ async fn list_changes(app: &TestApp, session: &RawSession) -> reqwest::Response 
 /// Asserts a page shows no secret, and keeps its source.
 async fn checked_page(browser: &Chromium, app: &TestApp, pages: &mut Vec<String>) -> String {
     let source = browser.source().await;
+    browser.assert_accessible(&browser.url().await).await;
     assert!(!source.contains(ADMIN_TOKEN), "a page shows the admin token");
     assert!(!source.contains(&app.api_key), "a page shows an API key's secret");
     pages.push(source.clone());
@@ -236,6 +237,7 @@ async fn an_operator_signs_in_switches_a_tool_off_and_reads_its_run() {
     let secret = browser.text("#new-key").await;
     assert!(secret.starts_with("tengine_"), "{secret}");
     browser.screenshot(&shots.join("key-created.png")).await;
+    browser.assert_accessible("key created").await;
     let mut fresh = RawSession::new(app.http.clone(), app.mcp_url.clone(), secret.clone());
     fresh.initialize().await;
     browser.click_link("Credentials").await;

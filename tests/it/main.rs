@@ -8,6 +8,7 @@ mod calls;
 mod confirmations;
 mod console;
 mod console_runs;
+mod console_screens;
 mod control;
 mod docs;
 mod edges_storage;

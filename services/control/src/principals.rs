@@ -161,15 +161,7 @@ pub fn revocation(principal: Option<Principal>, tool: &ToolDefinition) -> Option
 pub async fn current(pool: &PgPool, caller: &Caller) -> StoreResult<Option<Principal>> {
     let principal = match &caller.member {
         Some(member) => authenticate_member(pool, caller.api_key_id, member.clone()).await?,
-        None => {
-            let row: Option<KeyRow> = sqlx::query_as(key_query!(
-                "WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
-            ))
-            .bind(caller.api_key_id)
-            .fetch_optional(pool)
-            .await?;
-            row.map(|row| principal_of(row, None))
-        }
+        None => live_key(pool, caller.api_key_id).await?,
     };
     Ok(principal)
 }
@@ -266,4 +258,15 @@ fn without_member(mut principal: Principal) -> Principal {
 fn with_member(mut principal: Principal, member: Member) -> Principal {
     principal.caller.member = Some(member);
     principal
+}
+
+/// The caller behind an API key id, if the key and its integration are live.
+pub async fn live_key(pool: &PgPool, api_key_id: Uuid) -> StoreResult<Option<Principal>> {
+    let row: Option<KeyRow> = sqlx::query_as(key_query!(
+        "WHERE k.id = $1 AND k.revoked_at IS NULL AND i.deleted_at IS NULL"
+    ))
+    .bind(api_key_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| principal_of(row, None)))
 }

@@ -341,6 +341,21 @@ impl Dispatcher {
         tengine_projector::history::lag(&self.events, pool).await
     }
 
+    /// Commands in the queue: (waiting for a worker, delivered and not acked
+    /// yet), from the workers' consumer; `None` when NATS cannot say.
+    pub async fn queue_depth(&self) -> Option<QueueDepth> {
+        let mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> = self
+            .commands
+            .get_consumer(&self.topology.worker_consumer())
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        Some(QueueDepth {
+            waiting: info.num_pending,
+            in_progress: u64::try_from(info.num_ack_pending).unwrap_or(0),
+        })
+    }
+
     /// Whether the run left a trace in NATS: its command is queued, or the event
     /// log has its `Accepted` or `Finished` event. A failed lookup is an error, not
     /// "no": a retry must not take over a key on a guess.
@@ -450,4 +465,13 @@ impl Dispatcher {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Pending commands of the work queue (`Dispatcher::queue_depth`).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueDepth {
+    /// Not delivered to a worker yet.
+    pub waiting: u64,
+    /// Delivered, not acknowledged yet (being executed, or to be redelivered).
+    pub in_progress: u64,
 }

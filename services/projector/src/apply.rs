@@ -11,7 +11,7 @@ use tengine_core::{
 };
 use uuid::Uuid;
 
-use crate::{STATUS_RANK, retention};
+use crate::{STATUS_RANK, history::usage, retention};
 
 /// An attempt number as its column type.
 fn attempt_no(a: u32) -> i32 {
@@ -461,6 +461,8 @@ struct UsageDelta {
     failures: i64,
     latency_ms_sum: i64,
     buckets: [i64; 10],
+    /// `latency_histogram` (`history::usage::latency_bucket`).
+    histogram: Vec<i64>,
     bytes_in: i64,
     bytes_out: i64,
 }
@@ -524,20 +526,28 @@ pub(crate) async fn count_usage(
             .position(|b| latency <= *b)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         d.buckets[bucket] += 1;
+        if d.histogram.is_empty() {
+            d.histogram = vec![0; usage::LATENCY_HISTOGRAM_BUCKETS];
+        }
+        if let Some(n) = d.histogram.get_mut(usage::latency_bucket(latency)) {
+            *n += 1;
+        }
         d.bytes_in += bytes_in;
         d.bytes_out += bytes_out;
     }
     for ((project, integration, member, tool, hour), d) in deltas {
         sqlx::query(
             "INSERT INTO usage_hourly (project_id, integration_id, member_id, tool_name, hour, calls, successes, \
-             failures, latency_ms_sum, latency_buckets, bytes_in, bytes_out) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             failures, latency_ms_sum, latency_buckets, bytes_in, bytes_out, latency_histogram) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (project_id, integration_id, member_id, tool_name, hour) DO UPDATE SET \
              calls = usage_hourly.calls + EXCLUDED.calls, successes = usage_hourly.successes + EXCLUDED.successes, \
              failures = usage_hourly.failures + EXCLUDED.failures, \
              latency_ms_sum = usage_hourly.latency_ms_sum + EXCLUDED.latency_ms_sum, \
              latency_buckets = (SELECT array_agg(a + b ORDER BY i) FROM unnest(usage_hourly.latency_buckets, \
                  EXCLUDED.latency_buckets) WITH ORDINALITY AS t(a, b, i)), \
+             latency_histogram = (SELECT array_agg(COALESCE(a, 0) + COALESCE(b, 0) ORDER BY i) \
+                 FROM unnest(usage_hourly.latency_histogram, EXCLUDED.latency_histogram) WITH ORDINALITY AS t(a, b, i)), \
              bytes_in = usage_hourly.bytes_in + EXCLUDED.bytes_in, bytes_out = usage_hourly.bytes_out + EXCLUDED.bytes_out",
         )
         .bind(project)
@@ -552,6 +562,7 @@ pub(crate) async fn count_usage(
         .bind(d.buckets.to_vec())
         .bind(d.bytes_in)
         .bind(d.bytes_out)
+        .bind(&d.histogram)
         .execute(&mut **tx)
         .await?;
     }

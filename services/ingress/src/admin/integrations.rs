@@ -38,11 +38,11 @@ pub struct NewIntegration {
 #[derive(Serialize, ToSchema)]
 pub struct ClientConfig {
     /// An `mcp.json` entry (`mcpServers`).
-    mcp_json: Value,
+    pub(crate) mcp_json: Value,
     /// The Anthropic API's `mcp_servers` parameter.
-    anthropic_mcp_servers: Value,
+    pub(crate) anthropic_mcp_servers: Value,
     /// A Python MCP client snippet.
-    python: String,
+    pub(crate) python: String,
 }
 
 /// An integration with its client configuration (`<TENGINE_API_KEY>` as the key).
@@ -60,9 +60,32 @@ pub struct IntegrationList {
 
 /// Client configuration for `integration`. `key` is the API key when it is being
 /// shown (at creation), else a placeholder.
-pub(super) fn client_config(st: &AppState, integration: &Integration, key: Option<&str>) -> ClientConfig {
-    let url = format!("{}/mcp", st.config.ingress.public_url.trim_end_matches('/'));
-    let key = key.unwrap_or("<TENGINE_API_KEY>");
+pub(crate) fn client_config(st: &AppState, integration: &Integration, key: Option<&str>) -> ClientConfig {
+    let url = mcp_url(st);
+    let key = key.unwrap_or(KEY_PLACEHOLDER);
+    let name = server_name(integration);
+    ClientConfig {
+        mcp_json: json!({"mcpServers": {name.clone(): {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}}),
+        anthropic_mcp_servers: json!([{"type": "url", "url": url, "name": name, "authorization_token": key}]),
+        python: format!(
+            "import httpx2\nfrom mcp import Client\nfrom mcp.client.streamable_http import streamable_http_client\n\n\
+             async with httpx2.AsyncClient(headers={{\"Authorization\": \"Bearer {key}\"}}) as http:\n    \
+             async with Client(streamable_http_client(\"{url}\", http_client=http)) as client:\n        \
+             tools = await client.list_tools()\n"
+        ),
+    }
+}
+
+/// What a snippet shows where the key goes, except in the answer that creates it.
+pub(crate) const KEY_PLACEHOLDER: &str = "<TENGINE_API_KEY>";
+
+/// The MCP endpoint clients with an API key connect to.
+pub(crate) fn mcp_url(st: &AppState) -> String {
+    format!("{}/mcp", st.config.ingress.public_url.trim_end_matches('/'))
+}
+
+/// The name a client lists the integration's server under: `tengine-<slug>`.
+pub(crate) fn server_name(integration: &Integration) -> String {
     let slug: String = integration
         .name
         .chars()
@@ -74,17 +97,7 @@ pub(super) fn client_config(st: &AppState, integration: &Integration, key: Optio
             }
         })
         .collect();
-    let name = format!("tengine-{slug}");
-    ClientConfig {
-        mcp_json: json!({"mcpServers": {name.clone(): {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}}),
-        anthropic_mcp_servers: json!([{"type": "url", "url": url, "name": name, "authorization_token": key}]),
-        python: format!(
-            "import httpx2\nfrom mcp import Client\nfrom mcp.client.streamable_http import streamable_http_client\n\n\
-             async with httpx2.AsyncClient(headers={{\"Authorization\": \"Bearer {key}\"}}) as http:\n    \
-             async with Client(streamable_http_client(\"{url}\", http_client=http)) as client:\n        \
-             tools = await client.list_tools()\n"
-        ),
-    }
+    format!("tengine-{slug}")
 }
 
 fn view(st: &AppState, integration: Integration) -> IntegrationView {

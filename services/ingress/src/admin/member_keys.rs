@@ -43,19 +43,29 @@ pub async fn create(
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
     JsonBody(input): JsonBody<NewMemberKey>,
 ) -> ApiResult<(StatusCode, Json<MemberKey>)> {
-    validate_identifier("kid", &input.kid, MAX_KID_LEN)?;
-    if !input.public_key.contains("BEGIN PUBLIC KEY")
-        || jsonwebtoken::DecodingKey::from_ec_pem(input.public_key.as_bytes()).is_err()
+    let key = add_key(&st, project_id, &input.kid, &input.public_key).await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+/// Checks and adds a member key: the admin API's POST and the console's form.
+pub(crate) async fn add_key(
+    st: &AppState,
+    project_id: uuid::Uuid,
+    kid: &str,
+    public_key: &str,
+) -> ApiResult<MemberKey> {
+    validate_identifier("kid", kid, MAX_KID_LEN)?;
+    if !public_key.contains("BEGIN PUBLIC KEY")
+        || jsonwebtoken::DecodingKey::from_ec_pem(public_key.as_bytes()).is_err()
     {
         return Err(ApiError::invalid_field(
             "public_key",
             "must be a P-256 (ES256) public key in SPKI PEM (-----BEGIN PUBLIC KEY-----)",
         ));
     }
-    let key = member_keys::create(&st.pool, project_id, &input.kid, &input.public_key)
+    member_keys::create(&st.pool, project_id, kid, public_key)
         .await
-        .map_err(not_found_as("project"))?;
-    Ok((StatusCode::CREATED, Json(key)))
+        .map_err(not_found_as("project"))
 }
 
 /// List a project's live member keys.
@@ -82,8 +92,13 @@ pub async fn delete(
     State(st): State<Arc<AppState>>,
     Ids(MemberKeyPath { project_id, kid }): Ids<MemberKeyPath>,
 ) -> ApiResult<StatusCode> {
-    member_keys::delete(&st.pool, project_id, &kid)
-        .await
-        .map_err(not_found_as("member key"))?;
+    remove_key(&st, project_id, &kid).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a member key: the admin API's DELETE and the console's form.
+pub(crate) async fn remove_key(st: &AppState, project_id: uuid::Uuid, kid: &str) -> ApiResult<()> {
+    member_keys::delete(&st.pool, project_id, kid)
+        .await
+        .map_err(not_found_as("member key"))
 }

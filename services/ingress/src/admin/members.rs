@@ -27,10 +27,15 @@ pub async fn revoke_sessions(
     State(st): State<Arc<AppState>>,
     Ids(MemberPath { project_id, member_id }): Ids<MemberPath>,
 ) -> ApiResult<StatusCode> {
-    // Member ids come from assertions' `sub`, which refuses these too.
-    validate_identifier("member_id", &member_id, MEMBER_ID_MAX_BYTES)?;
-    members::revoke_sessions(&st.pool, project_id, &member_id)
-        .await
-        .map_err(not_found_as("project"))?;
+    revoke_member(&st, project_id, &member_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends a member's sessions: the admin API's POST and the console's form.
+pub(crate) async fn revoke_member(st: &AppState, project_id: uuid::Uuid, member_id: &str) -> ApiResult<()> {
+    // Member ids come from assertions' `sub`, which refuses these too.
+    validate_identifier("member_id", member_id, MEMBER_ID_MAX_BYTES)?;
+    members::revoke_sessions(&st.pool, project_id, member_id)
+        .await
+        .map_err(not_found_as("project"))
 }

@@ -148,6 +148,11 @@ pub async fn patch(
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
     JsonBody(patch): JsonBody<ProjectPatch>,
 ) -> ApiResult<Json<Project>> {
+    Ok(Json(update(&st, project_id, patch).await?))
+}
+
+/// Checks and applies a patch: the admin API's PATCH and the console's Settings form.
+pub(crate) async fn update(st: &AppState, project_id: uuid::Uuid, patch: ProjectPatch) -> ApiResult<Project> {
     let settings = patch.settings()?;
     if let Some(integration_id) = settings.oauth.as_ref().and_then(|o| o.integration_id)
         && !tengine_control::oauth::integration_exists(&st.pool, project_id, integration_id).await?
@@ -157,10 +162,9 @@ pub async fn patch(
             "is not a live integration of this project",
         ));
     }
-    let project = projects::update_settings(&st.pool, project_id, &settings)
+    projects::update_settings(&st.pool, project_id, &settings)
         .await
-        .map_err(not_found_as("project"))?;
-    Ok(Json(project))
+        .map_err(not_found_as("project"))
 }
 
 impl ProjectPatch {

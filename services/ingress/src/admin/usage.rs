@@ -27,7 +27,7 @@ pub struct UsageQuery {
     from: Option<DateTime<Utc>>,
     /// Until this hour (RFC 3339), exclusive.
     to: Option<DateTime<Utc>>,
-    /// Comma-separated, any of: `tool`, `member`, `integration`, `hour`.
+    /// Comma-separated, any of: `tool`, `member`, `integration`, `hour`, `day` (UTC).
     group_by: Option<String>,
 }
 
@@ -70,8 +70,10 @@ pub async fn usage(
         .iter()
         .find(|g| !history::usage::GROUPS.iter().any(|(name, _)| name == *g))
     {
+        let known: Vec<&str> = history::usage::GROUPS.iter().map(|(name, _)| *name).collect();
         return Err(ApiError::bad_request(format!(
-            "group_by `{bad}` is not one of: tool, member, integration, hour"
+            "group_by `{bad}` is not one of: {}",
+            known.join(", ")
         )));
     }
     let usage = history::usage::summed(&st.pool, project_id, &scope, query.from, query.to, &group_by).await?;

@@ -5,13 +5,19 @@
 //! refreshed by every page (idle expiry) and refused past an absolute age.
 //! Forms carry a CSRF token derived from the session's nonce; the sign-in form
 //! (before any session) uses a double-submit cookie.
+//!
+//! A project API key with the `read` scope signs in too, to a read-only session
+//! of its project: the cookie names the key's id (never the key), the key is
+//! checked live on every request (a revoked key ends the session), and the
+//! extractor refuses every other project and every form but sign-out (403), so
+//! no screen has to remember to.
 
 use std::sync::Arc;
 
 use axum::{
     Form,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    http::{HeaderMap, Method, StatusCode, header, request::Parts},
     response::{Html, IntoResponse, Redirect, Response},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -20,14 +26,18 @@ use maud::html;
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tengine_control::principals;
 use tengine_core::credentials::constant_time_eq;
+use uuid::Uuid;
 
 use super::{ConsoleError, base, layout};
 use crate::{AppState, oauth::consent::cookie};
 
 const SESSION_COOKIE: &str = "tengine_console";
 const SIGN_IN_COOKIE: &str = "tengine_console_sign_in";
-const VERSION_TAG: &str = "v1";
+const VERSION_TAG: &str = "v2";
+/// The `who` of an admin-token session (a key session names the key's id).
+const ADMIN: &str = "admin";
 /// A session unused this long is over.
 const IDLE_SECS: i64 = 30 * 60;
 /// A session is over this long after sign-in, used or not.
@@ -45,6 +55,8 @@ pub struct ConsoleSessions {
 struct Claims {
     nonce: String,
     issued: i64,
+    /// [`ADMIN`], or the id of the API key that signed in.
+    who: String,
 }
 
 impl ConsoleSessions {
@@ -64,8 +76,8 @@ impl ConsoleSessions {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    fn value(&self, nonce: &str, issued: i64, seen: i64) -> String {
-        let signed = format!("{VERSION_TAG}.{nonce}.{issued}.{seen}");
+    fn value(&self, nonce: &str, issued: i64, seen: i64, who: &str) -> String {
+        let signed = format!("{VERSION_TAG}.{nonce}.{issued}.{seen}.{who}");
         let sig = self.mac("session|", &signed);
         format!("{signed}.{sig}")
     }
@@ -82,8 +94,9 @@ impl ConsoleSessions {
         let nonce = parts.next()?.to_string();
         let issued: i64 = parts.next()?.parse().ok()?;
         let seen: i64 = parts.next()?.parse().ok()?;
+        let who = parts.next()?.to_string();
         let fresh = now.saturating_sub(seen) <= IDLE_SECS && now.saturating_sub(issued) <= MAX_AGE_SECS;
-        (fresh && seen >= issued && seen <= now.saturating_add(60)).then_some(Claims { nonce, issued })
+        (fresh && seen >= issued && seen <= now.saturating_add(60)).then_some(Claims { nonce, issued, who })
     }
 
     /// The CSRF token of a session's forms.
@@ -120,9 +133,30 @@ pub struct Session {
     pub csrf: String,
     /// The session cookie with `seen` now (set on every page: idle expiry restarts).
     pub refreshed_cookie: String,
+    /// A project key's read-only session: the one project it may see.
+    pub project: Option<Uuid>,
 }
 
 impl Session {
+    /// A project key's session: it sees, never changes.
+    pub fn read_only(&self) -> bool {
+        self.project.is_some()
+    }
+
+    /// Whether the session may see this project.
+    pub fn may_see(&self, project_id: Uuid) -> bool {
+        self.project.is_none_or(|own| own == project_id)
+    }
+
+    /// Refuses a change from a read-only session (the extractor already refuses
+    /// its forms; this keeps each handler honest on its own).
+    pub fn check_writable(&self) -> Result<(), ConsoleError> {
+        if self.read_only() {
+            return Err(ConsoleError::forbidden(READ_ONLY));
+        }
+        Ok(())
+    }
+
     /// Refuses a form whose CSRF token is missing or not this session's.
     pub fn check_csrf(&self, sent: Option<&str>) -> Result<(), ConsoleError> {
         match sent {
@@ -144,13 +178,55 @@ impl FromRequestParts<Arc<AppState>> for Session {
         let Some(claims) = claims else {
             return Err(Redirect::to(&format!("{base}/sign-in")).into_response());
         };
-        let value = st.console.value(&claims.nonce, claims.issued, now);
+        let project = if claims.who == ADMIN {
+            None
+        } else {
+            let Some(project) = key_project(st, &claims.who).await? else {
+                return Err(Redirect::to(&format!("{base}/sign-in")).into_response());
+            };
+            read_only_allows(parts, &base, project).map_err(IntoResponse::into_response)?;
+            Some(project)
+        };
+        let value = st.console.value(&claims.nonce, claims.issued, now, &claims.who);
         Ok(Session {
             csrf: st.console.csrf(&claims.nonce),
             refreshed_cookie: set_cookie(st, SESSION_COOKIE, &value, &base, IDLE_SECS),
             base,
+            project,
         })
     }
+}
+
+const READ_ONLY: &str = "this console session is read-only (signed in with a project API key)";
+
+/// The project of a key session's key, while the key is live and has `read`.
+async fn key_project(st: &AppState, key_id: &str) -> Result<Option<Uuid>, Response> {
+    let Ok(key_id) = key_id.parse::<Uuid>() else {
+        return Ok(None);
+    };
+    let principal = principals::live_key(&st.pool, key_id)
+        .await
+        .map_err(|err| ConsoleError::from(err).into_response())?;
+    Ok(principal
+        .filter(|p| p.scopes.iter().any(|s| s == principals::SCOPE_READ))
+        .map(|p| p.caller.project_id))
+}
+
+/// A read-only session reads its own project only, and sends no form but sign-out.
+fn read_only_allows(parts: &Parts, base: &str, project: Uuid) -> Result<(), ConsoleError> {
+    let path = parts.uri.path();
+    let reads = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !reads && path != format!("{base}/sign-out") {
+        return Err(ConsoleError::forbidden(READ_ONLY));
+    }
+    let other_project = path
+        .strip_prefix(&format!("{base}/projects/"))
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|id| id != project.to_string());
+    if other_project {
+        return Err(ConsoleError::not_found("project"));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -171,9 +247,11 @@ fn sign_in_form(st: &AppState, status: StatusCode, problem: Option<&str>) -> Res
         main {
             h1 { "Sign in to the Tengine console" }
             @if let Some(problem) = problem { p role="alert" id="problem" { (problem) } }
+            p { "With the admin token you manage every project; with a project API key that has the "
+                code { "read" } " scope you see that project, read-only." }
             form method="post" action=(format!("{base}/sign-in")) {
                 input type="hidden" name="csrf" value=(csrf);
-                label for="token" { "Admin token" }
+                label for="token" { "Admin token or project API key" }
                 input type="password" id="token" name="token" autocomplete="current-password" required
                     aria-describedby=[problem.map(|_| "problem")];
                 p { button type="submit" { "Sign in" } }
@@ -209,16 +287,41 @@ pub async fn sign_in(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f
         );
     }
     let token = form.token.unwrap_or_default();
-    if token.len() > MAX_LEN || !constant_time_eq(&token, &st.config.admin_token) {
-        tracing::warn!("console sign-in refused: wrong admin token");
-        return sign_in_form(&st, StatusCode::UNAUTHORIZED, Some("That is not the admin token."));
-    }
+    let who = if token.len() > MAX_LEN {
+        None
+    } else if constant_time_eq(&token, &st.config.admin_token) {
+        Some(ADMIN.to_string())
+    } else {
+        match principals::authenticate_api_key(&st.pool, &token).await {
+            Ok(Some(key)) if key.scopes.iter().any(|s| s == principals::SCOPE_READ) => {
+                Some(key.caller.api_key_id.to_string())
+            }
+            Ok(Some(_)) => {
+                tracing::warn!("console sign-in refused: an API key without the read scope");
+                return sign_in_form(
+                    &st,
+                    StatusCode::FORBIDDEN,
+                    Some("That API key lacks the read scope the console needs."),
+                );
+            }
+            Ok(None) => None,
+            Err(err) => return ConsoleError::from(err).into_response(),
+        }
+    };
+    let Some(who) = who else {
+        tracing::warn!("console sign-in refused: wrong admin token or API key");
+        return sign_in_form(
+            &st,
+            StatusCode::UNAUTHORIZED,
+            Some("That is not the admin token. Nor is it a live project API key."),
+        );
+    };
     let base = base(&st);
     let now = now();
-    let value = st.console.value(&random_token(), now, now);
+    let value = st.console.value(&random_token(), now, now, &who);
     let session = set_cookie(&st, SESSION_COOKIE, &value, &base, IDLE_SECS);
     let cleared = set_cookie(&st, SIGN_IN_COOKIE, "", &format!("{base}/sign-in"), 0);
-    tracing::info!("console sign-in");
+    tracing::info!(read_only = who != ADMIN, "console sign-in");
     let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, base)]).into_response();
     // Appended: a header array would keep only the last `Set-Cookie`.
     for cookie in [session, cleared] {
@@ -259,13 +362,13 @@ mod tests {
 
     #[test]
     fn sessions_verify_expire_and_are_bound_to_the_keys() {
-        let sessions = ConsoleSessions::new(&[1; 32], "admin");
+        let sessions = ConsoleSessions::new(&[1; 32], "s3cret-token");
         let t = 1_000_000;
-        let value = sessions.value("nonce", t, t);
-        assert!(!value.contains("admin"));
+        let value = sessions.value("nonce", t, t, ADMIN);
+        assert!(!value.contains("s3cret-token"));
         assert!(sessions.verify(&value, t + 10).is_some());
         assert!(sessions.verify(&value, t + IDLE_SECS + 1).is_none(), "idle");
-        let refreshed = sessions.value("nonce", t, t + MAX_AGE_SECS);
+        let refreshed = sessions.value("nonce", t, t + MAX_AGE_SECS, ADMIN);
         assert!(
             sessions.verify(&refreshed, t + MAX_AGE_SECS + 1).is_none(),
             "absolute age"
@@ -275,11 +378,17 @@ mod tests {
             "admin token"
         );
         assert!(
-            ConsoleSessions::new(&[2; 32], "admin").verify(&value, t).is_none(),
+            ConsoleSessions::new(&[2; 32], "s3cret-token")
+                .verify(&value, t)
+                .is_none(),
             "secret"
         );
         let forged = value.replacen(&t.to_string(), &(t + 5).to_string(), 1);
         assert!(sessions.verify(&forged, t + 10).is_none());
         assert_ne!(sessions.csrf("a"), sessions.csrf("b"));
+        // Who signed in is signed too: an admin session cannot be forged from a key's.
+        let key_session = sessions.value("nonce", t, t, "0190a4d2-0000-7000-8000-000000000000");
+        let forged = key_session.replace("0190a4d2-0000-7000-8000-000000000000", ADMIN);
+        assert!(sessions.verify(&forged, t + 1).is_none());
     }
 }

@@ -1,7 +1,9 @@
 //! The Credentials screen: the project's integrations with the tools each may
 //! call, and its API keys by display prefix (a key's secret is shown once, at
 //! creation through the admin API, never here), each revocable after a
-//! confirmation page (the admin API's revocation path: it takes effect at once).
+//! confirmation page (the admin API's revocation path: it takes effect at once);
+//! client configuration snippets per integration (`snippets`); member keys and
+//! member revocation (`members`).
 
 use std::sync::Arc;
 
@@ -12,13 +14,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use maud::{Markup, html};
-use tengine_control::{api_keys, integrations};
+use tengine_control::{api_keys, integrations, member_keys};
 use uuid::Uuid;
 
 use super::{
     ConsoleError, PAGE_MAX,
     auth::{CsrfForm, Session},
-    layout, projects,
+    layout, members, projects, snippets,
 };
 use crate::{
     AppState,
@@ -32,11 +34,19 @@ pub async fn show(
     State(st): State<Arc<AppState>>,
     Path(project_id): Path<Uuid>,
 ) -> Result<Response, ConsoleError> {
-    render(&st, &session, project_id, &KeyFormState::default()).await
+    render_with(&st, &session, project_id, &Forms::default(), 200).await
+}
+
+/// The screen's forms: empty, or one of them as sent with the server's message.
+#[derive(Default)]
+pub struct Forms {
+    pub api_key: KeyFormState,
+    pub member_key: members::KeyForm,
+    pub member: members::MemberForm,
 }
 
 /// What the new-key form holds: empty, or as sent with the server's message.
-struct KeyFormState {
+pub struct KeyFormState {
     name: String,
     call: bool,
     read: bool,
@@ -54,23 +64,30 @@ impl Default for KeyFormState {
     }
 }
 
-async fn render(
+/// The screen with `forms`, answered with `status` (a refused form's 4xx).
+pub async fn render_with(
     st: &AppState,
     session: &Session,
     project_id: Uuid,
-    form: &KeyFormState,
+    forms: &Forms,
+    status: u16,
 ) -> Result<Response, ConsoleError> {
     let project = projects::find(st, project_id).await?;
     let integrations = integrations::list(&st.pool, project_id).await?;
     let keys = api_keys::list(&st.pool, project_id).await?;
+    let member_keys = member_keys::list(&st.pool, project_id).await?;
     let body = html! {
         h2 { "Integrations" }
         (integration_table(&integrations))
+        @for integration in integrations.iter().take(PAGE_MAX) { (snippets::render(st, integration)) }
         h2 { "API keys" }
-        (key_table(&session.base, project_id, &keys, &integrations))
-        (new_key_form(session, project_id, form))
+        (key_table(session, project_id, &keys, &integrations))
+        @if !session.read_only() { (new_key_form(session, project_id, &forms.api_key)) }
+        (members::section(session, project_id, &member_keys, forms))
     };
-    Ok(layout::project_page(session, &project, "Credentials", body))
+    let mut page = layout::project_page(session, &project, "Credentials", body);
+    *page.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(page)
 }
 
 fn integration_table(all: &[integrations::Integration]) -> Markup {
@@ -99,7 +116,7 @@ fn integration_table(all: &[integrations::Integration]) -> Markup {
 }
 
 fn key_table(
-    base: &str,
+    session: &Session,
     project_id: Uuid,
     keys: &[api_keys::ApiKey],
     integrations: &[integrations::Integration],
@@ -110,6 +127,7 @@ fn key_table(
             .find(|i| i.id == id)
             .map_or_else(|| id.to_string(), |i| i.name.clone())
     };
+    let base = &session.base;
     html! {
         @if keys.is_empty() { p { "No API keys." } }
         @else {
@@ -127,6 +145,7 @@ fn key_table(
                             td {
                                 @match key.revoked_at {
                                     Some(at) => (at.format("%Y-%m-%d %H:%M:%S UTC")),
+                                    None if session.read_only() => "no",
                                     None => a href=(format!("{base}/projects/{project_id}/api-keys/{}/revoke", key.id))
                                         aria-label=(format!("Revoke {}", key.display_prefix)) { "Revoke…" },
                                 }
@@ -178,6 +197,7 @@ pub async fn revoke(
     Path((project_id, key_id)): Path<(Uuid, Uuid)>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
+    session.check_writable()?;
     session.check_csrf(form.csrf.as_deref())?;
     revoke_key(&st, project_id, key_id).await?;
     tracing::info!(project = %project_id, key = %key_id, "console: API key revoked");
@@ -220,6 +240,7 @@ pub async fn create(
     Path(project_id): Path<Uuid>,
     Form(form): Form<NewKeyForm>,
 ) -> Result<Response, ConsoleError> {
+    session.check_writable()?;
     session.check_csrf(form.csrf.as_deref())?;
     let project = projects::find(&st, project_id).await?;
     let scopes = [("call", &form.call), ("read", &form.read)]
@@ -239,9 +260,11 @@ pub async fn create(
                 read: form.read.is_some(),
                 problem: Some(format!("{}: {}", err.field().unwrap_or_default(), err.message())),
             };
-            let mut page = render(&st, &session, project_id, &state).await?;
-            *page.status_mut() = err.status();
-            return Ok(page);
+            let forms = Forms {
+                api_key: state,
+                ..Forms::default()
+            };
+            return render_with(&st, &session, project_id, &forms, err.status().as_u16()).await;
         }
         Err(err) => return Err(err.into()),
     };

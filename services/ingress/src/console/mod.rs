@@ -5,14 +5,17 @@
 
 mod assets;
 pub mod auth;
+mod chart;
 mod credentials;
 mod error;
 mod layout;
 mod live;
+mod members;
 mod projects;
 mod redrive;
 mod runs;
 mod settings;
+mod snippets;
 mod tool_form;
 mod tools;
 mod usage;
@@ -57,8 +60,8 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/console/projects/{project_id}/api-keys/{key_id}/revoke",
             get(credentials::confirm_revoke).post(credentials::revoke),
         )
-        .route("/console/projects/{project_id}/settings", get(settings::show))
         .merge(tools_and_runs())
+        .merge(screens())
 }
 
 /// The tool editor, the Runs live tail and re-drive, and the script they use.
@@ -78,6 +81,24 @@ fn tools_and_runs() -> Router<Arc<AppState>> {
         .route(
             "/console/projects/{project_id}/runs/{run_id}/redrive",
             get(redrive::confirm).post(redrive::redrive),
+        )
+}
+
+/// Overview, Usage, Credentials and Settings: their forms and pages.
+fn screens() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/console/projects/{project_id}/settings",
+            get(settings::show).post(settings::save),
+        )
+        .route("/console/projects/{project_id}/member-keys", post(members::add))
+        .route(
+            "/console/projects/{project_id}/member-keys/revoke",
+            post(members::revoke),
+        )
+        .route(
+            "/console/projects/{project_id}/members/revoke",
+            post(members::revoke_sessions),
         )
 }
 

@@ -44,13 +44,16 @@ pub async fn list(
     let more = found.len() > PAGE_MAX;
     let shown = &found[..found.len().min(PAGE_MAX)];
     let usage = day_usage(&st, project_id, shown).await?;
+    // A read-only session sees the tools, not the controls (the server refuses them too).
+    let writable = !session.read_only();
     let body = html! {
-        p { a href=(format!("{}/projects/{project_id}/tools/new", session.base)) { "New tool" } }
+        @if writable { p { a href=(format!("{}/projects/{project_id}/tools/new", session.base)) { "New tool" } } }
         @if found.is_empty() { p { "No tools yet." } }
         @else {
             table {
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Request" } th scope="col" { "Auth" }
-                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" } th scope="col" { "Edit" } th scope="col" { "Delete" } } }
+                    th scope="col" { "Calls 24 h" } th scope="col" { "Errors 24 h" } th scope="col" { "Enabled" }
+                    @if writable { th scope="col" { "Edit" } th scope="col" { "Delete" } } } }
                 tbody { @for tool in shown { (row(&session, project_id, tool, usage.get(&tool.name).copied().unwrap_or_default())) } }
             }
         }
@@ -96,19 +99,23 @@ fn row(session: &Session, project_id: Uuid, tool: &ToolDefinition, (calls, error
             td { (tool.auth_strategy.as_str()) }
             td { (calls) }
             td { (errors) }
-            td {
-                form method="post" action=(action) {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    button type="submit" role="switch" name="enabled" value=(if tool.enabled { "false" } else { "true" })
-                        aria-checked=(tool.enabled) aria-label=(format!("Enable {}", tool.name)) {
-                        (if tool.enabled { "On" } else { "Off" })
+            @if session.read_only() {
+                td { (if tool.enabled { "On" } else { "Off" }) }
+            } @else {
+                td {
+                    form method="post" action=(action) {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button type="submit" role="switch" name="enabled" value=(if tool.enabled { "false" } else { "true" })
+                            aria-checked=(tool.enabled) aria-label=(format!("Enable {}", tool.name)) {
+                            (if tool.enabled { "On" } else { "Off" })
+                        }
                     }
                 }
+                td { a href=(format!("{}/projects/{project_id}/tools/{}/edit", session.base, tool.name))
+                    aria-label=(format!("Edit {}", tool.name)) { "Edit…" } }
+                td { a href=(format!("{}/projects/{project_id}/tools/{}/delete", session.base, tool.name))
+                    aria-label=(format!("Delete {}", tool.name)) { "Delete…" } }
             }
-            td { a href=(format!("{}/projects/{project_id}/tools/{}/edit", session.base, tool.name))
-                aria-label=(format!("Edit {}", tool.name)) { "Edit…" } }
-            td { a href=(format!("{}/projects/{project_id}/tools/{}/delete", session.base, tool.name))
-                aria-label=(format!("Delete {}", tool.name)) { "Delete…" } }
         }
     }
 }

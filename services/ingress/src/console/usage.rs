@@ -1,6 +1,7 @@
 //! The Usage screen: a project's calls over the last day, week or month grouped
 //! by tool, member, integration or hour (from the hourly usage table), as a
-//! table, and the same rows as CSV.
+//! bar chart (SVG, `chart`) with the same numbers in a table under it, and the
+//! same rows as CSV.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use tengine_control::principals::ReadScope;
 use tengine_projector::history::usage;
 use uuid::Uuid;
 
-use super::{ConsoleError, auth::Session, layout, projects};
+use super::{ConsoleError, auth::Session, chart, layout, projects};
 use crate::AppState;
 
 /// Periods offered: (query value, label, hours).
@@ -48,7 +49,10 @@ impl UsageQuery {
             .map(|(name, _)| *name)
             .find(|name| *name == by)
             .ok_or_else(|| {
-                ConsoleError::new(StatusCode::BAD_REQUEST, "by must be tool, member, integration or hour")
+                ConsoleError::new(
+                    StatusCode::BAD_REQUEST,
+                    "by must be tool, member, integration, hour or day",
+                )
             })?;
         let period = self.period.as_deref().filter(|p| !p.is_empty()).unwrap_or("day");
         let period = PERIODS
@@ -109,7 +113,11 @@ pub async fn show(
     let body = html! {
         (form(&root, &selection))
         @if rows.is_empty() { p { "No calls in the last " (selection.period.1) "." } }
-        @else { (table(&selection, &rows)) }
+        @else {
+            (chart::bars("usage-chart", &format!("Calls and errors over the last {} by {}", selection.period.1, selection.by),
+                &rows.iter().map(|r| chart::Bar { label: &r.key, calls: r.calls, errors: r.failures }).collect::<Vec<_>>()))
+            (table(&selection, &rows))
+        }
         p { a href=(format!("{root}.csv?by={}&period={}", selection.by, selection.period.0)) download { "Download CSV" } }
     };
     Ok(layout::project_page(&session, &project, "Usage", body))

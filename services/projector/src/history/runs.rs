@@ -102,38 +102,55 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
+/// Runs of a project, newest first. Only the filters given are in the
+/// statement: a prepared `($n IS NULL OR column = $n)` gets a generic plan
+/// after a few executions, and that plan cannot use the (project, status) or
+/// (project, tool) indexes, so a filter that matches few of 100,000 runs
+/// would scan them all.
 pub async fn list(
     pool: &PgPool,
     project_id: Uuid,
     scope: &ReadScope,
     filter: &RunFilter,
 ) -> StoreResult<Vec<RunRecord>> {
-    let (before_at, before_id) = filter.before.unzip();
-    Ok(sqlx::query_as::<_, RunRecord>(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE project_id = $1 \
-         AND ($2::text IS NULL OR tool_name = $2) AND ($3::text IS NULL OR status = $3) \
-         AND ($4::timestamptz IS NULL OR (accepted_at, run_id) < ($4, $5)) \
-         AND ($7::text IS NULL OR member_id = $7) AND ($8::uuid IS NULL OR integration_id = $8) \
-         AND ($9::timestamptz IS NULL OR accepted_at >= $9) AND ($10::timestamptz IS NULL OR accepted_at < $10) \
-         AND ($11::uuid IS NULL OR integration_id = $11) AND ($12::text[] IS NULL OR tool_name = ANY($12)) \
-         AND ($13::text IS NULL OR member_id = $13) \
-         ORDER BY accepted_at DESC, run_id DESC LIMIT $6"
-    ))
-    .bind(project_id)
-    .bind(&filter.tool_name)
-    .bind(&filter.status)
-    .bind(before_at)
-    .bind(before_id)
-    .bind(filter.limit)
-    .bind(&filter.member_id)
-    .bind(filter.integration_id)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(scope.integration_id)
-    .bind(&scope.tools)
-    .bind(&scope.member_id)
-    .fetch_all(pool)
-    .await?)
+    let mut query =
+        sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE project_id = "));
+    query.push_bind(project_id);
+    let texts = [
+        ("tool_name", &filter.tool_name),
+        ("status", &filter.status),
+        ("member_id", &filter.member_id),
+        ("member_id", &scope.member_id),
+    ];
+    for (column, value) in texts {
+        if let Some(value) = value {
+            query.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    for integration in [filter.integration_id, scope.integration_id].into_iter().flatten() {
+        query.push(" AND integration_id = ").push_bind(integration);
+    }
+    if let Some(tools) = &scope.tools {
+        query.push(" AND tool_name = ANY(").push_bind(tools.clone()).push(")");
+    }
+    if let Some((at, id)) = filter.before {
+        query
+            .push(" AND (accepted_at, run_id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    if let Some(from) = filter.from {
+        query.push(" AND accepted_at >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        query.push(" AND accepted_at < ").push_bind(to);
+    }
+    query
+        .push(" ORDER BY accepted_at DESC, run_id DESC LIMIT ")
+        .push_bind(filter.limit);
+    Ok(query.build_query_as::<RunRecord>().fetch_all(pool).await?)
 }
 
 pub async fn get(pool: &PgPool, run_id: Uuid) -> StoreResult<(RunRecord, Vec<AttemptRecord>)> {
