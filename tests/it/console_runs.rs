@@ -400,7 +400,7 @@ async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one
     wait_for_text(&browser, "#tail-status", "Live").await;
     let mut session = app.session();
     session.initialize().await;
-    let result = session.call("flaky", json!({"q": "hello"})).await;
+    let result = call_traced(&app, &session, "flaky", json!({"q": "hello"}), Some("tail-key")).await;
     assert_eq!(result["isError"], false, "{result}");
     let run = run_id(&result);
     let row = format!("#run-{run}");
@@ -415,6 +415,11 @@ async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one
     checked(&browser, &app, &foreign).await;
     browser.screenshot(&shots.join("runs-live.png")).await;
 
+    // A client retry with the key is answered from the run (and shown on its page).
+    let again = call_traced(&app, &session, "flaky", json!({"q": "hello"}), Some("tail-key")).await;
+    assert_eq!(run_id(&again), run, "{again}");
+    app.admin.wait_for_projector().await;
+
     // The run's page: attempts with the retry and its reason, the rendered request.
     browser.click_link(&run).await;
     browser.wait_for_url(&run).await;
@@ -427,6 +432,7 @@ async fn an_operator_creates_a_tool_with_its_preview_tails_runs_and_redrives_one
         "Retried after upstream_status: the API answered HTTP 503, backoff",
         "Attempt 2",
         "with HTTP 200",
+        "Client retries answered from this run (deduplicated, the API not called again): 1",
     ] {
         assert!(timeline.contains(shown), "{shown}: {timeline}");
     }

@@ -112,6 +112,17 @@ async fn a_retried_call_runs_once() {
     let b = session.post(&repeat).await;
     assert_eq!(run_id(&a.body["result"]), run_id(&b.body["result"]));
     assert_eq!(upstream.requests().len(), 4);
+
+    // History counts the retries each run answered (the other arguments' refusal is none).
+    app.admin.wait_for_projector().await;
+    let first_run = app.admin.finished_run(&run_id(&first["result"])).await;
+    assert_eq!(first_run["client_retries"], 3, "{first_run}");
+    let repeated = app.admin.finished_run(&run_id(&a.body["result"])).await;
+    assert_eq!(repeated["client_retries"], 1, "{repeated}");
+    assert_eq!(
+        app.admin.finished_run(&run_id(&fresh["result"])).await["client_retries"],
+        0
+    );
     second.stop().await;
 }
 

@@ -443,6 +443,15 @@ pub enum RunEvent {
         total: Option<f64>,
         message: Option<String>,
     },
+    /// A client retried a call with its idempotency key and was answered from this
+    /// run: the API was not called again. It carries what history needs to hold the
+    /// run's row before its other events arrive (a quick call stores no `Accepted`).
+    ClientRetried {
+        run_id: Uuid,
+        caller: Caller,
+        tool_name: String,
+        retried_at: DateTime<Utc>,
+    },
     /// The run's outcome, on a subject of its own (`….finished`); carries everything needed
     /// to build its history row even if earlier events were lost.
     Finished(RunOutcome),
@@ -562,6 +571,7 @@ impl RunEvent {
             RunEvent::AwaitingApproval { .. } => Self::AWAITING_APPROVAL_KIND,
             RunEvent::ApprovalDecided { .. } => "approval_decided",
             RunEvent::UpstreamProgress { .. } => "upstream_progress",
+            RunEvent::ClientRetried { .. } => "client_retried",
             RunEvent::Finished(_) => Self::FINISHED_KIND,
         }
     }
@@ -575,7 +585,8 @@ impl RunEvent {
             | RunEvent::CancelRequested { run_id, .. }
             | RunEvent::AwaitingApproval { run_id, .. }
             | RunEvent::ApprovalDecided { run_id, .. }
-            | RunEvent::UpstreamProgress { run_id, .. } => *run_id,
+            | RunEvent::UpstreamProgress { run_id, .. }
+            | RunEvent::ClientRetried { run_id, .. } => *run_id,
             RunEvent::Finished(outcome) => outcome.run_id,
         }
     }

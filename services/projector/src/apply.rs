@@ -69,6 +69,7 @@ impl<'a> Grouped<'a> {
             }
             RunEvent::UpstreamProgress { .. } => {}
             RunEvent::Rejected { .. }
+            | RunEvent::ClientRetried { .. }
             | RunEvent::CancelRequested { .. }
             | RunEvent::AwaitingApproval { .. }
             | RunEvent::ApprovalDecided { .. } => self.others.push(event),
@@ -314,6 +315,7 @@ impl<'a> Grouped<'a> {
              error = EXCLUDED.error, http_status = EXCLUDED.http_status, latency_ms = EXCLUDED.latency_ms, \
              attempts = GREATEST(runs.attempts, EXCLUDED.attempts), finished_at = EXCLUDED.finished_at, \
              started_at = LEAST(runs.started_at, EXCLUDED.started_at), \
+             accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), \
              trace_id = COALESCE(runs.trace_id, EXCLUDED.trace_id), \
              idempotency_key = COALESCE(runs.idempotency_key, EXCLUDED.idempotency_key), \
              redrive_of = COALESCE(runs.redrive_of, EXCLUDED.redrive_of), updated_at = now()",
@@ -663,6 +665,30 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, event: &RunEvent) -> Re
             .bind(day)
             .bind(sqlx::types::Json(record))
             .bind(*decision == ApprovalDecision::Approved)
+            .execute(&mut **tx)
+            .await?;
+        }
+        RunEvent::ClientRetried {
+            run_id,
+            caller,
+            tool_name,
+            retried_at,
+        } => {
+            // The row may not exist yet: held as accepted (by the retry's time, which
+            // the run's own events move earlier) until they arrive.
+            sqlx::query(
+                "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, accepted_at, \
+                 member_id, client_retries, day) VALUES ($1, $2, $3, $4, $5, 'accepted', $6, $7, 1, $8) \
+                 ON CONFLICT (run_id, day) DO UPDATE SET client_retries = runs.client_retries + 1, updated_at = now()",
+            )
+            .bind(run_id)
+            .bind(caller.project_id)
+            .bind(caller.integration_id)
+            .bind(caller.api_key_id)
+            .bind(storable::owned(tool_name))
+            .bind(retried_at)
+            .bind(caller.member.as_ref().map(|m| storable::owned(&m.id)))
+            .bind(day)
             .execute(&mut **tx)
             .await?;
         }

@@ -181,7 +181,7 @@ fn project_of(event: &RunEvent) -> Option<Uuid> {
         | RunEvent::AttemptFinished { project_id, .. }
         | RunEvent::CancelRequested { project_id, .. }
         | RunEvent::ApprovalDecided { project_id, .. } => Some(*project_id),
-        RunEvent::AwaitingApproval { caller, .. } => Some(caller.project_id),
+        RunEvent::AwaitingApproval { caller, .. } | RunEvent::ClientRetried { caller, .. } => Some(caller.project_id),
         RunEvent::Finished(outcome) => Some(outcome.caller.project_id),
         RunEvent::UpstreamProgress { .. } => None,
     }

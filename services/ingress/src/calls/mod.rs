@@ -240,7 +240,7 @@ impl Call {
         // 2026-07-28: a client that goes away cancels its call. Armed before the
         // command is stored: this request's future may be dropped at any await from
         // here on, and a run queued after its client left must not reach the API.
-        let gone = (matches!(self.era, Era::Modern { .. }) && !as_task)
+        let gone = (matches!(self.era, Era::Modern { .. }) && !as_task && self.redrive_of.is_none())
             .then(|| progress::CancelOnDrop::new(&self.st, self.caller(), run_id));
         let queued = if parked {
             self.park(&command, lease, charge).await
@@ -505,6 +505,19 @@ impl Call {
 
     /// One run per idempotency key: the key is claimed for this call, or a retry
     /// follows (or waits for) the run the key already has.
+    /// Records in the run's history, in the background, that a client retry was
+    /// answered from it (the API was not called again).
+    fn log_client_retry(&self, run_id: Uuid, tool_name: &str) {
+        let event = RunEvent::ClientRetried {
+            run_id,
+            caller: self.caller().clone(),
+            tool_name: tool_name.to_string(),
+            retried_at: chrono::Utc::now(),
+        };
+        let (st, project_id) = (self.st.clone(), self.caller().project_id);
+        tokio::spawn(async move { st.dispatcher.log(project_id, event).await });
+    }
+
     async fn claim(
         &self,
         tool: &ToolDefinition,
@@ -556,17 +569,20 @@ impl Call {
         match claimed {
             Ok(idempotency::Claimed::Owned(lease)) => Ok(Some(lease)),
             // A task's retry gets its task again; a plain call's, the run's outcome.
-            Ok(idempotency::Claimed::Existing(original)) => Err(Stop::Result(match as_task {
-                true => match crate::tasks::retried(&self.st, caller.project_id, original).await {
-                    Some(task) => task,
-                    None => follow_existing(&self.st, tool, caller.project_id, original, None).await,
-                },
-                false => {
-                    // A retry may get the API's questions again: sealed for this call.
-                    let asking = self.asking(tool, command.arguments.clone(), rounds_before);
-                    follow_existing(&self.st, tool, caller.project_id, original, asking.as_ref()).await
-                }
-            })),
+            Ok(idempotency::Claimed::Existing(original)) => {
+                self.log_client_retry(original, &tool.name);
+                Err(Stop::Result(match as_task {
+                    true => match crate::tasks::retried(&self.st, caller.project_id, original).await {
+                        Some(task) => task,
+                        None => follow_existing(&self.st, tool, caller.project_id, original, None).await,
+                    },
+                    false => {
+                        // A retry may get the API's questions again: sealed for this call.
+                        let asking = self.asking(tool, command.arguments.clone(), rounds_before);
+                        follow_existing(&self.st, tool, caller.project_id, original, asking.as_ref()).await
+                    }
+                }))
+            }
             // Its first call holds the key and is still being queued (or gave up a
             // moment ago): answer now rather than wait on a run that may never exist.
             Ok(idempotency::Claimed::Pending(original)) => Err(with_run(
@@ -659,7 +675,9 @@ impl Call {
         let within = lease.as_ref().map_or(QUEUEING, |lease| lease.remaining());
         // A task's run is in history at once (tasks/get may come next); a call
         // answered here only if it outlasts `ACCEPTED_AFTER`.
-        let accepted_after = if as_task { Duration::ZERO } else { ACCEPTED_AFTER };
+        // A re-drive's too: nobody waits for it here.
+        let unattended = as_task || self.redrive_of.is_some();
+        let accepted_after = if unattended { Duration::ZERO } else { ACCEPTED_AFTER };
         let enqueued = self
             .st
             .dispatcher

@@ -148,13 +148,14 @@ impl Session {
         self.project.is_none_or(|own| own == project_id)
     }
 
-    /// Refuses a change from a read-only session (the extractor already refuses
-    /// its forms; this keeps each handler honest on its own).
-    pub fn check_writable(&self) -> Result<(), ConsoleError> {
+    /// Refuses a form that changes something unless it comes from a writable
+    /// session with its CSRF token (the extractor already refuses a read-only
+    /// session's forms; this keeps each handler honest on its own).
+    pub fn check_change(&self, sent: Option<&str>) -> Result<(), ConsoleError> {
         if self.read_only() {
             return Err(ConsoleError::forbidden(READ_ONLY));
         }
-        Ok(())
+        self.check_csrf(sent)
     }
 
     /// Refuses a form whose CSRF token is missing or not this session's.

@@ -197,8 +197,7 @@ pub async fn revoke(
     Path((project_id, key_id)): Path<(Uuid, Uuid)>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     revoke_key(&st, project_id, key_id).await?;
     tracing::info!(project = %project_id, key = %key_id, "console: API key revoked");
     let back = format!("{}/projects/{project_id}/credentials", session.base);
@@ -240,8 +239,7 @@ pub async fn create(
     Path(project_id): Path<Uuid>,
     Form(form): Form<NewKeyForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let project = projects::find(&st, project_id).await?;
     let scopes = [("call", &form.call), ("read", &form.read)]
         .into_iter()

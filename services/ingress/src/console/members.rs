@@ -151,8 +151,7 @@ pub async fn add(
     Path(project_id): Path<Uuid>,
     Form(form): Form<NewKeyForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let project = projects::find(&st, project_id).await?;
     let kid = form.kid.trim().to_string();
     let (public_key, private_key) = if form.public_key.trim().is_empty() {
@@ -211,8 +210,7 @@ pub async fn revoke(
     Path(project_id): Path<Uuid>,
     Form(form): Form<KidForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     remove_key(&st, project_id, &form.kid).await?;
     tracing::info!(project = %project_id, kid = %form.kid, "console: member key revoked");
     let back = format!("{}/projects/{project_id}/credentials", session.base);
@@ -233,8 +231,7 @@ pub async fn revoke_sessions(
     Path(project_id): Path<Uuid>,
     Form(form): Form<RevokeMemberForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let member = form.member_id.trim().to_string();
     let (status, member_form) = match revoke_member(&st, project_id, &member).await {
         Ok(()) => {

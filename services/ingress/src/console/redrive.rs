@@ -79,7 +79,7 @@ pub async fn redrive(
     Path((project_id, run_id)): Path<(Uuid, Uuid)>,
     Form(form): Form<RedriveForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     projects::find(&st, project_id).await?;
     let key = form.redrive_id.map(|id| id.to_string());
     let redriven = match run_again(st.clone(), project_id, run_id, key).await {

@@ -339,7 +339,7 @@ pub async fn detail(
             dt { "Trace ID" } dd #trace-id { @match &run.trace_id { Some(t) => code { (t) }, None => "–" } }
             dt { "Idempotency key" } dd #idempotency-key {
                 @match &run.idempotency_key {
-                    Some(k) => { code { (k) } " (a client retry with this key was answered from this run, not run again)" },
+                    Some(k) => { code { (k) } " (a client retry with this key is answered from this run, not run again)" },
                     None => "–",
                 }
             }
@@ -501,6 +501,12 @@ fn timeline(run: &RunRecord, attempts: &[AttemptRecord]) -> Markup {
             }
             @if attempts.is_empty() { li { "No attempt was made." } }
             @if let Some(finished) = run.finished_at { li { "Finished " (finished.to_rfc3339()) ": " (run.status) } }
+            @if run.client_retries > 0 {
+                li #client-retries {
+                    "Client retries answered from this run (deduplicated, the API not called again): "
+                    (run.client_retries)
+                }
+            }
         }
     }
 }

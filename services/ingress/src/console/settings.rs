@@ -121,8 +121,7 @@ pub async fn save(
     Path(project_id): Path<Uuid>,
     Form(form): Form<SettingsForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_writable()?;
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let project = projects::find(&st, project_id).await?;
     let refused = |problem: Problem, status: StatusCode| {
         let mut page = render(&session, &project, &form, Some(&problem));

@@ -335,7 +335,7 @@ pub async fn create(
     Path(project_id): Path<Uuid>,
     Form(form): Form<ToolForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     save(&st, &session, project_id, Editing::New, form).await
 }
 
@@ -346,7 +346,7 @@ pub async fn update(
     Path((project_id, name)): Path<(Uuid, String)>,
     Form(form): Form<ToolForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let tool = find(&st, project_id, &name).await?;
     save(&st, &session, project_id, Editing::Existing(Box::new(tool)), form).await
 }
@@ -411,7 +411,7 @@ pub async fn preview(
     Path(project_id): Path<Uuid>,
     Form(form): Form<PreviewForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.form.csrf.as_deref())?;
+    session.check_change(form.form.csrf.as_deref())?;
     projects::find(&st, project_id).await?;
     let editing = match form.editing.as_deref().filter(|n| !n.is_empty()) {
         Some(name) => Editing::Existing(Box::new(find(&st, project_id, name).await?)),

@@ -133,7 +133,7 @@ pub async fn set_enabled(
     Path((project_id, name)): Path<(Uuid, String)>,
     Form(form): Form<Toggle>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     let enabled = match form.enabled.as_deref() {
         Some("true") => true,
         Some("false") => false,
@@ -183,7 +183,7 @@ pub async fn delete(
     Path((project_id, name)): Path<(Uuid, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(form.csrf.as_deref())?;
+    session.check_change(form.csrf.as_deref())?;
     delete_tool(&st, project_id, &name).await?;
     tracing::info!(project = %project_id, tool = %name, "console: tool deleted");
     let back = format!("{}/projects/{project_id}/tools", session.base);

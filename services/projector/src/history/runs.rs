@@ -43,6 +43,9 @@ pub struct RunRecord {
     pub idempotency_key: Option<String>,
     /// The run this one re-drives.
     pub redrive_of: Option<Uuid>,
+    /// Client retries (the same idempotency key) answered from this run, without
+    /// calling the API again.
+    pub client_retries: i32,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -82,7 +85,7 @@ macro_rules! history_error_sql {
 const RUN_COLUMNS: &str = concat!(
     "run_id, project_id, integration_id, api_key_id, member_id, tool_name, status, error_class, \
      error, http_status, latency_ms, attempts, accepted_at, started_at, finished_at, response_size, \
-     response_truncated, approval, trace_id, idempotency_key, redrive_of, ",
+     response_truncated, approval, trace_id, idempotency_key, redrive_of, client_retries, ",
     history_error_sql!(),
     " AS history_error"
 );
