@@ -189,7 +189,8 @@ fn reply_field(reply: &Reply) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_confirmed_call_re_issued_with_its_key_gets_the_first_run_and_an_expired_state_asks_again() {
-    let app = spawn_app_with(&[("ingress.input_ttl_secs", "1")]).await;
+    // Long enough for the confirmed call and its retry on a loaded machine.
+    let app = spawn_app_with(&[("ingress.input_ttl_secs", "4")]).await;
     let upstream = Upstream::spawn(None).await;
     confirmed_tool(&app, &upstream, "transfer").await;
     let client = asking_client(&app, &app.api_key);
@@ -211,7 +212,7 @@ async fn a_confirmed_call_re_issued_with_its_key_gets_the_first_run_and_an_expir
 
     // A confirmation left too long is asked again, saying why.
     let state = asked(&call(&client, "4", "transfer", json!({"amount": 20}), json!({})).await);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let late = call(
         &client,
         "5",

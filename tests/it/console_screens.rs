@@ -425,10 +425,15 @@ async fn overview_and_usage_show_real_calls_percentiles_lag_and_queue_depth() {
         ("quick", "/items"),
         ("sluggish", "/slow/400"),
         ("broken", "/status/404"),
-        ("hanging", "/slow/4000"),
+        // Still in flight while the overview is read, however slow the browser is.
+        ("hanging", "/slow/10000"),
     ] {
-        app.create_tool(ToolSpec::get(name, &upstream.url(), path).description("an overview test tool"))
-            .await;
+        app.create_tool(
+            ToolSpec::get(name, &upstream.url(), path)
+                .description("an overview test tool")
+                .timeout_ms(20_000),
+        )
+        .await;
     }
     // Eight quick calls, two of 400 ms, one failing: p50 is a quick one, p95 a slow one.
     let mut session = app.session();
