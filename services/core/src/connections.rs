@@ -83,9 +83,3 @@ impl Connections {
         })
     }
 }
-
-/// Whether NATS and PostgreSQL answer (the `/health` of the worker and the projector).
-pub async fn healthy(nats: &async_nats::Client, pool: &PgPool) -> bool {
-    nats.connection_state() == async_nats::connection::State::Connected
-        && sqlx::query("SELECT 1").execute(pool).await.is_ok()
-}

@@ -36,7 +36,6 @@ use crate::apply::{Grouped, count_usage};
 pub struct Projector {
     config: Config,
     pool: PgPool,
-    nats: async_nats::Client,
     events: jetstream::stream::Stream,
     topology: Topology,
 }
@@ -48,23 +47,14 @@ pub(crate) const STATUS_RANK: &str =
 impl Projector {
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
         let Connections {
-            pool,
-            nats,
-            topology,
-            events,
-            ..
+            pool, topology, events, ..
         } = Connections::open(&config, "tengine-projector", config.projector.database_pool_size).await?;
         Ok(Arc::new(Self {
             config,
             pool,
-            nats,
             events,
             topology,
         }))
-    }
-
-    pub async fn health(&self) -> bool {
-        tengine_core::connections::healthy(&self.nats, &self.pool).await
     }
 
     /// Events in the log not yet applied to run history (`projector_lag_events` in

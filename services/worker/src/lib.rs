@@ -20,7 +20,6 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::{ExponentialBuilder, Retryable};
 use futures::{FutureExt, StreamExt};
-use sqlx::PgPool;
 use tengine_core::{
     Config, Topology, bus,
     bus::BusError,
@@ -37,7 +36,6 @@ use crate::dispatch::Refusal;
 
 pub struct Worker {
     config: Config,
-    pool: PgPool,
     nats: async_nats::Client,
     js: jetstream::Context,
     events: jetstream::stream::Stream,
@@ -87,10 +85,9 @@ impl Worker {
         Ok(Arc::new(Self {
             tools: tengine_control::tools::Cached::new(pool.clone(), freshness.clone()),
             principals: tengine_control::principals::Principals::new(pool.clone(), freshness.clone()),
-            runtimes: tengine_control::projects::Runtimes::new(pool.clone(), freshness),
+            runtimes: tengine_control::projects::Runtimes::new(pool, freshness),
             background,
             config,
-            pool,
             nats,
             js,
             events,
@@ -466,9 +463,5 @@ impl Worker {
                 }
             }
         }
-    }
-
-    pub async fn health(&self) -> bool {
-        tengine_core::connections::healthy(&self.nats, &self.pool).await
     }
 }
