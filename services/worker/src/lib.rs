@@ -412,14 +412,11 @@ impl Worker {
 
     /// Stores an attempt event in the background; the handle is awaited before the ack.
     fn log_attempt(&self, project_id: uuid::Uuid, event: RunEvent) -> tokio::task::JoinHandle<()> {
-        let (js, topology) = (self.js.clone(), self.topology.clone());
-        tokio::spawn(
-            async move {
-                if let Err(err) = bus::publish_event(&js, &topology, project_id, event).await {
-                    tracing::warn!(error = %err, "could not log an attempt event");
-                }
-            }
-            .in_current_span(),
+        self.log_attempt_after(
+            project_id,
+            event,
+            Duration::ZERO,
+            tokio_util::sync::CancellationToken::new(),
         )
     }
 
@@ -434,9 +431,11 @@ impl Worker {
         let (js, topology) = (self.js.clone(), self.topology.clone());
         tokio::spawn(
             async move {
-                tokio::select! {
-                    () = cancelled.cancelled() => return,
-                    () = tokio::time::sleep(after) => {}
+                if !after.is_zero() {
+                    tokio::select! {
+                        () = cancelled.cancelled() => return,
+                        () = tokio::time::sleep(after) => {}
+                    }
                 }
                 if let Err(err) = bus::publish_event(&js, &topology, project_id, event).await {
                     tracing::warn!(error = %err, "could not log an attempt event");

@@ -237,15 +237,17 @@ impl Call {
             )
             .into());
         }
+        // Whether a client waits here for this run's answer (not a task, not a re-drive).
+        let attended = !as_task && self.redrive_of.is_none();
         // 2026-07-28: a client that goes away cancels its call. Armed before the
         // command is stored: this request's future may be dropped at any await from
         // here on, and a run queued after its client left must not reach the API.
-        let gone = (matches!(self.era, Era::Modern { .. }) && !as_task && self.redrive_of.is_none())
+        let gone = (matches!(self.era, Era::Modern { .. }) && attended)
             .then(|| progress::CancelOnDrop::new(&self.st, self.caller(), run_id));
         let queued = if parked {
             self.park(&command, lease, charge).await
         } else {
-            self.enqueue(&command, lease, charge, as_task).await
+            self.enqueue(&command, lease, charge, attended).await
         };
         let following = match queued {
             Ok(following) => following,
@@ -662,7 +664,7 @@ impl Call {
         command: &ExecuteCommand,
         lease: Option<Box<idempotency::Lease>>,
         charge: Charge,
-        as_task: bool,
+        attended: bool,
     ) -> Step<Following> {
         let run_id = command.run_id;
         let cancellable = match &self.era {
@@ -673,11 +675,10 @@ impl Call {
         let enqueueing = std::time::Instant::now();
         // Only while the lease holds: after it, a retry may take the key over.
         let within = lease.as_ref().map_or(QUEUEING, |lease| lease.remaining());
-        // A task's run is in history at once (tasks/get may come next); a call
-        // answered here only if it outlasts `ACCEPTED_AFTER`.
-        // A re-drive's too: nobody waits for it here.
-        let unattended = as_task || self.redrive_of.is_some();
-        let accepted_after = if unattended { Duration::ZERO } else { ACCEPTED_AFTER };
+        // A task's or a re-drive's run is in history at once (nobody waits for it
+        // here; tasks/get may come next); a call answered here only if it outlasts
+        // `ACCEPTED_AFTER`.
+        let accepted_after = if attended { ACCEPTED_AFTER } else { Duration::ZERO };
         let enqueued = self
             .st
             .dispatcher

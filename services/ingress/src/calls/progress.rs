@@ -90,15 +90,6 @@ impl Answering {
         stream_call(st, self.tool, self.following, self.caller, wait, notifier, self.asking).await
     }
 
-    /// Nobody waits for this run's answer (a re-drive): it runs to its outcome,
-    /// which history records. Its run id.
-    pub(super) fn unattended(self) -> Uuid {
-        if let Some(guard) = self.cancel_on_drop {
-            guard.disarm();
-        }
-        self.following.run_id
-    }
-
     /// Waits up to the tool's timeout (plus slack, capped) for the outcome.
     pub(super) async fn answer(self, st: Arc<AppState>) -> Response {
         let wait = self.wait(&st);

@@ -178,7 +178,7 @@ impl Call {
             .await
             .map_err(refused)?;
         match self.execute(tool, arguments, key, admission, None, as_task).await {
-            Ok(Accepted::Follow(answering)) => Ok(answering.unattended()),
+            Ok(Accepted::Follow(answering)) => Ok(answering.following.run_id),
             Ok(Accepted::Task(task)) => task["task"]["taskId"]
                 .as_str()
                 .and_then(|id| Uuid::parse_str(id).ok())
