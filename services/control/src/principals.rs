@@ -173,7 +173,7 @@ pub struct Principals {
     pool: PgPool,
     /// Live API keys by the hash of their secret (unknown secrets are not kept:
     /// anyone can make them up).
-    by_secret: FreshCache<Vec<u8>, Principal>,
+    by_secret: FreshCache<Vec<u8>, Option<Principal>>,
     /// By key id and, for member sessions, the member and the session's issue time
     /// (the member itself is the token's, set on each use).
     by_key: FreshCache<KeyOf, Option<Principal>>,
@@ -196,23 +196,14 @@ impl Principals {
 
     /// [`authenticate_api_key`], from memory when current.
     pub async fn api_key(&self, key: &str) -> StoreResult<Option<Principal>> {
-        let found = self
-            .by_secret
+        self.by_secret
             .get(credentials::hash_api_key(key), || async {
-                match authenticate_api_key(&self.pool, key).await? {
-                    Some(p) => {
-                        let project = p.caller.project_id;
-                        Ok((p, Some(project)))
-                    }
-                    None => Err(crate::StoreError::NotFound),
-                }
+                let found = authenticate_api_key(&self.pool, key).await?;
+                // An unknown secret has no project: not kept.
+                let project = found.as_ref().map(|p| p.caller.project_id);
+                Ok((found, project))
             })
-            .await;
-        match found {
-            Ok(principal) => Ok(Some(principal)),
-            Err(crate::StoreError::NotFound) => Ok(None),
-            Err(err) => Err(err),
-        }
+            .await
     }
 
     /// [`authenticate_member`], from memory when current.
