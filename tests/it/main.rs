@@ -5,6 +5,7 @@ mod approvals;
 mod bodies;
 mod browser;
 mod calls;
+mod cancellations;
 mod confirmations;
 mod console;
 mod console_runs;

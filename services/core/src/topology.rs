@@ -10,8 +10,10 @@
 //! | run replies | `{prefix}.reply.{ingress_instance}.{run_id}` | core NATS, worker → waiting call (progress + outcome) |
 //! | tool changes | `{prefix}.control.tools.{project_id}` | core NATS, admin API → open GET streams |
 //! | cancellations | `{prefix}.control.cancel` | core NATS, any ingress → the one waiting on the call |
+//! | aborts | `{prefix}.control.abort` | core NATS, `tasks/cancel` → every worker (cuts a request in flight) |
+//! | cancelled marks | `{prefix}.control.marked` | core NATS, ingress → every worker's copy of cancelled runs |
 //! | session state | KV `{PREFIX}_SESSIONS` | ended sessions and log levels (by session-id hash), watched by every ingress |
-//! | cancelled runs | KV `{PREFIX}_CANCELLED` | run ids a worker must not execute |
+//! | cancelled runs | KV `{PREFIX}_CANCELLED` | run ids a worker must not execute; `marker.{id}`: a busy worker's freshness marker |
 //! | idempotency keys | KV `{PREFIX}_IDEMPOTENCY` | client retry key → run id and argument fingerprint |
 
 use std::time::Duration;
@@ -123,6 +125,13 @@ impl Topology {
     /// worker listens; the one running it aborts its attempt (`tasks/cancel`).
     pub fn abort_subject(&self) -> String {
         format!("{}.control.abort", self.prefix)
+    }
+
+    /// Core NATS: a run just marked cancelled (payload: its id), announced after its
+    /// mark is stored so that workers' copies have it at once (see the worker's
+    /// `cancellations`); unlike an abort it does not cut a request in flight.
+    pub fn marked_subject(&self) -> String {
+        format!("{}.control.marked", self.prefix)
     }
 
     pub fn sessions_bucket(&self) -> String {

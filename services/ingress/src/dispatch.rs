@@ -433,8 +433,18 @@ impl Dispatcher {
 
     /// Marks a run cancelled: workers that have not called the API yet skip it.
     pub async fn cancel(&self, project_id: Uuid, run_id: Uuid) {
-        if let Err(err) = self.cancelled.put(run_id.to_string(), "1".into()).await {
-            tracing::warn!(%run_id, error = %err, "could not mark the run cancelled");
+        match self.cancelled.put(run_id.to_string(), "1".into()).await {
+            // Stored: announced, so that workers' copies have it at once.
+            Ok(_) => {
+                if let Err(err) = self
+                    .nats
+                    .publish(self.topology.marked_subject(), run_id.to_string().into())
+                    .await
+                {
+                    tracing::debug!(%run_id, error = %err, "announcing a cancellation (workers still read the mark)");
+                }
+            }
+            Err(err) => tracing::warn!(%run_id, error = %err, "could not mark the run cancelled"),
         }
         self.log(
             project_id,

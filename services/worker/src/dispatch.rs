@@ -280,7 +280,7 @@ impl Worker {
                 None
             };
             // A cancelled call is not retried: it ends with the answer it has.
-            if wait.is_none() || self.is_cancelled(command.run_id).await {
+            if wait.is_none() || self.is_cancelled(command).await {
                 return self.handle_answered_dispatch(&dispatch, number, result, report);
             }
             // Retried: this attempt's answer is stored on its own (the outcome carries the last).
@@ -308,7 +308,7 @@ impl Worker {
         let (access, project, cancelled) = tokio::join!(
             current_access(self, command),
             self.runtimes.get(command.caller.project_id),
-            self.is_cancelled(command.run_id),
+            self.is_cancelled(command),
         );
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "lookup", looking_up);
         if cancelled {

@@ -12,6 +12,7 @@
 //! enforces, and a panic that still happens ends its run as `failed`.
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod cancellations;
 mod dispatch;
 pub mod outbound;
 
@@ -44,7 +45,8 @@ pub struct Worker {
     secrets: SecretBox,
     /// One pooled client per address policy (most projects share the default one).
     clients: moka::sync::Cache<tengine_core::addresses::Policy, reqwest::Client>,
-    cancelled: jetstream::kv::Store,
+    /// Cancelled runs, from a watched copy of the bucket (see `cancellations`).
+    cancellations: cancellations::Cancellations,
     /// Runs this worker is executing, each with the token that aborts it.
     aborts: dispatch::Aborts,
     /// Tools, credentials and project settings in memory, current by
@@ -79,6 +81,7 @@ impl Worker {
             .map_err(anyhow::Error::msg)?;
         let cancelled = topology.ensure_cancelled_bucket(&js, &config.streams).await?;
         let background = tokio_util::sync::CancellationToken::new();
+        let cancellations = cancellations::Cancellations::start(cancelled, background.clone());
         let freshness = tengine_control::freshness::Freshness::start(pool.clone(), background.clone())
             .await
             .map_err(|e| anyhow::anyhow!("listening for control changes in PostgreSQL: {e}"))?;
@@ -95,7 +98,7 @@ impl Worker {
             topology,
             secrets,
             clients: moka::sync::Cache::new(1_000),
-            cancelled,
+            cancellations,
             aborts: dispatch::Aborts::default(),
         }))
     }
@@ -129,19 +132,34 @@ impl Worker {
         };
         let _sampler = tengine_core::tasks::AbortOnDrop(sampler);
         // Aborts (`tasks/cancel`) reach every worker; the one running the run acts.
+        // Both aborts and cancellations are noted in the copy of cancelled runs.
         let mut aborts = self
             .nats
             .subscribe(self.topology.abort_subject())
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to aborts: {e}"))?;
-        let listening = self.aborts.clone();
+        let mut cancels = self
+            .nats
+            .subscribe(self.topology.marked_subject())
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to cancellations: {e}"))?;
+        let (listening, noting) = (self.aborts.clone(), self.cancellations.clone());
+        let run_id_of = |message: &async_nats::Message| {
+            std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        };
         let _aborts = tengine_core::tasks::AbortOnDrop(tokio::spawn(async move {
-            while let Some(message) = aborts.next().await {
-                if let Some(run_id) = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|id| id.parse::<uuid::Uuid>().ok())
-                {
-                    listening.abort(run_id);
+            loop {
+                tokio::select! {
+                    Some(message) = aborts.next() => if let Some(run_id) = run_id_of(&message) {
+                        noting.note(run_id);
+                        listening.abort(run_id);
+                    },
+                    Some(message) = cancels.next() => if let Some(run_id) = run_id_of(&message) {
+                        noting.note(run_id);
+                    },
+                    else => break,
                 }
             }
         }));
@@ -406,8 +424,10 @@ impl Worker {
         }
     }
 
-    async fn is_cancelled(&self, run_id: uuid::Uuid) -> bool {
-        matches!(self.cancelled.entry(run_id.to_string()).await, Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put)
+    async fn is_cancelled(&self, command: &ExecuteCommand) -> bool {
+        self.cancellations
+            .is_cancelled(command.run_id, command.accepted_at)
+            .await
     }
 
     /// Stores an attempt event in the background; the handle is awaited before the ack.
