@@ -87,6 +87,14 @@ start_cluster() { # WORKERS [WORKER_CONCURRENCY]
     wait_http "http://127.0.0.1:$L_PROJECTOR_PORT/health" 60 || die "projector did not start"
 }
 
+# start_second_ingress: another ingress on the next ports; sets L_SECOND_PORT.
+start_second_ingress() {
+    L_SECOND_PORT=$((L_INGRESS_PORT + 1))
+    spawn ingress2 env TENGINE_INGRESS__LISTEN="127.0.0.1:$L_SECOND_PORT" \
+        TENGINE_INGRESS__METRICS_LISTEN="127.0.0.1:$((L_INGRESS_METRICS_PORT + 1))" "$BIN/tengine" ingress
+    wait_http "http://127.0.0.1:$L_SECOND_PORT/v1/health" 60 || die "the second ingress did not start"
+}
+
 L_WORKER_PIDS=()
 start_workers() { # COUNT CONCURRENCY
     local i
@@ -136,16 +144,24 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 md() { printf '%s\n' "$*" | tee -a "$OUT/results.md"; }
 
-# stage_means URL METRIC: the mean time per stage (ms) of a stage histogram scraped
-# from a /metrics endpoint, and how many times each stage ran, as "stage ms (count)".
+# stage_means URL METRIC [STATE]: the mean time per stage (ms) of a stage histogram
+# scraped from a /metrics endpoint, as "stage ms, ...". With STATE (a file), only
+# what ran since the last call that gave the same STATE counts (the histograms
+# are cumulative).
 stage_means() {
     curl -sS --max-time 5 "$1" | python3 -c "
-import re, sys
-sums, counts = {}, {}
+import json, os, re, sys
+state = sys.argv[1]
+before = json.load(open(state)) if state and os.path.exists(state) else {}
+now = {}
 for line in sys.stdin:
     m = re.match(r'$2_(sum|count)\{[^}]*stage=\"([^\"]+)\"[^}]*\} ([0-9.e+-]+)', line)
     if m:
-        (sums if m.group(1) == 'sum' else counts)[m.group(2)] = float(m.group(3))
-print(', '.join(f'{k} {1000 * sums[k] / counts[k]:.3f} ms' for k in sums if counts.get(k)))
-"
+        now[m.group(1) + ' ' + m.group(2)] = float(m.group(3))
+if state:
+    json.dump(now, open(state, 'w'))
+d = {k: v - before.get(k, 0.0) for k, v in now.items()}
+stages = [k[4:] for k in d if k.startswith('sum ')]
+print(', '.join(f'{s} {1000 * d[\"sum \" + s] / d[\"count \" + s]:.3f} ms' for s in stages if d.get('count ' + s)))
+" "${3:-}"
 }

@@ -13,6 +13,7 @@
 mod console;
 mod mcp;
 mod report;
+mod revocation;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Revoke the API key while calls flow through every ingress; fail if anything
+    /// was admitted or sent later than the bound after the revocation answered.
+    Revocation(revocation::RevocationArgs),
     /// Time the web console's pages (p50/p95 per page) for a project.
     Console(console::ConsoleArgs),
     /// Delete the JetStream streams and KV buckets of a NATS prefix (after a scenario).
@@ -110,9 +114,12 @@ struct RunArgs {
     /// Seconds of load before measuring (connections, caches, JIT-free but still warm-up).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// MCP sessions the calls are spread over.
+    /// MCP sessions the calls are spread over (2025-11-25).
     #[arg(long, default_value_t = 16)]
     sessions: usize,
+    /// The MCP revision: 2025-11-25 (sessions) or 2026-07-28 (stateless requests, no session).
+    #[arg(long, default_value = mcp::PROTOCOL_VERSION, value_parser = [mcp::PROTOCOL_VERSION, mcp::STATELESS_VERSION])]
+    revision: String,
     /// Rate mode: at most this many calls in flight; sends beyond it are counted as skipped.
     #[arg(long, default_value_t = 2048)]
     max_in_flight: usize,
@@ -147,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Sessions(args) => sessions(args).await,
         Command::Console(args) => console::run(args).await,
+        Command::Revocation(args) => revocation::run(args).await,
         Command::Upstream { listen, delay_ms } => upstream(listen, delay_ms).await,
         Command::Teardown { nats_url, prefix } => {
             let client = async_nats::connect(&nats_url).await?;
@@ -196,10 +204,17 @@ struct Caller {
     tool: String,
     arguments: Value,
     sessions: Vec<Session>,
+    /// 2026-07-28: no sessions; each call a fresh JSON-RPC id.
+    stateless: bool,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Caller {
     async fn call(&self, slot: usize) -> Outcome {
+        if self.stateless {
+            let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return mcp::call_stateless(&self.client, &self.url, &self.token, id, &self.tool, &self.arguments).await;
+        }
         if self.sessions.is_empty() {
             return mcp::call_direct(&self.client, &self.url, &self.arguments).await;
         }
@@ -220,8 +235,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let arguments: Value = serde_json::from_str(&args.arguments).context("--arguments must be JSON")?;
     let width = args.concurrency.unwrap_or(args.max_in_flight.min(512));
     let client = http_client(width)?;
+    let stateless = !args.direct && args.revision == mcp::STATELESS_VERSION;
     let mut sessions = Vec::new();
-    if !args.direct {
+    if !args.direct && !stateless {
         for _ in 0..args.sessions.max(1) {
             sessions.push(mcp::open_session(&client, &args.target.url, &args.target.token).await?);
         }
@@ -233,6 +249,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tool: args.tool.clone(),
         arguments,
         sessions,
+        stateless,
+        next_id: std::sync::atomic::AtomicU64::new(1),
     });
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
@@ -481,6 +499,7 @@ async fn setup(admin_url: &str, admin_token: &str, upstream: &str, timeout_ms: u
         json!({"name": "loadtest"}),
     )
     .await?;
+    let key_id = key["id"].as_str().context("api key id")?.to_string();
     let key = key["key"].as_str().context("api key")?.to_string();
     let tool = ToolSpec::post("load", upstream, "/call")
         .description("Load-test tool: POST the arguments to the upstream's /call.")
@@ -490,5 +509,6 @@ async fn setup(admin_url: &str, admin_token: &str, upstream: &str, timeout_ms: u
     post(format!("/v1/projects/{project_id}/tools"), tool.into()).await?;
     println!("export TENGINE_LOAD_PROJECT_ID={project_id}");
     println!("export TENGINE_API_KEY={key}");
+    println!("export TENGINE_LOAD_API_KEY_ID={key_id}");
     Ok(())
 }

@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The stateless revision: no session, each request carries its own metadata.
+pub const STATELESS_VERSION: &str = "2026-07-28";
 const ACCEPT: &str = "application/json, text/event-stream";
 
 /// How one call ended, as the report counts it.
@@ -139,25 +141,79 @@ pub async fn call_tool(
         .json(&request)
         .send()
         .await;
+    answer(sent).await
+}
+
+/// A 2026-07-28 stateless `tools/call`: the metadata in `_meta` and the
+/// `Mcp-Method`/`Mcp-Name` headers, no session; `id` unique per call.
+pub async fn call_stateless(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: u64,
+    tool: &str,
+    arguments: &Value,
+) -> Outcome {
+    let request = stateless_request(id, tool, arguments);
+    answer(stateless_post(client, url, token, tool, &request).send().await).await
+}
+
+/// The body of a 2026-07-28 `tools/call`.
+pub fn stateless_request(id: u64, tool: &str, arguments: &Value) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "tengine-load", "version": env!("CARGO_PKG_VERSION")},
+        }}
+    })
+}
+
+/// The POST of a 2026-07-28 `tools/call` with the headers the revision requires.
+pub fn stateless_post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    tool: &str,
+    request: &Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", ACCEPT)
+        .header("mcp-protocol-version", STATELESS_VERSION)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .json(request)
+}
+
+/// Reads a `tools/call` answer (JSON or SSE) and classifies it.
+async fn answer(sent: reqwest::Result<reqwest::Response>) -> Outcome {
     let Ok(response) = sent else { return Outcome::Transport };
-    let status = response.status();
+    match read(response).await {
+        Some((status, _)) if !(200..300).contains(&status) => Outcome::Http(status),
+        Some((_, message)) => classify(message),
+        None => Outcome::Transport,
+    }
+}
+
+/// The HTTP status of an answer and its JSON-RPC response (the last one of an SSE
+/// body); `None` when the body could not be read.
+pub async fn read(response: reqwest::Response) -> Option<(u16, Option<Value>)> {
+    let status = response.status().as_u16();
     let sse = response
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let Ok(body) = response.bytes().await else {
-        return Outcome::Transport;
-    };
-    if !status.is_success() {
-        return Outcome::Http(status.as_u16());
-    }
+    let body = response.bytes().await.ok()?;
     let message = if sse {
         last_sse_message(&body)
     } else {
         serde_json::from_slice::<Value>(&body).ok()
     };
-    classify(message)
+    Some((status, message))
 }
 
 /// A plain HTTP POST of the same arguments, for calling an upstream directly.
