@@ -916,3 +916,47 @@ async fn a_revocation_under_load_admits_nothing_after_it_answered_on_any_instanc
     println!("revocation under load: {revoked} admitted runs ended revoked before calling the API");
     second.stop().await;
 }
+
+/// A write that may narrow access answers only once no instance may still use a
+/// copy loaded before it, i.e. after the freshness window; a read does not wait.
+/// (The proof's other half, that no copy is used past the window of the last
+/// marker back, is `tengine_control::freshness`'s own test.)
+#[tokio::test(flavor = "multi_thread")]
+async fn narrowing_writes_answer_only_after_the_freshness_window() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await;
+    let window = tengine_control::freshness::WINDOW;
+
+    let started = Instant::now();
+    let (status, body) = app
+        .admin
+        .patch_tool(app.project_id, "echo", json!({"enabled": false}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() >= window,
+        "disabling a tool answered in {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let (status, _) = app.admin.revoke_api_key(app.project_id, key.id).await;
+    assert_eq!(status, 204);
+    assert!(
+        started.elapsed() >= window,
+        "revoking a key answered in {:?}",
+        started.elapsed()
+    );
+
+    // Reads never wait (measured as the fastest of a few, on a shared machine).
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _) = app.admin.get(&format!("/v1/projects/{}/tools", app.project_id)).await;
+        assert_eq!(status, 200);
+        fastest = fastest.min(started.elapsed());
+    }
+    assert!(fastest < window, "a read took {fastest:?}");
+}
