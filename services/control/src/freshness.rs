@@ -8,28 +8,33 @@
 //! voids that project's copies.
 //!
 //! A notification may still be on its way when the revoking request answers. So
-//! each instance also sends itself a *marker* (`NOTIFY` on its own channel) every
-//! [`MARK_EVERY`]. PostgreSQL delivers notifications in commit order, so once a
-//! marker sent at `s` is back, every change committed before `s` has been applied
-//! here. Copies are used only while the newest marker back was sent less than
-//! [`WINDOW`] ago; otherwise every read goes to PostgreSQL, as it did before there
-//! were copies. A request that narrows access answers [`settle`] after its commit:
+//! while its copies are read, each instance also sends itself a *marker* (`NOTIFY`
+//! on its own channel) every [`MARK_EVERY`]: a [`MarkerFence`]. PostgreSQL delivers
+//! notifications in commit order, so once a marker sent at `s` is back, every change
+//! committed before `s` has been applied here. Copies are used only while the
+//! newest marker back was sent less than [`WINDOW`] ago; otherwise every read goes
+//! to PostgreSQL, as it did before there were copies. A request that narrows access
+//! answers [`settle`] after its commit:
 //! by then every instance has either applied the change or stopped using copies,
 //! so no call is admitted, and no API called, with access revoked before the
 //! revocation answered, on any instance, whatever the network or the load.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     future::Future,
     hash::Hash,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
+use tengine_core::markers::{MarkerClock, MarkerFence};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -41,8 +46,8 @@ const CHANNEL: &str = "tengine_control";
 pub const WINDOW: Duration = Duration::from_millis(80);
 /// How often a marker is sent: a few per window, so a slow one does not void copies.
 const MARK_EVERY: Duration = Duration::from_millis(20);
-/// Markers remembered while on their way (more are never in flight within a window).
-const MARKS_KEPT: usize = 64;
+/// An instance whose copies nobody read for this long sends no markers.
+const BUSY_FOR: Duration = Duration::from_secs(2);
 /// Longest a copy lives even without a change (it bounds the memory of idle entries).
 const TIME_TO_LIVE: Duration = Duration::from_secs(300);
 
@@ -56,17 +61,13 @@ pub async fn settle() {
 pub struct Freshness(Arc<Inner>);
 
 struct Inner {
-    origin: Instant,
-    /// Nanoseconds since `origin` until which copies may be used (0: not at all).
-    fresh_until: AtomicU64,
+    fence: MarkerFence,
     /// Moves on every change and reset: a load that saw it move keeps nothing.
     changes: AtomicU64,
     /// Moves when notifications may have been missed: every copy is void.
     base: AtomicU64,
     /// Changes seen per project (a copy records the count it was loaded under).
     projects: Mutex<HashMap<Uuid, u64>>,
-    /// Markers on their way: (number, when sent).
-    marks: Mutex<VecDeque<(u64, Instant)>>,
 }
 
 /// What a copy was loaded under; it is void once either number moved.
@@ -81,12 +82,10 @@ impl Freshness {
     /// A view that is never fresh: every read goes to PostgreSQL (no listener).
     pub fn disabled() -> Self {
         Self(Arc::new(Inner {
-            origin: Instant::now(),
-            fresh_until: AtomicU64::new(0),
+            fence: MarkerFence::new(WINDOW, BUSY_FOR),
             changes: AtomicU64::new(0),
             base: AtomicU64::new(0),
             projects: Mutex::new(HashMap::new()),
-            marks: Mutex::new(VecDeque::with_capacity(MARKS_KEPT)),
         }))
     }
 
@@ -97,17 +96,14 @@ impl Freshness {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen_all([CHANNEL, own.as_str()]).await?;
         tokio::spawn(me.clone().listen(listener, shutdown.clone()));
-        tokio::spawn(me.clone().mark(pool, own, shutdown));
+        let marking = pool.connect_options().as_ref().clone();
+        tokio::spawn(me.clone().mark(marking, own, shutdown));
         Ok(me)
     }
 
     /// Whether copies may be used now.
     pub fn is_fresh(&self) -> bool {
-        self.now() < self.0.fresh_until.load(Ordering::SeqCst)
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.0.fence.is_fresh()
     }
 
     fn project_changes(&self, project: Uuid) -> u64 {
@@ -144,26 +140,14 @@ impl Freshness {
     fn reset(&self) {
         self.0.base.fetch_add(1, Ordering::SeqCst);
         self.0.changes.fetch_add(1, Ordering::SeqCst);
-        self.0.fresh_until.store(0, Ordering::SeqCst);
+        self.0.fence.void();
     }
 
     /// Marker `payload` is back: changes committed before it was sent are applied.
     fn marked(&self, payload: &str) {
-        let Ok(number) = payload.parse::<u64>() else { return };
-        let sent = self
-            .0
-            .marks
-            .lock()
-            .ok()
-            .and_then(|marks| marks.iter().find(|(n, _)| *n == number).map(|(_, at)| *at));
-        let Some(sent) = sent else { return };
-        let until = sent
-            .saturating_duration_since(self.0.origin)
-            .saturating_add(WINDOW)
-            .as_nanos();
-        self.0
-            .fresh_until
-            .fetch_max(u64::try_from(until).unwrap_or(u64::MAX), Ordering::SeqCst);
+        if let Ok(number) = payload.parse::<u64>() {
+            self.0.fence.returned(number);
+        }
     }
 
     async fn listen(self, mut listener: PgListener, shutdown: CancellationToken) {
@@ -209,32 +193,33 @@ impl Freshness {
         }
     }
 
-    async fn mark(self, pool: PgPool, channel: String, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(MARK_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut number = 0u64;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            number = number.wrapping_add(1);
-            if let Ok(mut marks) = self.0.marks.lock() {
-                if marks.len() >= MARKS_KEPT {
-                    marks.pop_front();
-                }
-                marks.push_back((number, Instant::now()));
-            }
+    /// Sends markers on a connection of its own that commits without waiting for the
+    /// disk: a marker proves order (notifications are queued at commit, in commit
+    /// order), not durability, and a synchronous commit per marker was most of
+    /// PostgreSQL's work under load. The connection closes while the instance is idle.
+    async fn mark(self, options: PgConnectOptions, channel: String, shutdown: CancellationToken) {
+        let marking = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(BUSY_FOR.saturating_mul(5))
+            // One statement per marker, not two: a broken connection fails the
+            // marker, which only delays the proof, and the pool drops it.
+            .test_before_acquire(false)
+            .acquire_timeout(WINDOW)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        let mut clock = MarkerClock::every(MARK_EVERY);
+        while let Some(number) = self.0.fence.next_marker(&mut clock, &shutdown).await {
             let sent = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(&channel)
                 .bind(number.to_string())
-                .execute(&pool);
+                .execute(&marking);
             match tokio::time::timeout(WINDOW, sent).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => tracing::debug!(error = %err, "sending a freshness marker"),
                 Err(_) => tracing::debug!("a freshness marker took longer than its window"),
             }
         }
+        marking.close().await;
     }
 }
 
@@ -299,20 +284,5 @@ mod tests {
         assert!(fresh.valid(&sb));
         fresh.reset();
         assert!(!fresh.valid(&sb));
-    }
-
-    #[test]
-    fn only_a_marker_that_came_back_makes_copies_usable() {
-        let fresh = Freshness::disabled();
-        assert!(!fresh.is_fresh());
-        fresh.marked("7");
-        assert!(!fresh.is_fresh(), "a marker never sent proves nothing");
-        if let Ok(mut marks) = fresh.0.marks.lock() {
-            marks.push_back((7, Instant::now()));
-        }
-        fresh.marked("7");
-        assert!(fresh.is_fresh());
-        fresh.reset();
-        assert!(!fresh.is_fresh());
     }
 }

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod envelope;
 pub mod errors;
 pub mod health;
+pub mod markers;
 pub mod payload;
 pub mod prometheus;
 pub mod request;

@@ -4,10 +4,11 @@
 //!
 //! The copy is trusted only with proof that it is current, as
 //! `tengine_control::freshness` does for access data:
-//! * *Markers.* While this worker is busy it writes its own key in the bucket every
-//!   [`MARK_EVERY`]. The bucket is one stream, so once the watch delivers a marker
-//!   written at `s`, every mark stored before `s` is in the copy. The copy is used
-//!   only while the newest marker back was written less than [`WINDOW`] ago.
+//! * *Markers* (a [`MarkerFence`]). While this worker is busy it writes its own key
+//!   in the bucket every [`MARK_EVERY`]. The bucket is one stream, so once the watch
+//!   delivers a marker written at `s`, every mark stored before `s` is in the copy.
+//!   The copy is used only while the newest marker back was written less than
+//!   [`WINDOW`] ago.
 //! * *Completeness.* The watch sees marks stored after it started; a mark always
 //!   comes after its run was accepted, so the copy answers for runs accepted after
 //!   the watch started (a clock-skew margin added), and for [`KEPT`] (what memory
@@ -21,10 +22,10 @@
 //! design avoids (the run then reaches the API and is recorded as it happened).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -32,6 +33,7 @@ use std::{
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tengine_core::markers::{MarkerClock, MarkerFence};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,8 +50,6 @@ pub const KEPT: Duration = Duration::from_secs(600);
 const MAX_KEPT: usize = 200_000;
 /// Clock difference tolerated between an ingress (which stamps `accepted_at`) and this worker.
 const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(2);
-/// Markers remembered while on their way.
-const MARKS_IN_FLIGHT: usize = 64;
 /// The prefix of marker keys (never a run id).
 const MARKER_PREFIX: &str = "marker.";
 
@@ -59,17 +59,11 @@ pub struct Cancellations(Arc<Inner>);
 
 struct Inner {
     kv: kv::Store,
-    origin: Instant,
-    /// Nanoseconds since `origin` until which the copy may be used (0: not now).
-    fresh_until: AtomicU64,
-    /// Nanoseconds since `origin` until which markers are written.
-    busy_until: AtomicU64,
+    fence: MarkerFence,
     /// Unix ms after which accepted runs are covered by the copy (`i64::MAX`: none).
     complete_after_ms: AtomicI64,
     /// Cancelled runs seen, with when.
     runs: Mutex<HashMap<Uuid, Instant>>,
-    /// Markers on their way: (number, when written).
-    marks: Mutex<VecDeque<(u64, Instant)>>,
     marker_key: String,
 }
 
@@ -78,12 +72,9 @@ impl Cancellations {
     pub fn unwatched(kv: kv::Store) -> Self {
         Self(Arc::new(Inner {
             kv,
-            origin: Instant::now(),
-            fresh_until: AtomicU64::new(0),
-            busy_until: AtomicU64::new(0),
+            fence: MarkerFence::new(WINDOW, BUSY_FOR),
             complete_after_ms: AtomicI64::new(i64::MAX),
             runs: Mutex::new(HashMap::new()),
-            marks: Mutex::new(VecDeque::with_capacity(MARKS_IN_FLIGHT)),
             marker_key: format!("{MARKER_PREFIX}{}", Uuid::new_v4().simple()),
         }))
     }
@@ -98,8 +89,6 @@ impl Cancellations {
 
     /// Whether `run_id` (accepted at `accepted_at`) was cancelled.
     pub async fn is_cancelled(&self, run_id: Uuid, accepted_at: DateTime<Utc>) -> bool {
-        let busy_until = self.now().saturating_add(nanos(BUSY_FOR));
-        self.0.busy_until.fetch_max(busy_until, Ordering::Relaxed);
         if let Some(cancelled) = self.from_memory(run_id, accepted_at) {
             return cancelled;
         }
@@ -111,7 +100,7 @@ impl Cancellations {
         if self.seen(run_id) {
             return Some(true);
         }
-        self.answers_for(accepted_at, self.now()).then_some(false)
+        self.answers_for(accepted_at).then_some(false)
     }
 
     /// Records a cancellation heard of (a broadcast, an abort).
@@ -137,8 +126,8 @@ impl Cancellations {
     }
 
     /// Whether the copy is current and covers a run accepted at `accepted_at`.
-    fn answers_for(&self, accepted_at: DateTime<Utc>, now: u64) -> bool {
-        if now >= self.0.fresh_until.load(Ordering::SeqCst) {
+    fn answers_for(&self, accepted_at: DateTime<Utc>) -> bool {
+        if !self.0.fence.is_fresh() {
             return false;
         }
         let accepted = accepted_at.timestamp_millis();
@@ -147,10 +136,6 @@ impl Cancellations {
         // Kept long enough: a mark of this run came after it was accepted.
         let kept_since = Utc::now().timestamp_millis().saturating_sub(millis(KEPT));
         accepted > complete_after.saturating_add(margin) && accepted > kept_since.saturating_add(margin)
-    }
-
-    fn now(&self) -> u64 {
-        nanos(self.0.origin.elapsed())
     }
 
     /// The watch, restarted after a failure; while it is down the copy is not used.
@@ -180,7 +165,7 @@ impl Cancellations {
                 Err(err) => tracing::warn!(error = %err, "watching cancellations; reading them from the bucket"),
             }
             // Marks may be missed until the next watch starts: answer for none.
-            self.0.fresh_until.store(0, Ordering::SeqCst);
+            self.0.fence.void();
             self.0.complete_after_ms.store(i64::MAX, Ordering::SeqCst);
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -191,22 +176,11 @@ impl Cancellations {
 
     fn apply(&self, entry: &kv::Entry) {
         if entry.key == self.0.marker_key {
-            let Some(number) = std::str::from_utf8(&entry.value)
+            if let Some(number) = std::str::from_utf8(&entry.value)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-            else {
-                return;
-            };
-            let written = self.0.marks.lock().ok().and_then(|mut marks| {
-                let mut written = None;
-                while marks.front().is_some_and(|(n, _)| *n <= number) {
-                    written = marks.pop_front().filter(|(n, _)| *n == number).map(|(_, at)| at);
-                }
-                written
-            });
-            if let Some(written) = written {
-                let until = nanos(written.saturating_duration_since(self.0.origin).saturating_add(WINDOW));
-                self.0.fresh_until.fetch_max(until, Ordering::SeqCst);
+            {
+                self.0.fence.returned(number);
             }
             return;
         }
@@ -219,25 +193,8 @@ impl Cancellations {
 
     /// Writes the marker every [`MARK_EVERY`] while this worker is busy.
     async fn mark(self, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(MARK_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut number = 0u64;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = every.tick() => {}
-            }
-            if self.now() >= self.0.busy_until.load(Ordering::Relaxed) {
-                continue;
-            }
-            number = number.wrapping_add(1);
-            let written = Instant::now();
-            if let Ok(mut marks) = self.0.marks.lock() {
-                if marks.len() >= MARKS_IN_FLIGHT {
-                    marks.pop_front();
-                }
-                marks.push_back((number, written));
-            }
+        let mut clock = MarkerClock::every(MARK_EVERY);
+        while let Some(number) = self.0.fence.next_marker(&mut clock, &shutdown).await {
             if let Err(err) = self.0.kv.put(&self.0.marker_key, number.to_string().into()).await {
                 tracing::debug!(error = %err, "writing the cancellation marker");
             }
@@ -245,10 +202,6 @@ impl Cancellations {
         // The marker key leaves with the worker.
         let _ = self.0.kv.purge(&self.0.marker_key).await;
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn millis(d: Duration) -> i64 {
