@@ -121,6 +121,9 @@ pub struct ProjectorConfig {
     /// PostgreSQL connections of the projector.
     pub database_pool_size: u32,
     pub batch_size: usize,
+    /// How long the projector gathers events for one transaction once the first
+    /// is in (less when `batch_size` are in sooner). See `batch_wait`.
+    pub batch_wait_ms: u64,
     /// How long after its end an hour of usage is closed (exportable, never to
     /// change again); must exceed the longest a run can take. A run finishing later
     /// than this after its accepted hour is counted in the hour it finished.
@@ -129,6 +132,12 @@ pub struct ProjectorConfig {
     /// are dropped after that. 0 keeps everything. Must exceed the event log's
     /// age by a day (see `validate`). Usage aggregates are never dropped.
     pub history_retention_days: u32,
+}
+
+impl ProjectorConfig {
+    pub fn batch_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.batch_wait_ms)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -226,6 +235,13 @@ impl Config {
                 "streams.events_max_age_secs ({} s) must be at least ingress.idempotency_ttl_secs ({} s), or 0: a \
                  retry must find its key's run in the event log or in history",
                 self.streams.events_max_age_secs, self.ingress.idempotency_ttl_secs
+            )));
+        }
+        // Events wait that long unacked; the consumer's ack_wait is 10 s.
+        if self.projector.batch_wait_ms > 1_000 {
+            return Err(ConfigError::Invalid(format!(
+                "projector.batch_wait_ms ({}) must be at most 1000",
+                self.projector.batch_wait_ms
             )));
         }
         if !(1_000..=600_000).contains(&self.ingress.idempotency_lease_ms) {

@@ -71,6 +71,7 @@ impl Projector {
         })
         .await?;
         let batch_size = self.config.projector.batch_size.max(1);
+        let batch_wait = self.config.projector.batch_wait();
         let mut messages = tengine_core::topology::pull_messages(&consumer, batch_size).await?;
         tracing::info!(consumer = %self.topology.projector_consumer(), "projector consuming");
         // Housekeeping beside the projection, at start and hourly: per-minute quota
@@ -134,11 +135,19 @@ impl Projector {
                 }
                 None => anyhow::bail!("the event stream ended"),
             };
-            // Take whatever else is already buffered, without waiting.
+            // Gather more for a moment: under load, a transaction per event or two
+            // was most of PostgreSQL's work. A pull error ends the batch; the pull
+            // reports it again if it persists.
+            let now = tokio::time::Instant::now();
+            let until = now.checked_add(batch_wait).unwrap_or(now);
             while batch.len() < batch_size {
                 match messages.next().now_or_never() {
                     Some(Some(Ok(message))) => batch.push(message),
-                    _ => break,
+                    Some(_) => break,
+                    None => match tokio::time::timeout_at(until, messages.next()).await {
+                        Ok(Some(Ok(message))) => batch.push(message),
+                        _ => break,
+                    },
                 }
             }
             self.apply(&batch).await;
