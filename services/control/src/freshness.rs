@@ -34,7 +34,7 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
-use tengine_core::markers::{MarkerClock, MarkerFence};
+use tengine_core::markers::{BUSY_FOR, MARK_EVERY, MarkerClock, MarkerFence};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,11 +43,7 @@ use crate::StoreResult;
 /// The channel the triggers notify, with a project id as the payload.
 const CHANNEL: &str = "tengine_control";
 /// How long a marker proves this instance current (see the module's comment).
-pub const WINDOW: Duration = Duration::from_millis(80);
-/// How often a marker is sent: a few per window, so a slow one does not void copies.
-const MARK_EVERY: Duration = Duration::from_millis(20);
-/// An instance whose copies nobody read for this long sends no markers.
-const BUSY_FOR: Duration = Duration::from_secs(2);
+pub use tengine_core::markers::WINDOW;
 /// Longest a copy lives even without a change (it bounds the memory of idle entries).
 const TIME_TO_LIVE: Duration = Duration::from_secs(300);
 
@@ -284,5 +280,24 @@ mod tests {
         assert!(fresh.valid(&sb));
         fresh.reset();
         assert!(!fresh.valid(&sb));
+    }
+
+    #[tokio::test]
+    async fn a_returned_marker_notification_makes_copies_usable() {
+        let fresh = Freshness::disabled();
+        fresh.marked("1");
+        assert!(!fresh.is_fresh(), "a marker never sent proves nothing");
+        let shutdown = CancellationToken::new();
+        let mut clock = MarkerClock::every(Duration::from_millis(1));
+        let number = fresh.0.fence.next_marker(&mut clock, &shutdown).await;
+        let Some(number) = number else {
+            panic!("a marker while the copies are read")
+        };
+        fresh.marked("not a marker");
+        assert!(!fresh.is_fresh(), "a payload that is no marker proves nothing");
+        fresh.marked(&number.to_string());
+        assert!(fresh.is_fresh());
+        fresh.reset();
+        assert!(!fresh.is_fresh(), "a reset voids the proof");
     }
 }

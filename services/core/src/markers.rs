@@ -21,6 +21,14 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
+/// How long a returned marker proves a copy current. Requests that narrow access
+/// wait it out (`tengine_control::freshness::settle`).
+pub const WINDOW: Duration = Duration::from_millis(80);
+/// How often a marker is sent: a few per window, so one slow marker does not void the copy.
+pub const MARK_EVERY: Duration = Duration::from_millis(20);
+/// A copy nobody read for this long sends no markers (an idle instance stores nothing);
+/// its next read goes to the source.
+pub const BUSY_FOR: Duration = Duration::from_secs(2);
 /// Markers remembered while on their way (more are never in flight within a window).
 const IN_FLIGHT: usize = 64;
 

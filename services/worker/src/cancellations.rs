@@ -33,17 +33,13 @@ use std::{
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tengine_core::markers::{MarkerClock, MarkerFence};
+use tengine_core::markers::{MARK_EVERY, MarkerClock, MarkerFence};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How long a marker proves the copy current.
-pub const WINDOW: Duration = Duration::from_millis(80);
-/// How often a busy worker writes its marker: a few per window.
-const MARK_EVERY: Duration = Duration::from_millis(20);
-/// A worker that answered no question for this long writes no markers (an idle
-/// cluster stores nothing); its next question is read from the bucket.
-pub const BUSY_FOR: Duration = Duration::from_secs(2);
+/// How long a marker proves the copy current, and how long after its last question
+/// a worker stops writing markers (an idle cluster stores nothing).
+pub use tengine_core::markers::{BUSY_FOR, WINDOW};
 /// How long a mark is kept in memory; older runs are read from the bucket.
 pub const KEPT: Duration = Duration::from_secs(600);
 /// Most marks kept; beyond it the copy starts over (and answers for newer runs only).
