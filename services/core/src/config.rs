@@ -385,6 +385,14 @@ mod tests {
     }
 
     #[test]
+    fn the_projector_holds_a_batch_at_most_a_second() {
+        let err = Config::with_overrides(&[("projector.batch_wait_ms", "1001".into())]).unwrap_err();
+        assert!(err.to_string().contains("projector.batch_wait_ms"), "{err}");
+        let config = Config::with_overrides(&[("projector.batch_wait_ms", "0".into())]).expect("0 is valid");
+        assert_eq!(config.projector.batch_wait(), std::time::Duration::ZERO);
+    }
+
+    #[test]
     fn the_event_log_outlives_idempotency_keys() {
         let err = Config::with_overrides(&[("streams.events_max_age_secs", "3600".into())]).unwrap_err();
         assert!(err.to_string().contains("idempotency_ttl_secs"), "{err}");

@@ -21,7 +21,7 @@ pub mod retention;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, Message};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use sqlx::{PgPool, Postgres, Transaction};
 use tengine_core::{
     Config, Topology,
@@ -136,18 +136,15 @@ impl Projector {
                 None => anyhow::bail!("the event stream ended"),
             };
             // Gather more for a moment: under load, a transaction per event or two
-            // was most of PostgreSQL's work. A pull error ends the batch; the pull
-            // reports it again if it persists.
+            // was most of PostgreSQL's work. (A buffered message is taken even past
+            // the deadline: the timeout polls it first.) A pull error ends the batch;
+            // the pull reports it again if it persists.
             let now = tokio::time::Instant::now();
             let until = now.checked_add(batch_wait).unwrap_or(now);
             while batch.len() < batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    Some(_) => break,
-                    None => match tokio::time::timeout_at(until, messages.next()).await {
-                        Ok(Some(Ok(message))) => batch.push(message),
-                        _ => break,
-                    },
+                match tokio::time::timeout_at(until, messages.next()).await {
+                    Ok(Some(Ok(message))) => batch.push(message),
+                    _ => break,
                 }
             }
             self.apply(&batch).await;
