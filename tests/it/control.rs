@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tengine_tests::{
     TestApp, ToolSpec,
     mcp::{ModernClient, RawSession, run_id},
@@ -915,6 +916,88 @@ async fn a_revocation_under_load_admits_nothing_after_it_answered_on_any_instanc
     );
     println!("revocation under load: {revoked} admitted runs ended revoked before calling the API");
     second.stop().await;
+}
+
+/// An instance whose PostgreSQL listener was lost may have missed a revocation's
+/// notification. It reads access data from the database until the listener is back
+/// and a marker sent after that has returned, and the copies it held before are
+/// never used again. Here the revocation commits while no instance listens (its
+/// notification reaches no one), with their copies of the key loaded and current
+/// just before. A listener that came back trusting those copies admits the calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_missed_while_the_listener_was_down_is_still_honoured() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
+    let key = app.admin.create_api_key(app.project_id, &[]).await;
+    let client = ModernClient::new(app.http.clone(), app.mcp_url.clone(), key.key.clone());
+    let call = |id: u64| client.request(json!(id), "tools/call", json!({"name": "echo", "arguments": {}}));
+    // Calls 250 ms apart: markers come back, and the key's copy is kept and used.
+    for id in 1..=3 {
+        let reply = call(id).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        run_id(&reply.body["result"]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut conn = app.pool.acquire().await.expect("connection");
+    let listeners: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("count listeners");
+    assert!(
+        listeners >= 2,
+        "the ingress and the worker listen ({listeners} listeners)"
+    );
+    // No instance can listen again until the revocation has committed: the
+    // database refuses new connections, and the revoking transaction ends every
+    // other connection to it (waiting until they are gone) before it commits.
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("database name");
+    // (A database's connections are allowed or refused from another one.)
+    let mut server = sqlx::PgConnection::connect(&tengine_tests::database_url())
+        .await
+        .expect("connect");
+    let allow = |allowed: bool| format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS {allowed}");
+    sqlx::raw_sql(&allow(false))
+        .execute(&mut server)
+        .await
+        .expect("refuse connections");
+    sqlx::raw_sql(&format!(
+        "BEGIN; UPDATE api_keys SET revoked_at = now() WHERE id = '{}'; \
+         SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid(); COMMIT",
+        key.id
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("revoke while no instance listens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql(&allow(true))
+        .execute(&mut server)
+        .await
+        .expect("accept connections");
+    drop(conn);
+
+    // At once, and after the listeners are back and markers return again.
+    for id in 4..=9 {
+        let reply = call(id).await;
+        assert_eq!(reply.status, 401, "call {id} after the revocation: {}", reply.body);
+        assert!(reply.body.get("result").is_none(), "{}", reply.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let relistened: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count listeners");
+    assert_eq!(relistened, listeners, "every listener is back");
+    assert_eq!(upstream.requests().len(), 3, "no API request after the revocation");
 }
 
 /// A write that may narrow access answers only once no instance may still use a
