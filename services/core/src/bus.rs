@@ -37,9 +37,9 @@ fn publish_error(err: jetstream::context::PublishError) -> BusError {
     }
 }
 
-fn message(id: Uuid, payload: Vec<u8>) -> PublishMessage {
+fn message(id: Uuid, payload: Bytes) -> PublishMessage {
     PublishMessage::build()
-        .payload(Bytes::from(payload))
+        .payload(payload)
         .message_id(id.to_string())
         .header(HEADER_CONTENT_TYPE, CONTENT_TYPE_MSGPACK)
 }
@@ -53,7 +53,7 @@ pub async fn publish_command(
     extra_headers: &async_nats::HeaderMap,
 ) -> Result<(), BusError> {
     let envelope = Envelope::new(command.run_id, command.clone());
-    let mut message = message(command.run_id, envelope.encode()?);
+    let mut message = message(command.run_id, Bytes::from(envelope.encode()?));
     for (name, values) in extra_headers.iter() {
         for value in values {
             message = message.header(name.clone(), value.clone());
@@ -71,24 +71,45 @@ pub async fn publish_command(
     Ok(())
 }
 
-/// Appends an event to the log and returns its encoded envelope (for replies).
+/// An event encoded once. Publishing it again (a retry) sends the same `Nats-Msg-Id`,
+/// so the stream keeps one copy even when an earlier try was stored and only its
+/// ack was lost; the same bytes are the reply to a waiting ingress.
+pub struct EncodedEvent {
+    subject: String,
+    id: Uuid,
+    pub bytes: Bytes,
+}
+
+impl EncodedEvent {
+    pub fn new(topology: &Topology, project_id: Uuid, event: RunEvent) -> Result<Self, BusError> {
+        let envelope = Envelope::new(Uuid::now_v7(), event);
+        Ok(Self {
+            subject: topology.event_subject(project_id, envelope.body.run_id(), envelope.body.kind()),
+            id: envelope.id,
+            bytes: Bytes::from(envelope.encode()?),
+        })
+    }
+
+    /// Appends the event to the log (once, however often it is called).
+    pub async fn publish(&self, js: &jetstream::Context) -> Result<(), BusError> {
+        let ack = js
+            .send_publish(self.subject.clone(), message(self.id, self.bytes.clone()))
+            .await
+            .map_err(publish_error)?;
+        // A duplicate ack means an earlier try stored it: success.
+        ack.await.map_err(publish_error)?;
+        Ok(())
+    }
+}
+
+/// Appends an event to the log.
 pub async fn publish_event(
     js: &jetstream::Context,
     topology: &Topology,
     project_id: Uuid,
     event: RunEvent,
-) -> Result<Vec<u8>, BusError> {
-    let envelope = Envelope::new(Uuid::now_v7(), event);
-    let bytes = envelope.encode()?;
-    let ack = js
-        .send_publish(
-            topology.event_subject(project_id, envelope.body.run_id(), envelope.body.kind()),
-            message(envelope.id, bytes.clone()),
-        )
-        .await
-        .map_err(publish_error)?;
-    ack.await.map_err(publish_error)?;
-    Ok(bytes)
+) -> Result<(), BusError> {
+    EncodedEvent::new(topology, project_id, event)?.publish(js).await
 }
 
 /// The run's outcome if the event log has it.

@@ -301,9 +301,7 @@ impl Dispatcher {
 
     /// Stores an event in the log; the caller learns whether it was stored.
     pub async fn publish(&self, project_id: Uuid, event: RunEvent) -> Result<(), bus::BusError> {
-        bus::publish_event(&self.js, &self.topology, project_id, event)
-            .await
-            .map(drop)
+        bus::publish_event(&self.js, &self.topology, project_id, event).await
     }
 
     /// Sends an outcome to the ingress waiting on `reply_to` (best-effort).

@@ -23,7 +23,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::{FutureExt, StreamExt};
 use tengine_core::{
     Config, Topology, bus,
-    bus::BusError,
+    bus::{BusError, EncodedEvent},
     connections::Connections,
     envelope::{CommandEnvelope, ErrorClass, ExecuteCommand, RunEvent, RunOutcome, RunStatus},
     payload, prometheus,
@@ -329,18 +329,20 @@ impl Worker {
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "attempt_events", settling);
         let storing = std::time::Instant::now();
         // Storing may take a while (retries): the command stays ours meanwhile.
-        let Some(outcome) = self.keeping_claim(message, self.store_outcome(outcome)).await else {
+        let Some((outcome, stored)) = self.keeping_claim(message, self.store_outcome(outcome)).await else {
             // Not acked: the command is redelivered and the run completes later.
             tracing::error!("could not store the outcome; leaving the command for redelivery");
             return;
         };
-        self.reply(command, &outcome).await;
+        self.send_to_ingress(command, stored.bytes).await;
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "store_outcome", storing);
         let acking = std::time::Instant::now();
-        let acked = message.double_ack().await;
+        // Not confirmed by the server (no `double_ack`): a lost ack only means a
+        // redelivery, which is answered from the log without calling the API.
+        let acked = message.ack().await;
         prometheus::stage(prometheus::WORKER_STAGE_SECONDS, "ack", acking);
         if let Err(err) = acked {
-            tracing::warn!(error = %err, "ack not confirmed; a redelivery will be answered from the log");
+            tracing::warn!(error = %err, "ack not sent; a redelivery will be answered from the log");
         }
         tracing::info!(
             status = outcome.status.as_str(),
@@ -349,20 +351,17 @@ impl Worker {
         );
     }
 
-    /// Stores the `Finished` event and returns the outcome stored. One that can
-    /// never be stored (too large, not encodable) is replaced by a small failed
-    /// outcome saying so: leaving its command for redelivery would call the API
-    /// again, to the same end. `None` when NATS kept failing.
-    async fn store_outcome(&self, outcome: RunOutcome) -> Option<RunOutcome> {
-        let err = match self.publish_outcome(&outcome).await {
-            Ok(()) => return Some(outcome),
-            Err(err) if err.is_transient() => return None,
-            Err(err) => err,
+    /// Stores the `Finished` event and returns the outcome stored, with the event as
+    /// stored (the reply). One that can never be stored (too large, not encodable)
+    /// is replaced by a small failed outcome saying so: leaving its command for
+    /// redelivery would call the API again, to the same end. `None` when NATS kept
+    /// failing.
+    async fn store_outcome(&self, outcome: RunOutcome) -> Option<(RunOutcome, EncodedEvent)> {
+        let (err, size) = match self.publish_outcome(&outcome).await {
+            Ok(stored) => return Some((outcome, stored)),
+            Err((err, _)) if err.is_transient() => return None,
+            Err(failed) => failed,
         };
-        let size =
-            tengine_core::envelope::EventEnvelope::new(uuid::Uuid::now_v7(), RunEvent::Finished(outcome.clone()))
-                .encode()
-                .map_or(0, |bytes| bytes.len());
         tracing::error!(error = %err, size, "the outcome can never be stored; storing a failed outcome instead");
         let small = RunOutcome {
             status: RunStatus::Failed,
@@ -378,32 +377,32 @@ impl Worker {
             ..outcome
         };
         match self.publish_outcome(&small).await {
-            Ok(()) => Some(small),
-            Err(err) => {
+            Ok(stored) => Some((small, stored)),
+            Err((err, _)) => {
                 tracing::error!(error = %err, "storing the failed outcome failed too");
                 None
             }
         }
     }
 
-    /// Publishes a `Finished` event, retrying what may succeed on a second try.
-    async fn publish_outcome(&self, outcome: &RunOutcome) -> Result<(), BusError> {
+    /// Publishes a `Finished` event, encoded once, retrying what may succeed on a
+    /// second try. On failure, also the event's size (0 if it could not be encoded).
+    async fn publish_outcome(&self, outcome: &RunOutcome) -> Result<EncodedEvent, (BusError, usize)> {
         let project_id = outcome.caller.project_id;
-        let finished = RunEvent::Finished(outcome.clone());
-        (|| async {
-            bus::publish_event(&self.js, &self.topology, project_id, finished.clone())
-                .await
-                .map(drop)
-        })
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .with_max_times(20),
-        )
-        .when(BusError::is_transient)
-        .notify(|err, wait| tracing::warn!(error = %err, ?wait, "storing the outcome failed; retrying"))
-        .await
+        let event = EncodedEvent::new(&self.topology, project_id, RunEvent::Finished(outcome.clone()))
+            .map_err(|err| (err, 0))?;
+        (|| event.publish(&self.js))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(20),
+            )
+            .when(BusError::is_transient)
+            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "storing the outcome failed; retrying"))
+            .await
+            .map_err(|err| (err, event.bytes.len()))?;
+        Ok(event)
     }
 
     async fn reply(&self, command: &ExecuteCommand, outcome: &RunOutcome) {
@@ -413,14 +412,16 @@ impl Worker {
     /// Sends an event to the ingress following the call (progress and outcome);
     /// best-effort: the event log holds the truth.
     async fn notify(&self, command: &ExecuteCommand, event: RunEvent) {
-        let Some(reply_to) = &command.reply_to else { return };
         match tengine_core::envelope::Envelope::new(uuid::Uuid::now_v7(), event).encode() {
-            Ok(bytes) => {
-                if let Err(err) = self.nats.publish(reply_to.clone(), bytes.into()).await {
-                    tracing::warn!(error = %err, "notifying the ingress failed; it will read the event log");
-                }
-            }
+            Ok(bytes) => self.send_to_ingress(command, bytes.into()).await,
             Err(err) => tracing::error!(error = %err, "encoding a reply"),
+        }
+    }
+
+    async fn send_to_ingress(&self, command: &ExecuteCommand, envelope: bytes::Bytes) {
+        let Some(reply_to) = &command.reply_to else { return };
+        if let Err(err) = self.nats.publish(reply_to.clone(), envelope).await {
+            tracing::warn!(error = %err, "notifying the ingress failed; it will read the event log");
         }
     }
 
