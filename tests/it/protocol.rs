@@ -301,6 +301,19 @@ async fn foreign_hosts_and_origins_are_refused() {
     let mut evil_host = base.clone();
     evil_host.push(("host", "evil.example.com"));
     assert_eq!(session.post_raw(&evil_host, ping.to_vec()).await.status, 403);
+    // A second Host does not slip past the check of the first (RFC 9112: 400).
+    let own = app.base_url.trim_start_matches("http://").to_string();
+    let mut two_hosts = base.clone();
+    two_hosts.push(("host", own.as_str()));
+    two_hosts.push(("host", "evil.example.com"));
+    let reply = session.post_raw(&two_hosts, ping.to_vec()).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("more than one Host")
+    );
     let mut evil_origin = base.clone();
     evil_origin.push(("origin", "https://evil.example.com"));
     assert_eq!(session.post_raw(&evil_origin, ping.to_vec()).await.status, 403);

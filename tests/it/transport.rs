@@ -316,3 +316,84 @@ async fn a_refusal_before_the_body_is_read_closes_its_connection() {
         assert_eq!(retried.status(), 200);
     }
 }
+
+/// Connections that hold the ingress without sending a request are closed: one
+/// that sends nothing, one that sends its headers a byte at a time and stops,
+/// and one whose body stalls (answered 400, as `tengine_core::serving` says).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_slow_and_stalled_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.base_url.trim_start_matches("http://").to_string();
+    let auth = format!("Bearer {}", app.api_key);
+    let limit = tengine_core::serving::HEADER_TIMEOUT.max(tengine_core::serving::BODY_STALL_TIMEOUT);
+    let started = std::time::Instant::now();
+    let open = |first: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            stream.write_all(&first).await.expect("write");
+            // Everything the server sends until it closes (bounded by the test's own timeout).
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(
+                limit + std::time::Duration::from_secs(15),
+                stream.read_to_end(&mut answer),
+            )
+            .await;
+            (read.is_ok(), String::from_utf8_lossy(&answer).to_string())
+        }
+    };
+    let stalled_body = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nAccept: {ACCEPT_BOTH}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    let (idle, partial, stalled) = tokio::join!(
+        open(Vec::new()),
+        open(format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: ").into_bytes()),
+        open(stalled_body.into_bytes()),
+    );
+    let took = started.elapsed();
+    assert!(idle.0 && idle.1.is_empty(), "an idle connection is closed: {idle:?}");
+    assert!(partial.0, "a connection stuck in its headers is closed: {partial:?}");
+    assert!(stalled.0, "a connection whose body stalled is closed: {stalled:?}");
+    assert!(stalled.1.starts_with("HTTP/1.1 400"), "{}", stalled.1);
+    assert!(stalled.1.contains("could not be read"), "{}", stalled.1);
+    assert!(
+        took < limit + std::time::Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+}
+
+/// The header timeout bounds reading a request, not a long answer: a GET stream
+/// open for longer than it still delivers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_stream_outlives_the_header_timeout() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let upstream = tengine_tests::upstream::Upstream::spawn(None).await;
+    let mut session = app.session();
+    session.initialize().await;
+    let sid = session.session_id.clone().expect("session");
+    let mut stream = app
+        .http
+        .get(&app.mcp_url)
+        .bearer_auth(&app.api_key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stream.status().as_u16(), 200);
+    tokio::time::sleep(tengine_core::serving::HEADER_TIMEOUT + Duration::from_secs(3)).await;
+    app.create_tool(ToolSpec::post("later", &upstream.url(), "/x").description("d"))
+        .await;
+    let mut seen = String::new();
+    while !seen.contains("notifications/tools/list_changed") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+            .await
+            .expect("a notification within 5 s")
+            .expect("the stream is still open")
+            .expect("data, not the end of the stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

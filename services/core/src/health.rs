@@ -164,10 +164,6 @@ pub async fn spawn(addr: std::net::SocketAddr, router: Router) -> anyhow::Result
         .await
         .map_err(|e| anyhow::anyhow!("binding the health endpoint on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router).await {
-            tracing::error!(error = %err, "health endpoint stopped");
-        }
-    });
+    tokio::spawn(crate::serving::serve(listener, router, std::future::pending()));
     Ok(local)
 }

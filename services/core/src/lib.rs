@@ -22,6 +22,7 @@ pub mod payload;
 pub mod prometheus;
 pub mod request;
 pub mod secrets;
+pub mod serving;
 pub mod signing;
 pub mod storable;
 pub mod tasks;

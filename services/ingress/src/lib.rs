@@ -43,7 +43,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tengine_core::{Config, Topology, connections::Connections, secrets::SecretBox};
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::{timeout::RequestBodyTimeoutLayer, trace::TraceLayer};
 
 use crate::{
     arguments::Validators,
@@ -238,6 +238,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
+        // A body that stops coming ends its request (the connection's header timeout
+        // is `tengine_core::serving`'s).
+        .layer(RequestBodyTimeoutLayer::new(tengine_core::serving::BODY_STALL_TIMEOUT))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let path = request
                 .extensions()
@@ -277,12 +280,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "ingress listening");
     let token = state.shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Open SSE streams would otherwise hold the graceful shutdown forever.
-            token.cancel();
-        })
-        .await?;
+    tengine_core::serving::serve(listener, router(state), async move {
+        shutdown.await;
+        // Open SSE streams would otherwise hold the graceful shutdown forever.
+        token.cancel();
+    })
+    .await;
     Ok(())
 }

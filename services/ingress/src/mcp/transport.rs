@@ -34,7 +34,23 @@ pub(crate) fn host_of(value: &str) -> Option<String> {
 /// allowed origin or a loopback one. Failures are 403.
 pub(crate) fn check_host_and_origin(st: &AppState, headers: &HeaderMap) -> RpcResult<()> {
     let public = url::Url::parse(&st.config.ingress.public_url).ok();
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    // One Host, readable (RFC 9112 §3.2: 400 otherwise); a second one must not
+    // slip past the check of the first.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host =
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => {
+                return Err(RpcError::invalid_request(
+                    StatusCode::BAD_REQUEST,
+                    "the request has more than one Host header",
+                ));
+            }
+            (Some(host), None) => Some(host.to_str().map_err(|_| {
+                RpcError::invalid_request(StatusCode::BAD_REQUEST, "the Host header is not visible ASCII")
+            })?),
+            _ => None,
+        };
+    if let Some(host) = host {
         let name = host_of(host).unwrap_or_default();
         let allowed = is_loopback_host(&name)
             || public
@@ -135,7 +151,17 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        if err.into_inner().is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            // The client stopped sending (`tengine_core::serving::BODY_STALL_TIMEOUT`) or went away.
+            RpcError::invalid_request(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read: the client stopped sending it or closed the connection",
+            )
+        }
+    })
 }
 
 pub(crate) fn check_protocol_version(headers: &HeaderMap, id: &Value) -> RpcResult<()> {
