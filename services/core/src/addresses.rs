@@ -43,16 +43,32 @@ const BLOCKED: &[&str] = &[
     "ff00::/8",
 ];
 
+/// Cloud metadata endpoints (AWS, GCP, Azure, OpenStack: 169.254.169.254; ECS and
+/// EKS: 169.254.170.2 and .23; AWS over IPv6: fd00:ec2::254 and ::23; Alibaba:
+/// 100.100.100.200). They hand out the host's own credentials, so no setting opens
+/// them: not `allow_private_upstreams`, not a project's allow-list.
+const METADATA: &[&str] = &[
+    "169.254.169.254/32",
+    "169.254.170.2/32",
+    "169.254.170.23/32",
+    "100.100.100.200/32",
+    "fd00:ec2::254/128",
+    "fd00:ec2::23/128",
+];
+
+fn in_any(nets: &[&str], ip: IpAddr) -> bool {
+    nets.iter()
+        .filter_map(|net| net.parse::<IpNet>().ok())
+        .any(|net| net.contains(&ip))
+}
+
 fn blocked(ip: IpAddr) -> bool {
     // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    BLOCKED
-        .iter()
-        .filter_map(|net| net.parse::<IpNet>().ok())
-        .any(|net| net.contains(&ip))
+    in_any(BLOCKED, ip)
 }
 
 impl Policy {
@@ -86,10 +102,17 @@ impl Policy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip))
+        !in_any(METADATA, ip) && (self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip)))
     }
 
     pub fn refusal(ip: IpAddr) -> String {
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if in_any(METADATA, mapped) {
+            return format!("the API's address {ip} is a cloud metadata endpoint, which no tool may reach");
+        }
         format!(
             "the API's address {ip} is in a private or special-purpose network; \
              allow-list it in the project's outbound_allowlist if the tool should reach it"
@@ -160,5 +183,30 @@ mod tests {
         };
         assert!(allowed.permits("10.1.2.3".parse().expect("ip")));
         assert!(!allowed.permits("10.2.0.1".parse().expect("ip")));
+    }
+
+    /// Cloud metadata endpoints hand out the host's credentials: no setting opens
+    /// them, not `allow_private_upstreams` (development) nor a project's allow-list.
+    #[test]
+    fn metadata_endpoints_are_refused_whatever_the_settings() {
+        let open = Policy {
+            allow_all: true,
+            allowlist: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+        };
+        for ip in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "169.254.170.2",
+            "fd00:ec2::254",
+            "100.100.100.200",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert!(!open.permits(ip), "{ip}");
+            assert!(Policy::refusal(ip).contains("metadata"), "{}", Policy::refusal(ip));
+        }
+        assert!(open.permits("169.254.1.1".parse().expect("ip")));
+        assert!(open.permits("127.0.0.1".parse().expect("ip")));
+        let literal = url::Url::parse("http://[::ffff:a9fe:a9fe]/latest").expect("url");
+        assert!(open.check_literal_host(&literal).is_err());
     }
 }
