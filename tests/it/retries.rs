@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use tengine_tests::{
     TestApp, ToolSpec,
-    mcp::{ACCEPT_BOTH, RawSession, run_id},
+    mcp::{ACCEPT_BOTH, ModernClient, RawSession, run_id},
     spawn_app,
     upstream::Upstream,
 };
@@ -409,4 +409,52 @@ async fn a_retry_after_the_event_log_rolled_past_the_run_gets_its_recorded_outco
         "the recorded outcome"
     );
     assert_eq!(upstream.requests().len(), 1, "the API was called once");
+}
+
+/// A key the client meant but that is not one (not a string, empty, or not visible
+/// ASCII in the header) is refused, not ignored: ignored, each retry would be a
+/// new run and write again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_idempotency_key_is_refused_not_ignored() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("write", &upstream.url(), "/echo")).await;
+    let client = ModernClient::new(app.http.clone(), app.mcp_url.clone(), app.api_key.clone());
+    for key in [json!(5), json!(true), json!({"k": "v"}), json!(""), json!(["a"])] {
+        let reply = client
+            .request(
+                json!(1),
+                "tools/call",
+                json!({"name": "write", "arguments": {}, "_meta": {"idempotencyKey": key}}),
+            )
+            .await;
+        assert_eq!(reply.body["error"]["code"], -32602, "key {key}: {}", reply.body);
+        let message = reply.body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("_meta.idempotencyKey"), "key {key}: {message}");
+    }
+    for key in ["a b", "tab\there"] {
+        let body = client.body(json!(2), "tools/call", json!({"name": "write", "arguments": {}}));
+        let mut headers = client.headers(&body);
+        headers.push(("idempotency-key".into(), key.into()));
+        let reply = client.send(&headers, &body).await;
+        assert_eq!(reply.status, 400, "header {key:?}: {}", reply.body);
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains("Idempotency-Key"),
+            "{}",
+            reply.body
+        );
+    }
+    assert!(upstream.requests().is_empty(), "no call reached the API");
+    // A well-formed key still works.
+    let reply = client
+        .request(
+            json!(3),
+            "tools/call",
+            json!({"name": "write", "arguments": {}, "_meta": {"idempotencyKey": "order-9"}}),
+        )
+        .await;
+    run_id(&reply.body["result"]);
 }

@@ -56,7 +56,7 @@ pub(crate) fn from_header(headers: &axum::http::HeaderMap, id: &Value) -> RpcRes
         .map(|v| {
             v.to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
                 .map(str::to_string)
                 .ok_or_else(|| {
                     RpcError::invalid_request(

@@ -361,9 +361,28 @@ impl Call {
             .as_ref()
             .and_then(|m| m.get("progressToken").cloned())
             .filter(|t| t.is_string() || t.is_number());
-        let meta_key = meta
-            .as_ref()
-            .and_then(|m| m.get(idempotency::META_KEY).and_then(Value::as_str).map(str::to_string));
+        // A key that is not one is refused: ignored, every retry would be a new run.
+        let meta_key = match meta.as_ref().and_then(|m| m.get(idempotency::META_KEY)) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(key)) if !key.is_empty() => Some(key.clone()),
+            Some(other) => {
+                return Err(RpcError::invalid_params(
+                    &self.id,
+                    format!(
+                        "_meta.idempotencyKey must be a string of 1-{} bytes, not {}",
+                        idempotency::MAX_KEY_LEN,
+                        match other {
+                            Value::String(_) => "an empty string",
+                            Value::Number(_) => "a number",
+                            Value::Bool(_) => "a boolean",
+                            Value::Array(_) => "an array",
+                            _ => "an object",
+                        }
+                    ),
+                )
+                .into());
+            }
+        };
         Ok(Params {
             name,
             arguments: params.arguments.unwrap_or_default(),
