@@ -46,6 +46,12 @@ async fn tool_validation_names_the_field() {
             "base_url",
         ),
         (valid_tool().field("endpoint_path", "/items/{nope}"), "endpoint_path"),
+        // Paths the URL parser would rewrite: every call would be refused.
+        (
+            valid_tool().field("endpoint_path", "/a/%2e%2e/items/{id}"),
+            "endpoint_path",
+        ),
+        (valid_tool().field("endpoint_path", "/ünï/{id}"), "endpoint_path"),
         (valid_tool().schema(json!({"type": "array"})), "input_schema.type"),
         (
             valid_tool().schema(json!({"type": "object", "properties": {"id": {"type": 12}}})),
@@ -160,4 +166,54 @@ async fn api_keys_are_shown_once_and_listed_without_secret() {
     );
     let (status, _) = app.admin.revoke_api_key(app.project_id, uuid::Uuid::now_v7()).await;
     assert_eq!(status, 404);
+}
+
+/// Bad input to the admin API is answered in its JSON shape with what to fix:
+/// page sizes outside their range (not quietly clamped), a body larger than the
+/// endpoint takes (axum's own answer is plain text), a long bad id (not echoed whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_pages_oversized_bodies_and_long_ids_get_clear_json_errors() {
+    let app = spawn_app().await;
+    let p = app.project_id;
+    for (path, max) in [
+        (format!("/v1/projects/{p}/runs"), 500),
+        (format!("/v1/projects/{p}/tools"), 1000),
+    ] {
+        for limit in ["0".to_string(), "-1".to_string(), (max + 1).to_string()] {
+            let (status, body) = app.admin.get(&format!("{path}?limit={limit}")).await;
+            assert_eq!(status, 400, "{path}?limit={limit}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+            let message = body["error"]["message"].as_str().expect("message");
+            assert!(message.contains(&format!("between 1 and {max}")), "{message}");
+        }
+        let (status, body) = app.admin.get(&format!("{path}?limit={max}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let huge = format!(r#"{{"name": "x", "description": "{}"}}"#, "a".repeat(3 << 20));
+    let response = app
+        .http
+        .post(format!("{}/v1/projects/{p}/tools", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    assert!(
+        body["error"]["message"].as_str().expect("message").contains("2 MiB"),
+        "{body}"
+    );
+
+    let long = "z".repeat(60_000);
+    let (status, body) = app.admin.get(&format!("/v1/projects/{long}/tools")).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("is not a valid project id") && message.len() < 300,
+        "{message}"
+    );
 }

@@ -460,6 +460,28 @@ pub fn validate_tool_name(name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// An endpoint path with each `{placeholder}` filled by a plain segment, to see
+/// how its fixed parts are sent.
+fn sample_path(template: &str) -> String {
+    let mut sample = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        sample.push_str(&rest[..open]);
+        match rest[open..].find('}') {
+            Some(close) => {
+                sample.push('x');
+                rest = &rest[open.saturating_add(close).saturating_add(1)..];
+            }
+            None => {
+                rest = &rest[open..];
+                break;
+            }
+        }
+    }
+    sample.push_str(rest);
+    sample
+}
+
 /// Normalizes and checks an upstream origin: scheme, host and port only.
 pub fn normalize_base_url(raw: &str, allow_insecure: bool) -> Result<String, FieldError> {
     let url = Url::parse(raw).map_err(|e| field_err("base_url", format!("is not a URL ({e})")))?;
@@ -601,6 +623,23 @@ impl ToolSpec {
         }
         if self.endpoint_path.split('/').any(|seg| seg == "." || seg == "..") {
             return Err(field_err("endpoint_path", "must not contain `.` or `..` segments"));
+        }
+        // Its fixed parts are sent as written, or every call is refused for changing
+        // the request target: no percent-encoded dots, no characters that need encoding.
+        let sample = sample_path(&self.endpoint_path);
+        let sent = url::Url::parse("http://tool.invalid/")
+            .and_then(|origin| origin.join(&sample))
+            .map(|url| url.path().to_string());
+        if sent.as_deref() != Ok(sample.as_str()) {
+            return Err(field_err(
+                "endpoint_path",
+                match sent {
+                    Ok(sent) => format!(
+                        "would be sent as `{sent}`, not as written; write it normalized and percent-encoded (no encoded dots)"
+                    ),
+                    Err(err) => format!("is not a valid URL path ({err})"),
+                },
+            ));
         }
         if !(TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&self.timeout_ms) {
             return Err(field_err(

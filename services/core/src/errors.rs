@@ -71,6 +71,11 @@ pub const REDRIVE_REFUSED: AdminCode = AdminCode {
     status: 422,
     meaning: "re-drive: the call path refused the new call (tool, credential, arguments, quota, approval); the message says why",
 };
+pub const PAYLOAD_TOO_LARGE: AdminCode = AdminCode {
+    code: "payload_too_large",
+    status: 413,
+    meaning: "the request body is larger than the endpoint accepts (2 MiB; an OpenAPI import 64 MiB)",
+};
 pub const INTERNAL: AdminCode = AdminCode {
     code: "internal",
     status: 500,
@@ -88,6 +93,7 @@ pub const ADMIN_CODES: &[AdminCode] = &[
     INVALID_ARGUMENTS,
     REDRIVE_UNAVAILABLE,
     REDRIVE_REFUSED,
+    PAYLOAD_TOO_LARGE,
     INTERNAL,
 ];
 

@@ -18,7 +18,7 @@ use super::{
     error::{ApiError, ApiResult, not_found_as},
     extract::{ApiKeyPath, Ids, OptionalJsonBody, ProjectPath},
     integrations::ClientConfig,
-    openapi::{AdminErrors, BadRequest, InvalidField, NotFound},
+    openapi::{AdminErrors, BadRequest, InvalidField, NotFound, TooLarge},
     projects,
 };
 use crate::AppState;
@@ -114,7 +114,7 @@ pub struct ApiKeyList {
 /// Create an API key (in the default integration unless `integration_id` names another).
 #[utoipa::path(post, path = "/v1/projects/{project_id}/api-keys", operation_id = "create_api_key", tag = TAG, security(("admin_token" = [])),
     params(ProjectPath), request_body(content = Option<NewApiKey>, description = "optional: an empty body takes the defaults"),
-    responses((status = 201, body = CreatedKey), AdminErrors, BadRequest, NotFound, InvalidField))]
+    responses((status = 201, body = CreatedKey), AdminErrors, BadRequest, NotFound, InvalidField, TooLarge))]
 pub async fn create(
     _: Admin,
     State(st): State<Arc<AppState>>,

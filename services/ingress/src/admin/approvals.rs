@@ -15,7 +15,7 @@ use super::{
     auth::Admin,
     error::{ApiError, ApiResult, not_found_as},
     extract::{Ids, JsonBody, OptionalJsonBody, ProjectPath, RunPath},
-    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound},
+    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound, TooLarge},
 };
 use crate::{
     AppState,
@@ -93,7 +93,7 @@ pub async fn list(
 /// 409 when another decision is under way or the approval expired (the call was then refused).
 #[utoipa::path(post, path = "/v1/runs/{run_id}/approve", operation_id = "approve_run", tag = TAG,
     security(("admin_token" = [])), params(RunPath), request_body(content = Option<Approve>),
-    responses((status = 200, body = Decided), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 200, body = Decided), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn approve(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -113,7 +113,7 @@ pub async fn approve(
 /// Reject a waiting call: it ends `rejected` (`approval_denied`) and never reaches the API.
 #[utoipa::path(post, path = "/v1/runs/{run_id}/reject", operation_id = "reject_run", tag = TAG,
     security(("admin_token" = [])), params(RunPath), request_body = Reject,
-    responses((status = 200, body = Decided), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 200, body = Decided), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn reject(
     _: Admin,
     State(st): State<Arc<AppState>>,

@@ -13,7 +13,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tengine_core::storable;
+use tengine_core::{errors, storable};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -34,7 +34,12 @@ impl PathValues {
     /// A parameter that is the UUID of a `kind` (named in the 400 when it is not one).
     pub fn id(&self, name: &str, kind: &str) -> ApiResult<Uuid> {
         let raw = self.text(name)?;
-        Uuid::parse_str(&raw).map_err(|_| ApiError::bad_request(format!("`{raw}` is not a valid {kind} id (a UUID)")))
+        Uuid::parse_str(&raw).map_err(|_| {
+            // Echo enough to recognise it, not a 60 KB path back.
+            let shown: String = raw.chars().take(64).collect();
+            let more = if shown.len() < raw.len() { "…" } else { "" };
+            ApiError::bad_request(format!("`{shown}{more}` is not a valid {kind} id (a UUID)"))
+        })
     }
 }
 
@@ -214,9 +219,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let body = read_body(request, state).await?;
         parse_json(&body).map(JsonBody).map_err(IntoResponse::into_response)
     }
 }
@@ -228,9 +231,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let body = read_body(request, state).await?;
         if body.is_empty() {
             return Ok(OptionalJsonBody(T::default()));
         }
@@ -238,6 +239,35 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
             .map(OptionalJsonBody)
             .map_err(IntoResponse::into_response)
     }
+}
+
+/// A request body as bytes (an OpenAPI document): too large or unreadable is
+/// refused in the API's JSON shape, as for [`JsonBody`].
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        read_body(request, state).await.map(RawBody)
+    }
+}
+
+/// The body's bytes; a refusal in the API's JSON shape (axum's own is plain text).
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Response> {
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                errors::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this endpoint accepts (2 MiB; an OpenAPI import 64 MiB)",
+            )
+        } else {
+            ApiError::bad_request(
+                "the request body could not be read: the client stopped sending it or closed the connection",
+            )
+        }
+        .into_response()
+    })
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
@@ -263,6 +293,18 @@ fn refuse_nul(body: &[u8]) -> ApiResult<()> {
             "contains a NUL character (\\u0000), which cannot be stored; remove it",
         )),
         None => Ok(()),
+    }
+}
+
+/// A page's `limit` query parameter: `default` when absent, 400 `invalid_request`
+/// outside 1..=`max` (not quietly clamped: the caller would miss rows or get fewer).
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {max}, not {n}"
+        ))),
     }
 }
 

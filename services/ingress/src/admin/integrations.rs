@@ -18,7 +18,7 @@ use super::{
     auth::Admin,
     error::{ApiResult, not_found_as},
     extract::{Ids, IntegrationPath, JsonBody, OptionalJsonBody, ProjectPath},
-    openapi::{AdminErrors, BadRequest, InvalidField, NotFound},
+    openapi::{AdminErrors, BadRequest, InvalidField, NotFound, TooLarge},
 };
 use crate::AppState;
 
@@ -110,7 +110,7 @@ fn view(st: &AppState, integration: Integration) -> IntegrationView {
 /// Create an integration; answers it with its `client_config`.
 #[utoipa::path(post, path = "/v1/projects/{project_id}/integrations", operation_id = "create_integration", tag = TAG, security(("admin_token" = [])),
     params(ProjectPath), request_body = NewIntegration,
-    responses((status = 201, body = IntegrationView), AdminErrors, BadRequest, NotFound, InvalidField))]
+    responses((status = 201, body = IntegrationView), AdminErrors, BadRequest, NotFound, InvalidField, TooLarge))]
 pub async fn create(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -186,7 +186,7 @@ pub async fn delete(
 #[utoipa::path(post, path = "/v1/projects/{project_id}/integrations/{integration_id}/api-keys", operation_id = "create_integration_key", tag = TAG,
     security(("admin_token" = [])), params(IntegrationPath),
     request_body(content = Option<NewApiKey>, description = "optional: an empty body takes the defaults; `integration_id` is the path's"),
-    responses((status = 201, body = CreatedKey), AdminErrors, BadRequest, NotFound, InvalidField))]
+    responses((status = 201, body = CreatedKey), AdminErrors, BadRequest, NotFound, InvalidField, TooLarge))]
 pub async fn create_key(
     _: Admin,
     State(st): State<Arc<AppState>>,

@@ -13,7 +13,7 @@ use super::{
     auth::Admin,
     error::{ApiError, ApiResult, not_found_as},
     extract::{Ids, JsonBody, MemberKeyPath, ProjectPath},
-    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound},
+    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound, TooLarge},
 };
 use crate::{AppState, members::MAX_KID_LEN};
 
@@ -36,7 +36,7 @@ pub struct MemberKeyList {
 /// Add a member key.
 #[utoipa::path(post, path = "/v1/projects/{project_id}/member-keys", operation_id = "create_member_key", tag = TAG, security(("admin_token" = [])),
     params(ProjectPath), request_body = NewMemberKey,
-    responses((status = 201, body = MemberKey), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 201, body = MemberKey), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn create(
     _: Admin,
     State(st): State<Arc<AppState>>,

@@ -14,7 +14,7 @@ use super::{
     auth::KeyHolder,
     error::{ApiError, ApiResult},
     extract::JsonBody,
-    openapi::{BadRequest, InvalidField, KeyHolderErrors},
+    openapi::{BadRequest, InvalidField, KeyHolderErrors, TooLarge},
 };
 use crate::{AppState, members::MemberError};
 
@@ -47,7 +47,7 @@ pub struct MemberView {
 /// Exchange a member assertion for a member session; authenticated with the integration's API key.
 #[utoipa::path(post, path = "/v1/member-sessions", operation_id = "create_member_session", tag = TAG, security(("api_key" = [])),
     request_body = MemberSessionRequest,
-    responses((status = 201, body = MemberSession), KeyHolderErrors, BadRequest, InvalidField))]
+    responses((status = 201, body = MemberSession), KeyHolderErrors, BadRequest, InvalidField, TooLarge))]
 pub async fn create(
     KeyHolder(principal): KeyHolder,
     State(st): State<Arc<AppState>>,

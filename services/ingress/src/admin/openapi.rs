@@ -176,6 +176,8 @@ error_sets! {
     NotFound => [NOT_FOUND];
     Conflict => [CONFLICT];
     InvalidField => [INVALID_FIELD];
+    /// Operations that read a body: one larger than they take.
+    TooLarge => [PAYLOAD_TOO_LARGE];
     /// `render`: a field, or the arguments against the tool's schema and templates.
     RenderRefused => [INVALID_FIELD, INVALID_ARGUMENTS];
     /// Re-drive: the run cannot be run again, or the call path refused it.

@@ -13,7 +13,7 @@ use super::{
     auth::Admin,
     error::{ApiError, ApiResult, not_found_as},
     extract::{Ids, JsonBody, ProjectPath},
-    openapi::{AdminErrors, BadRequest, InvalidField, NotFound},
+    openapi::{AdminErrors, BadRequest, InvalidField, NotFound, TooLarge},
 };
 use crate::AppState;
 
@@ -37,7 +37,7 @@ pub struct ProjectList {
 /// Create a project (and its default integration).
 #[utoipa::path(post, path = "/v1/projects", operation_id = "create_project", tag = TAG, security(("admin_token" = [])),
     request_body = NewProject,
-    responses((status = 201, body = Project), AdminErrors, BadRequest, InvalidField))]
+    responses((status = 201, body = Project), AdminErrors, BadRequest, InvalidField, TooLarge))]
 pub async fn create(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -141,7 +141,7 @@ pub struct OAuthPatch {
 /// Change a project's settings: the outbound allow-list, the quotas, bodies in run history.
 #[utoipa::path(patch, path = "/v1/projects/{project_id}", operation_id = "patch_project", tag = TAG, security(("admin_token" = [])),
     params(ProjectPath), request_body = ProjectPatch,
-    responses((status = 200, body = Project), AdminErrors, BadRequest, NotFound, InvalidField))]
+    responses((status = 200, body = Project), AdminErrors, BadRequest, NotFound, InvalidField, TooLarge))]
 pub async fn patch(
     _: Admin,
     State(st): State<Arc<AppState>>,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{
     auth::Reader,
     error::{ApiError, ApiResult},
-    extract::{Ids, ProjectPath, QueryParams, RunPath},
+    extract::{Ids, ProjectPath, QueryParams, RunPath, page_limit},
     openapi::{BadRequest, NotFound, ReaderErrors},
 };
 use crate::AppState;
@@ -87,7 +87,7 @@ pub async fn list(
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
         None => None,
     };
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
     let filter = RunFilter {
         tool_name: query.tool,
         status: query.status,

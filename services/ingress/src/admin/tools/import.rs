@@ -29,8 +29,8 @@ use super::{
     super::{
         auth::Admin,
         error::{ApiError, ApiResult},
-        extract::{Ids, ProjectPath},
-        openapi::{AdminErrors, BadRequest, InvalidField, NotFound},
+        extract::{Ids, ProjectPath, RawBody},
+        openapi::{AdminErrors, BadRequest, InvalidField, NotFound, TooLarge},
         projects,
     },
     TAG, spec_document, tools_changed,
@@ -197,13 +197,13 @@ pub struct ImportReport {
     security(("admin_token" = [])), params(ProjectPath, ImportQuery),
     request_body(description = "the OpenAPI document (JSON or YAML); empty with `?url=`",
         content((Object = "application/json"), (String = "application/yaml"))),
-    responses((status = 200, body = ImportReport), AdminErrors, BadRequest, NotFound, InvalidField))]
+    responses((status = 200, body = ImportReport), AdminErrors, BadRequest, NotFound, InvalidField, TooLarge))]
 pub async fn import(
     _: Admin,
     State(st): State<Arc<AppState>>,
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
     RawQuery(raw): RawQuery,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<ImportReport>> {
     let query = ImportQuery::parse(raw.as_deref())?;
     projects::exists(&st, project_id).await?;

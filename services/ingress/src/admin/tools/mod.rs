@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::{
     auth::Admin,
     error::{ApiError, ApiResult},
-    extract::{Ids, JsonBody, ProjectPath, QueryParams, ToolPath},
-    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound},
+    extract::{Ids, JsonBody, ProjectPath, QueryParams, ToolPath, page_limit},
+    openapi::{AdminErrors, BadRequest, Conflict, InvalidField, NotFound, TooLarge},
     projects,
 };
 use crate::{AppState, arguments};
@@ -31,7 +31,7 @@ const PAGE_MAX: i64 = 1000;
 /// Create a tool (its fields: docs/tools.md); a tool that needs a secret must bring it.
 #[utoipa::path(post, path = "/v1/projects/{project_id}/tools", operation_id = "create_tool", tag = TAG, security(("admin_token" = [])),
     params(ProjectPath), request_body = ToolSpec,
-    responses((status = 201, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 201, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn create(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -83,7 +83,7 @@ pub async fn list(
     Ids(ProjectPath { project_id }): Ids<ProjectPath>,
 ) -> ApiResult<Json<ToolList>> {
     projects::exists(&st, project_id).await?;
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let limit = page_limit(query.limit, PAGE_DEFAULT, PAGE_MAX)?;
     let mut tools = tools::list(
         &st.pool,
         project_id,
@@ -123,7 +123,7 @@ pub async fn get(
 /// overlap in progress continues); a new secret without `rotation_overlap_secs` ends any overlap.
 #[utoipa::path(put, path = "/v1/projects/{project_id}/tools/{name}", operation_id = "replace_tool", tag = TAG, security(("admin_token" = [])),
     params(ToolPath), request_body = ToolSpec,
-    responses((status = 200, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 200, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn replace(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -148,7 +148,7 @@ pub(crate) async fn replace_tool(
 /// Change the top-level fields given and keep the others; validated like PUT.
 #[utoipa::path(patch, path = "/v1/projects/{project_id}/tools/{name}", operation_id = "patch_tool", tag = TAG, security(("admin_token" = [])),
     params(ToolPath), request_body(content = Object, description = "any top-level fields of a tool spec"),
-    responses((status = 200, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField))]
+    responses((status = 200, body = ToolDefinition), AdminErrors, BadRequest, NotFound, Conflict, InvalidField, TooLarge))]
 pub async fn patch(
     _: Admin,
     State(st): State<Arc<AppState>>,

@@ -22,7 +22,7 @@ use super::{
         auth::Admin,
         error::{ApiError, ApiResult},
         extract::{Ids, OptionalJsonBody, ToolPath},
-        openapi::{AdminErrors, BadRequest, NotFound, RenderRefused},
+        openapi::{AdminErrors, BadRequest, NotFound, RenderRefused, TooLarge},
     },
     TAG, tool_not_found,
 };
@@ -70,7 +70,7 @@ pub struct RenderedRequest {
 #[utoipa::path(post, path = "/v1/projects/{project_id}/tools/{name}/render", operation_id = "render_tool", tag = TAG,
     security(("admin_token" = [])), params(ToolPath),
     request_body(content = Option<RenderRequest>, description = "optional: an empty body takes the defaults"),
-    responses((status = 200, body = RenderedRequest), AdminErrors, BadRequest, NotFound, RenderRefused))]
+    responses((status = 200, body = RenderedRequest), AdminErrors, BadRequest, NotFound, RenderRefused, TooLarge))]
 pub async fn render(
     _: Admin,
     State(st): State<Arc<AppState>>,
