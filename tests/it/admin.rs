@@ -208,6 +208,21 @@ async fn out_of_range_pages_oversized_bodies_and_long_ids_get_clear_json_errors(
         "{body}"
     );
 
+    let many: Vec<String> = (0..257).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+    let (status, body) = app
+        .admin
+        .patch(&format!("/v1/projects/{p}"), json!({"outbound_allowlist": many}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "outbound_allowlist", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("at most 256"),
+        "{body}"
+    );
+
     let long = "z".repeat(60_000);
     let (status, body) = app.admin.get(&format!("/v1/projects/{long}/tools")).await;
     assert_eq!(status, 400, "{body}");

@@ -182,7 +182,19 @@ impl ProjectPatch {
     }
 }
 
+/// Most networks a project's outbound allow-list holds (every call's policy check reads it).
+const ALLOWLIST_MAX: usize = 256;
+
 fn networks(allowlist: &[String]) -> ApiResult<Vec<String>> {
+    if allowlist.len() > ALLOWLIST_MAX {
+        return Err(ApiError::invalid_field(
+            "outbound_allowlist",
+            format!(
+                "holds at most {ALLOWLIST_MAX} networks, not {}; use wider networks",
+                allowlist.len()
+            ),
+        ));
+    }
     allowlist
         .iter()
         .map(|raw| {
@@ -192,7 +204,10 @@ fn networks(allowlist: &[String]) -> ApiResult<Vec<String>> {
                 .map_err(|_| {
                     ApiError::invalid_field(
                         "outbound_allowlist",
-                        format!("`{raw}` is not an IP network (CIDR like 10.1.0.0/16) or address"),
+                        format!(
+                            "`{}` is not an IP network (CIDR like 10.1.0.0/16) or address",
+                            raw.chars().take(64).collect::<String>()
+                        ),
                     )
                 })
         })
