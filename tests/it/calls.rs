@@ -351,3 +351,31 @@ async fn tools_list_paginates() {
 async fn spawn_app_paged() -> tengine_tests::TestApp {
     tengine_tests::spawn_app_with(&[("ingress.tools_page_size", "2")]).await
 }
+
+/// Arguments that would make a URL too long to send are the caller's to fix: the
+/// call is refused before it is queued, saying so, not failed as a network error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_too_long_to_send_is_refused_as_invalid_arguments() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::get("find", &upstream.url(), "/echo").schema(object_schema(json!({"q": {"type": "string"}}))),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let result = session
+        .call("find", json!({"q": "x".repeat(tengine_core::request::URL_MAX_BYTES)}))
+        .await;
+    assert_eq!(result["isError"], true, "{result}");
+    assert_eq!(result["_meta"]["tengine.dev/status"], "rejected", "{result}");
+    let message = text(&result);
+    assert!(
+        message.contains("Invalid arguments") && message.contains("bytes"),
+        "{message}"
+    );
+    assert!(upstream.requests().is_empty(), "nothing was sent");
+    // Within the limit the same tool works.
+    let ok = session.call("find", json!({"q": "x".repeat(1000)})).await;
+    assert_eq!(ok["isError"], false, "{ok}");
+}

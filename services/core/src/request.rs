@@ -12,6 +12,9 @@ use crate::{
     },
 };
 
+/// Longest URL a request can carry (`http::Uri` refuses longer ones).
+pub const URL_MAX_BYTES: usize = 65_534;
+
 /// The outbound request a tool call produces, before auth and signing headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedRequest {
@@ -72,6 +75,15 @@ pub fn render(tool: &ToolDefinition, ctx: &Context<'_>) -> Result<RenderedReques
     }
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(query.iter());
+    }
+    // A longer URL can never be sent (the `http` crate's URI limit): the arguments'
+    // fault, said before the call is queued, not a failure of the network.
+    let length = url.as_str().len();
+    if length > URL_MAX_BYTES {
+        return Err(TemplateError::Url(format!(
+            "it would be {length} bytes, more than the {URL_MAX_BYTES} a request can carry; \
+             send large arguments in a body (POST, PUT, PATCH)"
+        )));
     }
 
     let mut headers = Vec::with_capacity(tool.headers_template.len());
