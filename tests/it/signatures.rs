@@ -81,12 +81,17 @@ impl Example {
                 (cmd, Some(dir))
             }
         };
+        // Its stderr to a file of its own, not inherited: a child killed on drop can
+        // leave a shared pipe non-blocking (Node does), and the harness's own output
+        // to it then fails.
+        let log = std::env::temp_dir().join(format!("tengine-{self:?}-example-{}.log", Uuid::new_v4().simple()));
+        let stderr = std::fs::File::create(&log).expect("the example's log file");
         let mut child = cmd
             .arg("0")
             .env("SIGNING_SECRET", secret)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start the {self:?} example: {e}"));
@@ -95,7 +100,10 @@ impl Example {
             .await
             .unwrap_or_else(|_| panic!("the {self:?} example starts within 30 s"))
             .expect("read stdout")
-            .unwrap_or_else(|| panic!("the {self:?} example exited before listening"));
+            .unwrap_or_else(|| {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("the {self:?} example exited before listening; its stderr:\n{said}")
+            });
         let started: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{self:?}: {e}: {line}"));
         let port = started["listening"].as_u64().expect("port");
         Running {
