@@ -62,13 +62,16 @@ fn in_any(nets: &[&str], ip: IpAddr) -> bool {
         .any(|net| net.contains(&ip))
 }
 
-fn blocked(ip: IpAddr) -> bool {
-    // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
-    let ip = match ip {
+/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    };
-    in_any(BLOCKED, ip)
+    }
+}
+
+fn blocked(ip: IpAddr) -> bool {
+    in_any(BLOCKED, unmapped(ip))
 }
 
 impl Policy {
@@ -98,19 +101,12 @@ impl Policy {
     }
 
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = unmapped(ip);
         !in_any(METADATA, ip) && (self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip)))
     }
 
     pub fn refusal(ip: IpAddr) -> String {
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        if in_any(METADATA, mapped) {
+        if in_any(METADATA, unmapped(ip)) {
             return format!("the API's address {ip} is a cloud metadata endpoint, which no tool may reach");
         }
         format!(
