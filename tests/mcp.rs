@@ -33,6 +33,21 @@ impl RawSession {
         }
     }
 
+    /// Opens the session's GET stream (`initialize` first).
+    pub async fn get_stream(&self) -> reqwest::Response {
+        self.http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .header(
+                "mcp-session-id",
+                self.session_id.as_deref().expect("an initialized session"),
+            )
+            .send()
+            .await
+            .expect("GET")
+    }
+
     /// POSTs raw bytes with the given headers (no defaults added).
     pub async fn post_raw(&self, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
         let mut request = self.http.post(&self.url).body(body);

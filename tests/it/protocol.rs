@@ -73,15 +73,7 @@ async fn get_stream_announces_tool_changes_and_delete_ends_the_session() {
     let mut session = app.session();
     session.initialize().await;
     let sid = session.session_id.clone().expect("session");
-    let mut stream = app
-        .http
-        .get(&app.mcp_url)
-        .bearer_auth(&app.api_key)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .expect("GET");
+    let mut stream = session.get_stream().await;
     assert_eq!(stream.status().as_u16(), 200);
     // Let the stream subscribe before the change.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -373,16 +373,7 @@ async fn a_get_stream_outlives_the_header_timeout() {
     let upstream = tengine_tests::upstream::Upstream::spawn(None).await;
     let mut session = app.session();
     session.initialize().await;
-    let sid = session.session_id.clone().expect("session");
-    let mut stream = app
-        .http
-        .get(&app.mcp_url)
-        .bearer_auth(&app.api_key)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .expect("GET");
+    let mut stream = session.get_stream().await;
     assert_eq!(stream.status().as_u16(), 200);
     tokio::time::sleep(tengine_core::serving::HEADER_TIMEOUT + Duration::from_secs(3)).await;
     app.create_tool(ToolSpec::post("later", &upstream.url(), "/x").description("d"))
