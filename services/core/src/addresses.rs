@@ -7,7 +7,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, LazyLock},
 };
 
 use ipnet::IpNet;
@@ -56,10 +56,16 @@ const METADATA: &[&str] = &[
     "fd00:ec2::23/128",
 ];
 
-fn in_any(nets: &[&str], ip: IpAddr) -> bool {
-    nets.iter()
-        .filter_map(|net| net.parse::<IpNet>().ok())
-        .any(|net| net.contains(&ip))
+/// The networks of a list, parsed once (every connection a worker makes is checked).
+fn parsed(nets: &[&str]) -> Vec<IpNet> {
+    nets.iter().filter_map(|net| net.parse().ok()).collect()
+}
+
+static BLOCKED_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| parsed(BLOCKED));
+static METADATA_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| parsed(METADATA));
+
+fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
+    nets.iter().any(|net| net.contains(&ip))
 }
 
 /// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
@@ -71,7 +77,7 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 }
 
 fn blocked(ip: IpAddr) -> bool {
-    in_any(BLOCKED, unmapped(ip))
+    in_any(&BLOCKED_NETS, unmapped(ip))
 }
 
 impl Policy {
@@ -102,11 +108,12 @@ impl Policy {
 
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = unmapped(ip);
-        !in_any(METADATA, ip) && (self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip)))
+        !in_any(&METADATA_NETS, ip)
+            && (self.allow_all || !blocked(ip) || self.allowlist.iter().any(|net| net.contains(&ip)))
     }
 
     pub fn refusal(ip: IpAddr) -> String {
-        if in_any(METADATA, unmapped(ip)) {
+        if in_any(&METADATA_NETS, unmapped(ip)) {
             return format!("the API's address {ip} is a cloud metadata endpoint, which no tool may reach");
         }
         format!(
@@ -185,6 +192,9 @@ mod tests {
     /// them, not `allow_private_upstreams` (development) nor a project's allow-list.
     #[test]
     fn metadata_endpoints_are_refused_whatever_the_settings() {
+        // A typo would drop a network silently: every entry parses.
+        assert_eq!(BLOCKED_NETS.len(), BLOCKED.len());
+        assert_eq!(METADATA_NETS.len(), METADATA.len());
         let open = Policy {
             allow_all: true,
             allowlist: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
