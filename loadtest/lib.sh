@@ -112,6 +112,15 @@ stop_workers() {
     L_WORKER_PIDS=()
 }
 
+# start_floor: the design's floor beside the cluster (async-nats alone, see
+# loadtest/src/floor.rs): its worker calling the same upstream and its log reader.
+start_floor() {
+    spawn floor-worker "$LOAD" floor worker --upstream "http://127.0.0.1:$L_UPSTREAM_PORT/call"
+    L_FLOOR_WORKER_PID=$!
+    spawn floor-reader "$LOAD" floor reader
+    L_FLOOR_READER_PID=$!
+}
+
 # setup_tool: project + key + tool `load` calling the upstream; exports TENGINE_API_KEY.
 setup_tool() {
     eval "$("$LOAD" setup --upstream "http://127.0.0.1:$L_UPSTREAM_PORT")"
@@ -122,6 +131,7 @@ teardown() {
     for pid in "${L_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${L_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     "$LOAD" teardown --prefix "$L_PREFIX" 2>/dev/null || true
+    "$LOAD" floor teardown --prefix "$L_PREFIX" 2>/dev/null || true
     psql -q "$L_PG_ADMIN" -c "DROP DATABASE IF EXISTS $L_DB WITH (FORCE)" >/dev/null 2>&1 || true
 }
 

@@ -9,8 +9,10 @@
 //!   every scenario.
 //! - `setup`: a project, an API key and a tool pointing at an upstream, through
 //!   the admin API.
+//! - `floor`: the design's floor with async-nats alone (`run --floor` calls it).
 
 mod console;
+mod floor;
 mod mcp;
 mod report;
 mod revocation;
@@ -51,6 +53,9 @@ enum Command {
     Revocation(revocation::RevocationArgs),
     /// Time the web console's pages (p50/p95 per page) for a project.
     Console(console::ConsoleArgs),
+    /// The design's floor without Tengine (async-nats alone): its worker, its log
+    /// reader, or removing its streams. `run --floor` is its caller.
+    Floor(floor::FloorArgs),
     /// Delete the JetStream streams and KV buckets of a NATS prefix (after a scenario).
     Teardown {
         #[arg(long, env = "TENGINE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -95,8 +100,14 @@ struct RunArgs {
     #[command(flatten)]
     target: Target,
     /// Call this URL with a plain POST of the arguments instead of MCP (the baseline).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "direct")]
     direct: bool,
+    /// Call the design's floor instead (async-nats alone; see `floor`), through the
+    /// NATS server and prefix of TENGINE_NATS_URL and TENGINE_NATS_PREFIX.
+    #[arg(long)]
+    floor: bool,
+    #[command(flatten)]
+    floor_shape: floor::Shape,
     #[arg(long, default_value = "load")]
     tool: String,
     /// Tool arguments as JSON.
@@ -154,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Sessions(args) => sessions(args).await,
         Command::Console(args) => console::run(args).await,
+        Command::Floor(args) => floor::run(args).await,
         Command::Revocation(args) => revocation::run(args).await,
         Command::Upstream { listen, delay_ms } => upstream(listen, delay_ms).await,
         Command::Teardown { nats_url, prefix } => {
@@ -206,11 +218,16 @@ struct Caller {
     sessions: Vec<Session>,
     /// 2026-07-28: no sessions; each call a fresh JSON-RPC id.
     stateless: bool,
+    /// `--floor`: the caller of the design's floor, and the payload it sends.
+    floor: Option<(floor::Client, bytes::Bytes)>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Caller {
     async fn call(&self, slot: usize) -> Outcome {
+        if let Some((floor, payload)) = &self.floor {
+            return floor.call(payload.clone()).await;
+        }
         if self.stateless {
             let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return mcp::call_stateless(&self.client, &self.url, &self.token, id, &self.tool, &self.arguments).await;
@@ -235,9 +252,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let arguments: Value = serde_json::from_str(&args.arguments).context("--arguments must be JSON")?;
     let width = args.concurrency.unwrap_or(args.max_in_flight.min(512));
     let client = http_client(width)?;
-    let stateless = !args.direct && args.revision == mcp::STATELESS_VERSION;
+    let through_tengine = !args.direct && !args.floor;
+    let stateless = through_tengine && args.revision == mcp::STATELESS_VERSION;
+    let floor = if args.floor {
+        let nats_url = std::env::var("TENGINE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let prefix = std::env::var("TENGINE_NATS_PREFIX").context("--floor needs TENGINE_NATS_PREFIX")?;
+        let payload = bytes::Bytes::from(serde_json::to_vec(&arguments)?);
+        Some((
+            floor::Client::connect(&nats_url, &prefix, args.floor_shape).await?,
+            payload,
+        ))
+    } else {
+        None
+    };
     let mut sessions = Vec::new();
-    if !args.direct && !stateless {
+    if through_tengine && !stateless {
         for _ in 0..args.sessions.max(1) {
             sessions.push(mcp::open_session(&client, &args.target.url, &args.target.token).await?);
         }
@@ -250,6 +279,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         arguments,
         sessions,
         stateless,
+        floor,
         next_id: std::sync::atomic::AtomicU64::new(1),
     });
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
