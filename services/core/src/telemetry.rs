@@ -91,7 +91,11 @@ fn install(
     let logs = match (format, test_writer) {
         (_, true) => fmt::layer().with_test_writer().with_filter(filter).boxed(),
         (LogFormat::Json, false) => fmt::layer().json().with_filter(filter).boxed(),
-        (LogFormat::Text, false) => fmt::layer().with_filter(filter).boxed(),
+        // Colours only on a terminal: a log file or a journal would keep the escape codes.
+        (LogFormat::Text, false) => fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_filter(filter)
+            .boxed(),
     };
     let installed = tracing_subscriber::registry().with(logs).with(otel).try_init().is_ok();
     if installed {

@@ -259,12 +259,18 @@ pub(crate) fn forgotten_result(run_id: Uuid, status: &str) -> Value {
     )
 }
 
-pub(crate) fn still_running(run_id: Uuid, wait: Duration) -> Value {
+pub(crate) fn still_running(tool: &ToolDefinition, run_id: Uuid, wait: Duration) -> Value {
+    // Only a tool an operator approves can be waiting for a decision.
+    let when = if tool.approval == tengine_core::domain::Approval::Operator {
+        " (once an operator decides, if it awaits approval)"
+    } else {
+        ""
+    };
     tool_result(
         true,
         format!(
-            "Run {run_id} did not finish within {} ms. It was accepted and will still complete (one awaiting \
-             an operator's approval, once decided); its outcome will be in run history (GET /v1/runs/{run_id}).",
+            "Run {run_id} did not finish within {} ms. It was accepted and will still complete{when}; its \
+             outcome will be in run history (GET /v1/runs/{run_id}).",
             wait.as_millis()
         ),
         run_meta(run_id, RunStatus::Accepted, None),

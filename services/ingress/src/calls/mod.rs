@@ -873,6 +873,6 @@ async fn follow_existing(
     let deadline = tengine_core::tasks::deadline_after(wait);
     match st.dispatcher.poll_outcome(project_id, run_id, deadline).await {
         Some(outcome) => results::outcome_result(st, tool, &outcome, asking),
-        None => results::still_running(run_id, wait),
+        None => results::still_running(tool, run_id, wait),
     }
 }

@@ -250,7 +250,7 @@ async fn follow_to_end(
                 return Ending::Result(
                     match st.dispatcher.recorded(caller.project_id, following.run_id).await {
                         Some(outcome) => outcome_result(st, tool, &outcome, asking),
-                        None => still_running(following.run_id, wait),
+                        None => still_running(tool, following.run_id, wait),
                     },
                 );
             }
@@ -337,7 +337,7 @@ async fn stream_call(
             None => {
                 let result = match st.dispatcher.recorded(caller.project_id, following.run_id).await {
                     Some(outcome) => outcome_result(&st, &tool, &outcome, asking.as_ref()),
-                    None => still_running(following.run_id, wait),
+                    None => still_running(&tool, following.run_id, wait),
                 };
                 notifier.finish(result).await;
                 return Streamed::Ended;
