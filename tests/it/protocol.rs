@@ -66,6 +66,54 @@ async fn progress_and_logs_arrive_on_an_sse_answer_before_the_result() {
     assert!(events.iter().all(|e| e.id.is_some()), "every event has an id");
 }
 
+/// A call answered as one JSON body shows no progress, so its worker sends the
+/// ingress only the outcome (each message wakes the ingress); a call with a
+/// progress token also gets the attempt's start and end, which its stages need.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_caller_shown_progress_gets_the_attempts_messages() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(ToolSpec::post("echo", &upstream.url(), "/echo")).await;
+    let nats = async_nats::connect(tengine_tests::nats_url()).await.expect("nats");
+    let mut replies = nats
+        .subscribe(format!("{}.reply.>", app.config.nats_prefix))
+        .await
+        .expect("subscribe");
+    nats.flush().await.expect("flush");
+    let mut session = app.session();
+    session.initialize().await;
+
+    let plain = session
+        .request("tools/call", json!({"name": "echo", "arguments": {}}))
+        .await;
+    assert_eq!(plain.body["result"]["isError"], false, "{}", plain.body);
+    let plain_run = run_id(&plain.body["result"]);
+    let shown = session
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {}, "_meta": {"progressToken": 1}}),
+        )
+        .await;
+    let events = parse_sse(shown.body.as_str().expect("an SSE body is text"));
+    let last = events.last().expect("events").json();
+    assert_eq!(last["result"]["isError"], false, "{last}");
+    let shown_run = run_id(&last["result"]);
+
+    // The reply subject ends in the run id: count each run's messages.
+    let (mut plain_count, mut shown_count) = (0, 0);
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), replies.next()).await {
+        let run = message.subject.rsplit('.').next().unwrap_or_default().to_string();
+        if run == plain_run {
+            plain_count += 1;
+        } else if run == shown_run {
+            shown_count += 1;
+        }
+    }
+    assert_eq!(plain_count, 1, "the outcome alone");
+    assert_eq!(shown_count, 3, "the attempt's start and end, then the outcome");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn get_stream_announces_tool_changes_and_delete_ends_the_session() {
     let app = spawn_app().await;

@@ -110,6 +110,17 @@ pub struct ExecuteCommand {
     /// Where the call came from, for run history (copied into `Accepted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<RunOrigin>,
+    /// Whether the waiting ingress shows the attempt's progress (the client asked
+    /// for progress or log notifications): only then does the worker send it the
+    /// attempt's start, end and the API's own progress. Most calls only wait for
+    /// the outcome, and each of those messages wakes the ingress. Absent (an older
+    /// ingress's command): sent, as before.
+    #[serde(default = "shows_progress_by_default")]
+    pub progress: bool,
+}
+
+fn shows_progress_by_default() -> bool {
+    true
 }
 
 /// What run history shows of a call's origin; every field optional, so messages
@@ -637,6 +648,7 @@ mod tests {
                     idempotency_key: Some("k".into()),
                     redrive_of: Some(Uuid::now_v7()),
                 }),
+                progress: false,
             },
         );
         let bytes = cmd.encode().expect("encode");

@@ -1,7 +1,8 @@
 //! Queues a run and follows it. Each ingress instance holds one wildcard
 //! subscription on its reply subjects; a waiting call registers its run id before
 //! the command is published, so a fast reply cannot be missed. Workers send the
-//! attempt's start (progress) and the outcome there. If the outcome is lost or
+//! outcome there, and the attempt's start and end when the caller is shown
+//! progress (`ExecuteCommand::progress`). If the outcome is lost or
 //! late, the event log is consulted at the deadline.
 //!
 //! Cancellation: `notifications/cancelled` may reach any instance, so it is

@@ -510,6 +510,7 @@ async fn continue_task(st: &AppState, principal: &Principal, id: &Value, answere
         run_id: Uuid::now_v7(),
         accepted_at: Utc::now(),
         reply_to: None,
+        progress: false,
         input: Some(CommandInput {
             responses: std::mem::take(&mut call.answered),
             state,

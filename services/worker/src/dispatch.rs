@@ -449,7 +449,7 @@ impl Worker {
             SHOWN_RUNNING_AFTER,
             answering,
         ));
-        self.notify(command, started).await;
+        self.notify_progress(command, started).await;
 
         // The API's own progress goes to the waiting ingress as it arrives.
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<outbound::Progress>();
@@ -461,7 +461,7 @@ impl Worker {
                     total: p.total,
                     message: p.message,
                 };
-                self.notify(command, event).await;
+                self.notify_progress(command, event).await;
             }
         };
         let call = async {
@@ -501,7 +501,7 @@ impl Worker {
                 bytes_in: 0,
             };
             pending.push(self.log_attempt(command.caller.project_id, aborted.clone()));
-            self.notify(command, aborted).await;
+            self.notify_progress(command, aborted).await;
             return Ok(None);
         };
         metrics::counter!(prometheus::ATTEMPTS, "outcome" => result.error_class.map_or("ok", ErrorClass::as_str))
@@ -509,7 +509,7 @@ impl Worker {
         metrics::histogram!(prometheus::UPSTREAM_SECONDS).record(result.elapsed.as_secs_f64());
         let report = attempt_report(number, started_at, &result);
         let (run_id, project_id) = (command.run_id, command.caller.project_id);
-        self.notify(command, report.clone().into_event(run_id, project_id))
+        self.notify_progress(command, report.clone().into_event(run_id, project_id))
             .await;
         tracing::debug!(attempt = number, elapsed = ?result.elapsed, "attempt finished");
         Ok(Some((result, report)))

@@ -418,6 +418,14 @@ impl Worker {
         }
     }
 
+    /// An attempt's start or end, or the API's progress, for an ingress that shows
+    /// them (see [`ExecuteCommand::progress`]).
+    async fn notify_progress(&self, command: &ExecuteCommand, event: RunEvent) {
+        if command.progress {
+            self.notify(command, event).await;
+        }
+    }
+
     async fn send_to_ingress(&self, command: &ExecuteCommand, envelope: bytes::Bytes) {
         let Some(reply_to) = &command.reply_to else { return };
         if let Err(err) = self.nats.publish(reply_to.clone(), envelope).await {

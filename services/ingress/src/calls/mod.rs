@@ -239,6 +239,12 @@ impl Call {
         }
         // Whether a client waits here for this run's answer (not a task, not a re-drive).
         let attended = !as_task && self.redrive_of.is_none();
+        let log = match &self.era {
+            Era::Legacy { session } => progress::session_logs_info(&self.st, session),
+            Era::Modern { log_level, .. } => log_level.as_deref().is_some_and(progress::logs_info),
+        };
+        // Only a caller shown the attempt's progress needs the worker's progress messages.
+        command.progress = attended && (progress_token.is_some() || log);
         // 2026-07-28: a client that goes away cancels its call. Armed before the
         // command is stored: this request's future may be dropped at any await from
         // here on, and a run queued after its client left must not reach the API.
@@ -266,10 +272,6 @@ impl Call {
             let task = self.task(&tool, &command, following, parked, asking.as_ref()).await;
             return Ok(Accepted::Task(task));
         }
-        let log = match &self.era {
-            Era::Legacy { session } => progress::session_logs_info(&self.st, session),
-            Era::Modern { log_level, .. } => log_level.as_deref().is_some_and(progress::logs_info),
-        };
         Ok(Accepted::Follow(Box::new(progress::Answering {
             tool,
             following,
@@ -516,6 +518,8 @@ impl Call {
                 .and_then(|_| accepted_at.checked_add_signed(self.st.config.ingress.idempotency_ttl())),
             input: None,
             origin: Some(origin),
+            // Set once it is known how the caller wants its answer (`execute`).
+            progress: false,
         };
         if let Err(message) = command.check_fits(payload::server_max_payload(&self.st.nats)) {
             self.reject(&tool.name, ErrorClass::InvalidArguments, &message).await;
