@@ -119,6 +119,7 @@ pub struct TestApp {
     pub config: Config,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    projector: JoinHandle<()>,
     // Last: dropped after the services are stopped.
     _isolation: Isolation,
 }
@@ -205,13 +206,13 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
                 let _ = worker.run(stopped(rx)).await;
             }
         }),
-        tokio::spawn({
-            let rx = stop_rx.clone();
-            async move {
-                let _ = projector.run(stopped(rx)).await;
-            }
-        }),
     ];
+    let projector = tokio::spawn({
+        let rx = stop_rx.clone();
+        async move {
+            let _ = projector.run(stopped(rx)).await;
+        }
+    });
     let pool = PgPool::connect(&isolation.db_url).await.expect("test pool");
     let http = reqwest::Client::new();
     let mut app = TestApp {
@@ -227,6 +228,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         config,
         stop,
         tasks,
+        projector,
         _isolation: isolation,
     };
     app.project_id = app.admin.create_project("test").await;
@@ -258,6 +260,7 @@ impl Drop for TestApp {
         for task in &self.tasks {
             task.abort();
         }
+        self.projector.abort();
     }
 }
 
@@ -281,6 +284,12 @@ impl TestApp {
             stop,
             task,
         }
+    }
+
+    /// Ends the projector at once, as if its process were killed: calls still
+    /// run, run history stops.
+    pub fn kill_projector(&self) {
+        self.projector.abort();
     }
 
     /// Starts another worker of this cluster; it stops when the returned sender is

@@ -203,3 +203,38 @@ async fn operator_endpoints_are_apart_from_clients() {
         assert!(detailed.get(field).is_some(), "{field} in {detailed}");
     }
 }
+
+/// A stopped projector shows in the ingress's health: calls still run, but run
+/// history stops, so once events have waited past the bound the details say
+/// `stalled` and the status is degraded (503).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_projector_degrades_the_health() {
+    let (app, _upstream, session) = echo_app().await;
+    call_with(&session, &app, 1, &[]).await;
+    let (status, detailed) = app.admin.get("/v1/health").await;
+    assert_eq!(
+        (status, &detailed["projector"]),
+        (200, &json!("applying")),
+        "{detailed}"
+    );
+
+    app.kill_projector();
+    // Events now wait for a projector that is gone.
+    call_with(&session, &app, 2, &[]).await;
+    let killed = std::time::Instant::now();
+    let deadline = killed + std::time::Duration::from_secs(60);
+    loop {
+        let (status, detailed) = app.admin.get("/v1/health").await;
+        if detailed["projector"] == "stalled" {
+            assert_eq!((status, &detailed["status"]), (503, &json!("degraded")), "{detailed}");
+            assert!(
+                killed.elapsed() >= std::time::Duration::from_secs(25),
+                "not before the bound"
+            );
+            break;
+        }
+        assert_eq!(status, 200, "{detailed}");
+        assert!(std::time::Instant::now() < deadline, "still {detailed}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

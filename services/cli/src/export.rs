@@ -69,7 +69,7 @@ impl Exporter {
         tengine_projector::closing::closed_until(
             &self.events,
             &self.topology.projector_consumer(),
-            &format!("{}.ev.>", self.topology.prefix()),
+            &self.topology.events_wildcard(),
             self.close_after,
         )
         .await

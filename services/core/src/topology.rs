@@ -90,6 +90,11 @@ impl Topology {
         Some((project, run))
     }
 
+    /// Every event subject: the event log's subjects.
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.ev.>", self.prefix)
+    }
+
     pub fn outcome_subject(&self, project_id: Uuid, run_id: Uuid) -> String {
         self.event_subject(project_id, run_id, crate::envelope::RunEvent::FINISHED_KIND)
     }
@@ -227,7 +232,7 @@ impl Topology {
     fn events_config(&self, limits: &StreamsConfig) -> stream::Config {
         stream::Config {
             name: self.events_stream(),
-            subjects: vec![format!("{}.ev.>", self.prefix)],
+            subjects: vec![self.events_wildcard()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             discard: DiscardPolicy::Old,

@@ -340,6 +340,11 @@ impl Dispatcher {
         tengine_projector::history::lag(&self.events, pool).await
     }
 
+    /// Whether run history has stopped (see [`tengine_projector::history::stalled`]).
+    pub async fn history_stalled(&self, pool: &sqlx::PgPool, after: Duration) -> Option<bool> {
+        tengine_projector::history::stalled(&self.events, &self.topology.events_wildcard(), pool, after).await
+    }
+
     /// Commands in the queue: (waiting for a worker, delivered and not acked
     /// yet), from the workers' consumer; `None` when NATS cannot say.
     pub async fn queue_depth(&self) -> Option<QueueDepth> {

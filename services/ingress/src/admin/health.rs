@@ -13,14 +13,21 @@ use serde_json::{Value, json};
 use super::auth::is_admin;
 use crate::AppState;
 
+/// How long an event may wait, with no batch applied meanwhile, before the
+/// projector counts as stalled: a running projector applies a batch within
+/// milliseconds of an event (`projector.batch_wait_ms`), even far behind.
+pub const PROJECTOR_STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The ingress's health; the details only for the admin token.
 ///
 /// Anyone: `{"status": "ok", "service": "ingress"}`. With the admin token also `version`, `database`,
-/// `nats`, `projector_lag_events` (events the projector has not applied yet) and `dead_letters`.
+/// `nats`, `projector` (`applying`, or `stalled` when events have waited longer than
+/// [`PROJECTOR_STALLED_AFTER`] without a batch applied: no projector runs, or it is stuck),
+/// `projector_lag_events` (events the projector has not applied yet) and `dead_letters`.
 #[utoipa::path(get, path = "/v1/health", operation_id = "health", tag = "health", security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "ok", body = Object),
-        (status = 503, description = "degraded (admin only): the database or NATS is unreachable", body = Object),
+        (status = 503, description = "degraded (admin only): the database or NATS is unreachable, or run history stopped (no projector applies the event log)", body = Object),
     ))]
 pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
     if !is_admin(&st, &headers) {
@@ -32,7 +39,10 @@ pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> (Sta
     // Events the projector set aside, not re-applied yet (`tengine projector dead-letters`).
     let dead_letters = tengine_projector::history::unresolved_dead_letters(&st.pool).await.ok();
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
-    let status = if database && nats {
+    // Calls still run without a projector, but run history stops: degraded.
+    let stalled = lag.is_some_and(|waiting| waiting > 0)
+        && st.dispatcher.history_stalled(&st.pool, PROJECTOR_STALLED_AFTER).await == Some(true);
+    let status = if database && nats && !stalled {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -45,6 +55,7 @@ pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> (Sta
             "version": tengine_core::VERSION,
             "database": if database { "ok" } else { "unreachable" },
             "nats": if nats { "ok" } else { "unreachable" },
+            "projector": if stalled { "stalled" } else { "applying" },
             "projector_lag_events": lag,
             "dead_letters": dead_letters,
         })),

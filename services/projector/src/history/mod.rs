@@ -34,6 +34,38 @@ async fn checkpoint(pool: &PgPool) -> StoreResult<i64> {
     Ok(row.0.unwrap_or(0))
 }
 
+/// Whether run history has stopped: an event has waited longer than `after` and
+/// no batch was applied within `after` either (a projector far behind still
+/// applies batches). `None` when NATS or PostgreSQL cannot be read.
+pub async fn stalled(
+    events: &jetstream::stream::Stream,
+    events_wildcard: &str,
+    pool: &PgPool,
+    after: std::time::Duration,
+) -> Option<bool> {
+    let (applied, idle_secs): (Option<i64>, Option<f64>) = sqlx::query_as(
+        "SELECT max(stream_seq), EXTRACT(EPOCH FROM now() - max(updated_at))::float8 FROM projector_checkpoints",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()?;
+    let applied = u64::try_from(applied.unwrap_or(0)).unwrap_or(0);
+    if idle_secs.is_some_and(|idle| idle <= after.as_secs_f64()) {
+        return Some(false);
+    }
+    let mut log = events.clone();
+    if log.info().await.ok()?.state.last_sequence <= applied {
+        return Some(false);
+    }
+    let oldest = events
+        .get_first_raw_message_by_subject(events_wildcard, applied.saturating_add(1))
+        .await
+        .ok()?;
+    let now_nanos = i128::from(chrono::Utc::now().timestamp_nanos_opt()?);
+    let waited_nanos = now_nanos.saturating_sub(oldest.time.unix_timestamp_nanos());
+    Some(waited_nanos > i128::try_from(after.as_nanos()).unwrap_or(i128::MAX))
+}
+
 /// Events in the log not yet applied to run history: the log's last sequence minus
 /// the projector's checkpoint. `None` when either side cannot be read.
 pub async fn lag(events: &jetstream::stream::Stream, pool: &PgPool) -> Option<u64> {
