@@ -458,3 +458,97 @@ async fn a_malformed_idempotency_key_is_refused_not_ignored() {
         .await;
     run_id(&reply.body["result"]);
 }
+
+/// An attempt in history: number, end, error, HTTP status.
+type AttemptRow = (i32, Option<chrono::DateTime<chrono::Utc>>, Option<String>, Option<i32>);
+
+/// A worker that dies during an attempt never reports its end; the run is
+/// delivered again and finishes on its next attempt. History closes the lost
+/// attempt with the run (it does not show it running forever) and says why. The
+/// events are what such a run leaves in the log: the lost attempt's start (stored
+/// because the API took longer than a quarter second), then the outcome of the
+/// second delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_lost_with_its_worker_ends_with_the_run() {
+    use tengine_core::envelope::{AttemptReport, Caller, RunEvent, RunOutcome, RunStatus};
+    let app = spawn_app().await;
+    let js = async_nats::jetstream::new(async_nats::connect(tengine_tests::nats_url()).await.expect("nats"));
+    let topology = tengine_core::Topology::from_config(&app.config);
+    let caller = Caller {
+        project_id: app.project_id,
+        integration_id: uuid::Uuid::now_v7(),
+        api_key_id: app.api_key_id,
+        member: None,
+    };
+    let run_id = uuid::Uuid::now_v7();
+    let accepted_at = chrono::Utc::now();
+    let second_start = accepted_at + chrono::Duration::seconds(30);
+    let finished_at = second_start + chrono::Duration::milliseconds(40);
+    let events = [
+        RunEvent::AttemptStarted {
+            run_id,
+            project_id: app.project_id,
+            attempt: 1,
+            started_at: accepted_at,
+        },
+        RunEvent::Finished(RunOutcome {
+            run_id,
+            caller,
+            tool_name: "slow".into(),
+            status: RunStatus::Succeeded,
+            error_class: None,
+            error: None,
+            response: None,
+            attempts: 2,
+            accepted_at,
+            finished_at,
+            latency_ms: 40,
+            bodies: None,
+            keep_result_until: None,
+            last_attempt: Some(Box::new(AttemptReport {
+                attempt: 2,
+                started_at: second_start,
+                finished_at,
+                http_status: Some(200),
+                error_class: None,
+                error: None,
+                bytes_out: 2,
+                bytes_in: 2,
+            })),
+            origin: None,
+        }),
+    ];
+    for event in events {
+        tengine_core::bus::publish_event(&js, &topology, app.project_id, event)
+            .await
+            .expect("publish");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let attempts: Vec<AttemptRow> = loop {
+        let rows = sqlx::query_as(
+            "SELECT attempt, finished_at, error, http_status FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&app.pool)
+        .await
+        .expect("attempts");
+        if rows.len() == 2 {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "attempts {rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (_, lost_end, lost_error, lost_status) = &attempts[0];
+    assert_eq!(
+        lost_end.map(|t| t.timestamp_millis()),
+        Some(finished_at.timestamp_millis())
+    );
+    assert!(
+        lost_error
+            .as_deref()
+            .is_some_and(|e| e.contains("the worker stopped during this attempt")),
+        "{lost_error:?}"
+    );
+    assert_eq!(*lost_status, None);
+    assert_eq!((attempts[1].0, attempts[1].3), (2, Some(200)));
+}

@@ -86,7 +86,36 @@ impl<'a> Grouped<'a> {
         for event in &self.others {
             apply_event(tx, event).await?;
         }
-        self.apply_finished(tx).await
+        self.apply_finished(tx).await?;
+        self.close_lost_attempts(tx).await
+    }
+
+    /// A finished run's attempts that never reported an end: their worker stopped
+    /// during them and the run was delivered again. Their end is recorded with the
+    /// run's, so history shows no attempt running forever. Only runs delivered more
+    /// than once can have one; a run's attempt events precede its outcome in the log.
+    async fn close_lost_attempts(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let (mut run, mut day, mut at) = (Vec::new(), Vec::new(), Vec::new());
+        for outcome in self.finished.values().filter(|o| o.attempts > 1) {
+            run.push(outcome.run_id);
+            day.push(retention::uuid_day(outcome.run_id));
+            at.push(outcome.finished_at);
+        }
+        if run.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE run_attempts SET finished_at = x.f, error = $4 \
+             FROM UNNEST($1::uuid[], $2::date[], $3::timestamptz[]) AS x(r, d, f) \
+             WHERE run_attempts.run_id = x.r AND run_attempts.day = x.d AND run_attempts.finished_at IS NULL",
+        )
+        .bind(&run)
+        .bind(&day)
+        .bind(&at)
+        .bind(LOST_ATTEMPT)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// `Accepted`: the run's row, created or given its earliest acceptance time.
@@ -352,6 +381,10 @@ impl<'a> Grouped<'a> {
         Ok(())
     }
 }
+
+/// The error of an attempt whose end was never reported (its end is the run's).
+pub(crate) const LOST_ATTEMPT: &str = "no answer was recorded: the worker stopped during this attempt and the run was \
+     delivered again (the API may have received this request)";
 
 /// Keeps the outcomes of runs called with a client idempotency key (until their
 /// `keep_result_until`), so a retry still gets them after the log rolled past.
