@@ -73,16 +73,22 @@ fn names(prefix: &str) -> Names {
     }
 }
 
-/// How the floor's messages look: one subject for all, or one per call, and how
-/// many bytes a command carries (the worker's event carries as many).
-#[derive(clap::Args, Clone, Copy, Default)]
-pub struct Shape {
+/// Where `run --floor` sends its calls, and how its messages look: one subject for
+/// all, or one per call, and how many bytes a command carries (the worker's event
+/// carries as many).
+#[derive(clap::Args)]
+pub struct Target {
+    #[arg(long, env = "TENGINE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The floor's streams are `{prefix}_FLOOR_*` (the floor's worker uses the same).
+    #[arg(long = "nats-prefix", env = "TENGINE_NATS_PREFIX", required_if_eq("floor", "true"))]
+    prefix: Option<String>,
     /// A subject per call, as Tengine's (`….commands.<n>`, `….events.<n>.finished`).
     #[arg(long = "floor-subject-per-call")]
-    pub subject_per_call: bool,
+    subject_per_call: bool,
     /// Bytes of each command (Tengine's commands and events: about 1,000).
     #[arg(long = "floor-bytes", default_value_t = 0)]
-    pub bytes: usize,
+    bytes: usize,
 }
 
 /// Both streams, created if missing (file storage, one replica, as Tengine's).
@@ -209,7 +215,9 @@ async fn worker(
 /// The caller's side: stores commands and waits for the worker's replies.
 pub struct Client {
     js: jetstream::Context,
-    shape: Shape,
+    /// What every call sends, padded once to the target's size.
+    payload: Bytes,
+    subject_per_call: bool,
     subject: String,
     inbox: String,
     waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
@@ -217,12 +225,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(nats_url: &str, prefix: &str, shape: Shape) -> anyhow::Result<Self> {
-        let nats = async_nats::connect(nats_url)
+    pub async fn connect(target: &Target, mut payload: Vec<u8>) -> anyhow::Result<Self> {
+        let prefix = target.prefix.as_deref().context("--floor needs TENGINE_NATS_PREFIX")?;
+        let nats = async_nats::connect(&target.nats_url)
             .await
-            .with_context(|| format!("connecting to {nats_url}"))?;
+            .with_context(|| format!("connecting to {}", target.nats_url))?;
         let js = jetstream::new(nats.clone());
         let names = names(prefix);
+        if payload.len() < target.bytes {
+            payload.resize(target.bytes, b' ');
+        }
         streams(&js, &names).await?;
         let inbox = nats.new_inbox();
         let mut replies = nats.subscribe(format!("{inbox}.*")).await?;
@@ -243,7 +255,8 @@ impl Client {
         });
         Ok(Self {
             js,
-            shape,
+            payload: Bytes::from(payload),
+            subject_per_call: target.subject_per_call,
             subject: names.command_subject,
             inbox,
             waiting,
@@ -251,32 +264,25 @@ impl Client {
         })
     }
 
-    pub async fn call(&self, payload: Bytes) -> Outcome {
+    pub async fn call(&self) -> Outcome {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let payload = if payload.len() < self.shape.bytes {
-            let mut padded = payload.to_vec();
-            padded.resize(self.shape.bytes, b' ');
-            Bytes::from(padded)
-        } else {
-            payload
-        };
         let (sender, answered) = oneshot::channel();
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.insert(n, sender);
         }
-        let outcome = self.send(n, payload, answered).await;
+        let outcome = self.send(n, answered).await;
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.remove(&n);
         }
         outcome
     }
 
-    async fn send(&self, n: u64, payload: Bytes, answered: oneshot::Receiver<()>) -> Outcome {
+    async fn send(&self, n: u64, answered: oneshot::Receiver<()>) -> Outcome {
         let message = jetstream::message::PublishMessage::build()
-            .payload(payload)
+            .payload(self.payload.clone())
             .message_id(format!("{}-{n}", self.inbox))
             .header(REPLY_HEADER, format!("{}.{n}", self.inbox));
-        let subject = if self.shape.subject_per_call {
+        let subject = if self.subject_per_call {
             format!("{}.{n}", self.subject)
         } else {
             format!("{}.all", self.subject)

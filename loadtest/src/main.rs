@@ -100,14 +100,13 @@ struct RunArgs {
     #[command(flatten)]
     target: Target,
     /// Call this URL with a plain POST of the arguments instead of MCP (the baseline).
-    #[arg(long, conflicts_with = "direct")]
-    direct: bool,
-    /// Call the design's floor instead (async-nats alone; see `floor`), through the
-    /// NATS server and prefix of TENGINE_NATS_URL and TENGINE_NATS_PREFIX.
     #[arg(long)]
+    direct: bool,
+    /// Call the design's floor instead (async-nats alone; see `floor`).
+    #[arg(long, conflicts_with = "direct")]
     floor: bool,
     #[command(flatten)]
-    floor_shape: floor::Shape,
+    floor_target: floor::Target,
     #[arg(long, default_value = "load")]
     tool: String,
     /// Tool arguments as JSON.
@@ -218,15 +217,15 @@ struct Caller {
     sessions: Vec<Session>,
     /// 2026-07-28: no sessions; each call a fresh JSON-RPC id.
     stateless: bool,
-    /// `--floor`: the caller of the design's floor, and the payload it sends.
-    floor: Option<(floor::Client, bytes::Bytes)>,
+    /// `--floor`: the caller of the design's floor.
+    floor: Option<floor::Client>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Caller {
     async fn call(&self, slot: usize) -> Outcome {
-        if let Some((floor, payload)) = &self.floor {
-            return floor.call(payload.clone()).await;
+        if let Some(floor) = &self.floor {
+            return floor.call().await;
         }
         if self.stateless {
             let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -255,13 +254,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let through_tengine = !args.direct && !args.floor;
     let stateless = through_tengine && args.revision == mcp::STATELESS_VERSION;
     let floor = if args.floor {
-        let nats_url = std::env::var("TENGINE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let prefix = std::env::var("TENGINE_NATS_PREFIX").context("--floor needs TENGINE_NATS_PREFIX")?;
-        let payload = bytes::Bytes::from(serde_json::to_vec(&arguments)?);
-        Some((
-            floor::Client::connect(&nats_url, &prefix, args.floor_shape).await?,
-            payload,
-        ))
+        Some(floor::Client::connect(&args.floor_target, serde_json::to_vec(&arguments)?).await?)
     } else {
         None
     };
