@@ -340,9 +340,13 @@ impl Dispatcher {
         tengine_projector::history::lag(&self.events, pool).await
     }
 
-    /// Whether run history has stopped (see [`tengine_projector::history::stalled`]).
-    pub async fn history_stalled(&self, pool: &sqlx::PgPool, after: Duration) -> Option<bool> {
-        tengine_projector::history::stalled(&self.events, &self.topology.events_wildcard(), pool, after).await
+    /// Run history's lag and whether it has stopped (see [`tengine_projector::history::progress`]).
+    pub async fn history_progress(
+        &self,
+        pool: &sqlx::PgPool,
+        stalled_after: Duration,
+    ) -> Option<tengine_projector::history::Progress> {
+        tengine_projector::history::progress(&self.events, &self.topology.events_wildcard(), pool, stalled_after).await
     }
 
     /// Commands in the queue: (waiting for a worker, delivered and not acked

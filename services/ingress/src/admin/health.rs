@@ -34,14 +34,14 @@ pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> (Sta
         return (StatusCode::OK, Json(json!({"status": "ok", "service": "ingress"})));
     }
     let database = sqlx::query("SELECT 1").execute(&st.pool).await.is_ok();
-    // Events in the log the projector has not applied yet (run history lag).
-    let lag = st.dispatcher.projector_lag(&st.pool).await;
+    // Events in the log the projector has not applied yet (run history lag), and
+    // whether history stopped: calls still run without a projector, but degraded.
+    let progress = st.dispatcher.history_progress(&st.pool, PROJECTOR_STALLED_AFTER).await;
+    let lag = progress.as_ref().map(|p| p.lag);
+    let stalled = progress.is_some_and(|p| p.stalled);
     // Events the projector set aside, not re-applied yet (`tengine projector dead-letters`).
     let dead_letters = tengine_projector::history::unresolved_dead_letters(&st.pool).await.ok();
     let nats = st.nats.connection_state() == async_nats::connection::State::Connected;
-    // Calls still run without a projector, but run history stops: degraded.
-    let stalled = lag.is_some_and(|waiting| waiting > 0)
-        && st.dispatcher.history_stalled(&st.pool, PROJECTOR_STALLED_AFTER).await == Some(true);
     let status = if database && nats && !stalled {
         StatusCode::OK
     } else {

@@ -26,44 +26,23 @@ pub async fn unresolved_dead_letters(pool: &PgPool) -> StoreResult<i64> {
     )
 }
 
-/// The last event-log sequence applied to history.
-async fn checkpoint(pool: &PgPool) -> StoreResult<i64> {
-    let row: (Option<i64>,) = sqlx::query_as("SELECT max(stream_seq) FROM projector_checkpoints")
-        .fetch_one(pool)
-        .await?;
-    Ok(row.0.unwrap_or(0))
+/// What the projector has applied: the last event-log sequence, and how long ago
+/// it applied a batch (`None` before its first).
+struct Applied {
+    seq: u64,
+    idle: Option<std::time::Duration>,
 }
 
-/// Whether run history has stopped: an event has waited longer than `after` and
-/// no batch was applied within `after` either (a projector far behind still
-/// applies batches). `None` when NATS or PostgreSQL cannot be read.
-pub async fn stalled(
-    events: &jetstream::stream::Stream,
-    events_wildcard: &str,
-    pool: &PgPool,
-    after: std::time::Duration,
-) -> Option<bool> {
-    let (applied, idle_secs): (Option<i64>, Option<f64>) = sqlx::query_as(
+async fn applied(pool: &PgPool) -> StoreResult<Applied> {
+    let (seq, idle_secs): (Option<i64>, Option<f64>) = sqlx::query_as(
         "SELECT max(stream_seq), EXTRACT(EPOCH FROM now() - max(updated_at))::float8 FROM projector_checkpoints",
     )
     .fetch_one(pool)
-    .await
-    .ok()?;
-    let applied = u64::try_from(applied.unwrap_or(0)).unwrap_or(0);
-    if idle_secs.is_some_and(|idle| idle <= after.as_secs_f64()) {
-        return Some(false);
-    }
-    let mut log = events.clone();
-    if log.info().await.ok()?.state.last_sequence <= applied {
-        return Some(false);
-    }
-    let oldest = events
-        .get_first_raw_message_by_subject(events_wildcard, applied.saturating_add(1))
-        .await
-        .ok()?;
-    let now_nanos = i128::from(chrono::Utc::now().timestamp_nanos_opt()?);
-    let waited_nanos = now_nanos.saturating_sub(oldest.time.unix_timestamp_nanos());
-    Some(waited_nanos > i128::try_from(after.as_nanos()).unwrap_or(i128::MAX))
+    .await?;
+    Ok(Applied {
+        seq: u64::try_from(seq.unwrap_or(0)).unwrap_or(0),
+        idle: idle_secs.and_then(|secs| std::time::Duration::try_from_secs_f64(secs.max(0.0)).ok()),
+    })
 }
 
 /// Events in the log not yet applied to run history: the log's last sequence minus
@@ -71,6 +50,44 @@ pub async fn stalled(
 pub async fn lag(events: &jetstream::stream::Stream, pool: &PgPool) -> Option<u64> {
     let mut events = events.clone();
     let tail = events.info().await.ok()?.state.last_sequence;
-    let done = checkpoint(pool).await.ok()?;
-    Some(tail.saturating_sub(u64::try_from(done).unwrap_or(0)))
+    Some(tail.saturating_sub(applied(pool).await.ok()?.seq))
+}
+
+/// Run history's progress, for the health check.
+pub struct Progress {
+    /// As [`lag`].
+    pub lag: u64,
+    /// History has stopped: an event has waited longer than the bound and no
+    /// batch was applied within it either (a projector far behind still applies
+    /// batches).
+    pub stalled: bool,
+}
+
+/// [`Progress`], reading the log and the checkpoint once. `None` when either
+/// cannot be read.
+pub async fn progress(
+    events: &jetstream::stream::Stream,
+    events_wildcard: &str,
+    pool: &PgPool,
+    stalled_after: std::time::Duration,
+) -> Option<Progress> {
+    let mut log = events.clone();
+    let tail = log.info().await.ok()?.state.last_sequence;
+    let applied = applied(pool).await.ok()?;
+    let lag = tail.saturating_sub(applied.seq);
+    let idle = applied.idle.is_none_or(|idle| idle > stalled_after);
+    let stalled =
+        lag > 0 && idle && waited(events, events_wildcard, applied.seq.saturating_add(1)).await > Some(stalled_after);
+    Some(Progress { lag, stalled })
+}
+
+/// How long the first event from `seq` on has been in the log.
+async fn waited(events: &jetstream::stream::Stream, events_wildcard: &str, seq: u64) -> Option<std::time::Duration> {
+    let oldest = events
+        .get_first_raw_message_by_subject(events_wildcard, seq)
+        .await
+        .ok()?;
+    let now_nanos = i128::from(chrono::Utc::now().timestamp_nanos_opt()?);
+    let nanos = now_nanos.saturating_sub(oldest.time.unix_timestamp_nanos());
+    Some(std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)))
 }
