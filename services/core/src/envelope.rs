@@ -655,6 +655,32 @@ mod tests {
         assert_eq!(Envelope::<ExecuteCommand>::decode(&bytes).expect("decode"), cmd);
     }
 
+    /// A command of an older ingress has no `progress` field: its caller gets the
+    /// attempt's progress messages, as before the field existed.
+    #[test]
+    fn an_older_command_without_progress_gets_progress_messages() {
+        let command = ExecuteCommand {
+            run_id: Uuid::now_v7(),
+            caller: caller(),
+            tool_id: Uuid::now_v7(),
+            tool_name: "t".into(),
+            tool_version: 1,
+            arguments: serde_json::Map::new(),
+            accepted_at: Utc::now(),
+            reply_to: Some("x.reply.i.r".into()),
+            keep_result_until: None,
+            input: None,
+            origin: None,
+            progress: false,
+        };
+        let mut older = serde_json::to_value(&command).expect("json");
+        older.as_object_mut().expect("an object").remove("progress");
+        let bytes = Envelope::new(Uuid::now_v7(), older).encode().expect("encode");
+        let decoded = Envelope::<ExecuteCommand>::decode(&bytes).expect("decode");
+        assert!(decoded.body.progress);
+        assert_eq!(decoded.body.run_id, command.run_id);
+    }
+
     #[test]
     fn ids_are_encoded_as_strings() {
         let id = Uuid::now_v7();
