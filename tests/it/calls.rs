@@ -379,3 +379,51 @@ async fn a_url_too_long_to_send_is_refused_as_invalid_arguments() {
     let ok = session.call("find", json!({"q": "x".repeat(1000)})).await;
     assert_eq!(ok["isError"], false, "{ok}");
 }
+
+/// A quick call's history row comes from its outcome alone; a call still running
+/// after 250 ms shows in history from then on (its `Accepted` event is stored),
+/// before it ends, and ends there with its outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_call_shows_in_history_while_it_runs() {
+    let app = spawn_app().await;
+    let upstream = Upstream::spawn(None).await;
+    app.create_tool(
+        ToolSpec::get("lengthy", &upstream.url(), "/slow/3000")
+            .description("a call of three seconds")
+            .timeout_ms(10_000)
+            .schema(object_schema(json!({}))),
+    )
+    .await;
+    let mut session = app.session();
+    session.initialize().await;
+    let started = std::time::Instant::now();
+    let call = tokio::spawn(async move { session.call("lengthy", json!({})).await });
+    let listed = format!("/v1/projects/{}/runs?tool=lengthy", app.project_id);
+    let seen = loop {
+        let (status, runs) = app.admin.get(&listed).await;
+        assert_eq!(status, 200, "{runs}");
+        if let Some(run) = runs["runs"].as_array().and_then(|r| r.first()).cloned() {
+            break run;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(2500),
+            "the run did not show in history while it ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        matches!(seen["status"].as_str(), Some("accepted" | "running")),
+        "in flight: {seen}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "seen before the end"
+    );
+    let result = call.await.expect("the call");
+    assert_eq!(result["isError"], false, "{result}");
+    let run = app.admin.finished_run(&run_id(&result)).await;
+    assert_eq!(
+        (run["status"].as_str(), &run["run_id"]),
+        (Some("succeeded"), &seen["run_id"])
+    );
+}

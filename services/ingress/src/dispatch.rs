@@ -10,7 +10,7 @@
 //! the run cancelled in a KV bucket (workers check it before calling the API).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -59,7 +59,14 @@ struct Registry {
     /// Runs whose `Accepted` event waits (see [`Dispatcher::enqueue`]): whether
     /// their outcome came back meanwhile.
     accepting: HashMap<Uuid, bool>,
+    /// Those runs' `Accepted` events, oldest first, with when each is due.
+    due: VecDeque<(tokio::time::Instant, Uuid, RunEvent)>,
 }
+
+/// How often the waiting `Accepted` events are looked at: one wake-up for all
+/// the calls of that moment instead of a task and a timer per call, so an
+/// event is stored at most this much after it fell due.
+const ACCEPTED_SWEEP: Duration = Duration::from_millis(25);
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -71,6 +78,8 @@ pub struct Dispatcher {
     topology: Topology,
     instance: String,
     registry: Arc<Mutex<Registry>>,
+    /// Wakes `store_due_accepted` when an `Accepted` event starts waiting.
+    accepted_waiting: Arc<tokio::sync::Notify>,
 }
 
 /// Following one run; unregisters when dropped (including on a client hang-up).
@@ -160,6 +169,14 @@ impl Dispatcher {
             }
         });
 
+        let accepted_waiting = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(store_due_accepted(
+            js.clone(),
+            topology.clone(),
+            Arc::downgrade(&registry),
+            accepted_waiting.clone(),
+        ));
+
         let mut cancels = nats
             .subscribe(topology.cancel_subject())
             .await
@@ -186,6 +203,7 @@ impl Dispatcher {
             topology,
             instance,
             registry,
+            accepted_waiting,
         })
     }
 
@@ -279,20 +297,18 @@ impl Dispatcher {
             }
             return Err(err);
         }
-        let (js, topology, project_id, registry) = (
-            self.js.clone(),
-            self.topology.clone(),
-            command.caller.project_id,
-            self.registry.clone(),
-        );
-        tokio::spawn(async move {
-            if waits {
-                tokio::time::sleep(accepted_after).await;
-                let finished = registry.lock().ok().and_then(|mut r| r.accepting.remove(&run_id));
-                if finished == Some(true) {
-                    return;
-                }
+        if waits {
+            // `store_due_accepted` stores it then, unless the outcome came back first.
+            let now = tokio::time::Instant::now();
+            let due = now.checked_add(accepted_after).unwrap_or(now);
+            if let Ok(mut registry) = self.registry.lock() {
+                registry.due.push_back((due, run_id, accepted));
             }
+            self.accepted_waiting.notify_one();
+            return Ok(());
+        }
+        let (js, topology, project_id) = (self.js.clone(), self.topology.clone(), command.caller.project_id);
+        tokio::spawn(async move {
             if let Err(err) = bus::publish_event(&js, &topology, project_id, accepted).await {
                 tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
             }
@@ -492,4 +508,58 @@ pub struct QueueDepth {
     pub waiting: u64,
     /// Delivered, not acknowledged yet (being executed, or to be redelivered).
     pub in_progress: u64,
+}
+
+/// Stores the `Accepted` events that fell due (see [`Dispatcher::enqueue`]) for
+/// the runs whose outcome has not come back: when the oldest falls due, at most
+/// every [`ACCEPTED_SWEEP`]. Due times are in queueing order (one delay for all;
+/// a shorter one after a longer would only be stored a little late).
+async fn store_due_accepted(
+    js: jetstream::Context,
+    topology: Topology,
+    registry: std::sync::Weak<Mutex<Registry>>,
+    waiting: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let Some(registry) = registry.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let mut unfinished = Vec::new();
+        let mut next_due = None;
+        if let Ok(mut registry) = registry.lock() {
+            while registry.due.front().is_some_and(|(due, _, _)| *due <= now) {
+                let Some((_, run_id, event)) = registry.due.pop_front() else {
+                    break;
+                };
+                if registry.accepting.remove(&run_id) != Some(true) {
+                    unfinished.push(event);
+                }
+            }
+            next_due = registry.due.front().map(|(due, _, _)| *due);
+        }
+        drop(registry);
+        // Concurrently: each waits for its acknowledgement.
+        futures::stream::iter(unfinished)
+            .for_each_concurrent(32, |event| {
+                let (js, topology) = (&js, &topology);
+                async move {
+                    let run_id = event.run_id();
+                    let project_id = match &event {
+                        RunEvent::Accepted { caller, .. } => caller.project_id,
+                        _ => return,
+                    };
+                    if let Err(err) = bus::publish_event(js, topology, project_id, event).await {
+                        tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
+                    }
+                }
+            })
+            .await;
+        match next_due {
+            // Asleep while nothing waits (a permit stored by `notify_one` is not lost).
+            None => waiting.notified().await,
+            Some(due) => {
+                let soonest = tokio::time::Instant::now().checked_add(ACCEPTED_SWEEP);
+                tokio::time::sleep_until(soonest.map_or(due, |soonest| due.max(soonest))).await
+            }
+        }
+    }
 }
