@@ -380,9 +380,8 @@ async fn a_url_too_long_to_send_is_refused_as_invalid_arguments() {
     assert_eq!(ok["isError"], false, "{ok}");
 }
 
-/// A quick call's history row comes from its outcome alone; a call still running
-/// after 250 ms shows in history from then on (its `Accepted` event is stored),
-/// before it ends, and ends there with its outcome.
+/// A call still running after 250 ms shows in history from then on (its
+/// `Accepted` event is stored), before it ends, and ends there with its outcome.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_call_shows_in_history_while_it_runs() {
     let app = spawn_app().await;

@@ -10,7 +10,7 @@
 //! the run cancelled in a KV bucket (workers check it before calling the API).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -56,10 +56,10 @@ pub struct CallKey {
 struct Registry {
     runs: HashMap<Uuid, mpsc::Sender<Signal>>,
     calls: HashMap<CallKey, Uuid>,
-    /// Runs whose `Accepted` event waits (see [`Dispatcher::enqueue`]): whether
-    /// their outcome came back meanwhile.
-    accepting: HashMap<Uuid, bool>,
-    /// Those runs' `Accepted` events, oldest first, with when each is due.
+    /// Runs whose `Accepted` event waits (see [`Dispatcher::enqueue`]); their
+    /// outcome coming back removes them.
+    accepting: HashSet<Uuid>,
+    /// The waiting `Accepted` events (with their project), oldest first, with when each is due.
     due: VecDeque<(tokio::time::Instant, Uuid, RunEvent)>,
 }
 
@@ -157,10 +157,8 @@ impl Dispatcher {
                         },
                     ),
                     RunEvent::Finished(outcome) => {
-                        if let Ok(mut registry) = reply_registry.lock()
-                            && let Some(finished) = registry.accepting.get_mut(&outcome.run_id)
-                        {
-                            *finished = true;
+                        if let Ok(mut registry) = reply_registry.lock() {
+                            registry.accepting.remove(&outcome.run_id);
                         }
                         send(&reply_registry, outcome.run_id, Signal::Finished(Box::new(outcome)))
                     }
@@ -289,7 +287,7 @@ impl Dispatcher {
         let run_id = command.run_id;
         let waits = !accepted_after.is_zero();
         if waits && let Ok(mut registry) = self.registry.lock() {
-            registry.accepting.insert(run_id, false);
+            registry.accepting.insert(run_id);
         }
         if let Err(err) = queue().await {
             if let Ok(mut registry) = self.registry.lock() {
@@ -297,22 +295,19 @@ impl Dispatcher {
             }
             return Err(err);
         }
+        let project_id = command.caller.project_id;
         if waits {
             // `store_due_accepted` stores it then, unless the outcome came back first.
             let now = tokio::time::Instant::now();
             let due = now.checked_add(accepted_after).unwrap_or(now);
             if let Ok(mut registry) = self.registry.lock() {
-                registry.due.push_back((due, run_id, accepted));
+                registry.due.push_back((due, project_id, accepted));
             }
             self.accepted_waiting.notify_one();
             return Ok(());
         }
-        let (js, topology, project_id) = (self.js.clone(), self.topology.clone(), command.caller.project_id);
-        tokio::spawn(async move {
-            if let Err(err) = bus::publish_event(&js, &topology, project_id, accepted).await {
-                tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
-            }
-        });
+        let dispatcher = self.clone();
+        tokio::spawn(async move { dispatcher.log(project_id, accepted).await });
         Ok(())
     }
 
@@ -330,11 +325,9 @@ impl Dispatcher {
         }
     }
 
+    /// Stores an event in the log, best-effort (a failure is logged).
     pub async fn log(&self, project_id: Uuid, event: RunEvent) {
-        let run_id = event.run_id();
-        if let Err(err) = bus::publish_event(&self.js, &self.topology, project_id, event).await {
-            tracing::warn!(%run_id, error = %err, "could not log an event");
-        }
+        log_event(&self.js, &self.topology, project_id, event).await
     }
 
     /// The outcome recorded in the event log, if the run has finished.
@@ -527,11 +520,11 @@ async fn store_due_accepted(
         let mut next_due = None;
         if let Ok(mut registry) = registry.lock() {
             while registry.due.front().is_some_and(|(due, _, _)| *due <= now) {
-                let Some((_, run_id, event)) = registry.due.pop_front() else {
+                let Some((_, project_id, event)) = registry.due.pop_front() else {
                     break;
                 };
-                if registry.accepting.remove(&run_id) != Some(true) {
-                    unfinished.push(event);
+                if registry.accepting.remove(&event.run_id()) {
+                    unfinished.push((project_id, event));
                 }
             }
             next_due = registry.due.front().map(|(due, _, _)| *due);
@@ -539,19 +532,7 @@ async fn store_due_accepted(
         drop(registry);
         // Concurrently: each waits for its acknowledgement.
         futures::stream::iter(unfinished)
-            .for_each_concurrent(32, |event| {
-                let (js, topology) = (&js, &topology);
-                async move {
-                    let run_id = event.run_id();
-                    let project_id = match &event {
-                        RunEvent::Accepted { caller, .. } => caller.project_id,
-                        _ => return,
-                    };
-                    if let Err(err) = bus::publish_event(js, topology, project_id, event).await {
-                        tracing::warn!(%run_id, error = %err, "could not log the Accepted event");
-                    }
-                }
-            })
+            .for_each_concurrent(32, |(project_id, event)| log_event(&js, &topology, project_id, event))
             .await;
         match next_due {
             // Asleep while nothing waits (a permit stored by `notify_one` is not lost).
@@ -561,5 +542,13 @@ async fn store_due_accepted(
                 tokio::time::sleep_until(soonest.map_or(due, |soonest| due.max(soonest))).await
             }
         }
+    }
+}
+
+/// [`Dispatcher::log`], for the task that has no dispatcher of its own.
+async fn log_event(js: &jetstream::Context, topology: &Topology, project_id: Uuid, event: RunEvent) {
+    let run_id = event.run_id();
+    if let Err(err) = bus::publish_event(js, topology, project_id, event).await {
+        tracing::warn!(%run_id, error = %err, "could not log an event");
     }
 }
