@@ -18,6 +18,41 @@ fn attempt_no(a: u32) -> i32 {
     i32::try_from(a).unwrap_or(i32::MAX)
 }
 
+/// Binds $1–$26 of an outcome statement (a macro: `query` and `query_as` are
+/// different types with the same `bind`).
+macro_rules! bind_finished {
+    ($query:expr, $rows:expr) => {{
+        let rows = &$rows;
+        $query
+            .bind(&rows.run)
+            .bind(&rows.project)
+            .bind(&rows.integration)
+            .bind(&rows.key)
+            .bind(&rows.tool)
+            .bind(&rows.status)
+            .bind(&rows.error_class)
+            .bind(&rows.error)
+            .bind(&rows.http_status)
+            .bind(&rows.latency)
+            .bind(&rows.attempts)
+            .bind(&rows.accepted)
+            .bind(&rows.finished)
+            .bind(&rows.member)
+            .bind(&rows.request_body)
+            .bind(&rows.response_body)
+            .bind(&rows.truncated)
+            .bind(&rows.day)
+            .bind(&rows.response_size)
+            .bind(&rows.response_truncated)
+            .bind(&rows.arguments)
+            .bind(&rows.arguments_altered)
+            .bind(&rows.started)
+            .bind(&rows.trace)
+            .bind(&rows.idempotency_key)
+            .bind(&rows.redrive_of)
+    }};
+}
+
 /// The fresh events of a batch, grouped by kind for one statement per kind
 /// (statements per event were the projector's cost). Within a kind each row is
 /// written once (one statement cannot touch a row twice); the merge rules are the
@@ -78,16 +113,22 @@ impl<'a> Grouped<'a> {
 
     /// One statement (or a few) per event kind, in an order that keeps the merge
     /// rules: rows first created by `Accepted`, the rare kinds before `Finished`
-    /// (which always wins).
-    pub(crate) async fn apply(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    /// (which always wins). Returns the usage of the runs it counted already (see
+    /// [`Grouped::apply_finished`]); [`count_usage`] counts the others.
+    pub(crate) async fn apply(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        close_after_secs: u64,
+    ) -> Result<Vec<Counted>, sqlx::Error> {
         self.apply_accepted(tx).await?;
         self.apply_attempts_started(tx).await?;
         self.apply_attempts_finished(tx).await?;
         for event in &self.others {
             apply_event(tx, event).await?;
         }
-        self.apply_finished(tx).await?;
-        self.close_lost_attempts(tx).await
+        let counted = self.apply_finished(tx, close_after_secs).await?;
+        self.close_lost_attempts(tx).await?;
+        Ok(counted)
     }
 
     /// A finished run's attempts that never reported an end: their worker stopped
@@ -277,65 +318,47 @@ impl<'a> Grouped<'a> {
     }
 
     /// `Finished`: the run's outcome (it always wins), and kept results of client-keyed calls.
-    async fn apply_finished(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    ///
+    /// Most outcomes are of quick calls, whose row does not exist yet: they are
+    /// inserted already counted, their usage taken from the outcome itself, so the
+    /// row is written once (updating it again to count it was the projector's
+    /// costliest statement). An outcome whose row exists (a long call's, or one
+    /// seen before) is merged into it, and [`count_usage`] counts it if no earlier
+    /// outcome did. Returns what was counted here.
+    async fn apply_finished(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        close_after_secs: u64,
+    ) -> Result<Vec<Counted>, sqlx::Error> {
         if self.finished.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut rows = FinishedRows::default();
-        for outcome in self.finished.values() {
-            rows.run.push(outcome.run_id);
-            rows.project.push(outcome.caller.project_id);
-            rows.integration.push(outcome.caller.integration_id);
-            rows.key.push(outcome.caller.api_key_id);
-            rows.tool.push(storable::owned(&outcome.tool_name));
-            rows.status.push(outcome.status.as_str().to_string());
-            rows.error_class
-                .push(outcome.error_class.map(|c| c.as_str().to_string()));
-            rows.error.push(outcome.error.as_deref().map(storable::owned));
-            rows.http_status
-                .push(outcome.response.as_ref().map(|r| i32::from(r.http_status)));
-            rows.latency.push(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
-            rows.attempts.push(attempt_no(outcome.attempts));
-            rows.accepted.push(outcome.accepted_at);
-            rows.started.push(outcome.last_attempt.as_ref().map(|a| a.started_at));
-            rows.finished.push(outcome.finished_at);
-            rows.member
-                .push(outcome.caller.member.as_ref().map(|m| storable::owned(&m.id)));
-            let bodies = outcome.bodies.as_ref();
-            rows.request_body
-                .push(bodies.and_then(|b| b.request.as_deref()).map(storable::owned));
-            rows.response_body
-                .push(bodies.and_then(|b| b.response.as_deref()).map(storable::owned));
-            rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
-            rows.arguments
-                .push(bodies.and_then(|b| b.arguments.as_deref()).map(storable::owned));
-            rows.arguments_altered.push(bodies.map(|b| b.arguments_altered));
-            rows.response_size.push(
-                outcome
-                    .response
-                    .as_ref()
-                    .and_then(|r| r.size)
-                    .map(|size| i64::try_from(size).unwrap_or(i64::MAX)),
-            );
-            rows.response_truncated
-                .push(outcome.response.as_ref().map(|r| r.truncated));
-            rows.day.push(retention::uuid_day(outcome.run_id));
-            // Also here: a quick call's `Accepted` event is not stored (see the ingress's dispatch).
-            let origin = outcome.origin.as_deref().cloned().unwrap_or_default();
-            rows.trace.push(origin.trace_id.as_deref().map(storable::owned));
-            rows.idempotency_key
-                .push(origin.idempotency_key.as_deref().map(storable::owned));
-            rows.redrive_of.push(origin.redrive_of);
+        let rows = FinishedRows::of(self.finished.values().copied());
+        let insert = format!(
+            "INSERT INTO runs ({FINISHED_COLUMNS}, usage_counted) SELECT * FROM UNNEST({FINISHED_ARRAYS}, $27::bool[]) \
+             ON CONFLICT DO NOTHING \
+             RETURNING run_id, usage_counted, project_id, integration_id, COALESCE(member_id, '') AS member_id, \
+             tool_name, {}, status, COALESCE(latency_ms, 0) AS latency_ms, 0::int8 AS bytes_in, 0::int8 AS bytes_out",
+            usage_hour("$28")
+        );
+        let inserted: Vec<Counted> = bind_finished!(sqlx::query_as(&insert), rows)
+            .bind(&rows.counted_from_outcome)
+            .bind(close_after_secs as f64)
+            .fetch_all(&mut **tx)
+            .await?;
+        let new: std::collections::HashSet<Uuid> = inserted.iter().map(|c| c.run_id).collect();
+        let mut counted = Vec::with_capacity(inserted.len());
+        for mut run in inserted.into_iter().filter(|c| c.usage_counted) {
+            if let Some(last) = self.finished.get(&run.run_id).and_then(|o| o.last_attempt.as_ref()) {
+                run.bytes_in = i64::try_from(last.bytes_in).unwrap_or(i64::MAX);
+                run.bytes_out = i64::try_from(last.bytes_out).unwrap_or(i64::MAX);
+            }
+            counted.push(run);
         }
-        sqlx::query(
-            "INSERT INTO runs (run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, error, \
-             http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
-             bodies_truncated, day, response_size, response_truncated, arguments, arguments_altered, started_at, \
-             trace_id, idempotency_key, redrive_of) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
-             $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
-             $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[], \
-             $21::text[], $22::bool[], $23::timestamptz[], $24::text[], $25::text[], $26::uuid[]) \
+        if new.len() < self.finished.len() {
+            let rows = FinishedRows::of(self.finished.values().copied().filter(|o| !new.contains(&o.run_id)));
+            let merge = format!(
+                "INSERT INTO runs ({FINISHED_COLUMNS}) SELECT * FROM UNNEST({FINISHED_ARRAYS}) \
              ON CONFLICT (run_id, day) DO UPDATE SET status = EXCLUDED.status, error_class = EXCLUDED.error_class, \
              request_body = EXCLUDED.request_body, response_body = EXCLUDED.response_body, \
              arguments = EXCLUDED.arguments, arguments_altered = EXCLUDED.arguments_altered, \
@@ -347,40 +370,24 @@ impl<'a> Grouped<'a> {
              accepted_at = LEAST(runs.accepted_at, EXCLUDED.accepted_at), \
              trace_id = COALESCE(runs.trace_id, EXCLUDED.trace_id), \
              idempotency_key = COALESCE(runs.idempotency_key, EXCLUDED.idempotency_key), \
-             redrive_of = COALESCE(runs.redrive_of, EXCLUDED.redrive_of), updated_at = now()",
-        )
-        .bind(&rows.run)
-        .bind(&rows.project)
-        .bind(&rows.integration)
-        .bind(&rows.key)
-        .bind(&rows.tool)
-        .bind(&rows.status)
-        .bind(&rows.error_class)
-        .bind(&rows.error)
-        .bind(&rows.http_status)
-        .bind(&rows.latency)
-        .bind(&rows.attempts)
-        .bind(&rows.accepted)
-        .bind(&rows.finished)
-        .bind(&rows.member)
-        .bind(&rows.request_body)
-        .bind(&rows.response_body)
-        .bind(&rows.truncated)
-        .bind(&rows.day)
-        .bind(&rows.response_size)
-        .bind(&rows.response_truncated)
-        .bind(&rows.arguments)
-        .bind(&rows.arguments_altered)
-        .bind(&rows.started)
-        .bind(&rows.trace)
-        .bind(&rows.idempotency_key)
-        .bind(&rows.redrive_of)
-        .execute(&mut **tx)
-        .await?;
+             redrive_of = COALESCE(runs.redrive_of, EXCLUDED.redrive_of), updated_at = now()"
+            );
+            bind_finished!(sqlx::query(&merge), rows).execute(&mut **tx).await?;
+        }
         keep_results(tx, self.finished.values().copied()).await?;
-        Ok(())
+        Ok(counted)
     }
 }
+
+/// The columns an outcome writes, and the parameters' types for `UNNEST` ($1–$26).
+const FINISHED_COLUMNS: &str = "run_id, project_id, integration_id, api_key_id, tool_name, status, error_class, \
+     error, http_status, latency_ms, attempts, accepted_at, finished_at, member_id, request_body, response_body, \
+     bodies_truncated, day, response_size, response_truncated, arguments, arguments_altered, started_at, trace_id, \
+     idempotency_key, redrive_of";
+const FINISHED_ARRAYS: &str = "$1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::int4[], $10::int8[], $11::int4[], $12::timestamptz[], $13::timestamptz[], \
+     $14::text[], $15::text[], $16::text[], $17::bool[], $18::date[], $19::int8[], $20::bool[], \
+     $21::text[], $22::bool[], $23::timestamptz[], $24::text[], $25::text[], $26::uuid[]";
 
 /// The error of an attempt whose end was never reported (its end is the run's).
 pub(crate) const LOST_ATTEMPT: &str = "no answer was recorded: the worker stopped during this attempt and the run was \
@@ -482,6 +489,72 @@ struct FinishedRows {
     trace: Vec<Option<String>>,
     idempotency_key: Vec<Option<String>>,
     redrive_of: Vec<Option<Uuid>>,
+    counted_from_outcome: Vec<bool>,
+}
+
+impl FinishedRows {
+    fn of<'a>(outcomes: impl Iterator<Item = &'a RunOutcome>) -> Self {
+        let mut rows = FinishedRows::default();
+        for outcome in outcomes {
+            rows.run.push(outcome.run_id);
+            rows.project.push(outcome.caller.project_id);
+            rows.integration.push(outcome.caller.integration_id);
+            rows.key.push(outcome.caller.api_key_id);
+            rows.tool.push(storable::owned(&outcome.tool_name));
+            rows.status.push(outcome.status.as_str().to_string());
+            rows.error_class
+                .push(outcome.error_class.map(|c| c.as_str().to_string()));
+            rows.error.push(outcome.error.as_deref().map(storable::owned));
+            rows.http_status
+                .push(outcome.response.as_ref().map(|r| i32::from(r.http_status)));
+            rows.latency.push(i64::try_from(outcome.latency_ms).unwrap_or(i64::MAX));
+            rows.attempts.push(attempt_no(outcome.attempts));
+            rows.accepted.push(outcome.accepted_at);
+            rows.started.push(outcome.last_attempt.as_ref().map(|a| a.started_at));
+            rows.finished.push(outcome.finished_at);
+            rows.member
+                .push(outcome.caller.member.as_ref().map(|m| storable::owned(&m.id)));
+            let bodies = outcome.bodies.as_ref();
+            rows.request_body
+                .push(bodies.and_then(|b| b.request.as_deref()).map(storable::owned));
+            rows.response_body
+                .push(bodies.and_then(|b| b.response.as_deref()).map(storable::owned));
+            rows.truncated.push(outcome.bodies.as_ref().map(|b| b.truncated));
+            rows.arguments
+                .push(bodies.and_then(|b| b.arguments.as_deref()).map(storable::owned));
+            rows.arguments_altered.push(bodies.map(|b| b.arguments_altered));
+            rows.response_size.push(
+                outcome
+                    .response
+                    .as_ref()
+                    .and_then(|r| r.size)
+                    .map(|size| i64::try_from(size).unwrap_or(i64::MAX)),
+            );
+            rows.response_truncated
+                .push(outcome.response.as_ref().map(|r| r.truncated));
+            rows.day.push(retention::uuid_day(outcome.run_id));
+            // Also here: a quick call's `Accepted` event is not stored (see the ingress's dispatch).
+            let origin = outcome.origin.as_deref().cloned().unwrap_or_default();
+            rows.trace.push(origin.trace_id.as_deref().map(storable::owned));
+            rows.idempotency_key
+                .push(origin.idempotency_key.as_deref().map(storable::owned));
+            rows.redrive_of.push(origin.redrive_of);
+            rows.counted_from_outcome.push(counted_from_outcome(outcome));
+        }
+        rows
+    }
+}
+
+/// Whether the outcome alone gives the run's usage (its bytes are its one
+/// attempt's, which it carries): then a new row is counted as it is inserted.
+/// A retried run's bytes are summed over its attempts' rows by [`count_usage`].
+fn counted_from_outcome(outcome: &RunOutcome) -> bool {
+    outcome.status.is_terminal()
+        && match (outcome.attempts, &outcome.last_attempt) {
+            (0, None) => true,
+            (1, Some(last)) => last.attempt == 1,
+            _ => false,
+        }
 }
 
 /// Upper bounds (ms) of the usage latency buckets; the last bucket is "more".
@@ -502,9 +575,38 @@ struct UsageDelta {
     bytes_out: i64,
 }
 
+/// A run counted in usage: the row its counting statement returns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct Counted {
+    pub(crate) run_id: Uuid,
+    /// Whether the row is counted (the statement of new outcomes returns every row).
+    usage_counted: bool,
+    project_id: Uuid,
+    integration_id: Uuid,
+    member_id: String,
+    tool_name: String,
+    hour: DateTime<Utc>,
+    status: String,
+    latency_ms: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+}
+
+/// The hour a run counts in, as SQL over the run's row (see [`count_usage`]);
+/// `close_after` is the statement's parameter holding `close_after_secs`.
+fn usage_hour(close_after: &str) -> String {
+    format!(
+        "CASE WHEN COALESCE(finished_at, accepted_at) >= date_trunc('hour', accepted_at) + interval '1 hour' \
+         + make_interval(secs => {close_after}) THEN date_trunc('hour', finished_at) \
+         ELSE date_trunc('hour', accepted_at) END AS hour"
+    )
+}
+
 /// Counts each run once, when it first becomes terminal: the flag and the usage
-/// change in the same transaction. The batch is aggregated per hour and key first,
-/// so each usage row is written once per batch.
+/// change in the same transaction. `counted` holds the runs the batch's outcomes
+/// already counted as their rows were inserted; `runs` are the other settled runs,
+/// counted here unless counted before. The batch is aggregated per hour and key
+/// first, so each usage row is written once per batch.
 ///
 /// A run counts in the hour it was accepted, unless it finished more than
 /// `close_after_secs` after that hour ended: that hour may already be closed and
@@ -514,41 +616,42 @@ pub(crate) async fn count_usage(
     tx: &mut Transaction<'_, Postgres>,
     runs: &[Uuid],
     close_after_secs: u64,
+    mut counted: Vec<Counted>,
 ) -> Result<(), sqlx::Error> {
-    if runs.is_empty() {
+    if !runs.is_empty() {
+        let more: Vec<Counted> = sqlx::query_as(&format!(
+            "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND day = ANY($3) AND NOT usage_counted \
+             AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
+             RETURNING run_id, usage_counted, project_id, integration_id, COALESCE(member_id, '') AS member_id, \
+             tool_name, {}, status, COALESCE(latency_ms, 0) AS latency_ms, \
+             (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id \
+              AND a.day = runs.day) AS bytes_in, \
+             (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id \
+              AND a.day = runs.day) AS bytes_out",
+            usage_hour("$2")
+        ))
+        .bind(runs)
+        .bind(close_after_secs as f64)
+        // The runs' days, so only their partitions are searched.
+        .bind(runs.iter().map(|r| retention::uuid_day(*r)).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        counted.extend(more);
+    }
+    if counted.is_empty() {
         return Ok(());
     }
-    type Counted = (
-        Uuid,
-        Uuid,
-        String,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        String,
-        i64,
-        i64,
-        i64,
-    );
-    let counted: Vec<Counted> = sqlx::query_as(
-        "UPDATE runs SET usage_counted = true WHERE run_id = ANY($1) AND day = ANY($3) AND NOT usage_counted \
-         AND status IN ('succeeded', 'failed', 'rejected', 'cancelled', 'revoked') \
-         RETURNING project_id, integration_id, COALESCE(member_id, ''), tool_name, \
-         CASE WHEN COALESCE(finished_at, accepted_at) >= date_trunc('hour', accepted_at) + interval '1 hour' \
-              + make_interval(secs => $2) THEN date_trunc('hour', finished_at) \
-              ELSE date_trunc('hour', accepted_at) END, \
-         status, COALESCE(latency_ms, 0), \
-         (SELECT COALESCE(sum(bytes_in), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id AND a.day = runs.day), \
-         (SELECT COALESCE(sum(bytes_out), 0)::bigint FROM run_attempts a WHERE a.run_id = runs.run_id AND a.day = runs.day)",
-    )
-    .bind(runs)
-    .bind(close_after_secs as f64)
-    // The runs' days, so only their partitions are searched.
-    .bind(runs.iter().map(|r| retention::uuid_day(*r)).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?;
     let mut deltas: std::collections::BTreeMap<UsageKey, UsageDelta> = std::collections::BTreeMap::new();
-    for (project, integration, member, tool, hour, status, latency, bytes_in, bytes_out) in counted {
-        let d = deltas.entry((project, integration, member, tool, hour)).or_default();
+    for run in counted {
+        let (status, latency, bytes_in, bytes_out) = (run.status, run.latency_ms, run.bytes_in, run.bytes_out);
+        let key = (
+            run.project_id,
+            run.integration_id,
+            run.member_id,
+            run.tool_name,
+            run.hour,
+        );
+        let d = deltas.entry(key).or_default();
         d.calls += 1;
         if status == "succeeded" {
             d.successes += 1;

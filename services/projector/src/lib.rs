@@ -245,8 +245,10 @@ pub(crate) async fn apply_events(
             }
         }
     }
-    grouped.apply(tx).await?;
-    count_usage(tx, &settled, close_after_secs).await?;
+    let counted = grouped.apply(tx, close_after_secs).await?;
+    let counted_runs: std::collections::HashSet<Uuid> = counted.iter().map(|c| c.run_id).collect();
+    settled.retain(|run| !counted_runs.contains(run));
+    count_usage(tx, &settled, close_after_secs, counted).await?;
     checkpoint(tx, consumer, max_seq).await
 }
 
